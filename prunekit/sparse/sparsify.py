@@ -1,0 +1,395 @@
+"""``sparsify``: mask the smallest weights of a model's Linear and Conv layers, locally or globally.
+
+Pipeline: pick the layers (include/exclude) -> score every weight (criterion) -> turn scores into keep-masks
+(:func:`masks_from_scores`: pattern + scope) -> :func:`~prunekit.sparse.masks.apply_masks`. Everything is
+checked before the model is touched; on any error it is unchanged.
+
+Counting: "pruned" means masked. A weight that is exactly zero but not masked counts as kept here (the
+:func:`~prunekit.sparse.report.sparsity_report` counts zero values instead).
+Rounding: a layer (local) or the selection (global) loses exactly ``floor(sparsity * units + 0.5)`` units,
+where a unit is one weight, or one block for ``block:RxC`` (so block sparsity is exact to one block).
+Ties are broken by position, never by a threshold, so counts never drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from numbers import Real
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError
+from prunekit.sparse.masks import apply_masks, check_maskable, get_mask
+from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, parse_pattern, unit_scores
+
+CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE)
+CRITERIA = ("magnitude", "random")
+SCOPES = ("local", "global")
+
+Selector = str | nn.Module
+
+
+@dataclass
+class LayerSparsity:
+    """One layer after :func:`sparsify`: ``pruned`` of ``numel`` weights are masked."""
+
+    numel: int
+    pruned: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.numel if self.numel else 0.0
+
+
+@dataclass
+class SparsifyResult:
+    """What :func:`sparsify` did: the request, and the sparsity reached per layer and over the selection."""
+
+    pattern: str
+    scope: str
+    criterion: str
+    requested: float
+    layers: dict[str, LayerSparsity]
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers.values())
+
+    @property
+    def pruned(self) -> int:
+        return sum(layer.pruned for layer in self.layers.values())
+
+    @property
+    def sparsity(self) -> float:
+        """Global sparsity achieved over the selected layers."""
+        return self.pruned / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary."""
+        return {
+            "pattern": self.pattern,
+            "scope": self.scope,
+            "criterion": self.criterion,
+            "requested": self.requested,
+            "sparsity": self.sparsity,
+            "numel": self.numel,
+            "pruned": self.pruned,
+            "layers": {
+                name: {"numel": layer.numel, "pruned": layer.pruned, "sparsity": layer.sparsity}
+                for name, layer in self.layers.items()
+            },
+        }
+
+
+def sparsify(
+    model: nn.Module,
+    sparsity: float | None = None,
+    *,
+    pattern: str | Pattern = "unstructured",
+    criterion: str = "magnitude",
+    scope: str = "local",
+    include: Iterable[Selector] | Selector | None = None,
+    exclude: Iterable[Selector] | Selector | None = None,
+    seed: int = 0,
+) -> SparsifyResult:
+    """Mask weights of the model's Linear / Conv / ConvTranspose layers in place.
+
+    - ``pattern``: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``: sparsity is ``1 - N/M``, pass ``None`` or
+      that value; groups of M run along input channels, see :mod:`prunekit.sparse.patterns`) or
+      ``"block:RxC"`` (whole tiles, ranked by the sum of their scores).
+    - ``criterion``: ``"magnitude"`` (``|w|`` of the current, masked weight) or ``"random"`` (seeded by
+      ``seed``).
+    - ``scope``: ``"local"`` prunes every layer to ``sparsity``; ``"global"`` ranks all selected weights
+      together and prunes exactly ``sparsity`` of them (not allowed with N:M).
+    - ``include`` / ``exclude``: module names or fnmatch globs (``"fc"``, ``"features.*"``) or module
+      objects; a name also selects everything below it. Biases, norms and embeddings are never masked.
+
+    A layer that is already masked is scored on its masked weight and its mask only grows (old AND new).
+
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    >>> res = sparsify(model, 0.5, exclude=["2"])
+    >>> res.layers["0"].pruned, int((model[0].weight == 0).sum())
+    (64, 64)
+    """
+    pat = parse_pattern(pattern)
+    target = check_sparsity(sparsity, pat)
+    check_scope(scope, pat)
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
+    names = select_layers(model, include, exclude)
+    modules = dict(model.named_modules())
+    check_layers(model, {name: modules[name] for name in names}, pat)
+
+    scores = layer_scores({name: modules[name] for name in names}, criterion, seed)
+    masks = masks_from_scores(model, scores, target, pattern=pat, scope=scope)
+    apply_masks(model, masks)
+
+    layers = {}
+    for name in names:
+        mask = get_mask(modules[name])
+        layers[name] = LayerSparsity(numel=mask.numel(), pruned=int((mask == 0).sum()))
+    return SparsifyResult(str(pat), scope, criterion, target, layers)
+
+
+def masks_from_scores(
+    model: nn.Module,
+    scores: Mapping[str, Tensor],
+    sparsity: float | None,
+    *,
+    pattern: str | Pattern = "unstructured",
+    scope: str = "local",
+) -> dict[str, Tensor]:
+    """Keep-masks (bool, weight-shaped; True = keep) from per-weight scores; higher score = more important.
+
+    This is the hook for other criteria (Wanda, SparseGPT, Taylor...): compute one score tensor per layer,
+    shaped like ``layer.weight`` and keyed by module name, then pass the result to
+    :func:`~prunekit.sparse.masks.apply_masks`. Weights already masked rank lowest. Nothing is modified.
+
+    >>> model = nn.Sequential(nn.Linear(4, 2))
+    >>> keep = masks_from_scores(model, {"0": torch.arange(8.0).reshape(2, 4)}, 0.25)
+    >>> keep["0"].tolist()
+    [[False, False, True, True], [True, True, True, True]]
+    """
+    pat = parse_pattern(pattern)
+    target = check_sparsity(sparsity, pat)
+    check_scope(scope, pat)
+    if not scores:
+        raise ConfigError("scores is empty: give one score tensor per layer to mask")
+    modules = dict(model.named_modules())
+    for name in scores:
+        if name not in modules:
+            raise ConfigError(f"scores name {name!r}, which is not a module of the model")
+    layers = {name: modules[name] for name in scores}
+    check_layers(model, layers, pat)
+
+    with torch.no_grad():
+        canon, kept = {}, {}
+        for name, module in layers.items():
+            score = scores[name].detach()
+            if tuple(score.shape) != tuple(module.weight.shape):
+                raise ConfigError(
+                    f"scores for {name!r} have shape {tuple(score.shape)}, weight has "
+                    f"{tuple(module.weight.shape)}"
+                )
+            if not score.is_floating_point():
+                score = score.float()
+            if bool(torch.isnan(score).any()):
+                raise ConfigError(f"scores for layer {name!r} contain NaN (NaN weights?)")
+            perm = layout(module)
+            dtype = torch.float64 if score.dtype == torch.float64 else torch.float32
+            canon[name] = score.to(dtype).permute(perm)
+            old = get_mask(module)
+            alive = old != 0 if old is not None else torch.ones_like(score, dtype=torch.bool)
+            kept[name] = alive.permute(perm)
+
+        if pat.kind == "n:m":
+            keep = {name: nm_keep(pat, canon[name], kept[name]) for name in layers}
+        else:
+            units = {name: unit_scores(pat, canon[name], kept[name]) for name in layers}
+            pruned = _rank(units, target, scope)
+            keep = {name: expand_units(pat, pruned[name], canon[name].shape) & kept[name] for name in layers}
+        return {name: keep[name].permute(_inverse(layout(layers[name]))).contiguous() for name in layers}
+
+
+def _rank(units: dict[str, Tensor], sparsity: float, scope: str) -> dict[str, Tensor]:
+    """Pruned-unit masks: the lowest ``round(sparsity * count)`` units per layer (local) or overall."""
+    if scope == "local":
+        return {
+            name: lowest_k(u.flatten(), _count(sparsity, u.numel())).reshape(u.shape)
+            for name, u in units.items()
+        }
+    dtype = torch.float64 if any(u.dtype == torch.float64 for u in units.values()) else torch.float32
+    device = next(iter(units.values())).device
+    flat = torch.cat([u.flatten().to(device=device, dtype=dtype) for u in units.values()])
+    pruned_all = lowest_k(flat, _count(sparsity, flat.numel()))
+    out, start = {}, 0
+    for name, u in units.items():
+        out[name] = pruned_all[start : start + u.numel()].reshape(u.shape).to(u.device)
+        start += u.numel()
+    return out
+
+
+def _count(sparsity: float, total: int) -> int:
+    return math.floor(sparsity * total + 0.5)
+
+
+def layer_scores(layers: Mapping[str, nn.Module], criterion: str, seed: int = 0) -> dict[str, Tensor]:
+    """Per-weight scores of the current (masked) weights: ``|w|`` or seeded uniform noise, in layer order.
+
+    >>> layer_scores({"fc": nn.Linear(3, 2)}, "random", seed=1)["fc"].shape
+    torch.Size([2, 3])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    scores = {}
+    with torch.no_grad():
+        for name, module in layers.items():
+            weight = module.weight.detach()
+            if criterion == "magnitude":
+                scores[name] = weight.abs()
+            else:
+                scores[name] = torch.rand(weight.shape, generator=generator).to(weight.device)
+    return scores
+
+
+def layout(module: nn.Module) -> tuple[int, ...]:
+    """Permutation of ``module.weight`` into the canonical ``(out, *kernel, in)`` layout.
+
+    Linear ``(out, in)`` is already canonical; Conv ``(out, in/g, *k)`` and ConvTranspose ``(in, out/g, *k)``
+    move their input-channel dim last (NVIDIA ASP: N:M groups run along input channels).
+
+    >>> layout(nn.Conv2d(4, 8, 3)), layout(nn.ConvTranspose1d(4, 8, 3))
+    ((0, 2, 3, 1), (1, 2, 0))
+    """
+    if isinstance(module, nn.Linear):
+        return (0, 1)
+    if not isinstance(module, PRUNABLE):
+        raise ConfigError(
+            f"cannot mask a {type(module).__name__}: only Linear, Conv and ConvTranspose layers"
+        )
+    kernel = tuple(range(2, module.weight.dim()))
+    return (1, *kernel, 0) if isinstance(module, CONV_TRANSPOSE) else (0, *kernel, 1)
+
+
+def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(perm.index(i) for i in range(len(perm)))
+
+
+def check_sparsity(sparsity: object, pattern: Pattern) -> float:
+    """Validate ``sparsity`` for ``pattern`` and return it as a float (N:M: ``None`` means ``1 - N/M``).
+
+    >>> check_sparsity(None, parse_pattern("2:4"))
+    0.5
+    """
+    fixed = pattern.fixed_sparsity
+    if sparsity is None:
+        if fixed is None:
+            raise ConfigError(f"sparsity is required for pattern {pattern}: a number in [0, 1), e.g. 0.5")
+        return fixed
+    if isinstance(sparsity, bool) or not isinstance(sparsity, Real):
+        raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    value = float(sparsity)
+    if math.isnan(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1), got {value}")
+    if fixed is not None and abs(value - fixed) > 1e-9:
+        raise ConfigError(
+            f"pattern {pattern} fixes sparsity at {fixed:g}, got {value:g}: pass None or {fixed:g}"
+        )
+    return value
+
+
+def check_scope(scope: str, pattern: Pattern) -> None:
+    """Validate ``scope``; N:M is per group by definition, so only ``"local"`` goes with it.
+
+    >>> check_scope("global", parse_pattern("block:2x2"))
+    """
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+    if scope == "global" and pattern.kind == "n:m":
+        raise ConfigError(
+            f"pattern {pattern} keeps {pattern.n} of every {pattern.m} weights: use scope='local'"
+        )
+
+
+def check_layers(model: nn.Module, layers: Mapping[str, nn.Module], pattern: Pattern) -> None:
+    """Raise before any change if one of ``layers`` cannot take a mask of ``pattern`` (checks all first).
+
+    >>> model = nn.Sequential(nn.Linear(8, 4))
+    >>> check_layers(model, {"0": model[0]}, parse_pattern("2:4"))
+    """
+    for name, module in layers.items():
+        layout(module)
+        check_maskable(module, name)
+    owners = _owners(model)
+    for name, module in layers.items():
+        weight = module.parametrizations.weight.original if get_mask(module) is not None else module.weight
+        others = [
+            owner for owner in owners[id(weight)] if owner not in (name, f"{name}.parametrizations.weight")
+        ]
+        if others:
+            raise ConfigError(
+                f"layer {name!r} shares its weight with {others[0]!r}; a mask would change both: exclude it"
+            )
+        shape = tuple(module.weight.shape)
+        pattern.check(tuple(shape[i] for i in layout(module)), name)
+
+
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> names of the modules that hold it (a shared module counts once)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for param in module._parameters.values():
+            if param is not None:
+                owners.setdefault(id(param), []).append(name)
+    return owners
+
+
+def select_layers(
+    model: nn.Module,
+    include: Iterable[Selector] | Selector | None = None,
+    exclude: Iterable[Selector] | Selector | None = None,
+) -> list[str]:
+    """Names of the Linear/Conv layers ``sparsify`` would mask, in model order.
+
+    A selector matches a module if it matches (fnmatch) its name or the name of one of its parents.
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> select_layers(model, exclude=["2"])
+    ['0']
+    """
+    all_names = [name for name, _ in model.named_modules()]
+    candidates = [name for name, module in model.named_modules() if isinstance(module, PRUNABLE)]
+    if not candidates:
+        raise ConfigError("the model has no Linear, Conv or ConvTranspose layer to sparsify")
+    chosen = candidates
+    included = _selectors(model, include, "include")
+    if included is not None:
+        if not included:
+            raise ConfigError("include is empty: name at least one layer (or glob), or leave include=None")
+        for sel in included:
+            if not any(_matches(sel, name) for name in candidates):
+                kind = "no Linear/Conv layer" if any(_matches(sel, n) for n in all_names) else "no module"
+                raise ConfigError(
+                    f"include {sel!r} matches {kind}; prunable layers are e.g. {', '.join(candidates[:4])}"
+                )
+        chosen = [name for name in candidates if any(_matches(sel, name) for sel in included)]
+    excluded = _selectors(model, exclude, "exclude") or []
+    for sel in excluded:
+        if not any(_matches(sel, name) for name in all_names):
+            raise ConfigError(
+                f"exclude {sel!r} matches no module; layers are e.g. {', '.join(candidates[:4])}"
+            )
+    chosen = [name for name in chosen if not any(_matches(sel, name) for sel in excluded)]
+    if not chosen:
+        raise ConfigError("include/exclude leave no layer to sparsify")
+    return chosen
+
+
+def _selectors(model: nn.Module, items: Iterable[Selector] | Selector | None, what: str) -> list[str] | None:
+    if items is None:
+        return None
+    if isinstance(items, (str, nn.Module)):
+        items = [items]
+    names = {id(module): name for name, module in model.named_modules()}
+    out = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            if id(item) not in names:
+                raise ConfigError(f"{what} has a {type(item).__name__} module that is not part of the model")
+            out.append(names[id(item)])
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise ConfigError(f"{what} takes module names or modules, got {type(item).__name__}")
+    return out
+
+
+def _matches(selector: str, name: str) -> bool:
+    parts = name.split(".")
+    return any(fnmatchcase(".".join(parts[:i]), selector) for i in range(1, len(parts) + 1))
