@@ -149,7 +149,7 @@ def analyze(
     """Measure ``model`` on ``example_inputs``: params, MACs, size, peak memory, per-layer rows, and
     optionally latency (``runs`` timed runs after ``warmup``, on ``threads`` threads) and accuracy via
     ``eval_fn(model)``.
-    ``zstd_level`` is passed to :func:`~prunekit.measure.size.model_size` (level 9 by default; 19 is smaller but slow).
+    ``zstd_level`` is passed to :func:`~prunekit.measure.size.model_size` (9 by default; 19: smaller, slow).
 
     The model is not modified (its training flags are restored).
 
