@@ -142,7 +142,7 @@ def demo(
 ) -> None:
     """Train a small CNN on bundled handwritten digits, prune it, and show what each stage costs and saves.
 
-    Options left out take run_demo's defaults (90% sparsity, seed 0, 2 threads).
+    Options left out take run_demo's defaults (90% sparsity, seed 0, 1 thread).
     """
     from prunekit.demo import run_demo
 

@@ -1,0 +1,314 @@
+"""``run_demo``: train the digits CNN, run every stage, measure each result the same way, print and save it.
+
+Every stage's model is measured with :mod:`prunekit.measure`: top-1 test accuracy, parameters (total and
+non-zero), MACs, safetensors bytes and their zstd-compressed size, and median latency at batch 1 and 64
+(measured after every stage has run, the models alternating, see :func:`measure_latencies`).
+With ``out=DIR`` the models (``<stage>.safetensors``, masks removed), ``results.md``, ``results.txt`` and
+``results.json`` are written there; every file goes through a temporary file and ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from rich.console import Console
+from torch import nn
+
+from prunekit.demo.data import IMAGE_SHAPE, load_splits
+from prunekit.demo.model import build_model
+from prunekit.demo.stages import DemoConfig, DemoContext, Stage, check_stages, default_stages
+from prunekit.demo.table import demo_table, table_markdown, table_text
+from prunekit.errors import ConfigError
+from prunekit.measure.latency import LatencyStats, measure_latency
+from prunekit.measure.macs import count_macs
+from prunekit.measure.params import ParamCount, count_params
+from prunekit.measure.size import SizeInfo, model_size
+from prunekit.recover import accuracy
+
+QUICK = {"epochs": 4, "finetune_epochs": 2, "latency_runs": 5, "latency_warmup": 1, "latency_rounds": 2}
+LATENCY_BATCHES = (1, 64)
+
+
+@dataclass
+class StageRow:
+    """The measurements of one stage's model; ``extra`` holds the stage's own figures (``ctx.note``)."""
+
+    name: str
+    title: str
+    accuracy: float
+    params: ParamCount
+    macs: int
+    size: SizeInfo
+    latency: list[LatencyStats]
+    seconds: float
+    measure_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable figures of this stage."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "accuracy": self.accuracy,
+            "params": self.params.to_dict(),
+            "macs": self.macs,
+            "size": self.size.to_dict(),
+            "latency": [stats.to_dict() for stats in self.latency],
+            "seconds": self.seconds,
+            "measure_seconds": self.measure_seconds,
+            "extra": self.extra,
+        }
+
+
+@dataclass
+class DemoResult:
+    """Everything a demo run measured: one :class:`StageRow` per stage, the data, the machine, timings."""
+
+    config: DemoConfig
+    rows: list[StageRow]
+    data: dict[str, int]
+    environment: dict[str, Any]
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    def row(self, name: str) -> StageRow:
+        """The row of stage ``name``."""
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no stage named {name!r}; stages: {', '.join(r.name for r in self.rows)}")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable: config, data sizes, machine, every stage's figures and its change vs dense."""
+        dense = self.rows[0]
+        return {
+            "config": dataclasses.asdict(self.config),
+            "data": self.data,
+            "environment": self.environment,
+            "seconds": self.seconds,
+            "files": self.files,
+            "stages": [row.to_dict() for row in self.rows],
+            "vs_dense": {row.name: _versus(row, dense) for row in self.rows[1:]},
+        }
+
+
+def _versus(row: StageRow, dense: StageRow) -> dict[str, float]:
+    return {
+        "accuracy_drop_points": 100.0 * (dense.accuracy - row.accuracy),
+        "nonzero_fraction": row.params.nonzero / dense.params.nonzero,
+        "macs_fraction": row.macs / dense.macs,
+        "compression_vs_dense_file": dense.size.dense_bytes / row.size.compressed_bytes,
+        "latency_speedup": [
+            d.median_ms / r.median_ms for d, r in zip(dense.latency, row.latency, strict=True)
+        ],
+    }
+
+
+def environment() -> dict[str, Any]:
+    """The machine a measurement ran on: CPU model, cores, torch version, intra-op threads, Python.
+
+    >>> sorted(environment())
+    ['cores', 'cpu', 'platform', 'python', 'threads', 'torch']
+    """
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "x.txt"
+    >>> write_atomic(target, "hi"); target.read_text()
+    'hi'
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as handle:  # "x": never clobber; mode follows the umask like a normal file
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def measure_stage(model: nn.Module, ctx: DemoContext) -> dict[str, Any]:
+    """Test accuracy, parameter counts, MACs of one image, and file sizes of a stage's model.
+
+    >>> from prunekit.demo.data import load_splits
+    >>> from prunekit.demo.model import build_model
+    >>> ctx = DemoContext(DemoConfig(), load_splits(), Console(quiet=True))
+    >>> measure_stage(build_model(), ctx)["macs"]
+    2444544
+    """
+    return {
+        "accuracy": accuracy(model, ctx.test_loader()),
+        "params": count_params(model),
+        "macs": count_macs(model, torch.zeros(1, *IMAGE_SHAPE)),
+        "size": model_size(model),
+    }
+
+
+def measure_latencies(models: dict[str, nn.Module], ctx: DemoContext) -> dict[str, list[LatencyStats]]:
+    """Latency of every model at batch 1 and 64: best round of ``config.latency_rounds``, models alternating.
+
+    Each round runs :func:`~prunekit.measure.latency.measure_latency` (``latency_runs`` timed runs after
+    ``latency_warmup``) on every model in turn; a model keeps the round with its lowest median. Alternating
+    spreads load from other processes over all models instead of one; the best round is the least disturbed.
+
+    >>> from prunekit.demo.data import load_splits
+    >>> from prunekit.demo.model import build_model
+    >>> ctx = DemoContext(DemoConfig(latency_runs=2, latency_rounds=1), load_splits(), Console(quiet=True))
+    >>> [s.batch_size for s in measure_latencies({"m": build_model()}, ctx)["m"]]
+    [1, 64]
+    """
+    cfg = ctx.config
+    best: dict[str, list[LatencyStats]] = {}
+    for _ in range(cfg.latency_rounds):
+        for name, model in models.items():
+            stats = [
+                measure_latency(
+                    model, ctx.splits.x_test[:batch], runs=cfg.latency_runs, warmup=cfg.latency_warmup
+                )
+                for batch in LATENCY_BATCHES
+            ]
+            kept = best.setdefault(name, stats)
+            best[name] = [
+                min(old, new, key=lambda s: s.median_ms) for old, new in zip(kept, stats, strict=True)
+            ]
+    return best
+
+
+def _check_paths(out: Path | None, json_path: Path | None) -> None:
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory (it is created if missing)")
+    if json_path is not None and json_path.is_dir():
+        raise ConfigError(f"--json {json_path} is a directory; give a file path")
+
+
+def _save(out: Path, result: DemoResult, models: dict[str, nn.Module]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in models.items():
+        state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+        path = out / f"{name}.safetensors"
+        write_atomic(path, safetensors.torch.save(state, metadata={"stage": name}))
+        result.files[name] = str(path)
+    for key, filename in (("table_md", "results.md"), ("table_txt", "results.txt"), ("json", "results.json")):
+        result.files[key] = str(out / filename)
+    write_atomic(out / "results.md", table_markdown(result))
+    write_atomic(out / "results.txt", table_text(result))
+    write_atomic(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def run_demo(
+    *,
+    out: Path | str | None = None,
+    json_path: Path | str | None = None,
+    epochs: int | None = None,
+    finetune_epochs: int | None = None,
+    sparsity: float = 0.9,
+    quick: bool = False,
+    seed: int = 0,
+    threads: int = 1,
+    console: Console | None = None,
+    progress: bool = True,
+    stages: list[Stage] | None = None,
+) -> DemoResult:
+    """Train the digits CNN, run the stages (default: dense, 90% global unstructured + fine-tune), measure.
+
+    ``quick=True`` uses a small budget (4 + 2 epochs, 2 x 5 latency runs) for smoke tests; ``epochs`` and
+    ``finetune_epochs`` override either budget. Runs with ``threads`` intra-op threads (restored afterwards)
+    and is reproducible for a given ``seed``. Prints progress and the table to ``console``; writes files only
+    after every stage has run.
+
+    >>> result = run_demo(quick=True, console=Console(quiet=True), progress=False)
+    >>> [row.name for row in result.rows], result.row("dense").accuracy > 0.9
+    (['dense', 'sparse90'], True)
+    """
+    config = DemoConfig(sparsity=sparsity, seed=seed, threads=threads, **(QUICK if quick else {}))
+    overrides = {k: v for k, v in (("epochs", epochs), ("finetune_epochs", finetune_epochs)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    config.check()
+    out = Path(out) if out is not None else None
+    json_path = Path(json_path) if json_path is not None else None
+    _check_paths(out, json_path)
+    stages = default_stages(config) if stages is None else list(stages)
+    check_stages(stages)
+    console = console if console is not None else Console()
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        start = time.perf_counter()
+        splits = load_splits()
+        ctx = DemoContext(config, splits, console, progress=progress)
+        models: dict[str, nn.Module] = {}
+        measured: dict[str, dict[str, Any]] = {}
+        for i, stage in enumerate(stages, 1):
+            ctx.stage = stage.name
+            source = build_model(config.seed) if stage.source is None else copy.deepcopy(models[stage.source])
+            t0 = time.perf_counter()
+            models[stage.name] = model = stage.run(source, ctx)
+            t1 = time.perf_counter()
+            figures = measure_stage(model, ctx)
+            measured[stage.name] = {
+                "seconds": t1 - t0,
+                "measure_seconds": time.perf_counter() - t1,
+                **figures,
+            }
+            console.print(
+                f"[{i}/{len(stages)}] {stage.name} ({stage.title}): "
+                f"accuracy {100 * figures['accuracy']:.2f}%, {t1 - t0:.1f} s"
+            )
+        t2 = time.perf_counter()
+        latencies = measure_latencies(models, ctx)
+        console.print(f"latency of {len(models)} models measured in {time.perf_counter() - t2:.1f} s")
+        rows = [
+            StageRow(
+                stage.name,
+                stage.title,
+                latency=latencies[stage.name],
+                extra=ctx.notes.get(stage.name, {}),
+                **measured[stage.name],
+            )
+            for stage in stages
+        ]
+        data = {"train": len(splits.y_train), "test": len(splits.y_test)}
+        env = environment()
+        result = DemoResult(config, rows, data, env, seconds=time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    console.print(demo_table(result))
+    if out is not None:
+        _save(out, result, models)
+        console.print(f"wrote {len(result.files)} files to {out}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
