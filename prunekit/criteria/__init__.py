@@ -1,0 +1,58 @@
+"""Importance criteria for structured pruning: one score per unit of a group (higher = keep).
+
+A group criterion is any callable ``criterion(group, ctx) -> torch.Tensor`` returning a float tensor of
+shape ``(group.width,)``. ``ctx`` (:class:`ScoreContext`) gives the model, the example inputs, every
+parameter/buffer by name and a ``cache`` dict a criterion may use to compute something once per call of
+``prune`` (e.g. gradients for Taylor scores). Register new ones with :func:`register_criterion`.
+
+>>> get_criterion("l2").__name__
+'l2_magnitude'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+
+
+@dataclass
+class ScoreContext:
+    """What a criterion may look at."""
+
+    model: nn.Module
+    example_inputs: Any
+    tensors: dict[str, torch.Tensor]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: nn.Module, example_inputs: Any) -> ScoreContext:
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+        return cls(model, example_inputs, tensors)
+
+
+GroupCriterion = Callable[[Any, ScoreContext], torch.Tensor]
+_REGISTRY: dict[str, GroupCriterion] = {}
+
+
+def register_criterion(name: str, fn: GroupCriterion) -> GroupCriterion:
+    """Make ``fn`` available as ``criterion=name`` in :func:`prunekit.prune`."""
+    _REGISTRY[name] = fn
+    return fn
+
+
+def get_criterion(criterion: str | GroupCriterion) -> GroupCriterion:
+    """Look up a criterion by name, or pass a callable through."""
+    if callable(criterion):
+        return criterion
+    from prunekit.criteria import magnitude  # noqa: F401  (registers l1/l2)
+
+    if criterion not in _REGISTRY:
+        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[criterion]

@@ -1,0 +1,260 @@
+"""Trace one forward pass at the torch-function level and propagate channel-slot labels.
+
+Every prunable parameter dim gets a range of integer *slot* ids the first time an op rule asks for it
+(conv weight dim 0 = out channels, dim 1 = in channels per group, norm weights, ...). Each traced tensor
+carries a label (see :mod:`prunekit.graph.labels`). Op rules (:mod:`prunekit.graph.rules`) compute output
+labels and record *edges* (two slots must be removed together) and *pins* (a slot must never be removed,
+with the reason). Union-find over the edges happens later, in :mod:`prunekit.graph.groups`.
+
+>>> tr = trace(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), torch.zeros(1, 4))
+>>> [(r.name, r.dim, r.size) for r in tr.ranges][:2]
+[('0.weight', 1, 4), ('0.weight', 0, 8)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from prunekit._inputs import ExampleInputs, call_model
+from prunekit.graph.labels import NO_SLOT, align, along, blank
+
+
+@dataclass
+class SlotRange:
+    """The slots of one dim of one parameter or buffer: ids ``start .. start + size - 1``."""
+
+    name: str
+    dim: int
+    start: int
+    size: int
+    kind: str  # "param" or "buffer"
+
+
+@dataclass
+class AttrRecord:
+    """A module attribute whose new value is (kept positions of ``slots``) // ``divisor``."""
+
+    module: str
+    attr: str
+    slots: torch.Tensor
+    divisor: int
+    old: int
+
+
+def op_name(func: Any) -> str:
+    """Readable name of a traced function (``conv2d``, ``Tensor.view``, ...)."""
+    name = getattr(func, "__name__", None) or repr(func)
+    owner = getattr(func, "__objclass__", None)
+    if owner is not None and name != "__get__":
+        return f"Tensor.{name}"
+    if name == "__get__":
+        return f"Tensor.{getattr(getattr(func, '__self__', None), '__name__', 'attr')}"
+    return name
+
+
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    """All tensors in a nested output: tensors, tuples, lists, dicts, dataclasses, HF ModelOutput."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in flatten_tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in flatten_tensors(v)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in flatten_tensors(getattr(obj, f.name))]
+    return []
+
+
+@dataclass
+class Tracer:
+    """Trace state: slot ranges, labels of live tensors, edges, pins and attribute records."""
+
+    model: nn.Module
+    names: dict[int, str] = field(default_factory=dict)
+    kinds: dict[int, str] = field(default_factory=dict)
+    ranges: list[SlotRange] = field(default_factory=list)
+    n_slots: int = 0
+    edges: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    notes: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    attrs: list[AttrRecord] = field(default_factory=list)
+    rule_errors: list[str] = field(default_factory=list)
+    output_shapes: list[list[int]] = field(default_factory=list)
+    n_calls: int = 0
+    op: str = ""
+    module_stack: list[str] = field(default_factory=lambda: [""])
+    _labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _range_of: dict[tuple[int, int], SlotRange] = field(default_factory=dict)
+    _owners: dict[int, tuple[str, nn.Module]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for mname, module in self.model.named_modules(remove_duplicate=False):
+            for pname, p in module.named_parameters(recurse=False):
+                self._register(p, f"{mname}.{pname}" if mname else pname, "param", mname, module)
+            for bname, b in module.named_buffers(recurse=False):
+                if b is not None:
+                    self._register(b, f"{mname}.{bname}" if mname else bname, "buffer", mname, module)
+
+    def _register(self, t: torch.Tensor, name: str, kind: str, mname: str, module: nn.Module) -> None:
+        if id(t) not in self.names:
+            self.names[id(t)] = name
+            self.kinds[id(t)] = kind
+            self._owners[id(t)] = (mname, module)
+
+    # ---- where are we --------------------------------------------------------------------------------
+    def where(self) -> str:
+        return f"{self.op} in {self.module_stack[-1] or '<model>'}"
+
+    def owner(self, t: torch.Tensor) -> tuple[str, nn.Module] | None:
+        """(module fqn, module) that owns parameter/buffer ``t``, or None for activations."""
+        return self._owners.get(id(t))
+
+    def is_state(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and id(t) in self.names
+
+    # ---- slots ----------------------------------------------------------------------------------------
+    def slots(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """Slot ids of dim ``dim`` of parameter/buffer ``t`` (allocated on first use; -1 for size-1 dims)."""
+        dim = dim % t.dim()
+        size = t.shape[dim]
+        if size <= 1:
+            return torch.full((size,), NO_SLOT, dtype=torch.long)
+        key = (id(t), dim)
+        r = self._range_of.get(key)
+        if r is None:
+            r = SlotRange(self.names[id(t)], dim, self.n_slots, size, self.kinds[id(t)])
+            self.ranges.append(r)
+            self._range_of[key] = r
+            self.n_slots += size
+        return torch.arange(r.start, r.start + r.size)
+
+    def vec(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """Slot of each index along ``dim`` of ``t``: its own slots for state tensors, else from its label."""
+        if self.is_state(t):
+            return self.slots(t, dim)
+        lab = align(self.label(t), t.dim())
+        v, others = along(lab, dim, t.shape[dim])
+        if others:
+            self.pin(lab, "tensor used as a weight carries channel slots on several dims")
+            return torch.full((t.shape[dim],), NO_SLOT, dtype=torch.long)
+        return v
+
+    # ---- labels ---------------------------------------------------------------------------------------
+    def label(self, t: torch.Tensor) -> torch.Tensor:
+        """Label of tensor ``t``: recorded, or derived for a free parameter, or 'no slot'."""
+        entry = self._labels.get(id(t))
+        if entry is not None and entry[0] is t:
+            return entry[1]
+        if self.kinds.get(id(t)) == "param" and t.dim() > 0:
+            dims = [d for d in range(t.dim()) if t.shape[d] > 1]
+            if dims:  # free parameter (layer scale, cls token, pos embedding): slots along its last dim > 1
+                d = dims[-1]
+                shape = [1] * t.dim()
+                shape[d] = t.shape[d]
+                return self.slots(t, d).view(shape)
+        return blank(t.dim())
+
+    def set_label(self, t: torch.Tensor, lab: torch.Tensor) -> None:
+        lab = align(lab, t.dim())
+        for s, n in zip(lab.shape, t.shape, strict=True):
+            if s != 1 and s != n:
+                raise RuntimeError(f"label shape {tuple(lab.shape)} does not fit tensor {tuple(t.shape)}")
+        self._labels[id(t)] = (t, lab)
+
+    # ---- edges and pins -------------------------------------------------------------------------------
+    def link(self, a: torch.Tensor, b: torch.Tensor, why: str = "meets a fixed-size tensor") -> None:
+        """Slots at the same (broadcast) position must go together; a slot facing 'no slot' is pinned."""
+        a, b = torch.broadcast_tensors(a, b)
+        a, b = a.reshape(-1), b.reshape(-1)
+        ga, gb = a >= 0, b >= 0
+        both = ga & gb & (a != b)
+        if both.any():
+            pa, pb = a[both], b[both]
+            if pa.numel() > 4096:
+                key = torch.unique(pa * (1 << 31) + pb)
+                pa, pb = key // (1 << 31), key % (1 << 31)
+            self.edges.append((pa, pb))
+        one = ga ^ gb
+        if one.any():
+            self.pin(torch.where(ga, a, b)[one], why)
+
+    def unite(self, rows: torch.Tensor, why: str = "meets a fixed-size tensor") -> None:
+        """Every row of the 2-D ``rows`` becomes one unit (a -1 in a row pins the row)."""
+        self.link(rows[:, :1].expand_as(rows), rows, why)
+
+    def pin(self, lab: torch.Tensor, why: str) -> None:
+        s = lab.reshape(-1)
+        s = s[s >= 0]
+        if s.numel():
+            self.pins.append((torch.unique(s) if s.numel() > 64 else s, f"{self.where()}: {why}"))
+
+    def note(self, slots: torch.Tensor, text: str) -> None:
+        s = slots.reshape(-1)
+        s = s[s >= 0]
+        if s.numel():
+            self.notes.append((s[:1].clone(), text))
+
+    def attr(self, module: str, obj: nn.Module, attr: str, slots: torch.Tensor, divisor: int = 1) -> None:
+        self.attrs.append(AttrRecord(module, attr, slots.clone(), divisor, int(getattr(obj, attr))))
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        from prunekit.graph.rules import on_call
+
+        on_call(self.tracer, func, args, kwargs, out)
+        return out
+
+
+def trace(model: nn.Module, example_inputs: ExampleInputs) -> Tracer:
+    """Run ``model`` once (eval mode, no grad) on ``example_inputs`` and return the labelled trace.
+
+    >>> tr = trace(torch.nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 8, 8))
+    >>> tr.n_slots  # 3 input channels, 8 output channels, 8 bias entries
+    19
+    """
+    tracer = Tracer(model)
+    training = {m: m.training for m in model.modules()}
+    handles = []
+
+    def enter(name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            tracer.module_stack.append(name)
+
+        return hook
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if len(tracer.module_stack) > 1:
+            tracer.module_stack.pop()
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave))
+    model.eval()
+    try:
+        with torch.no_grad(), _Mode(tracer):
+            out = call_model(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+    tracer.op, tracer.module_stack = "output", [""]
+    for t in flatten_tensors(out):
+        tracer.pin(tracer.label(t), "model outputs keep their shape")
+        tracer.output_shapes.append(list(t.shape))
+    tracer._labels.clear()
+    return tracer

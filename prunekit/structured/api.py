@@ -1,0 +1,284 @@
+"""Public structured-pruning API: ``groups``, ``prune``, ``check`` (and ``plan_prune`` for plans only).
+
+>>> import torch
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 3))
+>>> res = prune(net, torch.randn(1, 3, 16, 16), ratio=0.5)
+>>> net[0].out_channels, res.params_after < res.params_before
+(8, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._inputs import ExampleInputs, call_model
+from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
+from prunekit.errors import ConfigError
+from prunekit.graph.groups import GroupReport, build_groups
+from prunekit.plan import Plan
+from prunekit.structured.apply import apply
+from prunekit.structured.oracle import compare, masked_reference, run_outputs
+from prunekit.structured.select import build_plan, choose_units
+
+
+def _count_params(model: nn.Module) -> int:
+    try:
+        from prunekit.measure.params import count_params
+
+        return int(count_params(model).total)
+    except ImportError:
+        return sum(p.numel() for p in model.parameters())
+
+
+def _count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
+    try:
+        from prunekit.measure.macs import count_macs
+
+        return int(count_macs(model, example_inputs))
+    except ImportError:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                call_model(model, example_inputs)
+        finally:
+            model.train(training)
+        return int(counter.get_total_flops()) // 2
+
+
+def _validate(ratio: float, scope: str, round_to: int | None, max_ratio: float) -> None:
+    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}")
+    if scope not in ("local", "global"):
+        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ConfigError(f"round_to must be a positive integer or None, got {round_to!r}")
+    if not isinstance(max_ratio, (int, float)) or not 0.0 < float(max_ratio) <= 1.0:
+        raise ConfigError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
+
+
+def groups(
+    model: nn.Module, example_inputs: ExampleInputs, ignore: Iterable[str | nn.Module] | None = None
+) -> GroupReport:
+    """Inspect the coupled channel groups of ``model``: members, widths, constraints, pins and why.
+
+    >>> rep = groups(torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)), torch.zeros(1, 3))
+    >>> [g.width for g in rep.prunable_groups]
+    [5]
+    """
+    return build_groups(model, example_inputs, ignore)
+
+
+def plan_prune(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ratio: float = 0.5,
+    criterion: str | GroupCriterion = "l2",
+    scope: str = "local",
+    ignore: Iterable[str | nn.Module] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.9,
+) -> tuple[Plan, GroupReport]:
+    """Decide what to remove without touching ``model``: returns the plan and the group report.
+
+    >>> plan, rep = plan_prune(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2)),
+    ...                        torch.zeros(1, 3), ratio=0.25)
+    >>> plan.removed_units
+    2
+    """
+    _validate(ratio, scope, round_to, max_ratio)
+    score_fn = get_criterion(criterion)
+    report = build_groups(model, example_inputs, ignore)
+    ctx = ScoreContext.of(model, example_inputs)
+    scores = {}
+    for g in report.prunable_groups:
+        s = torch.as_tensor(score_fn(g, ctx), dtype=torch.float64).reshape(-1)
+        if s.numel() != g.width:
+            raise ConfigError(f"criterion returned {s.numel()} scores for a group of width {g.width}")
+        scores[g.id] = s
+    removed = choose_units(report, scores, float(ratio), scope, round_to, float(max_ratio))
+    total = sum(g.width for g in report.prunable_groups)
+    meta = {
+        "ratio": ratio,
+        "criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
+        "scope": scope,
+        "round_to": round_to,
+        "max_ratio": max_ratio,
+        "target_units": round(ratio * total),
+        "prunable_units": total,
+    }
+    return build_plan(report, removed, meta), report
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` did: the plan, sizes before/after, and where the time went."""
+
+    plan: Plan
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    n_groups: int
+    n_pruned_groups: int
+    removed_units: int
+    target_units: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / max(1, self.params_before)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / max(1, self.macs_before)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "params_ratio": self.params_ratio,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "macs_ratio": self.macs_ratio,
+            "n_groups": self.n_groups,
+            "n_pruned_groups": self.n_pruned_groups,
+            "removed_units": self.removed_units,
+            "target_units": self.target_units,
+            "seconds": dict(self.seconds),
+            "plan": self.plan.to_dict(),
+        }
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ratio: float = 0.5,
+    criterion: str | GroupCriterion = "l2",
+    scope: str = "local",
+    ignore: Iterable[str | nn.Module] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.9,
+    measure: bool = True,
+) -> PruneResult:
+    """Structurally prune ``model`` in place: channels, neurons and heads are physically removed.
+
+    ``ratio`` is the fraction of each group's units to remove (``scope="local"``) or of all prunable units
+    ranked together by group-normalised importance (``scope="global"``). ``ignore`` lists module names or
+    modules whose channels stay. ``measure=False`` skips the params/MACs counts (two extra forwards).
+    """
+    t0 = time.perf_counter()
+    plan, report = plan_prune(model, example_inputs, ratio, criterion, scope, ignore, round_to, max_ratio)
+    t1 = time.perf_counter()
+    params_before = _count_params(model) if measure else 0
+    macs_before = _count_macs(model, example_inputs) if measure else 0
+    t2 = time.perf_counter()
+    apply(model, plan, example_inputs)
+    t3 = time.perf_counter()
+    params_after = _count_params(model) if measure else 0
+    macs_after = _count_macs(model, example_inputs) if measure else 0
+    t4 = time.perf_counter()
+    return PruneResult(
+        plan,
+        params_before,
+        params_after,
+        macs_before,
+        macs_after,
+        len(report.groups),
+        len(plan.groups),
+        plan.removed_units,
+        int(plan.meta.get("target_units", 0)),
+        {"plan": t1 - t0, "apply": t3 - t2, "measure": (t2 - t1) + (t4 - t3)},
+    )
+
+
+@dataclass
+class CheckReport:
+    """Prunability and exactness of pruning a copy of a model (the user's model is untouched)."""
+
+    ok: bool
+    max_abs_err: float
+    tolerance: float
+    shapes_equal: bool
+    macs_ratio: float
+    params_ratio: float
+    n_groups: int
+    n_prunable_groups: int
+    removed_units: int
+    pinned: list[dict[str, Any]]
+    rule_errors: list[str]
+    plan: Plan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "max_abs_err": self.max_abs_err,
+            "tolerance": self.tolerance,
+            "shapes_equal": self.shapes_equal,
+            "macs_ratio": self.macs_ratio,
+            "params_ratio": self.params_ratio,
+            "n_groups": self.n_groups,
+            "n_prunable_groups": self.n_prunable_groups,
+            "removed_units": self.removed_units,
+            "pinned": list(self.pinned),
+            "rule_errors": list(self.rule_errors),
+        }
+
+
+def check(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ratio: float = 0.5,
+    criterion: str | GroupCriterion = "l2",
+    scope: str = "local",
+    ignore: Iterable[str | nn.Module] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.9,
+) -> CheckReport:
+    """Prune a deep copy and compare it with the masked reference (see :mod:`prunekit.structured.oracle`).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> check(net, torch.randn(2, 3)).ok
+    True
+    """
+    plan, report = plan_prune(model, example_inputs, ratio, criterion, scope, ignore, round_to, max_ratio)
+    ref = masked_reference(model, plan)
+    ref_out = run_outputs(ref, example_inputs)
+    del ref
+    params_before = _count_params(model)
+    macs_before = _count_macs(copy.deepcopy(model), example_inputs)
+    pruned = copy.deepcopy(model)
+    apply(pruned, plan, example_inputs)
+    cmp = compare(run_outputs(pruned, example_inputs), ref_out)
+    pinned = [
+        {
+            "id": g.id,
+            "width": g.width,
+            "members": [f"{m.name}[{m.dim}]" for m in g.members[:4]],
+            "reasons": g.reasons,
+        }
+        for g in report.pinned_groups
+    ]
+    return CheckReport(
+        cmp.ok,
+        cmp.max_abs_err,
+        cmp.tolerance,
+        cmp.shapes_equal,
+        _count_macs(pruned, example_inputs) / max(1, macs_before),
+        _count_params(pruned) / max(1, params_before),
+        len(report.groups),
+        len(report.prunable_groups),
+        plan.removed_units,
+        pinned,
+        list(report.rule_errors),
+        plan,
+    )

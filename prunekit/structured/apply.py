@@ -1,0 +1,158 @@
+"""Apply a :class:`~prunekit.plan.Plan`: slice every coupled parameter and buffer, update module attributes.
+
+Transactional: the old parameter/buffer objects and attribute values are kept; cutting builds new tensors.
+On any failure (a bad plan, a slicing error, the verification forward raising or changing an output shape)
+the old objects are put back — bit-exact — and :class:`~prunekit.errors.ApplyError` is raised.
+
+>>> import torch
+>>> from prunekit.plan import Plan
+>>> net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Linear(4, 1))
+>>> plan = Plan(removals={"0.weight": {0: [0]}, "0.bias": {0: [0]}, "1.weight": {1: [0]}},
+...             attrs={"0": {"out_features": [4, 3]}, "1": {"in_features": [4, 3]}},
+...             signature={"0.weight": [4, 2], "0.bias": [4], "1.weight": [1, 4]})
+>>> _ = apply(net, plan, torch.zeros(1, 2)); net[0].weight.shape
+torch.Size([3, 2])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._inputs import ExampleInputs, call_model
+from prunekit.errors import ApplyError, PlanError
+from prunekit.graph.trace import flatten_tensors
+from prunekit.plan import Plan
+
+
+def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Module, str, str]]]]:
+    """name -> (tensor, every (module, local name, kind) that holds this very tensor object)."""
+    holders: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    names: dict[str, torch.Tensor] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for kind, store in (("param", module._parameters), ("buffer", module._buffers)):
+            for local, t in store.items():
+                if t is None:
+                    continue
+                lst = holders.setdefault(id(t), [])
+                if (module, local, kind) not in [(m, n, k) for m, n, k in lst]:
+                    lst.append((module, local, kind))
+                names.setdefault(f"{mname}.{local}" if mname else local, t)
+    return {n: (t, holders[id(t)]) for n, t in names.items()}
+
+
+def validate(model: nn.Module, plan: Plan) -> None:
+    """Raise PlanError unless ``plan`` fits ``model`` exactly (names, shapes, indices, attribute values)."""
+    state = _state(model)
+    modules = dict(model.named_modules())
+    for name, shape in plan.signature.items():
+        if name not in state:
+            raise PlanError(f"plan refers to {name!r}, which the model does not have")
+        if list(state[name][0].shape) != list(shape):
+            raise PlanError(f"{name} has shape {list(state[name][0].shape)}, the plan expects {list(shape)}")
+    for name, dims in plan.removals.items():
+        if name not in plan.signature:
+            raise PlanError(f"plan cuts {name!r} but does not record its shape")
+        shape = plan.signature[name]
+        for dim, idx in dims.items():
+            if not 0 <= dim < len(shape):
+                raise PlanError(f"{name}: dim {dim} out of range for shape {shape}")
+            if len(set(idx)) != len(idx) or any(not 0 <= i < shape[dim] for i in idx):
+                raise PlanError(f"{name}: removed indices of dim {dim} must be distinct and < {shape[dim]}")
+            if len(idx) >= shape[dim]:
+                raise PlanError(f"{name}: the plan would remove every index of dim {dim}")
+    for mname, attrs in plan.attrs.items():
+        if mname not in modules:
+            raise PlanError(f"plan updates module {mname!r}, which the model does not have")
+        for attr, (old, _new) in attrs.items():
+            cur = getattr(modules[mname], attr, None)
+            if cur != old:
+                raise PlanError(f"{mname}.{attr} is {cur!r}, the plan expects {old!r}")
+
+
+def _replace(module: nn.Module, local: str, kind: str, value: torch.Tensor) -> None:
+    if kind == "param":
+        module._parameters[local] = value
+    else:
+        module._buffers[local] = value
+
+
+def _set_attr(module: nn.Module, attr: str, value: Any) -> None:
+    setattr(module, attr, value)
+
+
+def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = None) -> nn.Module:
+    """Cut ``model`` in place according to ``plan``; verify with a forward on ``example_inputs`` if given.
+
+    Returns the model. Raises PlanError (model untouched) when the plan does not fit, ApplyError (model
+    restored bit-exactly) when cutting or the verification forward fails.
+    """
+    validate(model, plan)
+    state = _state(model)
+    modules = dict(model.named_modules())
+    undo_tensors: list[tuple[nn.Module, str, str, torch.Tensor]] = []
+    undo_attrs: list[tuple[nn.Module, str, Any]] = []
+    step = "slicing"
+    try:
+        for name, dims in plan.removals.items():
+            step = f"slicing {name} ({_group_of(plan, name)})"
+            old, holders = state[name]
+            new = old.detach()
+            for dim, idx in sorted(dims.items()):
+                keep = torch.ones(new.shape[dim], dtype=torch.bool)
+                keep[torch.as_tensor(idx, dtype=torch.long)] = False
+                new = new.index_select(dim, keep.nonzero().view(-1).to(new.device))
+            value = (
+                nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+            )
+            for module, local, kind in holders:
+                undo_tensors.append((module, local, kind, old))
+                _replace(module, local, kind, value)
+        for mname, attrs in plan.attrs.items():
+            for attr, (_old, new_value) in attrs.items():
+                step = f"setting {mname}.{attr}"
+                module = modules[mname]
+                undo_attrs.append((module, attr, getattr(module, attr)))
+                _set_attr(module, attr, new_value)
+        if example_inputs is not None:
+            step = "verification forward"
+            _verify(model, plan, example_inputs)
+    except Exception as exc:
+        for module, attr, value in reversed(undo_attrs):
+            setattr(module, attr, value)
+        for module, local, kind, old in reversed(undo_tensors):
+            _replace(module, local, kind, old)
+        raise ApplyError(f"{step} failed ({type(exc).__name__}: {exc}); the model was restored") from exc
+    return model
+
+
+def _group_of(plan: Plan, name: str) -> str:
+    for g in plan.groups:
+        if any(m.get("name") == name for m in g.members):
+            return f"group {g.id}"
+    return "no group"
+
+
+def _verify(model: nn.Module, plan: Plan, example_inputs: ExampleInputs) -> None:
+    stack: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n) and None))
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = call_model(model, example_inputs)
+    except Exception as exc:
+        where = stack[-1] if stack else "<model>"
+        raise RuntimeError(f"in module {where or '<model>'}: {exc}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+    shapes = [list(t.shape) for t in flatten_tensors(out)]
+    if plan.output_shapes and shapes != plan.output_shapes:
+        raise RuntimeError(f"output shapes changed from {plan.output_shapes} to {shapes}")

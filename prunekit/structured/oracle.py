@@ -1,0 +1,91 @@
+"""The exactness oracle: a physically pruned model must equal the *masked reference*.
+
+Masked reference (precise definition): a deep copy of the ORIGINAL model, in eval mode, in which every
+parameter and buffer entry that the plan removes — for each cut ``(name, dim, indices)``, the slice
+``tensor.index_select(dim, indices)`` — is set to zero in place; nothing else changes (no module attribute,
+no shape, no code path). It computes with the full original widths. The pruned model computes with the
+reduced widths. Both run on the same example inputs under ``torch.no_grad()`` in eval mode; every output
+tensor (flattened from tuples/lists/dicts/dataclasses, in order) is compared.
+
+Pass criterion: ``max_abs_err <= rtol * max(1, max|ref|)`` with ``rtol = 1e-4`` (fp32), output shapes equal
+and no NaN/inf.
+
+>>> import torch
+>>> from prunekit.plan import Plan
+>>> net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+>>> plan = Plan(removals={"0.weight": {0: [0]}, "0.bias": {0: [0]}, "2.weight": {1: [0]}},
+...             signature={"0.weight": [4, 2], "0.bias": [4], "2.weight": [1, 4]})
+>>> ref = masked_reference(net, plan); float(ref[0].weight[0].abs().sum())
+0.0
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit._inputs import ExampleInputs, call_model
+from prunekit.graph.trace import flatten_tensors
+from prunekit.plan import Plan
+
+RTOL = 1e-4
+
+
+def masked_reference(model: nn.Module, plan: Plan) -> nn.Module:
+    """A deep copy of ``model`` (eval mode) with every entry the plan removes set to zero."""
+    ref = copy.deepcopy(model).eval()
+    state = dict(ref.named_parameters(remove_duplicate=False))
+    state.update(dict(ref.named_buffers(remove_duplicate=False)))
+    with torch.no_grad():
+        for name, dims in plan.removals.items():
+            t = state[name]
+            for dim, idx in dims.items():
+                t.index_fill_(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device), 0)
+    return ref
+
+
+def run_outputs(model: nn.Module, example_inputs: ExampleInputs) -> list[torch.Tensor]:
+    """All output tensors of one eval-mode, no-grad forward."""
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [t.detach() for t in flatten_tensors(call_model(model, example_inputs))]
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+
+
+@dataclass
+class Comparison:
+    """Outcome of comparing pruned outputs with the masked reference."""
+
+    ok: bool
+    max_abs_err: float
+    ref_max_abs: float
+    tolerance: float
+    shapes_equal: bool
+
+
+def compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float = RTOL) -> Comparison:
+    """Apply the pass criterion of the module docstring."""
+    shapes_equal = len(pruned) == len(reference) and all(
+        a.shape == b.shape for a, b in zip(pruned, reference, strict=False)
+    )
+    if not shapes_equal:
+        return Comparison(False, float("inf"), float("nan"), float("nan"), False)
+    err, ref_max, finite = 0.0, 0.0, True
+    for a, b in zip(pruned, reference, strict=True):
+        if not a.is_floating_point():
+            err = max(err, 0.0 if torch.equal(a, b) else float("inf"))
+            continue
+        a, b = a.double(), b.double()
+        finite = finite and bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
+        if a.numel():
+            err = max(err, float((a - b).abs().max()))
+            ref_max = max(ref_max, float(b.abs().max()))
+    tol = rtol * max(1.0, ref_max)
+    return Comparison(finite and err <= tol, err, ref_max, tol, True)

@@ -1,0 +1,158 @@
+"""Turn unit scores into a plan: how many units each group loses (local or global), and which.
+
+Rules (documented in docs/ENGINE_NOTES.md): a group never loses a pinned unit, never more than
+``floor(max_ratio * width)`` units, never its last unit, and never the last index of any member dim.
+``round_to=N`` makes every pruned group's kept width a multiple of N (rounding the kept width up).
+
+>>> import torch
+>>> from prunekit.graph.groups import build_groups
+>>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+>>> rep = build_groups(net, torch.zeros(1, 2))
+>>> scores = {g.id: torch.arange(g.width, dtype=torch.float64) for g in rep.groups}
+>>> choose_units(rep, scores, ratio=0.5)[rep.prunable_groups[0].id]
+[0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from prunekit.graph.groups import Group, GroupReport
+from prunekit.plan import GroupDecision, Plan
+
+
+class _Budget:
+    """Tracks how many indices each member dim of a group still keeps."""
+
+    def __init__(self, group: Group) -> None:
+        self.counts = np.stack([np.bincount(m.units, minlength=group.width) for m in group.members])
+        self.left = np.array([len(m.index) for m in group.members])
+        self.removed: list[int] = []
+
+    def try_remove(self, u: int) -> bool:
+        after = self.left - self.counts[:, u]
+        if (after < 1).any():
+            return False
+        self.left = after
+        self.removed.append(u)
+        return True
+
+    def undo_last(self) -> int:
+        u = self.removed.pop()
+        self.left = self.left + self.counts[:, u]
+        return u
+
+
+def _cap(group: Group, max_ratio: float) -> int:
+    return max(0, min(math.floor(max_ratio * group.width + 1e-9), group.width - 1, group.prunable))
+
+
+def _round(budget: _Budget, width: int, round_to: int | None) -> None:
+    if round_to and round_to > 1:
+        while budget.removed and (width - len(budget.removed)) % round_to:
+            budget.undo_last()
+
+
+def choose_units(
+    report: GroupReport,
+    scores: dict[int, torch.Tensor],
+    ratio: float,
+    scope: str = "local",
+    round_to: int | None = None,
+    max_ratio: float = 0.9,
+) -> dict[int, list[int]]:
+    """Removed unit indices per group id (lowest scores go first)."""
+    groups = [g for g in report.groups if not g.pinned]
+    budgets = {g.id: _Budget(g) for g in groups}
+    if scope == "local":
+        for g in groups:
+            k = min(round(ratio * g.width), _cap(g, max_ratio))
+            if round_to and round_to > 1:
+                kept = g.width - k
+                kept = min(g.width, math.ceil(kept / round_to) * round_to)
+                k = g.width - kept
+            order = np.argsort(scores[g.id].numpy(), kind="stable")
+            order = order[~g.unit_pinned[order]]
+            b = budgets[g.id]
+            if (
+                k > 0 and (b.counts.max(1) * k <= b.left - 1).all()
+            ):  # no member can run out: take the k lowest
+                b.removed = [int(u) for u in order[:k]]
+                b.left = b.left - b.counts[:, order[:k]].sum(1)
+                _round(b, g.width, round_to)
+                continue
+            for u in order:
+                if len(b.removed) >= k:
+                    break
+                if not g.unit_pinned[u]:
+                    b.try_remove(int(u))
+            _round(b, g.width, round_to)
+    else:
+        target = round(ratio * sum(g.width for g in groups))
+        caps = {g.id: _cap(g, max_ratio) for g in groups}
+        cand = []
+        for g in groups:
+            s = scores[g.id].to(torch.float64)
+            mean = float(s.mean()) if g.width else 0.0
+            norm = (s / mean) if mean > 0 else torch.zeros_like(s)
+            for u in np.nonzero(~g.unit_pinned)[0]:
+                cand.append((float(norm[u]), g.id, int(u)))
+        cand.sort()
+        total = 0
+        for _, gid, u in cand:
+            if total >= target:
+                break
+            b = budgets[gid]
+            if len(b.removed) < caps[gid] and b.try_remove(u):
+                total += 1
+        for g in groups:
+            _round(budgets[g.id], g.width, round_to)
+    return {gid: sorted(b.removed) for gid, b in budgets.items() if b.removed}
+
+
+def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | None = None) -> Plan:
+    """Translate removed units into exact cuts and attribute updates."""
+    by_id = {g.id: g for g in report.groups}
+    removals: dict[str, dict[int, list[int]]] = {}
+    decisions = []
+    offsets = np.zeros(len(report.groups) + 1, dtype=np.int64)
+    for g in report.groups:
+        offsets[g.id + 1] = g.width
+    offsets = np.cumsum(offsets)
+    unit_removed = np.zeros(int(offsets[-1]), dtype=bool)
+    for gid, units in sorted(removed.items()):
+        g = by_id[gid]
+        if not units:
+            continue
+        if g.unit_pinned[units].any():
+            raise ValueError(f"group {gid}: a pinned unit was selected")
+        mask = np.zeros(g.width, dtype=bool)
+        mask[units] = True
+        unit_removed[offsets[gid] + np.asarray(units)] = True
+        for m in g.members:
+            idx = m.index[mask[m.units]]
+            if len(idx):
+                dims = removals.setdefault(m.name, {})
+                prev = dims.get(m.dim)
+                dims[m.dim] = idx.tolist() if prev is None else sorted(set(prev) | set(idx.tolist()))
+        decisions.append(GroupDecision(gid, g.width, list(units), [m.to_dict() for m in g.members]))
+    slot_removed = (
+        unit_removed[offsets[report.slot_group] + report.slot_unit] if len(report.slot_unit) else None
+    )
+    attrs: dict[str, dict[str, list]] = {}
+    for rec in report.attrs:
+        s = rec.slots.numpy()
+        gone = int(slot_removed[s[s >= 0]].sum()) if slot_removed is not None else 0
+        new = (len(s) - gone) // rec.divisor
+        prev = attrs.get(rec.module, {}).get(rec.attr)
+        if prev is not None and prev[1] != new:
+            raise ValueError(f"{rec.module}.{rec.attr}: inconsistent new values {prev[1]} and {new}")
+        if new != rec.old:
+            attrs.setdefault(rec.module, {})[rec.attr] = [rec.old, new]
+    signature = {n: report.signature[n] for n in removals}
+    return Plan(
+        removals, attrs, signature, decisions, [list(s) for s in report.output_shapes], dict(meta or {})
+    )

@@ -1,0 +1,71 @@
+"""Shared helpers for the structural-engine tests."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from prunekit.structured import check
+from prunekit.structured.api import plan_prune
+from prunekit.structured.apply import apply
+from prunekit.structured.oracle import compare, masked_reference, run_outputs
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every float parameter/buffer O(1)-scale random values, so no channel is trivially zero.
+
+    torchvision initialises some parts to zero or near zero (ViT head, ConvNeXt layer scale 1e-6, BN bias 0),
+    which would make exactness checks vacuous.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif leaf == "running_mean" or leaf == "bias" or (t.dim() == 1 and leaf != "weight"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif t.dim() <= 1 or sum(s > 1 for s in t.shape) <= 1:  # norm weights, layer scales
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                fan_in = t.numel() // t.shape[0]
+                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(max(1, fan_in)))
+    return model
+
+
+def assert_exact(model: nn.Module, x, ratio: float = 0.5, min_ref: float = 1e-3, **kw):
+    """check() passes, outputs are non-trivial and keep their shapes. Returns the report."""
+    rep = check(model, x, ratio=ratio, **kw)
+    assert rep.rule_errors == []
+    assert rep.shapes_equal
+    assert rep.ok, f"max_abs_err {rep.max_abs_err} > tol {rep.tolerance}"
+    ref = run_outputs(masked_reference(model, rep.plan), x)
+    assert max(float(t.abs().max()) for t in ref if t.is_floating_point()) > min_ref, "vacuous check"
+    return rep
+
+
+def pruned_copy(model: nn.Module, x, ratio: float = 0.5, **kw):
+    """Prune a deep copy; returns (copy, plan) after asserting the oracle matches."""
+    m = copy.deepcopy(model)
+    plan, _ = plan_prune(m, x, ratio=ratio, **kw)
+    ref = run_outputs(masked_reference(model, plan), x)
+    apply(m, plan, x)
+    cmp = compare(run_outputs(m, x), ref)
+    assert cmp.ok, cmp
+    return m, plan
+
+
+def zoo_case(name: str) -> tuple[dict, int]:
+    """Constructor kwargs and the smallest square input size each torchvision classifier accepts."""
+    if name.startswith("vit_"):
+        return {"image_size": 56 if "_14" in name else 64}, 56 if "_14" in name else 64
+    if name == "maxvit_t":
+        return {}, 224
+    if name in ("inception_v3", "googlenet"):
+        return {"aux_logits": False, "init_weights": False}, 96 if name == "inception_v3" else 64
+    return {}, 64

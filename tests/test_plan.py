@@ -1,0 +1,81 @@
+"""Plans are JSON data: round-trip, save/load, replay on a fresh copy, refuse a model they do not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _engine_helpers import randomize
+from torch import nn
+
+from prunekit.errors import PlanError
+from prunekit.plan import Plan
+from prunekit.structured.api import plan_prune
+from prunekit.structured.apply import apply
+
+
+def _net(width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 3),
+    )
+
+
+def test_plan_round_trips_through_json_and_file(tmp_path):
+    x = torch.randn(1, 3, 6, 6)
+    plan, _ = plan_prune(randomize(_net()), x, ratio=0.5)
+    again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+    path = plan.save(tmp_path / "sub" / "plan.json")
+    assert Plan.load(path) == plan
+    assert plan.removals["0.weight"][0] == plan.removals["1.running_var"][0]
+    assert len(plan.removals["0.weight"][0]) == 8 and plan.attrs["0"]["out_channels"] == [16, 8]
+    assert not list((tmp_path / "sub").glob(".plan-*"))  # no temp file left behind
+
+
+def test_plan_replays_on_a_fresh_copy_with_identical_outputs():
+    x = torch.randn(2, 3, 6, 6)
+    a = randomize(_net())
+    plan, _ = plan_prune(a, x, ratio=0.5)
+    b = _net()
+    b.load_state_dict(a.state_dict())
+    apply(a, plan, x)
+    apply(b, Plan.from_dict(plan.to_dict()), x)
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x))
+    assert b[3].in_channels == 8 and b[1].num_features == 8
+
+
+def test_plan_refuses_a_model_it_does_not_fit():
+    x = torch.randn(1, 3, 6, 6)
+    plan, _ = plan_prune(randomize(_net()), x, ratio=0.5)
+    other = _net(width=12)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(PlanError, match=r"0\.weight has shape \[12, 3, 3, 3\]"):
+        apply(other, plan)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    pruned = _net()
+    apply(pruned, plan)
+    with pytest.raises(PlanError):  # applying twice: shapes no longer match
+        apply(pruned, plan)
+
+
+def test_malformed_plans_raise_plan_error(tmp_path):
+    with pytest.raises(PlanError, match="version"):
+        Plan.from_dict({"version": 99})
+    with pytest.raises(PlanError, match="malformed"):
+        Plan.from_dict({"version": 1, "removals": {"a": {"x": [1]}}, "attrs": {}, "signature": {}})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(PlanError, match="cannot read plan"):
+        Plan.load(bad)
+    plan = Plan(removals={"0.weight": {0: list(range(16))}}, signature={"0.weight": [16, 3, 3, 3]})
+    with pytest.raises(PlanError, match="every index"):
+        apply(_net(), plan)

@@ -1,0 +1,307 @@
+"""prune / check / apply on hand-built architectures: exact widths, exactness oracle, rollback."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _engine_helpers import assert_exact, randomize
+from torch import nn
+
+from prunekit.errors import ApplyError, ConfigError
+from prunekit.structured import check, groups, prune
+from prunekit.structured.api import plan_prune
+from prunekit.structured.apply import apply
+
+apply_mod = importlib.import_module("prunekit.structured.apply")
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+class Block(nn.Module):  # residual + BN
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.c1 = nn.Conv2d(16, 64, 3, padding=1)
+        self.bn = nn.BatchNorm2d(64)
+        self.c2 = nn.Conv2d(64, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        y = s + self.c2(F.relu(self.bn(self.c1(s))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 4), 1))
+
+
+def test_prune_residual_bn_flatten_linear_widths_and_exactness():
+    net = randomize(Block())
+    x = torch.randn(2, 3, 8, 8)
+    assert_exact(net, x)
+    res = prune(net, x, ratio=0.5)
+    assert (net.stem.out_channels, net.c1.out_channels, net.bn.num_features) == (8, 32, 32)
+    assert (net.c2.in_channels, net.c2.out_channels, net.fc.in_features) == (32, 8, 8 * 16)
+    assert net.bn.running_mean.shape == (32,) and net.fc.out_features == 5
+    assert net(x).shape == (2, 5)
+    assert res.params_after < res.params_before and res.macs_after < res.macs_before
+    assert res.removed_units == res.target_units == 8 + 32
+
+
+class C2f(nn.Module):  # YOLOv8-style chunk + cat, plus a plain concat
+    def __init__(self) -> None:
+        super().__init__()
+        self.cv1 = nn.Conv2d(3, 16, 1)
+        self.m = nn.Conv2d(8, 8, 3, padding=1)
+        self.side = nn.Conv2d(3, 6, 1)
+        self.cv2 = nn.Conv2d(8 * 3 + 6, 4, 1)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(F.silu(self.m(y[-1])))
+        return self.cv2(torch.cat([*y, self.side(x)], 1))
+
+
+def test_chunk_cat_and_concat_prune_exactly():
+    net = randomize(C2f())
+    x = torch.randn(1, 3, 8, 8)
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    assert net.cv1.out_channels == 8 and net.m.in_channels == 4 and net.m.out_channels == 4
+    assert net.side.out_channels == 3 and net.cv2.in_channels == 4 + 4 + 4 + 3
+    assert net(x).shape == (1, 4, 8, 8)
+
+
+class Shuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a = self.a(x)
+        y = torch.cat([a, self.b(a).relu()], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(y)
+
+
+def test_channel_shuffle_prunes_exactly():
+    net = randomize(Shuffle())
+    x = torch.randn(1, 3, 4, 4)
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    assert (net.a.out_channels, net.b.out_channels, net.head.in_channels) == (4, 4, 8)
+
+
+def test_grouped_and_depthwise_conv_prune_exactly():
+    net = randomize(
+        nn.Sequential(
+            nn.Conv2d(3, 16, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, groups=4, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, groups=16, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 2, 1),
+        )
+    )
+    x = torch.randn(1, 3, 6, 6)
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    assert (net[0].out_channels, net[3].in_channels, net[3].groups) == (8, 8, 4)
+    # grouped out offsets 4 -> 2 per group; depthwise x2 removes whole groups
+    assert (net[3].out_channels, net[5].in_channels, net[5].groups, net[5].out_channels) == (8, 8, 8, 16)
+    assert net[6].num_features == 16 and net[8].in_channels == 16
+
+
+def test_groupnorm_removes_whole_groups():
+    net = randomize(nn.Sequential(nn.Conv2d(3, 16, 3), nn.GroupNorm(4, 16), nn.ReLU(), nn.Conv2d(16, 2, 1)))
+    x = torch.randn(2, 3, 6, 6)
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    assert (net[0].out_channels, net[1].num_groups, net[1].num_channels, net[3].in_channels) == (8, 2, 8, 8)
+
+
+class Attention(nn.Module):  # linear-layer attention with a head split, SDPA, MLP, residual
+    def __init__(self, dim: int = 16, heads: int = 4, hidden: int = 24) -> None:
+        super().__init__()
+        self.heads, self.dh = heads, 8
+        self.embed = nn.Linear(6, dim)
+        self.q, self.k, self.v = (nn.Linear(dim, heads * 8) for _ in range(3))
+        self.o = nn.Linear(heads * 8, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, n, _ = h.shape
+        q, k, v = (p(h).view(b, n, -1, self.dh).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v)
+        h = h + self.o(a.transpose(1, 2).reshape(b, n, -1))
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.head(h)
+
+
+def test_attention_removes_whole_heads_and_mlp_neurons():
+    net = randomize(Attention())
+    x = torch.randn(2, 5, 6)
+    rep = groups(net, x)
+    heads = next(g for g in rep.groups if any(m.name == "q.weight" and m.dim == 0 for m in g.members))
+    assert heads.width == 4 and any("whole heads" in c for c in heads.constraints)
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    assert (net.q.out_features, net.k.out_features, net.v.out_features, net.o.in_features) == (16, 16, 16, 16)
+    assert (net.fc1.out_features, net.embed.out_features) == (12, 8)
+    assert net(x).shape == (2, 5, 3)
+
+
+def test_tied_weights_module_called_twice_and_dict_input_tuple_output():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.f = nn.Linear(8, 8)
+            self.g = nn.Linear(8, 8)
+            self.g.weight = self.f.weight
+            self.unused = nn.Linear(3, 3)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x, y):
+            h = torch.tanh(self.f(torch.relu(self.f(self.a(x)))))
+            h = h + torch.relu(self.g(self.a(y)))
+            return self.out(h), (h.shape[0], self.out(h * 2))
+
+    net = randomize(Net())
+    x = {"x": torch.randn(2, 4), "y": torch.randn(2, 4)}
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    assert net.f.weight is net.g.weight and net.f.weight.shape == (4, 4)
+    assert net.unused.weight.shape == (3, 3) and net.out.in_features == 4
+
+
+def test_ignore_round_to_and_global_scope():
+    net = randomize(Block())
+    x = torch.randn(1, 3, 8, 8)
+    m = copy.deepcopy(net)
+    prune(m, x, ratio=0.5, ignore=["fc"])  # an ignored module keeps every parameter shape
+    assert m.fc.in_features == 256 and m.stem.out_channels == 16 and m.c1.out_channels == 32
+    m = copy.deepcopy(net)
+    prune(m, x, ratio=0.5, ignore=[m.c1])
+    assert m.c1.weight.shape == (64, 16, 3, 3) and m.c2.out_channels == 16
+    m = copy.deepcopy(net)
+    prune(m, x, ratio=0.3, round_to=8)
+    assert m.c1.out_channels % 8 == 0 and m.stem.out_channels % 8 == 0 and m.c1.out_channels < 64
+    m = copy.deepcopy(net)
+    res = prune(m, x, ratio=0.4, scope="global")
+    assert res.removed_units == res.target_units == round(0.4 * (16 + 64))
+    assert_exact(net, x, ratio=0.4, scope="global")
+    m = copy.deepcopy(net)
+    res = prune(m, x, ratio=0.5, max_ratio=0.25, scope="global")
+    assert m.c1.out_channels >= 48 and m.stem.out_channels >= 12  # capped per group
+
+
+def test_bad_arguments_raise_config_error_before_touching_the_model():
+    net = Block()
+    before = _state(net)
+    bad = (
+        {"ratio": 1.5},
+        {"scope": "everywhere"},
+        {"round_to": 0},
+        {"max_ratio": 0},
+        {"criterion": "nope"},
+        {"ignore": ["no_such_module"]},
+    )
+    for kw in bad:
+        with pytest.raises(ConfigError):
+            prune(net, torch.randn(1, 3, 8, 8), **kw)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_fault_mid_apply_restores_the_model_bit_exactly(monkeypatch):
+    net = randomize(Block())
+    x = torch.randn(1, 3, 8, 8)
+    plan, _ = plan_prune(net, x, ratio=0.5)
+    before = _state(net)
+    params_before = {n: p for n, p in net.named_parameters()}
+    attrs_before = (net.c1.out_channels, net.bn.num_features, net.fc.in_features)
+    calls = {"n": 0}
+    real = apply_mod._set_attr
+
+    def flaky(module, attr, value):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected fault")
+        real(module, attr, value)
+
+    monkeypatch.setattr(apply_mod, "_set_attr", flaky)
+    with pytest.raises(ApplyError, match=r"injected fault.*restored"):
+        apply(net, plan, x)
+    after = net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    assert all(p is params_before[n] for n, p in net.named_parameters())
+    assert (net.c1.out_channels, net.bn.num_features, net.fc.in_features) == attrs_before
+    assert net(x).shape == (1, 5)
+
+
+def test_failed_verification_forward_rolls_back():
+    class Static(nn.Module):  # reshape with a hard-coded channel count: cutting breaks the forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Linear(8 * 4, 2)
+
+        def forward(self, x):
+            return self.b(F.relu(self.a(x)).reshape(x.shape[0], 8 * 4))
+
+    net = randomize(Static())
+    x = torch.randn(1, 3, 2, 2)
+    before = _state(net)
+    with pytest.raises(ApplyError, match="verification forward"):
+        prune(net, x, ratio=0.5)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and net.a.out_channels == 8
+
+
+def test_check_leaves_the_model_untouched_and_reports_pins():
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = randomize(net)
+    before = _state(net)
+    rep = check(net, torch.randn(3, 4))
+    assert rep.ok and rep.params_ratio < 1 and rep.macs_ratio < 1
+    assert any("normalised over channels" in r for p in rep.pinned for r in p["reasons"])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert rep.to_dict()["ok"] is True
+
+
+def test_hf_bert_prunes_heads_and_ffn_exactly():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    net = randomize(transformers.BertModel(cfg).eval())
+    x = {"input_ids": torch.randint(0, 50, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    rep = groups(net, x)
+    heads = next(
+        g
+        for g in rep.groups
+        if any(m.name.endswith("0.attention.self.query.weight") and m.dim == 0 for m in g.members)
+    )
+    assert heads.width == 4 and not heads.pinned  # whole heads
+    assert_exact(net, x)
+    prune(net, x, ratio=0.5)
+    layer = net.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 16 and layer.intermediate.dense.out_features == 32
+    assert net(**x).last_hidden_state.shape == (2, 8, 32)
