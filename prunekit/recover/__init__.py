@@ -1,10 +1,23 @@
-"""Recover accuracy after pruning: a plain training loop and top-1 accuracy.
+"""Recover accuracy after pruning: fine-tuning with distillation, callbacks for your own loop, DDP.
 
->>> from prunekit.recover import accuracy, train
+>>> from prunekit.recover import FinetuneResult, PruneCallbacks, accuracy, finetune, kd_loss, train
 """
 
 from __future__ import annotations
 
+from prunekit.recover.callbacks import EvalPoint, PruneCallbacks
+from prunekit.recover.distill import FeatureKD, distill_loss, kd_loss
+from prunekit.recover.finetune import FinetuneResult, finetune
 from prunekit.recover.train import accuracy, train
 
-__all__ = ["accuracy", "train"]
+__all__ = [
+    "EvalPoint",
+    "FeatureKD",
+    "FinetuneResult",
+    "PruneCallbacks",
+    "accuracy",
+    "distill_loss",
+    "finetune",
+    "kd_loss",
+    "train",
+]

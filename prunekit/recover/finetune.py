@@ -1,0 +1,371 @@
+"""``finetune``: win back accuracy after pruning, optionally distilling from the dense model, on 1 or N ranks.
+
+One loop for every case: an optimizer and schedule (as in :func:`prunekit.recover.train`), the loss, KD,
+zero-keeping, evaluation, best weights and early stopping from
+:class:`~prunekit.recover.callbacks.PruneCallbacks`, and a rich progress bar. Under
+``torchrun --nproc_per_node=N`` the same call joins the process group, shards the data, trains a
+``DistributedDataParallel`` copy of the model (gloo on CPU, nccl on GPU), evaluates on rank 0 only, and
+leaves every rank with rank 0's final weights; see :mod:`prunekit.recover.distributed`.
+
+Masked (``prunekit.sparse``) models stay exactly as sparse: their pruned weights read as zero in every
+forward and their ``original`` gets zero gradient there. Plain zeros are kept with ``keep_zeros=True``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from prunekit._inputs import call_model
+from prunekit.errors import ConfigError
+from prunekit.recover import distributed as dist_utils
+from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
+from prunekit.recover.callbacks import check_positive_int as _check_int
+from prunekit.recover.train import _check_args, _device_of, _make_optimizer, _num_batches
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did.
+
+    ``steps``: optimizer steps run (per rank); ``steps_per_epoch``: batches per pass over this rank's data
+    (``None`` if the data has no ``len()``); ``history``: every evaluation (step 0 included);
+    ``best_metric``/``best_step``: the best evaluation; ``restored_best``: the model holds those weights;
+    ``final_metric``: the metric of the weights the model holds now; ``losses``: training loss per step
+    (rank 0's batches); ``world_size``: ranks that trained (1 = no DDP).
+    """
+
+    steps: int
+    steps_per_epoch: int | None
+    history: list[EvalPoint]
+    best_metric: float | None
+    best_step: int | None
+    final_metric: float | None
+    restored_best: bool
+    stopped_early: bool
+    losses: list[float]
+    wall_seconds: float
+    world_size: int
+    distilled: bool
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary (``nan`` losses become ``None``).
+
+        >>> FinetuneResult(1, 1, [], None, None, None, False, False, [0.5], 0.1, 1, False).to_dict()["steps"]
+        1
+        """
+        return {
+            "steps": self.steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "history": [{k: _json_float(v) for k, v in point.to_dict().items()} for point in self.history],
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "final_metric": self.final_metric,
+            "restored_best": self.restored_best,
+            "stopped_early": self.stopped_early,
+            "losses": [_json_float(v) for v in self.losses],
+            "wall_seconds": self.wall_seconds,
+            "world_size": self.world_size,
+            "distilled": self.distilled,
+        }
+
+
+def _json_float(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def finetune(
+    model: nn.Module,
+    train_data: Iterable,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    schedule: str = "constant",
+    max_grad_norm: float | None = None,
+    loss_fn: LossFn | None = None,
+    eval_fn: EvalFn | None = None,
+    eval_every: int | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool = True,
+    teacher: nn.Module | None = None,
+    kd_alpha: float | None = None,
+    kd_temperature: float | None = None,
+    feature_kd: Sequence[str] | Mapping[str, str] | None = None,
+    feature_kd_weight: float = 1.0,
+    keep_zeros: bool = False,
+    distributed: bool | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` in place on ``(inputs, targets)`` batches, ``steps`` or ``epochs`` (exactly one).
+
+    - ``train_data``: a re-iterable of batches (a ``DataLoader``, a list); ``inputs`` may be a tensor, a tuple
+      or a dict (:func:`prunekit._inputs.call_model`); batches go to the model's device. ``steps`` cycles
+      through the data as often as needed.
+    - ``loss_fn(outputs, targets)``: default cross-entropy on the logits. ``optimizer`` ``"adam"`` (AdamW) or
+      ``"sgd"`` (Nesterov), ``schedule`` ``"constant"`` or ``"cosine"`` (to 0), ``max_grad_norm`` clips.
+    - ``eval_fn(model) -> float`` (higher is better; eval mode, ``no_grad``) runs at step 0, every
+      ``eval_every`` steps (default: once per epoch, or only at the end when the data has no ``len()``) and
+      at the last step. With ``restore_best`` the best evaluated weights (kept in memory) are loaded at the
+      end; ``patience`` evaluations without improving by more than ``min_delta`` stop early.
+    - ``teacher``: the dense model, for knowledge distillation: ``(1 - kd_alpha) * task + kd_alpha *
+      KL(teacher || student at kd_temperature) * T**2`` (defaults 0.5, 4.0); ``feature_kd`` names modules
+      whose outputs (equal shapes) are matched with an MSE weighted by ``feature_kd_weight``.
+    - ``keep_zeros=True``: zero weights of unmasked Linear/Conv layers stay zero (masked layers always do).
+    - ``distributed``: ``None`` = use DDP when launched by ``torchrun`` with more than one rank (or when a
+      process group exists); the process group is joined once and kept until the process exits (see
+      :func:`~prunekit.recover.distributed.init_distributed`); the model and teacher move to the rank's
+      device, each rank trains on its shard (``batch_size`` is per rank), rank 0 evaluates and prints, and
+      all ranks end with rank 0's weights.
+    - ``seed`` seeds dropout and a loader without its own generator (``seed + rank``), the caller's RNG kept.
+
+    Every argument is checked, and the first batch is run once in eval mode to check the loss (and the
+    feature shapes), before the model changes. The model's train/eval flags are restored at the end.
+
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> model = nn.Linear(4, 3)
+    >>> acc = lambda m: float((m(x).argmax(1) == y).float().mean())
+    >>> res = finetune(model, [(x, y)], steps=30, lr=0.05, eval_fn=acc, eval_every=10, progress=False)
+    >>> res.steps, [p.step for p in res.history], res.final_metric == res.best_metric
+    (30, [0, 10, 20, 30], True)
+    """
+    check_callback_args(
+        model,
+        teacher=teacher,
+        kd_alpha=kd_alpha,
+        kd_temperature=kd_temperature,
+        feature_kd=feature_kd,
+        feature_kd_weight=feature_kd_weight,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        patience=patience,
+        min_delta=min_delta,
+    )
+    use_ddp = _check_finetune_args(
+        model, train_data, steps, epochs, lr, weight_decay, optimizer, schedule, max_grad_norm, eval_fn,
+        eval_every, restore_best, teacher, distributed, seed,
+    )  # fmt: skip
+    start = time.perf_counter()
+    info = dist_utils.init_distributed() if use_ddp else None
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+    if info is not None:
+        model.to(info.device)
+        if teacher is not None:
+            teacher.to(info.device)
+        train_data = dist_utils.shard(train_data, rank, world, seed=seed or 0)
+    device = _device_of(model)
+    per_epoch = _num_batches(train_data)
+    total = steps if steps is not None else (None if per_epoch is None else per_epoch * epochs)
+    batches = _batches(train_data, epochs)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError("train_data gave no batch: give it at least one (inputs, targets) batch")
+
+    cb = PruneCallbacks(
+        model, teacher=teacher, kd_alpha=kd_alpha, kd_temperature=kd_temperature, feature_kd=feature_kd,
+        feature_kd_weight=feature_kd_weight, loss_fn=loss_fn, keep_zeros=keep_zeros, eval_fn=eval_fn,
+        eval_every=eval_every or per_epoch or total, patience=patience, min_delta=min_delta,
+        keep_best=restore_best,
+    )  # fmt: skip
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        cb.check_batch(*_split(first, device))  # raises before the model changes
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed + rank)
+            net = dist_utils.wrap(model, info) if info is not None else model
+            opt = _make_optimizer(model, optimizer, float(lr), float(weight_decay), momentum)
+            sched = _cosine(opt, total) if schedule == "cosine" else None
+            bar = _progress_bar(total, console) if progress and rank == 0 else None
+            every = itertools.chain([first], batches)
+            losses = _loop(net, model, cb, opt, sched, every, steps, max_grad_norm, device, bar)
+        if eval_fn is not None and cb.history[-1].step != cb.step:
+            cb.evaluate()
+        restored = restore_best and cb.restore_best()
+        if info is not None:
+            dist_utils.broadcast_state(model)  # buffers (BatchNorm statistics) are per rank until here
+            dist_utils.barrier()  # the group stays up: a new group later under torchrun could hang
+    finally:
+        cb.close()
+        for module, flag in flags:
+            module.training = flag
+
+    return FinetuneResult(
+        steps=cb.step,
+        steps_per_epoch=per_epoch,
+        history=list(cb.history),
+        best_metric=cb.best_metric,
+        best_step=cb.best_step,
+        final_metric=(cb.best_metric if restored else cb.history[-1].metric) if cb.history else None,
+        restored_best=restored,
+        stopped_early=cb.should_stop,
+        losses=losses,
+        wall_seconds=time.perf_counter() - start,
+        world_size=world,
+        distilled=teacher is not None,
+    )
+
+
+def _cosine(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate from its initial value to 0 along a half cosine over ``total`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+
+
+def _progress_bar(total: int | None, console: Console | None) -> Progress:
+    """A rich progress bar with one task: steps done (of ``total`` if known), loss, last/best metric."""
+    bar = Progress(
+        TextColumn("[bold]finetune[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  metric {task.fields[metric]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    bar.add_task("finetune", total=total, loss=float("nan"), metric="-")
+    return bar
+
+
+def _loop(
+    net: nn.Module,
+    model: nn.Module,
+    cb: PruneCallbacks,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler | None,
+    batches: Iterator,
+    steps: int | None,
+    max_grad_norm: float | None,
+    device: torch.device,
+    bar: Progress | None,
+) -> list[float]:
+    """The training steps: ``net`` (the model, or its DDP wrapper) on each batch until ``steps`` or a stop."""
+    losses: list[float] = []
+    if cb.eval_fn is not None:
+        cb.evaluate()  # step 0
+    if bar is not None:
+        bar.start()
+    model.train()
+    try:
+        for batch in batches:
+            inputs, targets = _split(batch, device)
+            loss = cb.loss(call_model(net, inputs), targets, inputs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            stop = cb.after_step()
+            losses.append(cb.last["total"])
+            if bar is not None:
+                metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
+                bar.update(bar.task_ids[0], advance=1, loss=losses[-1], metric=metric)
+            if stop or (steps is not None and cb.step >= steps):
+                break
+    finally:
+        if bar is not None:
+            bar.stop()
+    return losses
+
+
+def _batches(data: Iterable, epochs: int | None) -> Iterator:
+    """Batches for ``epochs`` passes, or forever (``epochs=None``: the caller stops at ``steps``)."""
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        dist_utils.set_epoch(data, epoch)
+        count = 0
+        for batch in data:
+            count += 1
+            yield batch
+        if count == 0:
+            return
+        epoch += 1
+
+
+def _split(batch: Any, device: torch.device) -> tuple[Any, Any]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ConfigError(f"every batch must be an (inputs, targets) pair, got {type(batch).__name__}")
+    return _to(batch[0], device), _to(batch[1], device)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def _check_finetune_args(
+    model: nn.Module,
+    train_data: Iterable,
+    steps: object,
+    epochs: object,
+    lr: object,
+    weight_decay: object,
+    optimizer: str,
+    schedule: str,
+    max_grad_norm: object,
+    eval_fn: object,
+    eval_every: object,
+    restore_best: object,
+    teacher: nn.Module | None,
+    distributed: object,
+    seed: object,
+) -> bool:
+    """Every check of :func:`finetune` that needs no forward pass; returns whether to use DDP."""
+    if (steps is None) == (epochs is None):
+        raise ConfigError("give exactly one of steps or epochs, e.g. finetune(model, data, epochs=3)")
+    _check_int("steps", steps)
+    _check_int("epochs", epochs)
+    if isinstance(train_data, Iterator):
+        raise ConfigError("train_data is a one-shot iterator: pass a DataLoader or a list of batches")
+    _check_args(model, train_data, 1, lr, weight_decay, optimizer, schedule)
+    if schedule == "cosine" and steps is None and _num_batches(train_data) is None:
+        raise ConfigError('schedule="cosine" with epochs needs data with len(): pass steps= instead')
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool)
+        or not isinstance(max_grad_norm, (int, float))
+        or not max_grad_norm > 0
+    ):
+        raise ConfigError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
+    if eval_every is not None and eval_fn is None:
+        raise ConfigError("eval_every is set but there is no eval_fn to run")
+    if not isinstance(restore_best, bool):
+        raise ConfigError(f"restore_best must be True or False, got {restore_best!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an int or None, got {seed!r}")
+    if distributed not in (None, True, False):
+        raise ConfigError(f"distributed must be None (auto), True or False, got {distributed!r}")
+    use_ddp = dist_utils.launched_with_torchrun() or dist_utils.is_distributed()
+    if distributed is True and not use_ddp:
+        raise ConfigError("distributed=True but this process was not launched by torchrun with >1 rank")
+    use_ddp = use_ddp and distributed is not False
+    if teacher is not None and not use_ddp and _device_of(teacher) != _device_of(model):
+        raise ConfigError(
+            f"teacher is on {_device_of(teacher)}, the model on {_device_of(model)}: move them to one device"
+        )
+    return use_ddp
