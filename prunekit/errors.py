@@ -25,3 +25,7 @@ class PlanError(PruneError):
 
 class ApplyError(PruneError):
     """Cutting failed; the model was restored to its state before the call."""
+
+
+class ExportError(PruneError):
+    """Exporting, verifying or quantizing a deployable model failed; no output file was left behind."""

@@ -1,0 +1,340 @@
+"""Checkpoints without pickle: safetensors weights + a JSON file saying how to rebuild the architecture.
+
+A checkpoint is a directory with two files::
+
+    weights.safetensors   the effective weights and persistent buffers (masks baked in, tied tensors once)
+    prunekit.json         format version, model spec, structural plans, tensor shapes/dtypes, sha256 of the
+                          weights file, torch/prunekit versions, user metadata
+
+:func:`load` rebuilds the model from its spec (``torchvision:NAME`` or ``module.path:factory``, see
+:func:`prunekit.models.spec.load_model`), re-applies the plans in order (:func:`prunekit.structured.apply`),
+and loads the weights strictly: the outputs are bit-identical to the saved model's. Nothing is unpickled and
+``torch.load`` is never called. :func:`save` rebuilds the architecture the same way before writing, so a
+checkpoint that could not be loaded back is refused at save time, not discovered later.
+
+The directory is written atomically: into a temporary directory next to it, then renamed into place. An
+existing checkpoint is replaced; any other non-empty directory is refused.
+
+>>> from prunekit.demo.model import build_model
+>>> _ = save(build_model(1), "/tmp/ckpt", spec="prunekit.demo.model:build_model")
+>>> import torch; x = torch.randn(2, 1, 8, 8)
+>>> torch.equal(load("/tmp/ckpt")(x), build_model(1).eval()(x))
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from prunekit.errors import ConfigError, ModelLoadError, PlanError, PruneError
+from prunekit.measure.params import count_params
+from prunekit.measure.size import effective_state_dict
+from prunekit.models.spec import LOADERS, load_model
+from prunekit.plan import Plan
+from prunekit.structured.apply import apply
+
+FORMAT = "prunekit-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "prunekit.json"
+
+
+@dataclass
+class SavedCheckpoint:
+    """What :func:`save` wrote."""
+
+    path: str
+    spec: str | None
+    plans: int
+    tensors: int
+    params: int
+    weights_bytes: int
+    sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _prunekit_version() -> str:
+    try:
+        return version("prunekit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _check_spec(spec: str | None) -> None:
+    if spec is None:
+        return
+    module_path, sep, attr = spec.partition(":")
+    dotted = module_path.split(".") + attr.split(".")
+    if not (module_path in LOADERS or (sep and all(part.isidentifier() for part in dotted))):
+        raise ConfigError(
+            f"spec must be torchvision:NAME or module.path:factory (a file cannot rebuild a model), "
+            f"got {spec!r}"
+        )
+
+
+def _plans(plan: Plan | Sequence[Plan] | None) -> list[Plan]:
+    plans = [] if plan is None else [plan] if isinstance(plan, Plan) else list(plan)
+    bad = [type(p).__name__ for p in plans if not isinstance(p, Plan)]
+    if bad:
+        raise ConfigError(f"plan must be a prunekit Plan or a list of Plans, got {bad[0]}")
+    return plans
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    """True if ``directory`` holds only a prunekit checkpoint's files (at least prunekit.json, ours)."""
+    names = {p.name for p in directory.iterdir()}
+    if META_FILE not in names or not names <= {META_FILE, WEIGHTS_FILE}:
+        return False
+    try:
+        return json.loads((directory / META_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_target(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file; give a directory for the checkpoint")
+    if directory.is_dir() and any(directory.iterdir()) and not _is_checkpoint(directory):
+        raise ConfigError(
+            f"{directory} is not empty and is not a prunekit checkpoint; choose a new or empty directory"
+        )
+
+
+def _aliases(model: nn.Module) -> list[list[str]]:
+    """State-dict names grouped by the tensor they hold (tied weights share a group), in state-dict order."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return list(groups.values())
+
+
+def _fit(weights: Mapping[str, torch.Tensor], model: nn.Module, what: str) -> dict[str, torch.Tensor]:
+    """The full state dict for ``model`` (tied names filled in); raise if names or shapes do not fit."""
+    full: dict[str, torch.Tensor] = {}
+    missing = []
+    target = model.state_dict()
+    for names in _aliases(model):
+        saved = [n for n in names if n in weights]
+        if not saved:
+            missing.append(names[0])
+            continue
+        if any(not torch.equal(weights[n], weights[saved[0]]) for n in saved[1:]):
+            raise ModelLoadError(
+                f"{what}: {', '.join(saved)} are tied in the rebuilt model but differ in the weights"
+            )
+        for name in names:
+            full[name] = weights[saved[0]]
+    unexpected = sorted(set(weights) - set(full))
+    if missing or unexpected:
+        parts = [f"missing {', '.join(missing[:3])}"] if missing else []
+        parts += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
+        raise ModelLoadError(f"{what}: the tensor names differ ({'; '.join(parts)})")
+    for name, tensor in full.items():
+        if tuple(tensor.shape) != tuple(target[name].shape):
+            raise ModelLoadError(
+                f"{what}: the plan does not fit the architecture: {name} is {tuple(tensor.shape)} in the "
+                f"weights, {tuple(target[name].shape)} in the rebuilt model"
+            )
+    return full
+
+
+def _apply_plans(model: nn.Module, plans: list[Plan], source: str, built_by: str) -> nn.Module:
+    for i, plan in enumerate(plans):
+        try:
+            apply(model, plan)
+        except PruneError as err:
+            raise PlanError(f"plan {i + 1} of {source} does not fit {built_by}: {err}") from err
+    return model
+
+
+def save(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    spec: str | None = None,
+    plan: Plan | Sequence[Plan] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> SavedCheckpoint:
+    """Save ``model`` as ``weights.safetensors`` + ``prunekit.json`` in ``directory``.
+
+    ``spec`` names the *unpruned* architecture (``torchvision:resnet50``, ``mypkg.models:build``); ``plan`` is
+    the structural plan (or list of plans, in the order they were applied) that turned it into ``model``,
+    e.g. ``prunekit.prune(...).plan``. Masks are baked in; the model itself is not changed. Without ``spec``
+    the checkpoint can only be loaded into a model you build: ``load(dir, model=...)``. ``metadata`` must be
+    JSON-serialisable.
+
+    >>> import torch
+    >>> info = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
+    >>> info.tensors, info.params
+    (2, 8)
+    """
+    directory = Path(directory)
+    _check_spec(spec)
+    plans = _plans(plan)
+    try:
+        meta_json = json.loads(json.dumps(dict(metadata or {})))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"metadata must be JSON-serialisable: {err}") from err
+    _check_target(directory)
+    weights = effective_state_dict(model)
+    if spec is not None:  # rebuild now: a checkpoint that cannot be loaded back is never written
+        rebuilt = load_model(spec)
+        try:
+            _apply_plans(rebuilt, plans, "the checkpoint", f"the model built by {spec!r}")
+            _fit(weights, rebuilt, f"cannot save to {directory}")
+        except (ModelLoadError, PlanError) as err:
+            raise ConfigError(f"{err}; pass the plan(s) that pruned the model built by spec") from err
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        safetensors.torch.save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        data = (tmp / WEIGHTS_FILE).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        info = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "spec": spec,
+            "plans": [p.to_dict() for p in plans],
+            "weights": {"file": WEIGHTS_FILE, "encoding": "dense", "bytes": len(data), "sha256": digest},
+            "tensors": {
+                n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                for n, t in weights.items()
+            },
+            "params": count_params(model).to_dict(),
+            "torch_version": torch.__version__,
+            "prunekit_version": _prunekit_version(),
+            "metadata": meta_json,
+        }
+        (tmp / META_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        _install(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SavedCheckpoint(
+        str(directory), spec, len(plans), len(weights), info["params"]["total"], len(data), digest, meta_json
+    )
+
+
+def _install(tmp: Path, directory: Path) -> None:
+    """Rename ``tmp`` to ``directory``; an existing (checkpoint or empty) directory is moved aside first."""
+    if not directory.exists():
+        os.rename(tmp, directory)
+        return
+    old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(directory, old)
+    try:
+        os.rename(tmp, directory)
+    except BaseException:
+        os.rename(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_info(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``prunekit.json`` of a checkpoint, checked for format and version.
+
+    >>> _ = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
+    >>> read_info("/tmp/lin-ckpt")["format"]
+    'prunekit-checkpoint'
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"no checkpoint directory {directory}")
+    meta = directory / META_FILE
+    if not meta.is_file():
+        raise ModelLoadError(f"{directory} is not a prunekit checkpoint: {META_FILE} is missing")
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{meta} is corrupt: {err}") from err
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ModelLoadError(f"{meta} is not a prunekit checkpoint description (no format {FORMAT!r})")
+    if info.get("version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{meta} has checkpoint format version {info.get('version')!r}; "
+            f"this prunekit reads version {FORMAT_VERSION}"
+        )
+    for key in ("spec", "plans", "weights", "tensors"):
+        if key not in info:
+            raise ModelLoadError(f"{meta} is corrupt: the {key!r} entry is missing")
+    return info
+
+
+def _read_weights(directory: Path, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} is incomplete: {WEIGHTS_FILE} is missing")
+    data = path.read_bytes()
+    try:
+        expected = info["weights"]["sha256"]
+        listed = {n: (list(t["shape"]), t["dtype"]) for n, t in info["tensors"].items()}
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ModelLoadError(f"{directory / META_FILE} is corrupt: bad 'weights' or 'tensors' entry") from err
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ModelLoadError(
+            f"{path} does not match the sha256 in {META_FILE}: the file is corrupt or was changed"
+        )
+    try:
+        weights = safetensors.torch.load(data)
+    except (SafetensorError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {path}: {err}") from err
+    stored = {n: (list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in weights.items()}
+    if listed != stored:
+        raise ModelLoadError(f"{path} does not hold the tensors {META_FILE} lists (names, shapes or dtypes)")
+    return weights
+
+
+def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model saved with :func:`save`; it is returned in eval mode, on the CPU.
+
+    The architecture comes from the saved spec, or from ``model`` (the *unpruned* architecture, built by you;
+    required when the checkpoint has no spec, and changed in place). The saved plans are applied to it, then
+    the weights are loaded strictly (dtypes included) after their sha256 is checked.
+
+    >>> _ = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
+    >>> load("/tmp/lin-ckpt", model=torch.nn.Linear(3, 2)).weight.shape
+    torch.Size([2, 3])
+    """
+    directory = Path(directory)
+    info = read_info(directory)
+    try:
+        plans = [Plan.from_dict(p) for p in info["plans"]]
+    except PlanError as err:
+        raise ModelLoadError(f"{directory / META_FILE} is corrupt: {err}") from err
+    weights = _read_weights(directory, info)
+    spec = info["spec"]
+    if model is None and spec is None:
+        raise ModelLoadError(
+            f"{directory} was saved without a model spec; build the unpruned model yourself and call "
+            "load(dir, model=...)"
+        )
+    built_by = "the given model" if model is not None else f"the model built by {spec!r}"
+    model = load_model(spec) if model is None else model
+    _apply_plans(model, plans, str(directory), built_by)
+    full = _fit(weights, model, f"cannot load {directory}")
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, tensor in full.items():
+            if state[name].dtype != tensor.dtype:  # keep the saved dtype (and the Parameter object, for ties)
+                state[name].data = state[name].data.to(tensor.dtype)
+    model.load_state_dict(full, strict=True)
+    return model.eval()
