@@ -5,16 +5,25 @@ The public verbs live here::
     import prunekit as pk
 
     pk.analyze(model, x)                       # params, MACs, size, latency, per-layer rows
+    pk.groups(model, x)                        # coupled channel groups, pinned parts and why
+    pk.check(model, x, ratio=0.5)              # is a structural cut exact? (model untouched)
+    pk.prune(model, x, ratio=0.5)              # structured: channels/neurons/heads physically removed
+    pk.apply(model, plan)                      # replay a saved Plan on a fresh copy of the architecture
     pk.sparsify(model, sparsity=0.9)           # unstructured / N:M / block masks
     pk.sparsity_report(model)                  # per-layer and global sparsity
     pk.remove_masks(model)                     # make masks permanent, outputs unchanged
+    pk.finetune(model, data, epochs=3, teacher=dense)   # recover accuracy (KD optional, DDP-ready)
+    pk.export_onnx(model, x, "m.onnx")         # verified with onnxruntime (needs the onnx extra)
+    pk.quantize_onnx("m.onnx", "m.int8.onnx")  # INT8 (dynamic or static)
+    pk.save(model, "out/", spec=..., plan=...) # safetensors + JSON plan, no pickle; pk.load("out/")
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from prunekit.errors import ApplyError, ConfigError, ModelLoadError, PlanError, PruneError
+from prunekit.deploy import SavedCheckpoint, load, save
+from prunekit.errors import ApplyError, ConfigError, ExportError, ModelLoadError, PlanError, PruneError
 from prunekit.measure import (
     LatencyStats,
     ModelProfile,
@@ -28,6 +37,9 @@ from prunekit.measure import (
     model_size,
     peak_memory_bytes,
 )
+from prunekit.plan import Plan
+from prunekit.recover import FinetuneResult, PruneCallbacks, finetune
+from prunekit.schedules import GradualPruner, cubic_sparsity, iterative_prune, lottery_ticket, one_shot, snip
 from prunekit.sparse import (
     SparsifyResult,
     SparsityReport,
@@ -36,6 +48,21 @@ from prunekit.sparse import (
     sparsify,
     sparsity_report,
 )
+from prunekit.sparse.accelerate import AccelerateResult, accelerate
+from prunekit.sparse.storage import load_sparse, save_sparse, sparse_size
+from prunekit.structured import CheckReport, PruneResult, apply, check, groups, plan_prune, prune
+
+_NEEDS_ONNX = ("export_onnx", "quantize_onnx", "ExportResult", "QuantizeResult")
+
+
+def __getattr__(name: str) -> object:
+    """``export_onnx`` and ``quantize_onnx`` are imported on first use: they need the ``onnx`` extra."""
+    if name in _NEEDS_ONNX:
+        import prunekit.deploy
+
+        return getattr(prunekit.deploy, name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+
 
 try:
     __version__ = version("prunekit")
@@ -43,27 +70,57 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "AccelerateResult",
     "ApplyError",
+    "CheckReport",
     "ConfigError",
+    "ExportError",
+    "ExportResult",
+    "FinetuneResult",
+    "GradualPruner",
     "LatencyStats",
     "ModelLoadError",
     "ModelProfile",
     "ParamCount",
+    "Plan",
     "PlanError",
+    "PruneCallbacks",
     "PruneError",
+    "PruneResult",
+    "QuantizeResult",
+    "SavedCheckpoint",
     "SizeInfo",
     "SparsifyResult",
     "SparsityReport",
     "__version__",
+    "accelerate",
     "analyze",
+    "apply",
+    "check",
     "count_macs",
     "count_params",
+    "cubic_sparsity",
     "evaluate",
+    "export_onnx",
+    "finetune",
+    "groups",
     "is_masked",
+    "iterative_prune",
+    "load",
+    "load_sparse",
+    "lottery_ticket",
     "measure_latency",
     "model_size",
+    "one_shot",
     "peak_memory_bytes",
+    "plan_prune",
+    "prune",
+    "quantize_onnx",
     "remove_masks",
+    "save",
+    "save_sparse",
+    "snip",
+    "sparse_size",
     "sparsify",
     "sparsity_report",
 ]

@@ -221,3 +221,30 @@ def test_corrupt_checkpoints_give_one_line_errors(saved, tmp_path, case):
     with pytest.raises(error, match=match) as info:
         load(target)
     assert "\n" not in str(info.value)
+
+
+def test_sparse_checkpoint_is_smaller_and_loads_bit_identical(tmp_path):
+    import prunekit as pk
+    from prunekit.demo.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(1)
+    pk.sparsify(model, 0.9, scope="global")
+    pk.remove_masks(model)
+    x = torch.randn(4, 1, 8, 8)
+    dense = save(model, tmp_path / "dense", spec="prunekit.demo.model:build_model")
+    sparse = save(model, tmp_path / "sparse", spec="prunekit.demo.model:build_model", sparse=True)
+    assert (tmp_path / "sparse" / "weights.pksparse").is_file()
+    assert not (tmp_path / "sparse" / "weights.safetensors").exists()
+    assert sparse.weights_bytes * 4 < dense.weights_bytes
+    assert torch.equal(load(tmp_path / "sparse")(x), model.eval()(x))
+
+
+def test_corrupt_sparse_weights_give_one_clear_error(tmp_path):
+    from prunekit.demo.model import build_model
+
+    save(build_model(1), tmp_path / "c", spec="prunekit.demo.model:build_model", sparse=True)
+    path = tmp_path / "c" / "weights.pksparse"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load(tmp_path / "c")

@@ -2,7 +2,9 @@
 
 A checkpoint is a directory with two files::
 
-    weights.safetensors   the effective weights and persistent buffers (masks baked in, tied tensors once)
+    weights.safetensors   the effective weights and persistent buffers (masks baked in, tied tensors once);
+                          with ``sparse=True`` it is ``weights.pksparse`` instead: bitmask + values + zstd
+                          (see :mod:`prunekit.sparse.storage`), for models with many zeros
     prunekit.json         format version, model spec, structural plans, tensor shapes/dtypes, sha256 of the
                           weights file, torch/prunekit versions, user metadata
 
@@ -46,11 +48,18 @@ from prunekit.measure.params import count_params
 from prunekit.measure.size import effective_state_dict
 from prunekit.models.spec import LOADERS, load_model
 from prunekit.plan import Plan
+from prunekit.sparse.storage import (
+    DEFAULT_ZSTD_LEVEL,
+    check_storage_options,
+    decode_sparse_state_dict,
+    encode_sparse_state_dict,
+)
 from prunekit.structured.apply import apply
 
 FORMAT = "prunekit-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
+SPARSE_FILE = "weights.pksparse"
 META_FILE = "prunekit.json"
 
 
@@ -172,6 +181,8 @@ def save(
     spec: str | None = None,
     plan: Plan | Sequence[Plan] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    sparse: bool = False,
+    sparse_values: str = "fp32",
 ) -> SavedCheckpoint:
     """Save ``model`` as ``weights.safetensors`` + ``prunekit.json`` in ``directory``.
 
@@ -179,7 +190,9 @@ def save(
     the structural plan (or list of plans, in the order they were applied) that turned it into ``model``,
     e.g. ``prunekit.prune(...).plan``. Masks are baked in; the model itself is not changed. Without ``spec``
     the checkpoint can only be loaded into a model you build: ``load(dir, model=...)``. ``metadata`` must be
-    JSON-serialisable.
+    JSON-serialisable. ``sparse=True`` stores the weights in the compressed sparse encoding (exact with
+    ``sparse_values="fp32"``; ``"fp16"`` or ``"int8"`` trade exactness for size) — the file is then typically
+    5–10× smaller for a 90%-sparse model.
 
     >>> import torch
     >>> info = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
@@ -193,6 +206,8 @@ def save(
         meta_json = json.loads(json.dumps(dict(metadata or {})))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"metadata must be JSON-serialisable: {err}") from err
+    if sparse:
+        check_storage_options(values=sparse_values, scale="tensor", dense="keep", zstd_level=DEFAULT_ZSTD_LEVEL)
     _check_target(directory)
     weights = effective_state_dict(model)
     if spec is not None:  # rebuild now: a checkpoint that cannot be loaded back is never written
@@ -206,15 +221,20 @@ def save(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
-        safetensors.torch.save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        data = (tmp / WEIGHTS_FILE).read_bytes()
+        if sparse:
+            file, encoding = SPARSE_FILE, f"sparse-{sparse_values}"
+            (tmp / file).write_bytes(encode_sparse_state_dict(weights, values=sparse_values))
+        else:
+            file, encoding = WEIGHTS_FILE, "dense"
+            safetensors.torch.save_file(weights, str(tmp / file), metadata={"format": "pt"})
+        data = (tmp / file).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         info = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "spec": spec,
             "plans": [p.to_dict() for p in plans],
-            "weights": {"file": WEIGHTS_FILE, "encoding": "dense", "bytes": len(data), "sha256": digest},
+            "weights": {"file": file, "encoding": encoding, "bytes": len(data), "sha256": digest},
             "tensors": {
                 n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                 for n, t in weights.items()
@@ -280,9 +300,12 @@ def read_info(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_weights(directory: Path, info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    path = directory / WEIGHTS_FILE
+    file = info["weights"].get("file", WEIGHTS_FILE) if isinstance(info["weights"], dict) else None
+    if file not in (WEIGHTS_FILE, SPARSE_FILE):
+        raise ModelLoadError(f"{directory / META_FILE} is corrupt: unknown weights file {file!r}")
+    path = directory / file
     if not path.is_file():
-        raise ModelLoadError(f"{directory} is incomplete: {WEIGHTS_FILE} is missing")
+        raise ModelLoadError(f"{directory} is incomplete: {file} is missing")
     data = path.read_bytes()
     try:
         expected = info["weights"]["sha256"]
@@ -293,14 +316,21 @@ def _read_weights(directory: Path, info: dict[str, Any]) -> dict[str, torch.Tens
         raise ModelLoadError(
             f"{path} does not match the sha256 in {META_FILE}: the file is corrupt or was changed"
         )
-    try:
-        weights = safetensors.torch.load(data)
-    except (SafetensorError, ValueError) as err:
-        raise ModelLoadError(f"cannot read {path}: {err}") from err
+    if file == SPARSE_FILE:
+        weights = decode_sparse_state_dict(data, source=str(path))  # raises ModelLoadError when corrupt
+    else:
+        weights = _read_safetensors(data, path)
     stored = {n: (list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in weights.items()}
     if listed != stored:
         raise ModelLoadError(f"{path} does not hold the tensors {META_FILE} lists (names, shapes or dtypes)")
     return weights
+
+
+def _read_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load(data)
+    except (SafetensorError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {path}: {err}") from err
 
 
 def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> nn.Module:

@@ -1,0 +1,165 @@
+"""What every ``prunekit`` command shares: the typer app, one-line errors, common options, safe writes.
+
+Every :class:`~prunekit.errors.PruneError` and every usage error ends the program with one line
+``error: <message>`` on stderr and exit code 2, before any file is written. Library imports happen inside the
+commands, so ``--version`` and ``--help`` start fast and optional extras are never imported up front.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from prunekit.errors import PruneError
+
+try:  # recent typer carries its own copy of click, whose usage errors derive from TyperException
+    from typer import TyperException as _UsageError
+except ImportError:  # older typer uses click itself
+    from click import ClickException as _UsageError
+
+console = Console()
+PIPE_WIDTH = 160
+
+
+class _OneLineErrors(TyperGroup):
+    """Turn PruneError and click usage errors into ``error: <message>`` on stderr, exit 2, no traceback."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as err:
+            typer.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except PruneError as err:
+            typer.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    name="prunekit",
+    cls=_OneLineErrors,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Options shared by the commands that load a model.
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="torchvision:NAME, module.path:factory, or a .pt/.pth/.bin/.safetensors file.",
+        show_default=False,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch", help="For a state_dict file: torchvision:NAME or module.path:factory that builds it."
+    ),
+]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle", help="Allow unpickling a whole module from MODEL (runs code from the file)."
+    ),
+]
+JsonOpt = Annotated[
+    Path | None,
+    typer.Option("--json", metavar="PATH", help="Also write the result as JSON to PATH.", dir_okay=False),
+]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"prunekit {package_version('prunekit')}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Prune trained PyTorch models: unstructured masks and exact structural removal, measured."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH  # tables piped to a file or a CI log are not cut at 80 columns
+    # Like `python -m`: let module.path:factory specs name modules in the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would (some writers use 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        text = json.dumps(data, indent=2) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_state_dict(net: Any, path: Path, suffix: str) -> None:
+    """safetensors for a .safetensors name (save_model de-duplicates tied weights), else torch.save."""
+    if suffix == ".safetensors":
+        from safetensors.torch import save_model
+
+        save_model(net, str(path))
+    else:
+        import torch
+
+        torch.save(net.state_dict(), path)
+
+
+def arch_hint(model: str, arch: str | None) -> str:
+    """The --arch that rebuilds the architecture of MODEL (the spec itself unless MODEL was a file)."""
+    if arch is not None:
+        return arch
+    return "<the model's builder>" if Path(model).exists() else model
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -1,0 +1,86 @@
+"""``prunekit sparsify``: unstructured, N:M and block masks, written as a plain state_dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._common import (
+    ArchOpt,
+    JsonOpt,
+    ModelArg,
+    TrustPickleOpt,
+    app,
+    arch_hint,
+    atomic_write,
+    console,
+    plural,
+    save_state_dict,
+    write_json,
+)
+
+
+@app.command()
+def sparsify(
+    model: ModelArg,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            help="Where to write the sparsified state_dict (.safetensors, else torch.save).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    sparsity: Annotated[
+        float | None,
+        typer.Option("--sparsity", help="Fraction of weights to zero, in [0, 1); implied by an N:M pattern."),
+    ] = None,
+    pattern: Annotated[
+        str, typer.Option("--pattern", help="unstructured, N:M (e.g. 2:4) or a block pattern.")
+    ] = "unstructured",
+    scope: Annotated[
+        str, typer.Option("--scope", help="local (per layer) or global (across layers).")
+    ] = "local",
+    criterion: Annotated[str, typer.Option("--criterion", help="magnitude or random.")] = "magnitude",
+    include: Annotated[
+        list[str] | None, typer.Option("--include", metavar="NAME", help="Only these layers (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", metavar="NAME", help="Leave these layers dense (repeatable)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --criterion random.")] = 0,
+    arch: ArchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out."""
+    from prunekit.models.spec import load_model
+    from prunekit.sparse import remove_masks, sparsity_report
+    from prunekit.sparse import sparsify as sparsify_model
+
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    result = sparsify_model(
+        net,
+        sparsity,
+        pattern=pattern,
+        criterion=criterion,
+        scope=scope,
+        include=include or None,
+        exclude=exclude or None,
+        seed=seed,
+    )
+    report = sparsity_report(net)
+    remove_masks(net)
+    atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
+    write_json(json_path, result.to_dict())
+    console.print(report)
+    console.print(
+        f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% "
+        f"({result.pruned:,} of {result.numel:,} weights in {plural(len(result.layers), 'layer')}); "
+        f"wrote the state_dict to {out} (load it with --arch {arch_hint(model, arch)})"
+    )
