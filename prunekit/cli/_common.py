@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,6 +86,14 @@ TrustPickleOpt = Annotated[
         "--trust-pickle", help="Allow unpickling a whole module from MODEL (runs code from the file)."
     ),
 ]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        metavar="N,C,H,W",
+        help="Shape of the random example input; torchvision classifiers default to 1,3,224,224.",
+    ),
+]
 JsonOpt = Annotated[
     Path | None,
     typer.Option("--json", metavar="PATH", help="Also write the result as JSON to PATH.", dir_okay=False),
@@ -113,6 +122,37 @@ def main(
     # Like `python -m`: let module.path:factory specs name modules in the current directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded from the command line, with what is needed to save it again without pickle."""
+
+    model: Any
+    example: Any
+    spec: str | None  # builds the *unpruned* architecture (None for a pickled module)
+    plans: list[Any]  # structural plans already applied to it (a checkpoint directory's)
+
+
+def load_cli_model(
+    spec: str, *, arch: str | None, trust_pickle: bool, input_shape: str | None
+) -> LoadedModel:
+    """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under."""
+    from prunekit.models.spec import check_forward, example_inputs_for, load_model, parse_input_shape
+
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    example = example_inputs_for(arch or spec, shape)
+    check_forward(net, example)
+    if (Path(spec) / "prunekit.json").is_file():
+        from prunekit.deploy.checkpoint import read_info
+        from prunekit.plan import Plan
+
+        info = read_info(spec)
+        return LoadedModel(net, example, info["spec"], [Plan.from_dict(p) for p in info["plans"]])
+    if Path(spec).is_file():
+        return LoadedModel(net, example, arch, [])
+    return LoadedModel(net, example, spec, [])
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from prunekit.cli._common import ArchOpt, JsonOpt, ModelArg, TrustPickleOpt, app, console, write_json
+from prunekit.cli._common import (
+    ArchOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ModelArg,
+    TrustPickleOpt,
+    app,
+    console,
+    load_cli_model,
+    write_json,
+)
 
 
 @app.command()
@@ -14,14 +24,7 @@ def analyze(
     model: ModelArg,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    input_shape: Annotated[
-        str | None,
-        typer.Option(
-            "--input-shape",
-            metavar="N,C,H,W",
-            help="Shape of the random example input; torchvision classifiers default to 1,3,224,224.",
-        ),
-    ] = None,
+    input_shape: InputShapeOpt = None,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurement.")] = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs for the latency measurement.")] = 50,
     zstd_level: Annotated[
@@ -34,13 +37,10 @@ def analyze(
 ) -> None:
     """Per-layer parameters, non-zeros, sparsity and MACs of MODEL, plus its size and latency."""
     from prunekit.measure.profile import analyze as profile_model
-    from prunekit.models.spec import check_forward, example_inputs_for, load_model, parse_input_shape
     from prunekit.report.tables import profile_table, summary_table
 
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    example = example_inputs_for(arch or model, shape)
-    check_forward(net, example)
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    net, example = loaded.model, loaded.example
     size_options = {} if zstd_level is None else {"zstd_level": zstd_level}
     profile = profile_model(net, example, latency=not no_latency, runs=runs, **size_options)
     console.print(profile_table(profile))

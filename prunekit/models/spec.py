@@ -6,6 +6,7 @@ A spec is one of::
     module.path:factory       a callable returning an nn.Module         mypkg.models:build_net
     path/to/file.pt           a state_dict (with arch=...) or, only with trust_pickle=True, a pickled module
     path/to/file.safetensors  a state_dict (with arch=...)
+    path/to/checkpoint/       a directory written by prunekit.save (spec + plans + safetensors weights)
 
 Prefixed forms are looked up in ``LOADERS`` by the text before the first ``:`` (a later release adds
 ``ultralytics:`` and ``hf:``); nothing is recognised by substrings. Every failure is a one-line
@@ -31,7 +32,9 @@ from prunekit._inputs import call_model
 from prunekit.errors import ConfigError, ModelLoadError
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-SPEC_FORMS = "torchvision:NAME, module.path:factory or a .pt/.pth/.bin/.safetensors file"
+SPEC_FORMS = (
+    "torchvision:NAME, module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint dir"
+)
 
 
 def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
@@ -51,6 +54,11 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
     if prefix in LOADERS:
         _reject_arch(spec, arch)
         model = LOADERS[prefix](rest)
+    elif (Path(spec) / "prunekit.json").is_file():
+        _reject_arch(spec, arch)
+        from prunekit.deploy.checkpoint import load  # late: the checkpoint module builds models with this one
+
+        model = load(spec)
     elif _is_file_spec(spec):
         model = _load_file(Path(spec), arch=arch, trust_pickle=trust_pickle)
     elif _is_factory_spec(spec):
@@ -313,6 +321,15 @@ def _first_line(err: BaseException) -> str:
 
 
 def _default_input_shape(spec_or_model: str | nn.Module) -> tuple[int, ...]:
+    if isinstance(spec_or_model, str) and (Path(spec_or_model) / "prunekit.json").is_file():
+        from prunekit.deploy.checkpoint import read_info
+
+        info = read_info(spec_or_model)
+        shape = (info.get("metadata") or {}).get("input_shape")
+        if shape:
+            return tuple(int(d) for d in shape)
+        if info["spec"]:
+            return _default_input_shape(info["spec"])
     if isinstance(spec_or_model, str):
         prefix, _, rest = spec_or_model.partition(":")
         if prefix in DEFAULT_SHAPES:

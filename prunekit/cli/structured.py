@@ -1,0 +1,149 @@
+"""``prunekit prune`` and ``prunekit check``: exact structural pruning from the shell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from prunekit.cli._common import (
+    ArchOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ModelArg,
+    TrustPickleOpt,
+    app,
+    console,
+    load_cli_model,
+    write_json,
+)
+
+RatioOpt = Annotated[
+    float, typer.Option("--ratio", help="Fraction of each group's channels to remove, in [0, 1).")
+]
+CriterionOpt = Annotated[str, typer.Option("--criterion", help="Importance criterion: l1, l2, ...")]
+ScopeOpt = Annotated[str, typer.Option("--scope", help="local (per group) or global (ranked together).")]
+IgnoreOpt = Annotated[
+    list[str] | None,
+    typer.Option("--ignore", metavar="NAME", help="Module whose channels stay (repeatable)."),
+]
+RoundToOpt = Annotated[
+    int | None, typer.Option("--round-to", help="Keep every pruned width a multiple of this.")
+]
+MaxRatioOpt = Annotated[
+    float, typer.Option("--max-ratio", help="Never remove more than this fraction of any group.")
+]
+
+
+@app.command()
+def prune(
+    model: ModelArg,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Checkpoint directory to write (safetensors weights + plan; reload with `prunekit load`).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ],
+    ratio: RatioOpt = 0.5,
+    criterion: CriterionOpt = "l2",
+    scope: ScopeOpt = "local",
+    ignore: IgnoreOpt = None,
+    round_to: RoundToOpt = None,
+    max_ratio: MaxRatioOpt = 0.9,
+    input_shape: InputShapeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Physically remove channels, neurons and heads from MODEL and save the result to --out."""
+    from prunekit.deploy import save
+    from prunekit.structured import prune as prune_model
+
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    result = prune_model(
+        loaded.model,
+        loaded.example,
+        ratio=ratio,
+        criterion=criterion,
+        scope=scope,
+        ignore=ignore or None,
+        round_to=round_to,
+        max_ratio=max_ratio,
+    )
+    saved = save(
+        loaded.model,
+        out,
+        spec=loaded.spec,
+        plan=[*loaded.plans, result.plan],
+        metadata={"input_shape": list(loaded.example.shape), "source": model},
+    )
+    data = result.to_dict() | {"checkpoint": saved.to_dict()}
+    write_json(json_path, data)
+    table = Table(title=f"prunekit prune {model}")
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "params", f"{result.params_before:,}", f"{result.params_after:,}", f"{result.params_ratio:.3f}"
+    )
+    table.add_row("MACs", f"{result.macs_before:,}", f"{result.macs_after:,}", f"{result.macs_ratio:.3f}")
+    console.print(table)
+    console.print(
+        f"removed {result.removed_units:,} channels in {result.n_pruned_groups} of {result.n_groups} groups; "
+        f"wrote {out} (reload with `prunekit load {out}`)"
+    )
+
+
+@app.command()
+def check(
+    model: ModelArg,
+    ratio: RatioOpt = 0.5,
+    criterion: CriterionOpt = "l2",
+    scope: ScopeOpt = "local",
+    ignore: IgnoreOpt = None,
+    round_to: RoundToOpt = None,
+    max_ratio: MaxRatioOpt = 0.9,
+    input_shape: InputShapeOpt = None,
+    arch: ArchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Report what can be pruned in MODEL, what is pinned and why, and whether the cut is exact.
+
+    MODEL is not changed and nothing but --json is written. Exit code 1 when the pruned copy does not match
+    the masked reference (please report it: it is a bug).
+    """
+    from prunekit.structured import check as check_model
+
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    report = check_model(
+        loaded.model,
+        loaded.example,
+        ratio=ratio,
+        criterion=criterion,
+        scope=scope,
+        ignore=ignore or None,
+        round_to=round_to,
+        max_ratio=max_ratio,
+    )
+    write_json(json_path, report.to_dict())
+    if report.pinned:
+        pinned = Table(title="pinned groups (never pruned)")
+        for column in ("group", "width", "members", "why"):
+            pinned.add_column(column)
+        for row in report.pinned:
+            pinned.add_row(str(row["id"]), str(row["width"]), ", ".join(row["members"]), row["reasons"][0])
+        console.print(pinned)
+    verdict = "[green]exact[/green]" if report.ok else "[red]NOT exact[/red]"
+    console.print(
+        f"{report.n_prunable_groups} of {report.n_groups} groups prunable; at ratio {ratio}: "
+        f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict} "
+        f"(max abs err {report.max_abs_err:.2e}, tolerance {report.tolerance:.1e})"
+    )
+    if not report.ok:
+        raise typer.Exit(1)

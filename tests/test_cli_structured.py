@@ -1,0 +1,87 @@
+"""`prunekit prune` and `prunekit check`: real cuts on disk, exact reloads, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers_models import tiny_model
+from typer.testing import CliRunner
+
+from prunekit.cli import app
+from prunekit.deploy import load
+
+TINY = f"{tiny_model.__module__}:tiny_model"
+SHAPE = "2,4,8,8"
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_prune_writes_a_checkpoint_that_reloads_to_the_pruned_widths(tmp_path):
+    out, js = tmp_path / "ckpt", tmp_path / "p.json"
+    result = invoke("prune", TINY, "--ratio", "0.5", "--input-shape", SHAPE, "--out", out, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    model = load(out)
+    # conv1 (8 channels) and conv2 (16) lose half; fc keeps its 10 outputs (model outputs keep shapes)
+    assert (model.conv1.out_channels, model.bn.num_features, model.conv2.out_channels) == (4, 4, 8)
+    assert model.fc.in_features == 8 and model.fc.out_features == 10
+    assert data["params_after"] == sum(p.numel() for p in model.parameters())
+    assert data["params_before"] == sum(p.numel() for p in tiny_model().parameters())
+    assert data["checkpoint"]["spec"] == TINY
+
+
+def test_prune_a_checkpoint_again_stacks_the_plans(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert invoke("prune", TINY, "--ratio", "0.5", "--input-shape", SHAPE, "--out", first).exit_code == 0
+    # the input shape comes from the checkpoint
+    result = invoke("prune", first, "--ratio", "0.5", "--out", second)
+    assert result.exit_code == 0, result.output
+    again = load(second)
+    assert again.conv2.out_channels == 4
+    x = torch.randn(2, 4, 8, 8)
+    assert again(x).shape == (2, 10)
+
+
+def test_check_reports_exactness_and_pins_the_output_layer(tmp_path):
+    js = tmp_path / "c.json"
+    result = invoke("check", TINY, "--ratio", "0.5", "--input-shape", SHAPE, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["ok"] is True and data["max_abs_err"] < 1e-4
+    assert data["n_groups"] == 4 and data["n_prunable_groups"] == 2  # input channels, outputs pinned
+    assert any("fc.weight[0]" in m for row in data["pinned"] for m in row["members"])
+    assert 0 < data["macs_ratio"] < 0.5
+
+
+def test_check_leaves_a_state_dict_file_untouched(tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_model().state_dict(), path)
+    before = path.read_bytes()
+    result = invoke("check", path, "--arch", TINY, "--input-shape", SHAPE)
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--ratio", "1.5"), "ratio"),
+        (("--scope", "everywhere"), "scope"),
+        (("--criterion", "vibes"), "unknown criterion"),
+        (("--input-shape", "2,x"), "input shape"),
+        (("--input-shape", "2,3,8,8"), "--input-shape"),
+    ],
+)
+def test_bad_prune_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, message):
+    out = tmp_path / "never"
+    extra = () if "--input-shape" in args else ("--input-shape", SHAPE)
+    result = invoke("prune", TINY, "--out", out, *extra, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0
+    assert not out.exists()
