@@ -207,7 +207,9 @@ def save(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"metadata must be JSON-serialisable: {err}") from err
     if sparse:
-        check_storage_options(values=sparse_values, scale="tensor", dense="keep", zstd_level=DEFAULT_ZSTD_LEVEL)
+        check_storage_options(
+            values=sparse_values, scale="tensor", dense="keep", zstd_level=DEFAULT_ZSTD_LEVEL
+        )
     _check_target(directory)
     weights = effective_state_dict(model)
     if spec is not None:  # rebuild now: a checkpoint that cannot be loaded back is never written

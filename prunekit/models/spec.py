@@ -173,7 +173,23 @@ def _is_factory_spec(spec: str) -> bool:
 
 def _load_factory(spec: str) -> nn.Module:
     """Import ``module.path``, follow ``factory`` (dotted attributes allowed), call it with no arguments."""
-    module_path, _, attr_path = spec.partition(":")
+    model = call_factory(spec, what="an nn.Module")
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def call_factory(spec: str, *, what: str) -> object:
+    """Import ``module.path`` of ``module.path:factory``, follow the attributes, call it with no arguments.
+
+    ``what`` names what the factory should return, for the error messages.
+
+    >>> call_factory("prunekit.demo.data:load_splits", what="data").x_test.shape[0]
+    450
+    """
+    module_path, sep, attr_path = spec.partition(":")
+    if not sep or not module_path or not attr_path:
+        raise ModelLoadError(f"{spec!r} is not module.path:factory (a callable returning {what})")
     try:
         obj = importlib.import_module(module_path)
     except ImportError as err:
@@ -184,14 +200,11 @@ def _load_factory(spec: str) -> nn.Module:
         obj = getattr(obj, attr)
     if isinstance(obj, nn.Module) or not callable(obj):
         kind = "an nn.Module instance" if isinstance(obj, nn.Module) else type(obj).__name__
-        raise ModelLoadError(f"{spec!r} is {kind}, not a callable that returns an nn.Module")
+        raise ModelLoadError(f"{spec!r} is {kind}, not a callable that returns {what}")
     try:
-        model = obj()
+        return obj()
     except Exception as err:
         raise ModelLoadError(f"calling {spec!r} failed: {type(err).__name__}: {err}") from err
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 # --- files --------------------------------------------------------------------------------------------------
