@@ -25,6 +25,10 @@ PRUNABLE = 1 * 32 * 9 + 32 * 64 * 9 + 64 * 128 * 9 + 512 * 128 + 128 * 10  # 159
 PARAMS = PRUNABLE + (32 + 64 + 128 + 128 + 10) + 2 * (32 + 64 + 128)  # + biases + BN weight/bias = 160,074
 MACS = 8 * 8 * 32 * 9 + 8 * 8 * 64 * 32 * 9 + 4 * 4 * 128 * 64 * 9 + 512 * 128 + 128 * 10  # 2,444,544
 PRUNED_90 = int(np.floor(0.9 * PRUNABLE + 0.5))  # 143,338 weights masked by a global 90% sparsify
+# Half of every channel group removed: conv1 16, conv2 32, conv3 64, fc1 64 outputs (input and logits kept).
+PARAMS_50 = (9 * 16 + 16) + (16 * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (256 * 64 + 64) + (64 * 10 + 10)
+PARAMS_50 += 2 * (16 + 32 + 64)  # BatchNorm weight + bias: 40,618 in all
+MACS_50 = 8 * 8 * 16 * 9 + 8 * 8 * 32 * 16 * 9 + 4 * 4 * 64 * 32 * 9 + 256 * 64 + 64 * 10
 
 
 def test_split_is_stratified_deterministic_and_scaled() -> None:
@@ -100,9 +104,35 @@ def test_demo_measures_exact_counts(demo) -> None:
     assert [s.batch_size for s in dense.latency] == [1, 64] and dense.latency[0].threads == 1
 
 
+def test_structured_stage_removes_half_the_channels_and_keeps_accuracy(demo) -> None:
+    result, _, _ = demo
+    dense, channels = result.row("dense"), result.row("channels50")
+    assert (channels.params.total, channels.macs) == (PARAMS_50, MACS_50)
+    assert channels.extra["macs_ratio"] == MACS_50 / MACS
+    assert channels.accuracy >= dense.accuracy - 0.03  # 2 fine-tune epochs in the quick budget
+    assert channels.latency[1].median_ms < dense.latency[1].median_ms  # a quarter of the MACs at batch 64
+
+
+def test_onnx_rows_are_verified_and_int8_is_smaller(demo) -> None:
+    result, _, _ = demo
+    channels, fp32, int8 = result.row("channels50"), result.row("onnx"), result.row("onnx-int8")
+    assert fp32.accuracy == pytest.approx(channels.accuracy, abs=1 / 450)  # same model, another runtime
+    assert fp32.extra["initializer_params"] <= PARAMS_50 and fp32.extra["max_abs_err"] < 1e-4
+    assert int8.size.dense_bytes * 2.5 < fp32.size.dense_bytes
+    assert int8.accuracy >= channels.accuracy - 0.02
+    assert int8.extra["quantized_ops"]
+
+
 def test_appended_stage_starts_from_a_copy_of_its_source(demo) -> None:
     result, _, _ = demo
-    assert [row.name for row in result.rows] == ["dense", "sparse90", "copy"]
+    assert [row.name for row in result.rows] == [
+        "dense",
+        "sparse90",
+        "channels50",
+        "copy",
+        "onnx",
+        "onnx-int8",
+    ]
     copy, dense = result.row("copy"), result.row("dense")
     assert copy.accuracy == dense.accuracy and copy.params == dense.params and copy.extra == {"marker": 42}
 
@@ -113,10 +143,13 @@ def test_json_has_every_stage_and_figure(demo) -> None:
     assert data == json.loads(json.dumps(result.to_dict()))
     assert data["data"] == {"train": 1347, "test": 450}
     assert data["config"]["epochs"] == 4 and data["config"]["finetune_epochs"] == 2
-    assert [s["name"] for s in data["stages"]] == ["dense", "sparse90", "copy"]
+    names = ["dense", "sparse90", "channels50", "copy", "onnx", "onnx-int8"]
+    assert [s["name"] for s in data["stages"]] == names
     for stage in data["stages"]:
         assert set(stage) >= {"accuracy", "params", "macs", "size", "latency", "seconds", "extra"}
-        assert stage["params"]["total"] == PARAMS and stage["macs"] == MACS
+        small = stage["name"] in ("channels50", "onnx", "onnx-int8")
+        assert stage["params"]["total"] == (PARAMS_50 if small else PARAMS)
+        assert stage["macs"] == (MACS_50 if small else MACS)
         assert set(stage["size"]) >= {"dense_bytes", "compressed_bytes", "codec"}
         assert all(lat["median_ms"] > 0 and lat["runs"] == 5 for lat in stage["latency"])
     sparse = data["stages"][1]["extra"]
@@ -130,7 +163,8 @@ def test_json_has_every_stage_and_figure(demo) -> None:
 def test_out_dir_has_models_and_tables(demo) -> None:
     result, root, _ = demo
     out = root / "out" / "nested"  # created, parents included
-    names = {"dense.safetensors", "sparse90.safetensors", "copy.safetensors", "results.md", "results.txt"}
+    names = {"dense.safetensors", "sparse90.safetensors", "channels50.safetensors", "copy.safetensors"}
+    names |= {"channels50.onnx", "channels50.int8.onnx", "results.md", "results.txt"}
     assert names | {"results.json"} == {p.name for p in out.iterdir()}  # no temporary files left
     assert json.loads((out / "results.json").read_text()) == json.loads((root / "demo.json").read_text())
     assert "| non-zero parameters |" in (out / "results.md").read_text()

@@ -3,8 +3,11 @@
 Every stage's model is measured with :mod:`prunekit.measure`: top-1 test accuracy, parameters (total and
 non-zero), MACs, safetensors bytes and their zstd-compressed size, and median latency at batch 1 and 64
 (measured after every stage has run, the models alternating, see :func:`measure_latencies`).
-With ``out=DIR`` the models (``<stage>.safetensors``, masks removed), ``results.md``, ``results.txt`` and
-``results.json`` are written there; every file goes through a temporary file and ``os.replace``.
+When the ``onnx`` extra is installed, the last structured stage is also exported to ONNX and quantized to
+static INT8, and both files are measured in onnxruntime (:mod:`prunekit.demo.onnx_rows`).
+With ``out=DIR`` the models (``<stage>.safetensors``, masks removed; the ``.onnx`` files), ``results.md``,
+``results.txt`` and ``results.json`` are written there; every file goes through a temporary file and
+``os.replace``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import json
 import os
 import platform
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from torch import nn
 
 from prunekit.demo.data import IMAGE_SHAPE, load_splits
 from prunekit.demo.model import build_model
+from prunekit.demo.onnx_rows import OnnxRow, export_rows, onnx_available
 from prunekit.demo.stages import DemoConfig, DemoContext, Stage, check_stages, default_stages
 from prunekit.demo.table import demo_table, table_markdown, table_text
 from prunekit.errors import ConfigError
@@ -204,6 +209,23 @@ def measure_latencies(models: dict[str, nn.Module], ctx: DemoContext) -> dict[st
     return best
 
 
+def _onnx_rows(
+    models: dict[str, nn.Module],
+    measured: dict[str, dict[str, Any]],
+    ctx: DemoContext,
+    folder: Path,
+    source: str | None,
+) -> list[OnnxRow]:
+    if source is None:
+        if not onnx_available():
+            ctx.console.print(
+                "ONNX and INT8 rows skipped: install the onnx extra (pip install 'prunekit[onnx]')"
+            )
+        return []
+    ctx.stage = source
+    return export_rows(models[source], source, ctx, folder, LATENCY_BATCHES)
+
+
 def _check_paths(out: Path | None, json_path: Path | None) -> None:
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory (it is created if missing)")
@@ -211,13 +233,17 @@ def _check_paths(out: Path | None, json_path: Path | None) -> None:
         raise ConfigError(f"--json {json_path} is a directory; give a file path")
 
 
-def _save(out: Path, result: DemoResult, models: dict[str, nn.Module]) -> None:
+def _save(out: Path, result: DemoResult, models: dict[str, nn.Module], onnx: list[OnnxRow]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
         path = out / f"{name}.safetensors"
         write_atomic(path, safetensors.torch.save(state, metadata={"stage": name}))
         result.files[name] = str(path)
+    for row in onnx:
+        path = out / row.path.name
+        write_atomic(path, row.path.read_bytes())
+        result.files[row.name] = str(path)
     for key, filename in (("table_md", "results.md"), ("table_txt", "results.txt"), ("json", "results.json")):
         result.files[key] = str(out / filename)
     write_atomic(out / "results.md", table_markdown(result))
@@ -238,17 +264,19 @@ def run_demo(
     console: Console | None = None,
     progress: bool = True,
     stages: list[Stage] | None = None,
+    onnx_source: str | None = "auto",
 ) -> DemoResult:
     """Train the digits CNN, run the stages (default: dense, 90% global unstructured + fine-tune), measure.
 
     ``quick=True`` uses a small budget (4 + 2 epochs, 2 x 5 latency runs) for smoke tests; ``epochs`` and
     ``finetune_epochs`` override either budget. Runs with ``threads`` intra-op threads (restored afterwards)
     and is reproducible for a given ``seed``. Prints progress and the table to ``console``; writes files only
-    after every stage has run.
+    after every stage has run. ``onnx_source`` names the stage exported to ONNX and INT8 (``"auto"``: the
+    structured stage when the ``onnx`` extra is installed; ``None``: no ONNX rows).
 
-    >>> result = run_demo(quick=True, console=Console(quiet=True), progress=False)
+    >>> result = run_demo(quick=True, console=Console(quiet=True), progress=False, onnx_source=None)
     >>> [row.name for row in result.rows], result.row("dense").accuracy > 0.9
-    (['dense', 'sparse90'], True)
+    (['dense', 'sparse90', 'channels50'], True)
     """
     config = DemoConfig(sparsity=sparsity, seed=seed, threads=threads, **(QUICK if quick else {}))
     overrides = {k: v for k, v in (("epochs", epochs), ("finetune_epochs", finetune_epochs)) if v is not None}
@@ -259,6 +287,12 @@ def run_demo(
     _check_paths(out, json_path)
     stages = default_stages(config) if stages is None else list(stages)
     check_stages(stages)
+    if onnx_source == "auto":
+        onnx_source = config.channels_name if onnx_available() else None
+        if onnx_source not in {stage.name for stage in stages}:
+            onnx_source = None
+    elif onnx_source is not None and onnx_source not in {stage.name for stage in stages}:
+        raise ConfigError(f"onnx_source {onnx_source!r} is not a stage; stages: {[s.name for s in stages]}")
     console = console if console is not None else Console()
 
     previous_threads = torch.get_num_threads()
@@ -288,6 +322,8 @@ def run_demo(
         t2 = time.perf_counter()
         latencies = measure_latencies(models, ctx)
         console.print(f"latency of {len(models)} models measured in {time.perf_counter() - t2:.1f} s")
+        onnx_dir = tempfile.TemporaryDirectory(prefix="prunekit-demo-")
+        onnx = _onnx_rows(models, measured, ctx, Path(onnx_dir.name), onnx_source)
         rows = [
             StageRow(
                 stage.name,
@@ -298,6 +334,21 @@ def run_demo(
             )
             for stage in stages
         ]
+        rows += [
+            StageRow(
+                row.name,
+                row.title,
+                row.accuracy,
+                measured[onnx_source]["params"],
+                measured[onnx_source]["macs"],
+                row.size,
+                row.latency,
+                row.seconds,
+                0.0,
+                row.extra,
+            )
+            for row in onnx
+        ]
         data = {"train": len(splits.y_train), "test": len(splits.y_test)}
         env = environment()
         result = DemoResult(config, rows, data, env, seconds=time.perf_counter() - start)
@@ -305,9 +356,12 @@ def run_demo(
         torch.set_num_threads(previous_threads)
 
     console.print(demo_table(result))
-    if out is not None:
-        _save(out, result, models)
-        console.print(f"wrote {len(result.files)} files to {out}")
+    try:
+        if out is not None:
+            _save(out, result, models, onnx)
+            console.print(f"wrote {len(result.files)} files to {out}")
+    finally:
+        onnx_dir.cleanup()
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")

@@ -3,8 +3,9 @@
 A :class:`Stage` is a name, a title for the table, the stage whose model it starts from (a deep copy of it;
 ``None`` = a freshly built DigitsCNN) and a function ``(model, ctx) -> model``. :func:`default_stages` lists
 the stages ``prunekit demo`` runs, in order; a later feature adds its stage by appending one entry there, e.g.
-``Stage("int8", "INT8 dynamic quantization", quantize_stage, source="sparse90")``. Every stage's output is
-measured the same way by :mod:`prunekit.demo.run`; a stage records its own extra figures with ``ctx.note``.
+``Stage("copy", "identity", lambda model, ctx: model)``. Every stage's output is measured the same way by
+:mod:`prunekit.demo.run`; a stage records its own extra figures with ``ctx.note``. ONNX fp32 and INT8 rows,
+run in onnxruntime, come after the PyTorch stages (see :mod:`prunekit.demo.onnx_rows`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
-from prunekit.demo.data import DigitsSplits, make_loaders
+from prunekit.demo.data import IMAGE_SHAPE, DigitsSplits, make_loaders
 from prunekit.errors import ConfigError
 from prunekit.recover import accuracy, train
 from prunekit.sparse import remove_masks, sparsify
+from prunekit.structured import prune
 
 _INT_MINIMUMS = {
     "epochs": 1,
@@ -45,6 +48,7 @@ class DemoConfig:
     finetune_epochs: int = 5
     finetune_lr: float = 1e-3
     sparsity: float = 0.9
+    channel_ratio: float = 0.5
     seed: int = 0
     threads: int = 1
     latency_runs: int = 20
@@ -67,6 +71,8 @@ class DemoConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
+        if not 0.0 < self.channel_ratio < 1.0:
+            raise ConfigError(f"channel_ratio must be in (0, 1), got {self.channel_ratio!r}")
 
     @property
     def sparse_name(self) -> str:
@@ -76,6 +82,15 @@ class DemoConfig:
         'sparse95'
         """
         return f"sparse{self.sparsity * 100:g}"
+
+    @property
+    def channels_name(self) -> str:
+        """Name of the structured stage, e.g. ``"channels50"`` for ``channel_ratio=0.5``.
+
+        >>> DemoConfig(channel_ratio=0.3).channels_name
+        'channels30'
+        """
+        return f"channels{self.channel_ratio * 100:g}"
 
 
 @dataclass
@@ -180,16 +195,68 @@ def sparsify_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
     return model
 
 
+def channels_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
+    """Physically remove ``config.channel_ratio`` of every prunable channel group (L2), then fine-tune.
+
+    The input channel and the 10 logits are pinned by the engine (model inputs and outputs keep their
+    shapes); every conv, BatchNorm and the hidden Linear layer get narrower, so MACs and latency drop.
+
+    >>> from prunekit.demo.data import load_splits
+    >>> from prunekit.demo.model import build_model
+    >>> ctx = DemoContext(DemoConfig(finetune_epochs=0), load_splits(), Console(quiet=True), progress=False)
+    >>> channels_finetune(build_model(), ctx).conv3.out_channels
+    64
+    """
+    cfg = ctx.config
+    start = time.perf_counter()
+    result = prune(model, torch.zeros(1, *IMAGE_SHAPE), ratio=cfg.channel_ratio)
+    prune_s = time.perf_counter() - start
+    before = accuracy(model, ctx.test_loader())
+    losses = (
+        train(
+            model,
+            ctx.train_loader(),
+            epochs=cfg.finetune_epochs,
+            lr=cfg.finetune_lr,
+            schedule="cosine",
+            progress=ctx.progress,
+            seed=cfg.seed,
+            console=ctx.console,
+        )
+        if cfg.finetune_epochs
+        else []
+    )
+    ctx.note(
+        channel_ratio=cfg.channel_ratio,
+        removed_channels=result.removed_units,
+        pruned_groups=result.n_pruned_groups,
+        macs_ratio=result.macs_ratio,
+        params_ratio=result.params_ratio,
+        accuracy_before_finetune=before,
+        finetune_epochs=cfg.finetune_epochs,
+        finetune_loss=losses,
+        prune_seconds=prune_s,
+        plan=result.plan.to_dict(),
+    )
+    return model
+
+
 def default_stages(config: DemoConfig) -> list[Stage]:
     """The stages ``prunekit demo`` runs, in order. Add a stage by appending one entry.
 
     >>> [stage.name for stage in default_stages(DemoConfig())]
-    ['dense', 'sparse90']
+    ['dense', 'sparse90', 'channels50']
     """
     pct = f"{config.sparsity * 100:g}%"
+    channels = f"{config.channel_ratio * 100:g}%"
     return [
         Stage("dense", "dense (trained)", train_dense, source=None),
         Stage(config.sparse_name, f"{pct} global unstructured + fine-tune", sparsify_finetune),
+        Stage(
+            config.channels_name,
+            f"{channels} of channels removed (structured) + fine-tune",
+            channels_finetune,
+        ),
     ]
 
 
@@ -217,6 +284,7 @@ __all__ = [
     "DemoConfig",
     "DemoContext",
     "Stage",
+    "channels_finetune",
     "check_stages",
     "default_stages",
     "sparsify_finetune",
