@@ -502,3 +502,16 @@ def test_other_layer_kinds_and_dtypes(dtype: torch.dtype) -> None:
         before = model[0](x)
         remove_masks(model)
         assert torch.equal(before, model[0](x))
+
+
+def test_removing_masks_on_a_deep_copy_leaves_the_original_masked_and_working():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    sparsify(model, 0.5)
+    x = torch.randn(3, 8)
+    expected = model(x)
+    twin = copy.deepcopy(model)
+    remove_masks(twin)
+    assert is_masked(model[0]) and not is_masked(twin[0])
+    assert torch.equal(model(x), expected) and torch.equal(twin(x), expected)
+    remove_masks(model)  # and the original can still be unmasked afterwards
+    assert torch.equal(model(x), expected)

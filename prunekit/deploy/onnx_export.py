@@ -52,6 +52,7 @@ from prunekit.deploy.runtime import CPU, first_line, onnx_session, run_onnx
 from prunekit.errors import ConfigError, ExportError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.measure.params import count_params
+from prunekit.sparse.masks import own_parametrized_class
 
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 or newer
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -105,22 +106,10 @@ def deployable(model: nn.Module) -> nn.Module:
         for hook in _prune_hooks(module):
             prune.remove(module, hook._tensor_name)
         if parametrize.is_parametrized(module):
-            _own_class(module)
+            own_parametrized_class(module)
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return baked
-
-
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized module of a deep copy its own ``Parametrized*`` class.
-
-    ``copy.deepcopy`` keeps the class that ``parametrize`` generated for the original, and
-    ``remove_parametrizations`` deletes the weight property *from that class*: removing masks on a copy would
-    break the original (``'ParametrizedLinear' object has no attribute 'weight'``, torch 2.14).
-    """
-    cls = type(module)
-    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def _prune_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:

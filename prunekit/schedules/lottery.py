@@ -36,7 +36,7 @@ from torch.nn.utils import parametrize
 from prunekit.errors import ConfigError
 from prunekit.measure import evaluate
 from prunekit.schedules.masking import check_fraction, check_int, make_mask_set
-from prunekit.sparse.masks import Mask
+from prunekit.sparse.masks import Mask, own_parametrized_class
 from prunekit.sparse.sparsify import Selector
 
 
@@ -117,6 +117,7 @@ def reinit_randomly(model: nn.Module, seed: int) -> None:
             if parametrize.is_parametrized(module):
                 for pname in list(module.parametrizations):
                     masks[pname] = module.parametrizations[pname][0]
+                    own_parametrized_class(module)
                     parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
             try:
                 module.reset_parameters()

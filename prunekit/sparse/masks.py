@@ -136,6 +136,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
         for module, old in reversed(done):
             if old is None:
                 order = get_mask_module(module).param_order
+                own_parametrized_class(module)
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
                 _reorder(module._parameters, order)
             else:
@@ -165,9 +166,23 @@ def remove_masks(model: nn.Module) -> nn.Module:
         check_maskable(module, name)  # refuses a layer that mixes Mask with other parametrizations
     for _, module in masked:
         order = get_mask_module(module).param_order
+        own_parametrized_class(module)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         _reorder(module._parameters, order)
     return model
+
+
+def own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized module its own ``Parametrized*`` class before parametrizations are removed.
+
+    ``copy.deepcopy`` keeps the class that ``parametrize`` generated for the original, and
+    ``remove_parametrizations`` deletes the weight property *from that class*: removing masks on a copy would
+    break the original (``'ParametrizedLinear' object has no attribute 'weight'``, torch 2.14). A fresh
+    class with the same body makes the removal touch this module only.
+    """
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def _reorder(params: dict, order: tuple[str, ...]) -> None:
