@@ -136,3 +136,27 @@ def test_bad_arguments(digits, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         quantize_onnx(onnx_path, out_path, **kwargs)
     assert not (d / "never.onnx").exists()
+
+
+def test_failed_symbolic_shape_inference_is_retried_without_it_and_reported(digits, monkeypatch):
+    import prunekit.deploy.quantize as quantize_module
+
+    real = quantize_module.quant_pre_process
+    calls = []
+
+    def symbolic_fails(src, dst, **kwargs):
+        calls.append(kwargs)
+        assert kwargs or src.endswith("fp32.onnx")  # the retry reads a copy without the exporter's value_info
+        if not kwargs.get("skip_symbolic_shape"):
+            raise Exception("Incomplete symbolic shape inference")
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "quant_pre_process", symbolic_fails)
+    res = quantize_onnx(digits["dir"] / "fp32.onnx", digits["dir"] / "nosym.onnx", mode="dynamic")
+    assert calls == [{}, {"skip_symbolic_shape": True}]
+    assert "symbolic shape inference failed: Incomplete symbolic shape inference" in res.preprocess
+    assert onnx_accuracy(res.path, digits["test"]) >= digits["torch_acc"] - 0.02
+
+    monkeypatch.undo()
+    ok = quantize_onnx(digits["dir"] / "fp32.onnx", digits["dir"] / "sym.onnx", mode="dynamic")
+    assert ok.preprocess == "symbolic shape inference + optimisation"

@@ -75,6 +75,7 @@ class QuantizeResult:
     bytes_after: int
     op_counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    preprocess: str = ""
 
     @property
     def ratio(self) -> float:
@@ -173,10 +174,7 @@ def quantize_onnx(
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         prepared, quantized = work / "prepared.onnx", work / "quantized.onnx"
-        try:
-            quant_pre_process(str(src), str(prepared))
-        except Exception as err:
-            raise ExportError(f"onnxruntime quant_pre_process fails on {src}: {first_line(err)}") from err
+        preprocess = _pre_process(src, prepared)
         feeds = []
         try:
             if mode == "static":
@@ -223,4 +221,30 @@ def quantize_onnx(
         bytes_after=out.stat().st_size,
         op_counts=dict(sorted(Counter(node.op_type for node in graph.node).items())),
         seconds=time.perf_counter() - start,
+        preprocess=preprocess,
     )
+
+
+def _pre_process(src: Path, prepared: Path) -> str:
+    """onnxruntime's recommended pre-processing; says which shape inference it could use.
+
+    Symbolic shape inference fails on some graphs with dynamic dims (YOLO heads, for one); onnxruntime then
+    advises ``skip_symbolic_shape=True``, which keeps ONNX's own shape inference and the graph optimisation.
+    That path needs the exporter's ``value_info`` dropped first: the optimiser rewrites initializers (e.g.
+    transposed Gemm weights) under their old names, and the stale shapes then fail ONNX shape inference.
+    The result records which path was taken.
+    """
+    try:
+        quant_pre_process(str(src), str(prepared))
+        return "symbolic shape inference + optimisation"
+    except Exception as err:
+        symbolic_error = first_line(err)
+    bare = prepared.with_name("bare.onnx")
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    onnx.save(model, str(bare))
+    try:
+        quant_pre_process(str(bare), str(prepared), skip_symbolic_shape=True)
+    except Exception as err:
+        raise ExportError(f"onnxruntime quant_pre_process fails on {src}: {first_line(err)}") from err
+    return f"ONNX shape inference + optimisation (symbolic shape inference failed: {symbolic_error})"
