@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -160,3 +161,29 @@ def test_failed_symbolic_shape_inference_is_retried_without_it_and_reported(digi
     monkeypatch.undo()
     ok = quantize_onnx(digits["dir"] / "fp32.onnx", digits["dir"] / "sym.onnx", mode="dynamic")
     assert ok.preprocess == "symbolic shape inference + optimisation"
+
+
+def test_quantizing_a_yolo_head_leaves_no_files_in_the_current_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference fails on YOLOv8's head and dumps files into the cwd."""
+    ultralytics = pytest.importorskip("ultralytics")
+    model = ultralytics.YOLO("yolov8n.yaml").model.eval()
+    for m in model.modules():
+        if type(m).__name__ == "Detect":
+            m.export, m.format = True, "onnx"
+
+    class First(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m(x)[0] if isinstance(self.m(x), (tuple, list)) else self.m(x)
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    export_onnx(First().eval(), torch.rand(1, 3, 64, 64), tmp_path / "y.onnx", verify=False)
+    res = quantize_onnx(tmp_path / "y.onnx", tmp_path / "y.int8.onnx", mode="dynamic")
+    assert "symbolic shape inference failed" in res.preprocess
+    assert list(cwd.iterdir()) == []
+    assert os.getcwd() == str(cwd)

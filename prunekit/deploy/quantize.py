@@ -232,13 +232,19 @@ def _pre_process(src: Path, prepared: Path) -> str:
     advises ``skip_symbolic_shape=True``, which keeps ONNX's own shape inference and the graph optimisation.
     That path needs the exporter's ``value_info`` dropped first: the optimiser rewrites initializers (e.g.
     transposed Gemm weights) under their old names, and the stale shapes then fail ONNX shape inference.
-    The result records which path was taken.
+    The result records which path was taken. When symbolic shape inference fails, onnxruntime dumps
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file into the current directory; the first attempt
+    therefore runs with the private work directory as the current directory, so nothing lands in the user's.
     """
+    here = os.getcwd()
+    os.chdir(prepared.parent)
     try:
-        quant_pre_process(str(src), str(prepared))
+        quant_pre_process(str(src.resolve()), str(prepared.resolve()))
         return "symbolic shape inference + optimisation"
     except Exception as err:
         symbolic_error = first_line(err)
+    finally:
+        os.chdir(here)
     bare = prepared.with_name("bare.onnx")
     model = onnx.load(str(src))
     del model.graph.value_info[:]
