@@ -156,6 +156,23 @@ def train_dense(model: nn.Module, ctx: DemoContext) -> nn.Module:
     return model
 
 
+def _finetune(model: nn.Module, ctx: DemoContext) -> list[float]:
+    """The fine-tune every pruning stage gets: ``finetune_epochs`` of AdamW at ``finetune_lr``, cosine."""
+    cfg = ctx.config
+    if not cfg.finetune_epochs:
+        return []
+    return train(
+        model,
+        ctx.train_loader(),
+        epochs=cfg.finetune_epochs,
+        lr=cfg.finetune_lr,
+        schedule="cosine",
+        progress=ctx.progress,
+        seed=cfg.seed,
+        console=ctx.console,
+    )
+
+
 def sparsify_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
     """Globally mask the smallest Conv/Linear weights to ``config.sparsity``, fine-tune, make it permanent.
 
@@ -171,16 +188,7 @@ def sparsify_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
     result = sparsify(model, cfg.sparsity, scope="global")
     prune_s = time.perf_counter() - start
     before = accuracy(model, ctx.test_loader())
-    losses = train(
-        model,
-        ctx.train_loader(),
-        epochs=cfg.finetune_epochs,
-        lr=cfg.finetune_lr,
-        schedule="cosine",
-        progress=ctx.progress,
-        seed=cfg.seed,
-        console=ctx.console,
-    )
+    losses = _finetune(model, ctx)
     remove_masks(model)
     ctx.note(
         sparsity_requested=cfg.sparsity,
@@ -212,20 +220,7 @@ def channels_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
     result = prune(model, torch.zeros(1, *IMAGE_SHAPE), ratio=cfg.channel_ratio)
     prune_s = time.perf_counter() - start
     before = accuracy(model, ctx.test_loader())
-    losses = (
-        train(
-            model,
-            ctx.train_loader(),
-            epochs=cfg.finetune_epochs,
-            lr=cfg.finetune_lr,
-            schedule="cosine",
-            progress=ctx.progress,
-            seed=cfg.seed,
-            console=ctx.console,
-        )
-        if cfg.finetune_epochs
-        else []
-    )
+    losses = _finetune(model, ctx)
     ctx.note(
         channel_ratio=cfg.channel_ratio,
         removed_channels=result.removed_units,
