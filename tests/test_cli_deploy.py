@@ -125,7 +125,7 @@ def test_finetune_trains_on_file_data_and_saves_a_checkpoint(tmp_path, digits):
     [
         ((), "exactly one of --epochs and --steps"),
         (("--epochs", "1", "--steps", "3"), "exactly one of --epochs and --steps"),
-        (("--epochs", "1", "--data", "nothing.npz"), "no data file"),
+        (("--epochs", "1", "--data", "nothing.npz"), "no such file"),
     ],
 )
 def test_finetune_bad_input_is_one_line_and_writes_nothing(tmp_path, digits, extra, message):

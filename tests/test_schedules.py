@@ -243,7 +243,7 @@ def test_gradual_validates_before_touching_the_model() -> None:
         ({"start_step": 0, "end_step": 4, "frequency": 1, "pattern": "2:4"}, "fixes the sparsity"),
         ({"start_step": 0, "end_step": 4, "frequency": 1, "pattern": "structured"}, "not available yet"),
         ({"start_step": 0, "end_step": 4, "frequency": 1, "scope": "everywhere"}, "unknown scope"),
-        ({"start_step": 0, "end_step": 4, "frequency": 1, "criterion": "taylor"}, "unknown criterion"),
+        ({"start_step": 0, "end_step": 4, "frequency": 1, "criterion": "vibes"}, "unknown criterion"),
         ({"start_step": 0, "end_step": 4, "frequency": 1, "exclude": ["nope"]}, "matches no module"),
     ]
     for kwargs, message in bad:

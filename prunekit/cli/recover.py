@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,11 +20,7 @@ from prunekit.cli._common import (
     write_json,
 )
 from prunekit.errors import ConfigError
-
-DATA_HELP = (
-    "a .npz with arrays x and y, a .pt holding {'x': tensor, 'y': tensor}, or module.path:factory returning "
-    "an iterable of (inputs, targets) batches"
-)
+from prunekit.models.data import DATA_HELP, load_batches
 
 
 @app.command()
@@ -70,8 +66,8 @@ def finetune(
         raise ConfigError("give exactly one of --epochs and --steps")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    train = _batches(data, batch_size, shuffle=True, seed=seed)
-    val = _batches(val_data, 512, shuffle=False, seed=seed) if val_data is not None else None
+    train = load_batches(data, batch_size, shuffle=True, seed=seed)
+    val = load_batches(val_data, 512) if val_data is not None else None
     loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     if loaded.spec is None:
         raise ConfigError(
@@ -106,31 +102,3 @@ def finetune(
     write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict()})
     metric = "" if result.final_metric is None else f", accuracy {100 * result.final_metric:.2f}%"
     console.print(f"fine-tuned {result.steps} steps{metric}; wrote {out}")
-
-
-def _batches(spec: str, batch_size: int, *, shuffle: bool, seed: int) -> Any:
-    """Training or validation batches from a tensor file or a factory (see DATA_HELP)."""
-    import numpy as np
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    path = Path(spec)
-    if path.suffix in (".npz", ".pt", ".pth"):
-        if not path.is_file():
-            raise ConfigError(f"no data file {path}")
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                tensors = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
-        else:
-            tensors = torch.load(path, weights_only=True)
-        if not isinstance(tensors, dict) or not {"x", "y"} <= set(tensors):
-            raise ConfigError(f"{path} must hold tensors named x (inputs) and y (targets)")
-        x, y = tensors["x"], tensors["y"]
-        if len(x) != len(y) or len(x) == 0:
-            raise ConfigError(f"{path}: x and y must have the same, non-zero length ({len(x)} vs {len(y)})")
-        generator = torch.Generator().manual_seed(seed)
-        dataset = TensorDataset(x.float() if x.is_floating_point() else x, y)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    from prunekit.models.spec import call_factory
-
-    return call_factory(spec, what="data")

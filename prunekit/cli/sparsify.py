@@ -20,6 +20,7 @@ from prunekit.cli._common import (
     save_state_dict,
     write_json,
 )
+from prunekit.models.data import DATA_HELP, load_batches
 
 
 @app.command()
@@ -45,7 +46,19 @@ def sparsify(
     scope: Annotated[
         str, typer.Option("--scope", help="local (per layer) or global (across layers).")
     ] = "local",
-    criterion: Annotated[str, typer.Option("--criterion", help="magnitude or random.")] = "magnitude",
+    criterion: Annotated[
+        str,
+        typer.Option(
+            "--criterion", help="magnitude, random, or with --data: taylor, hessian, wanda, sparsegpt."
+        ),
+    ] = "magnitude",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", metavar="DATA", help=f"Calibration batches for data-driven criteria: {DATA_HELP}."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
     include: Annotated[
         list[str] | None, typer.Option("--include", metavar="NAME", help="Only these layers (repeatable).")
     ] = None,
@@ -63,6 +76,7 @@ def sparsify(
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
 
+    batches = load_batches(data, batch_size) if data is not None else None
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     result = sparsify_model(
         net,
@@ -73,6 +87,7 @@ def sparsify(
         include=include or None,
         exclude=exclude or None,
         seed=seed,
+        data=batches,
     )
     report = sparsity_report(net)
     remove_masks(net)

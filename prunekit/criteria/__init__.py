@@ -3,7 +3,10 @@
 A group criterion is any callable ``criterion(group, ctx) -> torch.Tensor`` returning a float tensor of
 shape ``(group.width,)``. ``ctx`` (:class:`ScoreContext`) gives the model, the example inputs, every
 parameter/buffer by name and a ``cache`` dict a criterion may use to compute something once per call of
-``prune`` (e.g. gradients for Taylor scores). Register new ones with :func:`register_criterion`.
+``prune`` (e.g. gradients for Taylor scores). Data-driven criteria (taylor, hessian, activation, apoz, wanda)
+read ``ctx.data`` (an iterable of batches) and ``ctx.loss_fn`` (see :mod:`prunekit.criteria._data`).
+Register new ones with :func:`register_criterion`; the shared interface for weights and groups is
+:class:`prunekit.criteria.base.Criterion`.
 
 >>> get_criterion("l2").__name__
 'l2_magnitude'
@@ -29,12 +32,20 @@ class ScoreContext:
     example_inputs: Any
     tensors: dict[str, torch.Tensor]
     cache: dict[str, Any] = field(default_factory=dict)
+    data: Any = None  # an iterable of batches (inputs or (inputs, target)) for data-driven criteria
+    loss_fn: Callable[..., torch.Tensor] | None = None  # loss_fn(output, target); None: cross-entropy
 
     @classmethod
-    def of(cls, model: nn.Module, example_inputs: Any) -> ScoreContext:
+    def of(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        data: Any = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+    ) -> ScoreContext:
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(dict(model.named_buffers(remove_duplicate=False)))
-        return cls(model, example_inputs, tensors)
+        return cls(model, example_inputs, tensors, data=data, loss_fn=loss_fn)
 
 
 GroupCriterion = Callable[[Any, ScoreContext], torch.Tensor]
@@ -51,7 +62,16 @@ def get_criterion(criterion: str | GroupCriterion) -> GroupCriterion:
     """Look up a criterion by name, or pass a callable through."""
     if callable(criterion):
         return criterion
-    from prunekit.criteria import magnitude  # noqa: F401  (registers l1/l2)
+    from prunekit.criteria import (  # noqa: F401  (each module registers its criteria)
+        activation,
+        bnscale,
+        fpgm,
+        hessian,
+        magnitude,
+        random,
+        taylor,
+        wanda,
+    )
 
     if criterion not in _REGISTRY:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {sorted(_REGISTRY)}")

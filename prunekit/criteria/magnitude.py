@@ -18,6 +18,52 @@ from __future__ import annotations
 import torch
 
 from prunekit.criteria import ScoreContext, register_criterion
+from prunekit.criteria.base import Criterion
+from prunekit.errors import ConfigError
+
+
+def dim_powsum(w: torch.Tensor, dim: int, p: float, chunk: int = 1 << 18) -> torch.Tensor:
+    """Σ|w|^p over every entry at each index of ``dim`` (float64, shape ``(w.shape[dim],)``).
+
+    Streams over the contiguous memory in blocks of about ``chunk`` entries: no temporary of the weight's
+    size, and no strided reduction (``vector_norm(dim=[0, 2, 3])`` is ~10x slower on CPU).
+
+    >>> dim_powsum(torch.tensor([[1.0, -2.0], [3.0, 4.0]]), 1, 2).tolist()
+    [10.0, 20.0]
+    """
+    w = w.contiguous()
+    dim = dim % w.dim()
+    a, s, b = w.shape[:dim].numel(), w.shape[dim], w.shape[dim + 1 :].numel()
+    if a == 1:  # dim 0: one contiguous row per index
+        return torch.linalg.vector_norm(w.reshape(s, b).float(), ord=p, dim=1).double().pow(p)
+    rows = w.reshape(a, s * b)
+    acc = torch.zeros(s * b, dtype=torch.float64)
+    step = max(1, chunk // max(1, s * b))
+    for i in range(0, a, step):
+        blk = rows[i : i + step].float()
+        blk = blk * blk if p == 2 else blk.abs().pow(p)
+        acc += blk.sum(0)
+    return acc.view(s, b).sum(1)
+
+
+def dims01_powsum(w: torch.Tensor, p: float, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dim_powsum(w, 0, p), dim_powsum(w, 1, p))`` in one streaming pass over ``w`` (``w.dim() >= 2``).
+
+    >>> [t.tolist() for t in dims01_powsum(torch.tensor([[1.0, -2.0], [3.0, 4.0]]), 2)]
+    [[5.0, 25.0], [10.0, 20.0]]
+    """
+    w = w.contiguous()
+    o, i, k = w.shape[0], w.shape[1], w.shape[2:].numel()
+    rows = w.reshape(o, i * k)
+    d0 = torch.empty(o, dtype=torch.float64)
+    acc = torch.zeros(i * k, dtype=torch.float64)
+    step = max(1, chunk // max(1, i * k))
+    for j in range(0, o, step):
+        blk = rows[j : j + step].float()
+        blk = blk * blk if p == 2 else blk.abs().pow(p)
+        d0[j : j + step] = blk.sum(1)
+        acc += blk.sum(0)
+    return d0, acc.view(i, k).sum(1)
 
 
 def _magnitude(group, ctx: ScoreContext, p: int) -> torch.Tensor:
@@ -28,10 +74,13 @@ def _magnitude(group, ctx: ScoreContext, p: int) -> torch.Tensor:
         key = f"magnitude:{p}:{m.name}:{m.dim}"
         per = ctx.cache.get(key)
         if per is None:  # a dim shared by several groups (concat consumers) is reduced once
-            w = ctx.tensors[m.name].detach().float()
-            other = [d for d in range(w.dim()) if d != m.dim]
-            per = torch.linalg.vector_norm(w, ord=p, dim=other) if other else w.abs()
-            per = ctx.cache[key] = per.double().pow(p)
+            w = ctx.tensors[m.name].detach()
+            if m.dim == 1 and w.dim() >= 2:  # dim 0 comes for free (usually the next group's member)
+                d0, per = dims01_powsum(w, p)
+                ctx.cache.setdefault(f"magnitude:{p}:{m.name}:0", d0)
+                ctx.cache[key] = per
+            else:
+                per = ctx.cache[key] = dim_powsum(w, m.dim, p)
         scores.index_add_(0, torch.as_tensor(m.units), per[torch.as_tensor(m.index)])
     return scores
 
@@ -48,3 +97,28 @@ def l2_magnitude(group, ctx: ScoreContext) -> torch.Tensor:
 
 register_criterion("l1", l1_magnitude)
 register_criterion("l2", l2_magnitude)
+
+
+class Magnitude(Criterion):
+    """``|w|^p`` per element; a unit's score is the ``reduction`` of them (``p=1, "sum"`` is ``l1``).
+
+    >>> net = torch.nn.Linear(2, 1)
+    >>> Magnitude(p=2).weight_scores(ScoreContext.of(net, None), ["weight"])["weight"].shape
+    torch.Size([1, 2])
+    """
+
+    name = "magnitude"
+
+    def __init__(self, p: int = 1, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        if p not in (1, 2):
+            raise ConfigError(f"magnitude p must be 1 or 2, got {p!r}")
+        self.p = p
+
+    def weight_scores(self, ctx: ScoreContext, names: list[str]) -> dict[str, torch.Tensor]:
+        return {n: ctx.tensors[n].detach().abs().pow(self.p) for n in names if n in ctx.tensors}
+
+
+register_criterion("magnitude", Magnitude())
+register_criterion("l1_mean", Magnitude(1, "mean"))
+register_criterion("l2_mean", Magnitude(2, "mean"))

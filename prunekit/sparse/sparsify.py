@@ -14,7 +14,7 @@ Ties are broken by position, never by a threshold, so counts never drift.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from numbers import Real
@@ -28,7 +28,8 @@ from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, p
 
 CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE)
-CRITERIA = ("magnitude", "random")
+CRITERIA = ("magnitude", "random", "taylor", "hessian", "wanda", "sparsegpt")
+DATA_CRITERIA = ("taylor", "hessian", "wanda", "sparsegpt")
 SCOPES = ("local", "global")
 
 Selector = str | nn.Module
@@ -96,14 +97,20 @@ def sparsify(
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
     seed: int = 0,
+    data: Iterable | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
 ) -> SparsifyResult:
     """Mask weights of the model's Linear / Conv / ConvTranspose layers in place.
 
     - ``pattern``: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``: sparsity is ``1 - N/M``, pass ``None`` or
       that value; groups of M run along input channels, see :mod:`prunekit.sparse.patterns`) or
       ``"block:RxC"`` (whole tiles, ranked by the sum of their scores).
-    - ``criterion``: ``"magnitude"`` (``|w|`` of the current, masked weight) or ``"random"`` (seeded by
-      ``seed``).
+    - ``criterion``: ``"magnitude"`` (``|w|`` of the current, masked weight), ``"random"`` (seeded by
+      ``seed``), or data-driven (``data`` = an iterable of batches, see :mod:`prunekit.criteria._data`):
+      ``"taylor"`` (``|w·dL/dw|``; ``loss_fn(output, target)`` or cross-entropy on ``(x, y)`` batches),
+      ``"hessian"`` (OBD ``h·w²/2``, Fisher diagonal), ``"wanda"`` (``|W|·‖X‖₂``) and ``"sparsegpt"``
+      (:mod:`prunekit.sparse.sparsegpt`: local scope, unstructured or N:M, Linear/Conv2d layers not yet
+      masked; it also UPDATES the kept weights to reconstruct each layer's output).
     - ``scope``: ``"local"`` prunes every layer to ``sparsity``; ``"global"`` ranks all selected weights
       together and prunes exactly ``sparsity`` of them (not allowed with N:M).
     - ``include`` / ``exclude``: module names or fnmatch globs (``"fc"``, ``"features.*"``) or module
@@ -123,12 +130,20 @@ def sparsify(
         raise ConfigError(f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an int, got {seed!r}")
+    if criterion in DATA_CRITERIA and data is None:
+        raise ConfigError(f"criterion {criterion!r} is data-driven: pass data=<iterable of batches>")
     names = select_layers(model, include, exclude)
     modules = dict(model.named_modules())
     check_layers(model, {name: modules[name] for name in names}, pat)
 
-    scores = layer_scores({name: modules[name] for name in names}, criterion, seed)
-    masks = masks_from_scores(model, scores, target, pattern=pat, scope=scope)
+    if criterion == "sparsegpt":
+        masks = _sparsegpt(model, names, modules, target, pat, scope, data)
+    else:
+        if criterion in DATA_CRITERIA:
+            scores = data_scores(model, names, criterion, data, loss_fn)
+        else:
+            scores = layer_scores({name: modules[name] for name in names}, criterion, seed)
+        masks = masks_from_scores(model, scores, target, pattern=pat, scope=scope)
     apply_masks(model, masks)
 
     layers = {}
@@ -236,6 +251,59 @@ def layer_scores(layers: Mapping[str, nn.Module], criterion: str, seed: int = 0)
             else:
                 scores[name] = torch.rand(weight.shape, generator=generator).to(weight.device)
     return scores
+
+
+def data_scores(
+    model: nn.Module,
+    names: list[str],
+    criterion: str,
+    data: Iterable,
+    loss_fn: Callable[..., Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Per-weight scores of the named layers from a data-driven criterion of :mod:`prunekit.criteria`.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2))
+    >>> data_scores(model, ["0"], "wanda", [torch.ones(3, 2)])["0"].shape
+    torch.Size([2, 2])
+    """
+    from prunekit.criteria import ScoreContext, get_criterion
+
+    modules = dict(model.named_modules())
+    crit = get_criterion(criterion)
+    ctx = ScoreContext.of(model, None, data=data, loss_fn=loss_fn)
+    params = {
+        name: f"{name}.parametrizations.weight.original"
+        if get_mask(modules[name]) is not None
+        else f"{name}.weight"
+        for name in names
+    }
+    got = crit.weight_scores(ctx, list(params.values()))
+    scores = {}
+    for name, pname in params.items():
+        if pname not in got:
+            raise ConfigError(f"criterion {criterion!r} cannot score layer {name!r}; exclude it")
+        scores[name] = got[pname].float()
+    return scores
+
+
+def _sparsegpt(
+    model: nn.Module,
+    names: list[str],
+    modules: dict[str, nn.Module],
+    sparsity: float,
+    pat: Pattern,
+    scope: str,
+    data: Iterable,
+) -> dict[str, Tensor]:
+    from prunekit.sparse.sparsegpt import check_sparsegpt_layer, sparsegpt_masks
+
+    if scope != "local":
+        raise ConfigError("sparsegpt prunes layer by layer: use scope='local'")
+    for name in names:
+        check_sparsegpt_layer(modules[name], name)
+        if get_mask(modules[name]) is not None:
+            raise ConfigError(f"sparsegpt needs unmasked layers; {name!r} is masked: remove_masks first")
+    return sparsegpt_masks(model, names, data, sparsity, pat)
 
 
 def layout(module: nn.Module) -> tuple[int, ...]:

@@ -87,8 +87,14 @@ def plan_prune(
     ignore: Iterable[str | nn.Module] | None = None,
     round_to: int | None = None,
     max_ratio: float = 0.9,
+    *,
+    data: Any = None,
+    loss_fn: Any = None,
 ) -> tuple[Plan, GroupReport]:
     """Decide what to remove without touching ``model``: returns the plan and the group report.
+
+    Data-driven criteria (``"taylor"``, ``"hessian"``, ``"activation"``, ``"apoz"``, ``"wanda"``) read
+    ``data`` (an iterable of batches: inputs or ``(inputs, target)``) and ``loss_fn(output, target)``.
 
     >>> plan, rep = plan_prune(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2)),
     ...                        torch.zeros(1, 3), ratio=0.25)
@@ -98,7 +104,7 @@ def plan_prune(
     _validate(ratio, scope, round_to, max_ratio)
     score_fn = get_criterion(criterion)
     report = build_groups(model, example_inputs, ignore)
-    ctx = ScoreContext.of(model, example_inputs)
+    ctx = ScoreContext.of(model, example_inputs, data=data, loss_fn=loss_fn)
     scores = {}
     for g in report.prunable_groups:
         s = torch.as_tensor(score_fn(g, ctx), dtype=torch.float64).reshape(-1)
@@ -133,6 +139,7 @@ class PruneResult:
     removed_units: int
     target_units: int
     seconds: dict[str, float] = field(default_factory=dict)
+    target: dict[str, Any] | None = None  # requested vs achieved, when pruned to a prunekit.Target
 
     @property
     def params_ratio(self) -> float:
@@ -155,6 +162,7 @@ class PruneResult:
             "removed_units": self.removed_units,
             "target_units": self.target_units,
             "seconds": dict(self.seconds),
+            "target": dict(self.target) if self.target is not None else None,
             "plan": self.plan.to_dict(),
         }
 
@@ -169,15 +177,47 @@ def prune(
     round_to: int | None = None,
     max_ratio: float = 0.9,
     measure: bool = True,
+    target: Any = None,
+    *,
+    data: Any = None,
+    loss_fn: Any = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place: channels, neurons and heads are physically removed.
 
     ``ratio`` is the fraction of each group's units to remove (``scope="local"``) or of all prunable units
     ranked together by group-normalised importance (``scope="global"``). ``ignore`` lists module names or
     modules whose channels stay. ``measure=False`` skips the params/MACs counts (two extra forwards).
+    ``target=prunekit.Target(macs=0.5 | params=0.4 | latency_ms=...)`` replaces ``ratio``: the ratio is
+    searched (see :mod:`prunekit.structured.target`); ``PruneResult.target`` gives requested vs achieved.
     """
+    if target is not None:  # a prunekit.Target: search the ratio (prunekit/structured/target.py)
+        from prunekit.structured.target import prune_to_target
+
+        return prune_to_target(
+            model,
+            example_inputs,
+            target,
+            criterion,
+            scope,
+            ignore,
+            round_to,
+            max_ratio,
+            data=data,
+            loss_fn=loss_fn,
+        )
     t0 = time.perf_counter()
-    plan, report = plan_prune(model, example_inputs, ratio, criterion, scope, ignore, round_to, max_ratio)
+    plan, report = plan_prune(
+        model,
+        example_inputs,
+        ratio,
+        criterion,
+        scope,
+        ignore,
+        round_to,
+        max_ratio,
+        data=data,
+        loss_fn=loss_fn,
+    )
     t1 = time.perf_counter()
     params_before = _count_params(model) if measure else 0
     macs_before = _count_macs(model, example_inputs) if measure else 0
@@ -243,6 +283,9 @@ def check(
     ignore: Iterable[str | nn.Module] | None = None,
     round_to: int | None = None,
     max_ratio: float = 0.9,
+    *,
+    data: Any = None,
+    loss_fn: Any = None,
 ) -> CheckReport:
     """Prune a deep copy and compare it with the masked reference (see :mod:`prunekit.structured.oracle`).
 
@@ -250,7 +293,18 @@ def check(
     >>> check(net, torch.randn(2, 3)).ok
     True
     """
-    plan, report = plan_prune(model, example_inputs, ratio, criterion, scope, ignore, round_to, max_ratio)
+    plan, report = plan_prune(
+        model,
+        example_inputs,
+        ratio,
+        criterion,
+        scope,
+        ignore,
+        round_to,
+        max_ratio,
+        data=data,
+        loss_fn=loss_fn,
+    )
     ref = masked_reference(model, plan)
     ref_out = run_outputs(ref, example_inputs)
     del ref
