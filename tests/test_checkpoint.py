@@ -248,3 +248,24 @@ def test_corrupt_sparse_weights_give_one_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ModelLoadError, match="sha256"):
         load(tmp_path / "c")
+
+
+@pytest.mark.parametrize("order", ["layers-then-channels", "channels-then-layers"])
+def test_layer_pruned_and_channel_pruned_resnet_round_trips(tmp_path, order):
+    from prunekit.structured.layers import remove_blocks
+
+    spec = "torchvision:resnet18"
+    x = torch.randn(1, 3, 32, 32)
+    model = randomize(ckpt.load_model(spec))
+    plans = []
+    if order == "layers-then-channels":
+        remove_blocks(model, ["layer2.1", "layer3.1"], x)
+        plans.append(prune(model, x, ratio=0.5).plan)
+    else:
+        plans.append(prune(model, x, ratio=0.5).plan)
+        remove_blocks(model, ["layer2.1", "layer3.1"], x)
+    save(model, tmp_path / "c", spec=spec, plan=plans)
+    assert read_info(tmp_path / "c")["skipped_blocks"] == {"layer2.1": "BasicBlock", "layer3.1": "BasicBlock"}
+    again = load(tmp_path / "c")
+    assert type(again.layer2[1]).__name__ == "SkipBlock"
+    assert torch.equal(again(x), model.eval()(x))

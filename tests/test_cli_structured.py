@@ -85,3 +85,70 @@ def test_bad_prune_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, 
     assert message in result.output and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0
     assert not out.exists()
+
+
+def test_prune_to_a_macs_target_meets_it(tmp_path):
+    js = tmp_path / "t.json"
+    args = ("prune", TINY, "--target-macs", "0.5", "--input-shape", SHAPE, "--out", tmp_path / "t")
+    result = invoke(*args, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["target"]["requested"] == 0.5 and data["target"]["met"] is True
+    assert 0.4 < data["macs_ratio"] <= 0.5
+    assert load(tmp_path / "t")(torch.randn(2, 4, 8, 8)).shape == (2, 10)
+
+
+def test_two_targets_are_refused(tmp_path):
+    args = ("prune", TINY, "--target-macs", "0.5", "--target-params", "0.5", "--input-shape", SHAPE)
+    result = invoke(*args, "--out", tmp_path / "never")
+    assert result.exit_code == 2 and "give one target option" in result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_recipe_drives_prune_and_the_checkpoint_replays_it(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: structured\ncriterion: l1\nratio: 0.5\nscope: local\n")
+    js = tmp_path / "r.json"
+    args = ("prune", TINY, "--recipe", recipe, "--input-shape", SHAPE, "--out", tmp_path / "r", "--json", js)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["recipe"]["criterion"] == "l1"
+    assert load(tmp_path / "r").conv2.out_channels == 8
+
+
+def test_bad_recipe_key_is_one_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: structured\nratoi: 0.5\n")
+    result = invoke("prune", TINY, "--recipe", recipe, "--input-shape", SHAPE, "--out", tmp_path / "never")
+    assert result.exit_code == 2 and "ratoi" in result.output, result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_sensitivity_command_reports_every_prunable_group(tmp_path):
+    js = tmp_path / "s.json"
+    result = invoke("sensitivity", TINY, "--ratios", "0.5", "--input-shape", SHAPE, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert len(data["curves"]) == 2  # conv1/bn and conv2 groups; inputs and logits are pinned
+    assert all(0.0 < point <= 1.0 + 1e-9 for c in data["curves"] for point in c["metrics"])
+
+
+def test_data_driven_criteria_from_the_shell(tmp_path):
+    torch.manual_seed(0)
+    torch.save({"x": torch.randn(16, 4, 8, 8), "y": torch.randint(0, 10, (16,))}, tmp_path / "d.pt")
+    js = tmp_path / "p.json"
+    args = ("prune", TINY, "--criterion", "taylor", "--data", tmp_path / "d.pt", "--input-shape", SHAPE)
+    result = invoke(*args, "--out", tmp_path / "t", "--json", js)
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["plan"]["meta"]["criterion"] == "taylor"
+    sd = tmp_path / "w.pt"
+    args = ("sparsify", TINY, "--criterion", "wanda", "--data", tmp_path / "d.pt", "--sparsity", "0.5")
+    assert invoke(*args, "--out", sd).exit_code == 0
+    weights = torch.load(sd, weights_only=True)
+    assert int((weights["conv2.weight"] == 0).sum()) == weights["conv2.weight"].numel() // 2
+
+
+def test_data_driven_criterion_without_data_is_one_line(tmp_path):
+    result = invoke("prune", TINY, "--criterion", "taylor", "--input-shape", SHAPE, "--out", tmp_path / "n")
+    assert result.exit_code == 2 and "data-driven" in result.output
+    assert not (tmp_path / "n").exists()

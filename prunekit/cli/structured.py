@@ -19,6 +19,7 @@ from prunekit.cli._common import (
     load_cli_model,
     write_json,
 )
+from prunekit.models.data import DATA_HELP, load_batches
 
 RatioOpt = Annotated[
     float, typer.Option("--ratio", help="Fraction of each group's channels to remove, in [0, 1).")
@@ -56,35 +57,80 @@ def prune(
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
+    target_macs: Annotated[
+        float | None, typer.Option("--target-macs", help="Prune until MACs are this fraction of MODEL's.")
+    ] = None,
+    target_params: Annotated[
+        float | None, typer.Option("--target-params", help="Prune until params are this fraction.")
+    ] = None,
+    target_latency_ms: Annotated[
+        float | None, typer.Option("--target-latency-ms", help="Prune until latency (this CPU) is below.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", metavar="DATA", help=f"Batches for data-driven criteria (taylor, ...): {DATA_HELP}."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            metavar="YAML",
+            help="A recipe (method, criterion, ratio/target, schedule, fine-tune); replaces the options.",
+            dir_okay=False,
+        ),
+    ] = None,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Physically remove channels, neurons and heads from MODEL and save the result to --out."""
-    from prunekit.deploy import save
-    from prunekit.structured import prune as prune_model
+    """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
+    With a --target-* option the ratio is searched so the pruned model meets the target (scope global by
+    default then). With --recipe the recipe decides everything; --data then also feeds its fine-tuning.
+    """
+    from prunekit.deploy import save
+    from prunekit.recipe import load_recipe, run_recipe
+    from prunekit.structured import prune as prune_model
+    from prunekit.structured.target import target_from_options
+
+    target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
+    plan_recipe = load_recipe(recipe) if recipe is not None else None
+    batches = load_batches(data, batch_size) if data is not None else None
     loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
-    result = prune_model(
-        loaded.model,
-        loaded.example,
-        ratio=ratio,
-        criterion=criterion,
-        scope=scope,
-        ignore=ignore or None,
-        round_to=round_to,
-        max_ratio=max_ratio,
-    )
+    if plan_recipe is not None:
+        ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
+        plans, report = ran.plans, ran.to_dict()
+    else:
+        result = prune_model(
+            loaded.model,
+            loaded.example,
+            ratio=ratio,
+            criterion=criterion,
+            scope="global" if target is not None and scope == "local" else scope,
+            ignore=ignore or None,
+            round_to=round_to,
+            max_ratio=max_ratio,
+            target=target,
+            data=batches,
+        )
+        plans, report = [result.plan], result.to_dict()
     saved = save(
         loaded.model,
         out,
         spec=loaded.spec,
-        plan=[*loaded.plans, result.plan],
+        plan=[*loaded.plans, *plans],
         metadata={"input_shape": list(loaded.example.shape), "source": model},
     )
-    data = result.to_dict() | {"checkpoint": saved.to_dict()}
-    write_json(json_path, data)
+    write_json(json_path, report | {"checkpoint": saved.to_dict()})
+    if plan_recipe is not None:
+        console.print(
+            f"ran recipe {recipe} ({plan_recipe.method}); wrote {out} (reload with `prunekit load {out}`)"
+        )
+        return
     table = Table(title=f"prunekit prune {model}")
     for column in ("", "before", "after", "ratio"):
         table.add_column(column, justify="right")

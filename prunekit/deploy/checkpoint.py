@@ -26,13 +26,14 @@ True
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -55,6 +56,7 @@ from prunekit.sparse.storage import (
     encode_sparse_state_dict,
 )
 from prunekit.structured.apply import apply
+from prunekit.structured.layers import SkipBlock
 
 FORMAT = "prunekit-checkpoint"
 FORMAT_VERSION = 1
@@ -165,13 +167,58 @@ def _fit(weights: Mapping[str, torch.Tensor], model: nn.Module, what: str) -> di
     return full
 
 
-def _apply_plans(model: nn.Module, plans: list[Plan], source: str, built_by: str) -> nn.Module:
-    for i, plan in enumerate(plans):
+def _apply_plans(
+    model: nn.Module, plans: list[Plan], source: str, built_by: str, start: int = 0
+) -> nn.Module:
+    for i, plan in enumerate(plans, start):
         try:
             apply(model, plan)
         except PruneError as err:
             raise PlanError(f"plan {i + 1} of {source} does not fit {built_by}: {err}") from err
     return model
+
+
+def _skipped_blocks(model: nn.Module) -> dict[str, str]:
+    """Blocks removed by layer pruning (:class:`SkipBlock`), by name, with the kind they replaced."""
+    return {name: m.replaced for name, m in model.named_modules() if isinstance(m, SkipBlock)}
+
+
+def _skip(model: nn.Module, blocks: Mapping[str, str], built_by: str) -> None:
+    modules = dict(model.named_modules())
+    for name, kind in blocks.items():
+        if not name or name not in modules:
+            raise PlanError(f"{built_by} has no block {name!r} to skip")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, SkipBlock(kind))
+
+
+def _rebuild(
+    make: Callable[[], nn.Module],
+    plans: list[Plan],
+    blocks: Mapping[str, str],
+    weights: Mapping[str, torch.Tensor],
+    source: str,
+    built_by: str,
+    what: str,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Build the architecture: plans, with the skipped blocks swapped in where the weights fit.
+
+    Layer pruning and structural plans may have been done in any order; the blocks are skipped before plan
+    ``k`` for the first ``k`` whose result holds exactly the saved tensors (any fitting order gives the same
+    modules and shapes, hence the same outputs).
+    """
+    error: PruneError | None = None
+    for k in range(len(plans) + 1) if blocks else [len(plans)]:
+        model = make()
+        try:
+            _apply_plans(model, plans[:k], source, built_by)
+            _skip(model, blocks, built_by)
+            _apply_plans(model, plans[k:], source, built_by, start=k)
+            return model, _fit(weights, model, what)
+        except (ModelLoadError, PlanError) as err:
+            error = err
+    assert error is not None
+    raise error
 
 
 def save(
@@ -212,11 +259,18 @@ def save(
         )
     _check_target(directory)
     weights = effective_state_dict(model)
+    blocks = _skipped_blocks(model)
     if spec is not None:  # rebuild now: a checkpoint that cannot be loaded back is never written
-        rebuilt = load_model(spec)
         try:
-            _apply_plans(rebuilt, plans, "the checkpoint", f"the model built by {spec!r}")
-            _fit(weights, rebuilt, f"cannot save to {directory}")
+            _rebuild(
+                lambda: load_model(spec),
+                plans,
+                blocks,
+                weights,
+                "the checkpoint",
+                f"the model built by {spec!r}",
+                f"cannot save to {directory}",
+            )
         except (ModelLoadError, PlanError) as err:
             raise ConfigError(f"{err}; pass the plan(s) that pruned the model built by spec") from err
 
@@ -236,6 +290,7 @@ def save(
             "version": FORMAT_VERSION,
             "spec": spec,
             "plans": [p.to_dict() for p in plans],
+            "skipped_blocks": blocks,
             "weights": {"file": file, "encoding": encoding, "bytes": len(data), "sha256": digest},
             "tensors": {
                 n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
@@ -339,8 +394,10 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> nn.
     """Rebuild a model saved with :func:`save`; it is returned in eval mode, on the CPU.
 
     The architecture comes from the saved spec, or from ``model`` (the *unpruned* architecture, built by you;
-    required when the checkpoint has no spec, and changed in place). The saved plans are applied to it, then
-    the weights are loaded strictly (dtypes included) after their sha256 is checked.
+    required when the checkpoint has no spec, and changed in place unless blocks were removed by layer
+    pruning, in which case a copy is returned). The saved plans are applied to it, removed blocks are
+    replaced by :class:`~prunekit.structured.layers.SkipBlock`, then the weights are loaded strictly (dtypes
+    included) after their sha256 is checked.
 
     >>> _ = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
     >>> load("/tmp/lin-ckpt", model=torch.nn.Linear(3, 2)).weight.shape
@@ -360,9 +417,17 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> nn.
             "load(dir, model=...)"
         )
     built_by = "the given model" if model is not None else f"the model built by {spec!r}"
-    model = load_model(spec) if model is None else model
-    _apply_plans(model, plans, str(directory), built_by)
-    full = _fit(weights, model, f"cannot load {directory}")
+    blocks = info.get("skipped_blocks") or {}
+    if not isinstance(blocks, dict) or not all(isinstance(v, str) for v in blocks.values()):
+        raise ModelLoadError(f"{directory / META_FILE} is corrupt: bad 'skipped_blocks' entry")
+    given = model
+
+    def make() -> nn.Module:
+        if given is None:
+            return load_model(spec)
+        return copy.deepcopy(given) if blocks else given  # trials must not touch the given model
+
+    model, full = _rebuild(make, plans, blocks, weights, str(directory), built_by, f"cannot load {directory}")
     state = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, tensor in full.items():

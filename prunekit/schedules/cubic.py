@@ -22,6 +22,7 @@ as zero and get zero gradient from then on.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -53,6 +54,76 @@ def cubic_sparsity(
     if k == n_steps:
         return float(final)
     return float(final + (initial - final) * (1.0 - k / n_steps) ** 3)
+
+
+@dataclass(frozen=True)
+class CubicSchedule:
+    """The steps of a cubic schedule and the fraction in force after each (shared by the gradual pruners).
+
+    Pruning happens after training steps ``start_step, start_step + frequency, ..., end_step``; ``at(t)`` is
+    :func:`cubic_sparsity` at step ``t`` (``0`` before ``start_step``). Build it with :meth:`checked`.
+
+    >>> s = CubicSchedule.checked(0.0, 0.5, start_step=10, end_step=20, frequency=5)
+    >>> s.at(9), s.at(15), s.at(99), s.is_pruning_step(15), s.is_pruning_step(16)
+    (0.0, 0.4375, 0.5, True, False)
+    """
+
+    initial: float
+    final: float
+    start_step: int
+    end_step: int
+    frequency: int
+
+    @classmethod
+    def checked(
+        cls,
+        initial: float,
+        final: float,
+        *,
+        start_step: int,
+        end_step: int,
+        frequency: int,
+        what: str = "sparsity",
+    ) -> CubicSchedule:
+        """Validate every argument (``what`` names the fraction in the messages) and build the schedule."""
+        final = check_fraction(final, f"final_{what}")
+        initial = check_fraction(initial, f"initial_{what}")
+        if initial > final:
+            raise ConfigError(
+                f"initial_{what} ({initial}) must not exceed final_{what} ({final}): pruned stays pruned"
+            )
+        start_step = check_int(start_step, "start_step", 0)
+        frequency = check_int(frequency, "frequency", 1)
+        span = check_int(end_step, "end_step", 0) - start_step
+        if span <= 0 or span % frequency:
+            lower = start_step + max(1, span // frequency) * frequency
+            raise ConfigError(
+                f"end_step - start_step ({span}) must be a positive multiple of frequency "
+                f"({frequency}): e.g. end_step={lower}"
+            )
+        return cls(initial, final, start_step, int(end_step), frequency)
+
+    @property
+    def n_steps(self) -> int:
+        return (self.end_step - self.start_step) // self.frequency
+
+    def at(self, step: int) -> float:
+        """The fraction in force after ``step`` training steps."""
+        if step < self.start_step:
+            return 0.0
+        return cubic_sparsity(
+            step,
+            initial=self.initial,
+            final=self.final,
+            start=self.start_step,
+            frequency=self.frequency,
+            n_steps=self.n_steps,
+        )
+
+    def is_pruning_step(self, step: int) -> bool:
+        """True if pruning happens after training step ``step``."""
+        offset = step - self.start_step
+        return 0 <= offset <= self.end_step - self.start_step and offset % self.frequency == 0
 
 
 class GradualPruner:
@@ -101,25 +172,12 @@ class GradualPruner:
         exclude: Iterable[Selector] | Selector | None = None,
         seed: int = 0,
     ) -> None:
-        self.final_sparsity = check_fraction(final_sparsity, "final_sparsity")
-        self.initial_sparsity = check_fraction(initial_sparsity, "initial_sparsity")
-        if self.initial_sparsity > self.final_sparsity:
-            raise ConfigError(
-                f"initial_sparsity ({self.initial_sparsity}) must not exceed final_sparsity "
-                f"({self.final_sparsity}): masks only grow"
-            )
-        self.start_step = check_int(start_step, "start_step", 0)
-        self.frequency = check_int(frequency, "frequency", 1)
-        end_step = check_int(end_step, "end_step", 0)
-        span = end_step - self.start_step
-        if span <= 0 or span % self.frequency:
-            lower = self.start_step + max(1, span // self.frequency) * self.frequency
-            raise ConfigError(
-                f"end_step - start_step ({span}) must be a positive multiple of frequency "
-                f"({self.frequency}): e.g. end_step={lower}"
-            )
-        self.end_step = end_step
-        self.n_steps = span // self.frequency
+        self.schedule = CubicSchedule.checked(
+            initial_sparsity, final_sparsity, start_step=start_step, end_step=end_step, frequency=frequency
+        )
+        self.final_sparsity, self.initial_sparsity = self.schedule.final, self.schedule.initial
+        self.start_step, self.end_step = self.schedule.start_step, self.schedule.end_step
+        self.frequency, self.n_steps = self.schedule.frequency, self.schedule.n_steps
         self.target = make_mask_set(
             model,
             pattern=pattern,
@@ -144,21 +202,11 @@ class GradualPruner:
         >>> pruner.sparsity_at(9), pruner.sparsity_at(10), pruner.sparsity_at(15), pruner.sparsity_at(99)
         (0.0, 0.0, 0.4375, 0.5)
         """
-        if step < self.start_step:
-            return 0.0
-        return cubic_sparsity(
-            step,
-            initial=self.initial_sparsity,
-            final=self.final_sparsity,
-            start=self.start_step,
-            frequency=self.frequency,
-            n_steps=self.n_steps,
-        )
+        return self.schedule.at(step)
 
     def is_pruning_step(self, step: int) -> bool:
         """True if the masks are updated after training step ``step``."""
-        offset = step - self.start_step
-        return 0 <= offset <= self.end_step - self.start_step and offset % self.frequency == 0
+        return self.schedule.is_pruning_step(step)
 
     def step(self) -> float:
         """Count one training step (call it after ``optimizer.step()``); prune if it is a pruning step.
