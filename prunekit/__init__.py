@@ -9,6 +9,9 @@ The public verbs live here::
     pk.check(model, x, ratio=0.5)              # is a structural cut exact? (model untouched)
     pk.prune(model, x, ratio=0.5)              # structured: channels/neurons/heads physically removed
     pk.apply(model, plan)                      # replay a saved Plan on a fresh copy of the architecture
+    pk.prune(model, x, target=pk.Target(macs=0.5))       # search the ratio that meets a target
+    pk.sensitivity(model, x, eval_fn)          # per-group accuracy-vs-ratio curves (model untouched)
+    pk.prune_layers(model, x, n=2)             # drop whole residual blocks / transformer layers
     pk.sparsify(model, sparsity=0.9)           # unstructured / N:M / block masks
     pk.sparsity_report(model)                  # per-layer and global sparsity
     pk.remove_masks(model)                     # make masks permanent, outputs unchanged
@@ -38,8 +41,10 @@ from prunekit.measure import (
     peak_memory_bytes,
 )
 from prunekit.plan import Plan
+from prunekit.recipe import Recipe, load_recipe, run_recipe
 from prunekit.recover import FinetuneResult, PruneCallbacks, finetune
 from prunekit.schedules import GradualPruner, cubic_sparsity, iterative_prune, lottery_ticket, one_shot, snip
+from prunekit.schedules.structured_gradual import StructuredGradualPruner
 from prunekit.sparse import (
     SparsifyResult,
     SparsityReport,
@@ -51,6 +56,9 @@ from prunekit.sparse import (
 from prunekit.sparse.accelerate import AccelerateResult, accelerate
 from prunekit.sparse.storage import load_sparse, save_sparse, sparse_size
 from prunekit.structured import CheckReport, PruneResult, apply, check, groups, plan_prune, prune
+from prunekit.structured.layers import LayerPruneResult, prune_layers
+from prunekit.structured.sensitivity import SensitivityResult, sensitivity
+from prunekit.structured.target import Target
 
 _NEEDS_ONNX = ("export_onnx", "quantize_onnx", "ExportResult", "QuantizeResult")
 
@@ -79,6 +87,7 @@ __all__ = [
     "FinetuneResult",
     "GradualPruner",
     "LatencyStats",
+    "LayerPruneResult",
     "ModelLoadError",
     "ModelProfile",
     "ParamCount",
@@ -88,10 +97,14 @@ __all__ = [
     "PruneError",
     "PruneResult",
     "QuantizeResult",
+    "Recipe",
     "SavedCheckpoint",
+    "SensitivityResult",
     "SizeInfo",
     "SparsifyResult",
     "SparsityReport",
+    "StructuredGradualPruner",
+    "Target",
     "__version__",
     "accelerate",
     "analyze",
@@ -107,6 +120,7 @@ __all__ = [
     "is_masked",
     "iterative_prune",
     "load",
+    "load_recipe",
     "load_sparse",
     "lottery_ticket",
     "measure_latency",
@@ -115,10 +129,13 @@ __all__ = [
     "peak_memory_bytes",
     "plan_prune",
     "prune",
+    "prune_layers",
     "quantize_onnx",
     "remove_masks",
+    "run_recipe",
     "save",
     "save_sparse",
+    "sensitivity",
     "snip",
     "sparse_size",
     "sparsify",
