@@ -152,3 +152,23 @@ def test_data_driven_criterion_without_data_is_one_line(tmp_path):
     result = invoke("prune", TINY, "--criterion", "taylor", "--input-shape", SHAPE, "--out", tmp_path / "n")
     assert result.exit_code == 2 and "data-driven" in result.output
     assert not (tmp_path / "n").exists()
+
+
+def test_hf_spec_from_a_config_file_prunes_saves_and_reloads(tmp_path):
+    pytest.importorskip("transformers")
+    config = tmp_path / "bert.json"
+    config.write_text(
+        '{"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, '
+        '"intermediate_size": 64, "vocab_size": 100}'
+    )
+    spec, out, js = f"hf:{config}", tmp_path / "b", tmp_path / "b.json"
+    result = invoke("check", spec, "--ratio", "0.5", "--json", js)
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["ok"] is True
+    assert invoke("prune", spec, "--ratio", "0.5", "--input-shape", "2,6", "--out", out).exit_code == 0
+    model = load(out)
+    assert model.config.num_attention_heads == 2 and model.config.intermediate_size == 32
+    result = invoke("load", out, "--json", js)
+    assert result.exit_code == 0 and json.loads(js.read_text())["output_shapes"][0] == [2, 6, 32]
+    bad = invoke("check", spec, "--input-shape", "1,3,8,8")
+    assert bad.exit_code == 2 and "BATCH,SEQ" in bad.output

@@ -130,6 +130,7 @@ class LoadedModel:
 
     model: Any
     example: Any
+    shape: tuple[int, ...]  # the example's shape (BATCH,SEQ for hf: models), kept in saved checkpoints
     spec: str | None  # builds the *unpruned* architecture (None for a pickled module)
     plans: list[Any]  # structural plans already applied to it (a checkpoint directory's)
 
@@ -138,21 +139,27 @@ def load_cli_model(
     spec: str, *, arch: str | None, trust_pickle: bool, input_shape: str | None
 ) -> LoadedModel:
     """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under."""
-    from prunekit.models.spec import check_forward, example_inputs_for, load_model, parse_input_shape
+    from prunekit.models.spec import (
+        check_forward,
+        default_input_shape,
+        example_inputs_for,
+        load_model,
+        parse_input_shape,
+    )
 
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
     net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
-    example = example_inputs_for(arch or spec, shape)
+    shape = parse_input_shape(input_shape) if input_shape is not None else default_input_shape(arch or spec)
+    example = example_inputs_for(arch or spec, shape, model=net)
     check_forward(net, example)
     if (Path(spec) / "prunekit.json").is_file():
         from prunekit.deploy.checkpoint import read_info
         from prunekit.plan import Plan
 
         info = read_info(spec)
-        return LoadedModel(net, example, info["spec"], [Plan.from_dict(p) for p in info["plans"]])
+        return LoadedModel(net, example, shape, info["spec"], [Plan.from_dict(p) for p in info["plans"]])
     if Path(spec).is_file():
-        return LoadedModel(net, example, arch, [])
-    return LoadedModel(net, example, spec, [])
+        return LoadedModel(net, example, shape, arch, [])
+    return LoadedModel(net, example, shape, spec, [])
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

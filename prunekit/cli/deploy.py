@@ -97,6 +97,8 @@ def _calibration_batches(path: Path, example: Any) -> list[Any]:
 
     if not path.is_file():
         raise ConfigError(f"no calibration file {path}")
+    if not isinstance(example, torch.Tensor):
+        raise ConfigError("--calib works for models that take one tensor; quantize in Python for others")
     if path.suffix == ".npy":
         samples = torch.from_numpy(np.load(path, allow_pickle=False))
     elif path.suffix == ".npz":
@@ -138,7 +140,7 @@ def save(
         spec=loaded.spec,
         plan=loaded.plans,
         sparse=sparse,
-        metadata={"input_shape": list(loaded.example.shape), "source": model},
+        metadata={"input_shape": list(loaded.shape), "source": model},
     )
     write_json(json_path, saved.to_dict())
     console.print(f"wrote {out}: {saved.weights_bytes:,} bytes of weights, {saved.params:,} parameters")
@@ -220,6 +222,8 @@ def bench(
     Every model gets the same random input (the first model's shape, or --input-shape) with the batch
     dimension replaced; ratios are against MODEL in the same run.
     """
+    import torch
+
     from prunekit.measure import measure_latency
     from prunekit.models.spec import parse_input_shape
 
@@ -230,6 +234,8 @@ def bench(
         load_cli_model(spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape) for spec in specs
     ]
     example = models[0].example
+    if not isinstance(example, torch.Tensor):
+        raise ConfigError("bench times models that take one tensor; use prunekit.measure_latency for others")
     rows = []
     for batch in sizes:
         x = example[:1].expand(batch, *example.shape[1:]).contiguous()

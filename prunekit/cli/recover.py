@@ -97,7 +97,7 @@ def finetune(
         out,
         spec=loaded.spec,
         plan=loaded.plans,
-        metadata={"input_shape": list(loaded.example.shape), "source": model, "finetuned_on": data},
+        metadata={"input_shape": list(loaded.shape), "source": model, "finetuned_on": data},
     )
     write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict()})
     metric = "" if result.final_metric is None else f", accuracy {100 * result.final_metric:.2f}%"

@@ -123,7 +123,7 @@ def prune(
         out,
         spec=loaded.spec,
         plan=[*loaded.plans, *plans],
-        metadata={"input_shape": list(loaded.example.shape), "source": model},
+        metadata={"input_shape": list(loaded.shape), "source": model},
     )
     write_json(json_path, report | {"checkpoint": saved.to_dict()})
     if plan_recipe is not None:

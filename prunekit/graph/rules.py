@@ -117,4 +117,4 @@ def on_call(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         pin_inputs(tr, args, kwargs, "in-place op on a view")
 
 
-from prunekit.graph import rules_nn, rules_shape  # noqa: E402, F401  (register the rules)
+from prunekit.graph import rules_attn, rules_nn, rules_shape  # noqa: E402, F401  (register the rules)

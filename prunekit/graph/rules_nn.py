@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunekit.graph.heads import CONFIG_FFN_FIELDS, record_config, record_heads, record_weight_attrs
 from prunekit.graph.labels import NO_SLOT, align, along, blank, compress
 from prunekit.graph.rules import (
     NO_OUTPUT_RULES,
@@ -179,6 +180,7 @@ def linear(tr: Tracer, func, args, kwargs, out) -> None:
     if own is not None:
         tr.attr(own[0], own[1], "in_features", wi)
         tr.attr(own[0], own[1], "out_features", wo)
+        record_config(tr, CONFIG_FFN_FIELDS, wo, w.shape[0])
     if out.dim() == 0:
         return tr.set_label(out, blank(0))
     shape = [1] * out.dim()
@@ -225,6 +227,7 @@ def matmul(tr: Tracer, func, args, kwargs, out) -> None:
     if tr.is_state(b) and b.dim() == 2:  # x @ W
         xin = _channel_vec(tr, a, -1)
         tr.link(xin, tr.vec(b, 0))
+        record_weight_attrs(tr, b)
         shape = [1] * out.dim()
         shape[-1] = out.shape[-1]
         return tr.set_label(out, tr.vec(b, 1).view(shape))
@@ -300,6 +303,8 @@ def sdpa(tr: Tracer, func, args, kwargs, out) -> None:
             tr.pin(rep, "per-head attention mask of fixed size")
     if rep.dim() >= 1 and rep.shape[-1] > 1:
         tr.note(rep, f"{tr.where()}: attention removes whole heads")
+        heads = rep.reshape(-1, rep.shape[-1])[0]
+        record_heads(tr, heads, q.shape[-1], heads[:: hq // hk] if hq != hk else None)
     tr.set_label(out, rep.reshape(*rep.shape, 1, 1))
 
 

@@ -6,6 +6,7 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,13 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from prunekit.graph.heads import (
+    current_module,
+    heads_dim,
+    pin_fixed_merge,
+    record_view_heads,
+    split_attr,
+)
 from prunekit.graph.labels import align, along, blank, compress, group_rows, reshape_label, varying
 from prunekit.graph.rules import (
     RULES,
@@ -180,15 +188,27 @@ def reshape(tr: Tracer, func, args, kwargs, out) -> None:
         return pin_all(tr, func, args, kwargs, out)
     L, splits = res
     req = _requested(func, args, kwargs, x, out)
+    pin_fixed_merge(tr, lab(tr, x), list(x.shape), list(out.shape), req)
     for block in splits:
-        adapt = next((d for d in block if req[d] == -1), block[-1])
-        sub = L
-        tr.unite(group_rows(sub, adapt), "split dim carries slots")
+        by_attr = heads_dim(tr, req, block)  # view(b, n, self.num_heads, d): the heads dim shrinks
+        adapt = next((d for d in block if req[d] == -1), by_attr if by_attr is not None else block[-1])
+        if L.shape[adapt] == 1:  # already collapsed by an earlier block of this view
+            continue
+        rows = group_rows(L, adapt)
+        tr.unite(rows, "split dim carries slots")
         tr.note(
             L,
             f"{tr.where()}: channel dim split into {[out.shape[d] for d in block]}; "
             f"dim of size {out.shape[adapt]} shrinks, the others are kept",
         )
+        # every position sharing an index along `adapt` is now one unit: one slot per index is enough
+        # (keeps e.g. rotary embeddings along head_dim from meeting per-channel slots)
+        shape = [1] * L.dim()
+        shape[adapt] = L.shape[adapt]
+        L = rows.max(1).values.view(shape)
+        if by_attr is not None and adapt == by_attr:
+            inner = math.prod(out.shape[d] for d in block if d > adapt)
+            record_view_heads(tr, L.reshape(-1), inner)
     tr.set_label(out, L)
 
 
@@ -258,9 +278,14 @@ def split(tr: Tracer, func, args, kwargs, out) -> None:
             tr.set_label(t, L.select(dim, 0) if is_unbind else L)
         return
     sizes = [t.shape[dim] for t in res]
-    if is_unbind or func not in _CHUNK or len(set(sizes)) != 1 or sum(sizes) != x.shape[dim]:
+    attr = split_attr(tr, arg(args, kwargs, 1, "split_size")) if func in _SPLIT else None
+    chunk_like = func in _CHUNK or attr is not None  # split(self.split_size): the attribute follows the cut
+    if is_unbind or not chunk_like or len(set(sizes)) != 1 or sum(sizes) != x.shape[dim]:
         return pin_all(tr, func, args, kwargs, out)
     n, size = len(res), sizes[0]
+    if attr is not None:
+        mname, module = current_module(tr)
+        tr.attr(mname, module, attr, along(L.narrow(dim, 0, size), dim, size)[0])
     if n > 1:
         rows = L.movedim(dim, 0).reshape(n, size, -1).permute(1, 0, 2).reshape(size, -1)
         tr.unite(rows, "chunk piece meets a fixed-size tensor")
@@ -270,6 +295,7 @@ def split(tr: Tracer, func, args, kwargs, out) -> None:
 
 
 _UNBIND = set(_resolve("unbind"))
+_SPLIT = set(_resolve("split"))
 _CHUNK = set(_resolve("chunk"))
 
 

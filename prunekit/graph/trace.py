@@ -46,6 +46,7 @@ class AttrRecord:
     slots: torch.Tensor
     divisor: int
     old: int
+    shared: bool = False  # one attribute of several records (a model config): set only if all agree
 
 
 def op_name(func: Any) -> str:
@@ -201,8 +202,19 @@ class Tracer:
         if s.numel():
             self.notes.append((s[:1].clone(), text))
 
-    def attr(self, module: str, obj: nn.Module, attr: str, slots: torch.Tensor, divisor: int = 1) -> None:
-        self.attrs.append(AttrRecord(module, attr, slots.clone(), divisor, int(getattr(obj, attr))))
+    def attr(
+        self,
+        module: str,
+        obj: nn.Module,
+        attr: str,
+        slots: torch.Tensor,
+        divisor: int = 1,
+        shared: bool = False,
+    ) -> None:
+        old = obj
+        for part in attr.split("."):  # "config.num_attention_heads": an attribute of an attribute
+            old = getattr(old, part)
+        self.attrs.append(AttrRecord(module, attr, slots.clone(), divisor, int(old), shared))
 
 
 class _Mode(TorchFunctionMode):

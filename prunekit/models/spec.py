@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunekit._inputs import call_model
+from prunekit._inputs import ExampleInputs, call_model
 from prunekit.errors import ConfigError, ModelLoadError
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -84,12 +84,15 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
 
 
 def example_inputs_for(
-    spec_or_model: str | nn.Module, input_shape: tuple[int, ...] | None = None
-) -> torch.Tensor:
-    """A random float tensor to run the model on: of ``input_shape`` if given, else the spec's default shape.
+    spec_or_model: str | nn.Module, input_shape: tuple[int, ...] | None = None, model: nn.Module | None = None
+) -> ExampleInputs:
+    """Seeded random inputs to run the model on: of ``input_shape`` if given, else the spec's default shape.
 
-    Defaults exist only where the shape is known for sure: torchvision classification models take
-    1x3x224x224 (inception_v3: 1x3x299x299). Anything else needs ``input_shape``; the error says so.
+    A float tensor, except for ``hf:`` models (and checkpoints of them), which get the dict of token ids (or
+    pixel values) :func:`prunekit.models.hf.example_inputs` builds for ``model``; their shape is
+    ``BATCH,SEQ`` (default 1,8). Defaults exist only where the shape is known for sure: torchvision
+    classifiers (1x3x224x224; inception_v3 1x3x299x299), timm models, ultralytics models. Anything else
+    needs ``input_shape``; the error says so.
 
     >>> example_inputs_for("torchvision:resnet18").shape
     torch.Size([1, 3, 224, 224])
@@ -98,11 +101,33 @@ def example_inputs_for(
     """
     if input_shape is None:
         input_shape = _default_input_shape(spec_or_model)
+    if _family(spec_or_model) == "hf":
+        if model is None:
+            raise ConfigError("example inputs of an hf: model need the model (its vocabulary or image size)")
+        if len(input_shape) != 2:
+            shape = ",".join(str(d) for d in input_shape)
+            raise ConfigError(f"hf: models take --input-shape BATCH,SEQ (e.g. 1,16), got {shape}")
+        from prunekit.models.hf import example_inputs
+
+        return example_inputs(model, batch=input_shape[0], seq=input_shape[1])
     generator = torch.Generator().manual_seed(0)
     return torch.randn(input_shape, generator=generator)
 
 
-def check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
+def _family(spec_or_model: str | nn.Module) -> str | None:
+    """The spec prefix (``torchvision``, ``hf``, ...), looking inside checkpoint directories."""
+    if not isinstance(spec_or_model, str):
+        return None
+    if (Path(spec_or_model) / "prunekit.json").is_file():
+        from prunekit.deploy.checkpoint import read_info
+
+        inner = read_info(spec_or_model)["spec"]
+        return _family(inner) if inner else None
+    prefix, sep, _ = spec_or_model.partition(":")
+    return prefix if sep and prefix in LOADERS else None
+
+
+def check_forward(model: nn.Module, example_inputs: ExampleInputs) -> None:
     """Run ``model`` once on ``example_inputs``; a failure becomes a one-line ConfigError about the shape.
 
     >>> check_forward(nn.Linear(4, 2), torch.zeros(1, 4))
@@ -112,10 +137,12 @@ def check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
             call_model(model, example_inputs)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        shape = ",".join(str(d) for d in example_inputs.shape)
+        if isinstance(example_inputs, torch.Tensor):
+            what = "an input of shape " + ",".join(str(d) for d in example_inputs.shape)
+        else:
+            what = "its example inputs"
         raise ConfigError(
-            f"the model fails on an input of shape {shape} ({type(err).__name__}: {first_line}); "
-            "pass the right --input-shape"
+            f"the model fails on {what} ({type(err).__name__}: {first_line}); pass the right --input-shape"
         ) from err
 
 
@@ -136,7 +163,30 @@ def _load_torchvision(name: str) -> nn.Module:
     return models.get_model(name, **kwargs)
 
 
-LOADERS: dict[str, Callable[[str], nn.Module]] = {"torchvision": _load_torchvision}
+def _load_ultralytics(name: str) -> nn.Module:
+    from prunekit.models.ultralytics import load_yolo  # late: ultralytics is an optional extra
+
+    return load_yolo(name)
+
+
+def _load_hf(spec: str) -> nn.Module:
+    from prunekit.models.hf import load_hf  # late: transformers is an optional extra
+
+    return load_hf(spec)
+
+
+def _load_timm(name: str) -> nn.Module:
+    from prunekit.models.timm import load_timm  # late: timm is an optional extra
+
+    return load_timm(name)
+
+
+LOADERS: dict[str, Callable[[str], nn.Module]] = {
+    "torchvision": _load_torchvision,
+    "ultralytics": _load_ultralytics,
+    "hf": _load_hf,
+    "timm": _load_timm,
+}
 
 
 def _import_torchvision():
@@ -333,6 +383,15 @@ def _first_line(err: BaseException) -> str:
 # --- default input shapes -----------------------------------------------------------------------------------
 
 
+def default_input_shape(spec_or_model: str | nn.Module) -> tuple[int, ...]:
+    """The example-input shape a spec implies (see :func:`example_inputs_for`); ConfigError if none.
+
+    >>> default_input_shape("torchvision:inception_v3")
+    (1, 3, 299, 299)
+    """
+    return _default_input_shape(spec_or_model)
+
+
 def _default_input_shape(spec_or_model: str | nn.Module) -> tuple[int, ...]:
     if isinstance(spec_or_model, str) and (Path(spec_or_model) / "prunekit.json").is_file():
         from prunekit.deploy.checkpoint import read_info
@@ -366,4 +425,21 @@ def _torchvision_input_shape(name: str) -> tuple[int, ...] | None:
     return (1, 3, side, side)
 
 
-DEFAULT_SHAPES: dict[str, Callable[[str], tuple[int, ...] | None]] = {"torchvision": _torchvision_input_shape}
+def _ultralytics_input_shape(name: str) -> tuple[int, ...] | None:
+    from prunekit.models.ultralytics import default_input_shape
+
+    return default_input_shape(name)
+
+
+def _timm_input_shape(name: str) -> tuple[int, ...] | None:
+    from prunekit.models.timm import default_input_shape
+
+    return default_input_shape(name)
+
+
+DEFAULT_SHAPES: dict[str, Callable[[str], tuple[int, ...] | None]] = {
+    "torchvision": _torchvision_input_shape,
+    "ultralytics": _ultralytics_input_shape,
+    "timm": _timm_input_shape,
+    "hf": lambda _: (1, 8),  # BATCH,SEQ of token ids (vision models: batch only; their image size is known)
+}

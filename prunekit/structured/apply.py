@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ from prunekit._inputs import ExampleInputs, call_model
 from prunekit.errors import ApplyError, PlanError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
+from prunekit.structured.mha import CLASS_SWAPS
 
 
 def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Module, str, str]]]]:
@@ -59,7 +61,8 @@ def validate(model: nn.Module, plan: Plan) -> None:
         for dim, idx in dims.items():
             if not 0 <= dim < len(shape):
                 raise PlanError(f"{name}: dim {dim} out of range for shape {shape}")
-            if len(set(idx)) != len(idx) or any(not 0 <= i < shape[dim] for i in idx):
+            ix = np.asarray(idx, dtype=np.int64)
+            if ix.size and (ix.min() < 0 or ix.max() >= shape[dim] or _n_distinct(ix, shape[dim]) != ix.size):
                 raise PlanError(f"{name}: removed indices of dim {dim} must be distinct and < {shape[dim]}")
             if len(idx) >= shape[dim]:
                 raise PlanError(f"{name}: the plan would remove every index of dim {dim}")
@@ -67,9 +70,35 @@ def validate(model: nn.Module, plan: Plan) -> None:
         if mname not in modules:
             raise PlanError(f"plan updates module {mname!r}, which the model does not have")
         for attr, (old, _new) in attrs.items():
-            cur = getattr(modules[mname], attr, None)
+            cur = _get_attr(modules[mname], attr)
             if cur != old:
                 raise PlanError(f"{mname}.{attr} is {cur!r}, the plan expects {old!r}")
+
+
+def _n_distinct(ix: np.ndarray, size: int) -> int:
+    seen = np.zeros(size, dtype=bool)
+    seen[ix] = True
+    return int(seen.sum())
+
+
+def _cut(t: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
+    """A new tensor: ``t`` without the removed indices. Cuts on dims 0 and 1 are done one block of rows at a
+    time, so no half-size intermediate is built (2x less memory traffic on large weights)."""
+    keep = {}
+    for dim, idx in dims.items():
+        mask = np.ones(t.shape[dim], dtype=bool)
+        mask[np.asarray(idx, dtype=np.int64)] = False
+        keep[dim] = torch.from_numpy(np.flatnonzero(mask)).to(t.device)
+    if sorted(keep) == [0, 1] and t.is_contiguous():
+        k0, k1 = keep[0], keep[1]
+        out = t.new_empty((len(k0), len(k1), *t.shape[2:]))
+        step = max(1, (1 << 20) // max(1, t[0].numel()))
+        for j in range(0, len(k0), step):
+            torch.index_select(t.index_select(0, k0[j : j + step]), 1, k1, out=out[j : j + step])
+        return out
+    for dim in sorted(keep):
+        t = t.index_select(dim, keep[dim])
+    return t
 
 
 def _replace(module: nn.Module, local: str, kind: str, value: torch.Tensor) -> None:
@@ -79,8 +108,17 @@ def _replace(module: nn.Module, local: str, kind: str, value: torch.Tensor) -> N
         module._buffers[local] = value
 
 
+def _get_attr(module: nn.Module, attr: str) -> Any:
+    """``attr`` may be a dotted path (``config.num_attention_heads``: a Hugging Face config field)."""
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
 def _set_attr(module: nn.Module, attr: str, value: Any) -> None:
-    setattr(module, attr, value)
+    owner, _, leaf = attr.rpartition(".")
+    setattr(_get_attr(module, owner) if owner else module, leaf, value)
 
 
 def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = None) -> nn.Module:
@@ -97,13 +135,9 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
     step = "slicing"
     try:
         for name, dims in plan.removals.items():
-            step = f"slicing {name} ({_group_of(plan, name)})"
+            step = f"slicing {name}"
             old, holders = state[name]
-            new = old.detach()
-            for dim, idx in sorted(dims.items()):
-                keep = torch.ones(new.shape[dim], dtype=torch.bool)
-                keep[torch.as_tensor(idx, dtype=torch.long)] = False
-                new = new.index_select(dim, keep.nonzero().view(-1).to(new.device))
+            new = _cut(old.detach(), dims)
             value = (
                 nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
             )
@@ -111,17 +145,23 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
                 undo_tensors.append((module, local, kind, old))
                 _replace(module, local, kind, value)
         for mname, attrs in plan.attrs.items():
+            module = modules[mname]
+            swap = CLASS_SWAPS.get(type(module))
+            if swap is not None:  # nn.MultiheadAttention with fewer heads -> PrunedMultiheadAttention
+                undo_attrs.append((module, "__class__", type(module)))
+                module.__class__ = swap
             for attr, (_old, new_value) in attrs.items():
                 step = f"setting {mname}.{attr}"
-                module = modules[mname]
-                undo_attrs.append((module, attr, getattr(module, attr)))
+                undo_attrs.append((module, attr, _get_attr(module, attr)))
                 _set_attr(module, attr, new_value)
         if example_inputs is not None:
             step = "verification forward"
             _verify(model, plan, example_inputs)
     except Exception as exc:
+        if step.startswith("slicing "):  # name the group only on failure (a search over the plan)
+            step = f"{step} ({_group_of(plan, step[len('slicing ') :])})"
         for module, attr, value in reversed(undo_attrs):
-            setattr(module, attr, value)
+            _set_attr(module, attr, value)
         for module, local, kind, old in reversed(undo_tensors):
             _replace(module, local, kind, old)
         raise ApplyError(f"{step} failed ({type(exc).__name__}: {exc}); the model was restored") from exc

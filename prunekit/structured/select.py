@@ -1,6 +1,6 @@
 """Turn unit scores into a plan: how many units each group loses (local or global), and which.
 
-Rules (documented in docs/ENGINE_NOTES.md): a group never loses a pinned unit, never more than
+Rules (documented in docs/ARCHITECTURE.md): a group never loses a pinned unit, never more than
 ``floor(max_ratio * width)`` units, never its last unit, and never the last index of any member dim.
 ``round_to=N`` makes every pruned group's kept width a multiple of N (rounding the kept width up).
 
@@ -143,16 +143,24 @@ def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | 
         unit_removed[offsets[report.slot_group] + report.slot_unit] if len(report.slot_unit) else None
     )
     attrs: dict[str, dict[str, list]] = {}
+    shared: dict[tuple[str, str], tuple[int, set[int]]] = {}
     for rec in report.attrs:
         s = rec.slots.numpy()
         gone = int(slot_removed[s[s >= 0]].sum()) if slot_removed is not None else 0
         new = (len(s) - gone) // rec.divisor
+        if getattr(rec, "shared", False):  # e.g. a model config field: set only if every record agrees
+            shared.setdefault((rec.module, rec.attr), (rec.old, set()))[1].add(new)
+            continue
         prev = attrs.get(rec.module, {}).get(rec.attr)
         if prev is not None and prev[1] != new:
             raise ValueError(f"{rec.module}.{rec.attr}: inconsistent new values {prev[1]} and {new}")
         if new != rec.old:
             attrs.setdefault(rec.module, {})[rec.attr] = [rec.old, new]
+    meta = dict(meta or {})
+    for (module, attr), (old, values) in shared.items():
+        if len(values) == 1 and old not in values:
+            attrs.setdefault(module, {})[attr] = [old, values.pop()]
+        elif len(values) > 1:  # per-layer widths a config cannot express: they live in the plan only
+            meta.setdefault("per_layer_attrs", {})[f"{module}.{attr}".lstrip(".")] = sorted(values)
     signature = {n: report.signature[n] for n in removals}
-    return Plan(
-        removals, attrs, signature, decisions, [list(s) for s in report.output_shapes], dict(meta or {})
-    )
+    return Plan(removals, attrs, signature, decisions, [list(s) for s in report.output_shapes], meta)

@@ -1,0 +1,373 @@
+"""Structural pruning: prunekit vs Torch-Pruning on the torchvision classification zoo, memory, speedups.
+
+For every torchvision classifier (``weights=None``) one subprocess builds the model and times, in the same
+run, prunekit (trace + group + plan + apply, ratio 0.5, L2) and Torch-Pruning's ``MetaPruner``
+(``MagnitudeImportance(p=2)``, ``pruning_ratio=0.5``, the final classifier ignored as TP requires) on the
+same input, each after an untimed warm-up prune of a tiny CNN (lazy imports, first-call costs). Torch-Pruning
+gets ``--tp-timeout`` seconds (SIGALRM, then the subprocess is killed); a crash is recorded as
+``crash: <error>``. "Handles" means: no error, the forward still works and the output shape is unchanged.
+Then peak extra RAM of prunekit on the largest models, and CPU batch-1 latency speedup vs MACs reduction for
+ResNet-50, MobileNetV2 and ViT-B/16 at ratios 0.3 / 0.5 / 0.7.
+
+Torch-Pruning is a bench-only dependency (``pip install torch-pruning``); the package never imports it.
+
+    python bench/bench_structured.py --threads 2            # everything, writes docs/RESULTS.md `structural`
+    python bench/bench_structured.py --models resnet18,vit_b_16 --no-latency --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = ("regnet_y_128gf", "vit_h_14", "regnet_y_32gf", "vit_l_16", "wide_resnet101_2")
+
+
+def zoo_case(name: str, size: int) -> tuple[dict, int]:
+    """Constructor kwargs and input size (as tests/_engine_helpers.zoo_case, with ``size`` for plain CNNs)."""
+    if name.startswith("vit_"):
+        return {"image_size": 56 if "_14" in name else 64}, 56 if "_14" in name else 64
+    if name == "maxvit_t":
+        return {}, 224
+    if name in ("inception_v3", "googlenet"):
+        return {"aux_logits": False, "init_weights": False}, max(size, 96 if name == "inception_v3" else 64)
+    return {}, size
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples the resident set size every 5 ms in a thread; ``extra`` = peak minus the size at start."""
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss())
+        self.extra = self.peak - self.start
+
+
+def _build(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    kwargs, s = zoo_case(name, size)
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    return model, torch.randn(1, 3, s, s)
+
+
+def _shape_kept(model: torch.nn.Module, x: torch.Tensor, shape: torch.Size) -> str:
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # the bench records a broken forward, it does not stop
+        return f"broken forward: {type(exc).__name__}: {str(exc)[:80]}"
+    return "ok" if out.shape == shape else f"output shape {tuple(out.shape)} != {tuple(shape)}"
+
+
+def run_prunekit(name: str, size: int) -> dict:
+    from prunekit.structured.api import plan_prune
+    from prunekit.structured.apply import apply
+
+    model, x = _build(name, size)
+    with torch.no_grad():
+        shape = model(x).shape  # warm-up forward, untimed (both tools get one)
+    params = sum(p.numel() for p in model.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    t0 = time.perf_counter()
+    plan, _ = plan_prune(model, x, ratio=0.5, criterion="l2")
+    apply(model, plan, x)
+    sec = time.perf_counter() - t0
+    extra = None
+    if name in BIG:  # memory in a separate, untimed run: the sampling thread would disturb the timing
+        model, x = _build(name, size)
+        with PeakRSS() as mem:
+            plan, _ = plan_prune(model, x, ratio=0.5, criterion="l2")
+            apply(model, plan, x)
+        extra = mem.extra / 2**20
+    after = sum(p.numel() for p in model.parameters())
+    return {
+        "status": _shape_kept(model, x, shape),
+        "seconds": sec,
+        "params_ratio": after / params,
+        "model_mb": model_bytes / 2**20,
+        "extra_mb": extra,
+    }
+
+
+class _Timeout(Exception):
+    pass
+
+
+def run_tp(name: str, size: int, timeout: int) -> dict:
+    import torch_pruning as tp
+
+    model, x = _build(name, size)
+    with torch.no_grad():
+        out = model(x)
+    n_classes = out.shape[-1]
+    ignored = [
+        m
+        for m in model.modules()
+        if (isinstance(m, torch.nn.Linear) and m.out_features == n_classes)
+        or (isinstance(m, torch.nn.Conv2d) and m.out_channels == n_classes)
+    ]
+
+    def alarm(*_):
+        raise _Timeout
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(timeout)
+    t0 = time.perf_counter()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=0.5,
+            ignored_layers=ignored,
+        )
+        pruner.step()
+        sec = time.perf_counter() - t0
+    except _Timeout:
+        return {"status": f"timeout (> {timeout} s)", "seconds": None}
+    except Exception as exc:  # recorded, not raised: this is the peer's failure mode we report
+        return {"status": f"crash: {type(exc).__name__}: {str(exc)[:80]}", "seconds": None}
+    finally:
+        signal.alarm(0)
+    return {"status": _shape_kept(model, x, out.shape), "seconds": sec}
+
+
+def _tiny() -> tuple[torch.nn.Module, torch.Tensor]:
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    )
+    return net.eval(), torch.randn(1, 3, 16, 16)
+
+
+def worker(name: str, size: int, threads: int, tp_timeout: int, tools: str) -> None:
+    torch.set_num_threads(threads)
+    row = {"model": name}
+    if "pk" in tools:
+        from prunekit.structured.api import prune
+
+        net, x = _tiny()
+        prune(net, x, ratio=0.5, measure=False)  # warm-up: lazy imports and first-call costs, untimed
+        row["pk"] = run_prunekit(name, size)
+    if "tp" in tools:
+        import torch_pruning as tp
+
+        net, x = _tiny()
+        imp = tp.importance.MagnitudeImportance(p=2)
+        tp.pruner.MetaPruner(net, x, importance=imp, pruning_ratio=0.5, ignored_layers=[net[6]]).step()
+        row["tp"] = run_tp(name, size, tp_timeout)
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def zoo(models: list[str], size: int, threads: int, tp_timeout: int, tools: str) -> list[dict]:
+    rows = []
+    for name in models:
+        cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--threads", str(threads)]
+        cmd += ["--tp-timeout", str(tp_timeout), "--tools", tools]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=tp_timeout + 300, cwd=ROOT)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
+            if line is None:
+                err = (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]
+                row = {"model": name, "pk": {"status": f"worker died: {err}", "seconds": None}}
+            else:
+                row = json.loads(line[4:])
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "tp": {"status": "timeout (worker killed)", "seconds": None}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def latency_rows(ratios: tuple[float, ...], threads: int, runs: int) -> list[dict]:
+    from prunekit.measure.latency import measure_latency
+    from prunekit.measure.macs import count_macs
+    from prunekit.structured.api import prune
+
+    rows = []
+    for name in ("resnet50", "mobilenet_v2", "vit_b_16"):
+        torch.manual_seed(0)
+        dense = torchvision.models.get_model(name, weights=None).eval()
+        x = torch.randn(1, 3, 224, 224)
+        base_ms = measure_latency(dense, x, runs=runs, warmup=5, threads=threads).median_ms
+        base_macs = count_macs(dense, x)
+        for r in ratios:
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(name, weights=None).eval()
+            prune(model, x, ratio=r, measure=False)
+            ms = measure_latency(model, x, runs=runs, warmup=5, threads=threads).median_ms
+            reduction = base_macs / count_macs(model, x)
+            speedup = base_ms / ms
+            rows.append(
+                {
+                    "model": name,
+                    "ratio": r,
+                    "dense_ms": base_ms,
+                    "pruned_ms": ms,
+                    "speedup": speedup,
+                    "macs_reduction": reduction,
+                    "efficiency": speedup / reduction,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _fmt_s(v: dict | None) -> str:
+    if not v:
+        return "—"
+    if v.get("status") != "ok":
+        return v.get("status", "?").replace("|", "/")
+    return f"{v['seconds']:.2f}"
+
+
+def render(rows: list[dict], lat: list[dict], args: argparse.Namespace, load: tuple[float, ...]) -> str:
+    ok_pk = [r for r in rows if r.get("pk", {}).get("status") == "ok"]
+    ok_tp = [r for r in rows if r.get("tp", {}).get("status") == "ok"]
+    both = [r for r in ok_pk if r.get("tp", {}).get("status") == "ok"]
+    ratios = [r["tp"]["seconds"] / r["pk"]["seconds"] for r in both]
+    pk_times = [r["pk"]["seconds"] for r in ok_pk]
+    slow = sorted(ok_pk, key=lambda r: -r["pk"]["seconds"])[:5]
+    lines = [
+        "## Structural pruning: prunekit vs Torch-Pruning (torchvision zoo)",
+        "",
+        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs; load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start), torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, torch-pruning {args.tp_version}, "
+        f"`torch.set_num_threads({args.threads})`. Input 1x3x{args.size}x{args.size} for CNNs (ViT: 64, "
+        "ViT-*/14: 56, Inception-v3: 96, MaxViT: 224, as in tests/test_structured_zoo.py); `weights=None`.",
+        "Time = trace + group + plan + apply (prunekit, includes its verification forward) vs MetaPruner "
+        "construction + `step()` (Torch-Pruning), ratio 0.5, L2 magnitude; model building and one warm-up "
+        "forward are not timed. Both run in the same subprocess per model, prunekit first.",
+        *([args.note] if args.note else []),
+        "",
+        f"- Models: {len(rows)}; prunekit handles **{len(ok_pk)}**, Torch-Pruning handles **{len(ok_tp)}** "
+        "(no error, forward works, output shape kept).",
+        f"- Speed: on the {len(both)} models both handle, Torch-Pruning time / prunekit time: median "
+        f"**{statistics.median(ratios):.1f}x**"
+        + (f", min {min(ratios):.1f}x, max {max(ratios):.1f}x." if ratios else "."),
+        f"- prunekit time: median {statistics.median(pk_times):.2f} s, max {max(pk_times):.2f} s; slowest: "
+        + ", ".join(f"{r['model']} {r['pk']['seconds']:.1f} s" for r in slow)
+        + " (target: ≤ 3 s for every model).",
+        "",
+        "| model | prunekit s | Torch-Pruning s | TP / pk | prunekit params kept |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        pk, tpr = r.get("pk"), r.get("tp")
+        ratio = (
+            f"{tpr['seconds'] / pk['seconds']:.1f}x"
+            if pk and tpr and pk.get("status") == "ok" and tpr.get("status") == "ok"
+            else "—"
+        )
+        kept = f"{pk['params_ratio']:.2f}" if pk and pk.get("status") == "ok" else "—"
+        lines.append(f"| {r['model']} | {_fmt_s(pk)} | {_fmt_s(tpr)} | {ratio} | {kept} |")
+    big = [r for r in ok_pk if r["pk"].get("extra_mb") is not None]
+    if big:
+        lines += [
+            "",
+            "### Memory (prunekit, peak extra resident memory while pruning, sampled every 5 ms)",
+            "",
+            "| model | model size MB | peak extra MB | extra / model |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in big:
+            pk = r["pk"]
+            share = pk["extra_mb"] / pk["model_mb"]
+            lines.append(f"| {r['model']} | {pk['model_mb']:.0f} | {pk['extra_mb']:.0f} | {share:.2f} |")
+    if lat:
+        lines += [
+            "",
+            f"### CPU batch-1 latency vs MACs (224x224, {args.threads} threads, median of {args.runs} runs, "
+            "untrained weights)",
+            "",
+            "| model | ratio | dense ms | pruned ms | speedup | MACs reduction | speedup / MACs reduction |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in lat:
+            lines.append(
+                f"| {r['model']} | {r['ratio']} | {r['dense_ms']:.1f} | {r['pruned_ms']:.1f} | "
+                f"{r['speedup']:.2f}x | {r['macs_reduction']:.2f}x | {r['efficiency']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tp-timeout", type=int, default=60)
+    ap.add_argument("--models", default="", help="comma-separated subset (default: the whole zoo)")
+    ap.add_argument("--tools", default="pk,tp")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--rows", help="reuse zoo rows from this JSON file instead of running the zoo")
+    ap.add_argument("--note", default="", help="a sentence added under the machine description")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.size, args.threads, args.tp_timeout, args.tools)
+        return 0
+    import torch_pruning
+
+    args.tp_version = torch_pruning.__version__
+    load = os.getloadavg()
+    models = (
+        args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    )
+    if args.rows:
+        rows = json.loads(Path(args.rows).read_text())
+    else:
+        rows = zoo(models, args.size, args.threads, args.tp_timeout, args.tools)
+        Path("/tmp/bench_structured_rows.json").write_text(json.dumps(rows))
+    lat = [] if args.no_latency else latency_rows((0.3, 0.5, 0.7), args.threads, args.runs)
+    text = render(rows, lat, args, load)
+    print(text)
+    if not args.no_write:
+        print(f"wrote {write_section('structural', text, ROOT / 'docs' / 'RESULTS.md')}")
+    print(f"max RSS of the driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

