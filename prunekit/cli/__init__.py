@@ -12,7 +12,7 @@ One module per command (or family of commands); each registers itself on the sha
 
 from __future__ import annotations
 
-from prunekit.cli import analyze, demo, deploy, recover, sensitivity, sparsify, structured  # noqa: F401  (each registers its commands)
+from prunekit.cli import analyze, demo, deploy, recover, sensitivity, sparsify, structured, yolo  # noqa: F401  (each registers its commands)
 from prunekit.cli._common import app
 
 __all__ = ["app"]

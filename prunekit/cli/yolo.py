@@ -1,0 +1,128 @@
+"""``prunekit yolo prune | check | finetune``: ultralytics checkpoints in, ultralytics checkpoints out.
+
+prunekit yolo check yolov8n.yaml --ratio 0.5 --imgsz 320
+prunekit yolo prune yolov8n.pt --ratio 0.3 --out pruned.pt      # YOLO("pruned.pt"), yolo val/predict/export
+prunekit yolo finetune pruned.pt --data data.yaml --epochs 10   # ultralytics' trainer, pruned arch kept
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from prunekit.cli._common import JsonOpt, app, console, write_json
+from prunekit.cli.structured import CriterionOpt, IgnoreOpt, MaxRatioOpt, RatioOpt, RoundToOpt, ScopeOpt
+
+yolo_app = typer.Typer(
+    help="Ultralytics YOLO: prune exactly, save for YOLO(), fine-tune keeping the pruned arch."
+)
+app.add_typer(yolo_app, name="yolo")
+
+YoloModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="NAME.yaml (e.g. yolov8n.yaml, yolo11n-seg.yaml) or a local ultralytics .pt file.",
+    ),
+]
+ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Side of the traced example image (multiple of 32).")]
+
+
+@yolo_app.command("prune")
+def prune(
+    model: YoloModelArg,
+    out: Annotated[
+        Path,
+        typer.Option("--out", metavar="FILE.pt", help="Ultralytics checkpoint to write.", dir_okay=False),
+    ],
+    ratio: RatioOpt = 0.3,
+    imgsz: ImgszOpt = 320,
+    criterion: CriterionOpt = "l2",
+    scope: ScopeOpt = "local",
+    ignore: IgnoreOpt = None,
+    round_to: RoundToOpt = None,
+    max_ratio: MaxRatioOpt = 0.9,
+    half: Annotated[
+        bool, typer.Option("--half", help="Store fp16 weights, like ultralytics' releases.")
+    ] = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Prune MODEL's channels (head outputs, classes, DFL bins kept); write an ultralytics checkpoint."""
+    from prunekit.errors import ConfigError
+    from prunekit.models.ultralytics import load_yolo, prune_yolo, save_yolo
+
+    if out.suffix != ".pt":
+        raise ConfigError(f"--out must name a .pt file (ultralytics' format), got {out.name!r}")
+    loaded = load_yolo(model.removeprefix("ultralytics:"))
+    result = prune_yolo(
+        loaded,
+        ratio,
+        imgsz=imgsz,
+        criterion=criterion,
+        scope=scope,
+        ignore=ignore or None,
+        round_to=round_to,
+        max_ratio=max_ratio,
+    )
+    save_yolo(loaded, out, plans=result.plan, half=half)
+    write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
+    table = Table(title=f"prunekit yolo prune {model}")
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "params", f"{result.params_before:,}", f"{result.params_after:,}", f"{result.params_ratio:.3f}"
+    )
+    table.add_row("MACs", f"{result.macs_before:,}", f"{result.macs_after:,}", f"{result.macs_ratio:.3f}")
+    console.print(table)
+    console.print(
+        f"wrote {out}: use it with ultralytics.YOLO({str(out)!r}); fine-tune with `prunekit yolo finetune`"
+    )
+
+
+@yolo_app.command("check")
+def check(
+    model: YoloModelArg,
+    ratio: RatioOpt = 0.5,
+    imgsz: ImgszOpt = 320,
+    json_path: JsonOpt = None,
+) -> None:
+    """Prune a copy of MODEL, compare it with the masked reference (MODEL unchanged); exit 1 if inexact."""
+    from prunekit.models.ultralytics import check_yolo, load_yolo
+
+    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio, imgsz=imgsz)
+    write_json(json_path, report.to_dict())
+    console.print(
+        f"{'exact' if report.ok else 'NOT EXACT'}: max |err| {report.max_abs_err:.2e}, "
+        f"MACs x{report.macs_ratio:.3f}, "
+        f"params x{report.params_ratio:.3f}; {report.n_prunable_groups} of {report.n_groups} groups prunable"
+    )
+    for group in report.pinned:
+        console.print(f"  pinned {group['members'][0]} ({group['width']}): {'; '.join(group['reasons'][:1])}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@yolo_app.command("finetune")
+def finetune(
+    model: Annotated[str, typer.Argument(metavar="PRUNED.pt", help="A pruned ultralytics checkpoint.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset yaml, as for `yolo train data=...`.")],
+    epochs: Annotated[int, typer.Option("--epochs")] = 10,
+    imgsz: Annotated[int, typer.Option("--imgsz")] = 640,
+    batch: Annotated[int, typer.Option("--batch")] = 16,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    project: Annotated[str | None, typer.Option("--project", help="Runs directory (ultralytics').")] = None,
+    name: Annotated[str, typer.Option("--name")] = "finetune",
+    json_path: JsonOpt = None,
+) -> None:
+    """Fine-tune PRUNED.pt with ultralytics' own trainer, keeping the pruned architecture."""
+    from prunekit.models.yolo_train import finetune_yolo
+
+    args = {"data": data, "epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, "name": name}
+    yolo = finetune_yolo(model, **args, **({"project": project} if project else {}))
+    box = getattr(yolo.metrics, "box", None)
+    summary = {"best": str(yolo.trainer.best), "map50_95": float(box.map) if box is not None else None}
+    write_json(json_path, summary)
+    console.print(f"fine-tuned: {summary['best']} (mAP50-95 {summary['map50_95']})")

@@ -1,0 +1,356 @@
+"""Ultralytics YOLO in, ultralytics checkpoints out: load, prune exactly, save for ``YOLO("pruned.pt")``.
+
+The ultralytics model (``DetectionModel``, ``SegmentationModel``, ``PoseModel``, ``OBBModel``,
+``ClassificationModel``) is pruned by the generic structural engine; nothing here knows YOLO's layers except
+two facts the engine cannot see from one forward:
+
+- Which outputs keep their shapes. In eval mode the model returns ``(y, raw)``; ``raw`` holds the head's
+  tensors for the loss (box distributions, class scores, mask coefficients, protos — all kept) and ``feats``,
+  the neck's feature maps, of which the loss and the decoder read only the spatial size. Pruning traces
+  :class:`HeadOutputs`, a view of the model that returns everything but ``feats``, so the neck stays
+  prunable while class count, DFL bins, mask/keypoint channels and every decoded output keep their shapes.
+- ``C2f.c`` (and its subclasses ``C3k2``, ``C2fAttn``...): a Python int the exporter's ``forward_split`` uses;
+  the plan updates it like any other attribute, so plans replay with it.
+- ultralytics ``Attention`` (YOLO11's ``C2PSA``/``PSA``) ends with ``.view(B, C, H, W)`` where ``C`` is read
+  from its input's shape, a width the trace cannot tie to the heads: these modules are kept whole (passed to
+  ``ignore``; reports say "ignored by user"), the rest of the network is pruned.
+
+:func:`save_yolo` writes ultralytics' own checkpoint format (a pickled dict with the module under ``"model"``,
+as ``YOLO.save`` and the trainer write it) plus a ``"prunekit"`` entry holding the plans as JSON, so
+``ultralytics.YOLO("pruned.pt")``, ``yolo predict/val/export`` use it unchanged. Fine-tuning with
+ultralytics' trainer needs :func:`prunekit.models.yolo_train.finetune_yolo`: the stock trainer rebuilds the
+dense model from ``model.yaml`` (see that module).
+
+>>> m = load_yolo("yolov8n.yaml")
+>>> res = prune_yolo(m, 0.5, imgsz=64)
+>>> res.params_after < res.params_before, type(m).__name__
+(True, 'DetectionModel')
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, ModelLoadError
+from prunekit.measure.macs import count_macs
+from prunekit.measure.params import count_params
+from prunekit.plan import Plan
+from prunekit.structured.api import CheckReport, PruneResult, check, plan_prune
+from prunekit.structured.apply import apply
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: never reach the network (weights, fonts, hub)
+DEFAULT_IMGSZ = 640
+_ARG_TYPES = (str, int, float, bool, type(None))
+
+
+def _ultralytics():
+    try:
+        import ultralytics
+    except ImportError as err:
+        raise ModelLoadError("ultralytics:... specs need ultralytics: pip install ultralytics") from err
+    return ultralytics
+
+
+def load_yolo(spec: str) -> nn.Module:
+    """Build ``NAME.yaml`` (random weights) or read a local ultralytics ``.pt``; return the model, fp32, eval.
+
+    ``.pt`` files are read with ultralytics' restricted loader (``weights_only=True`` plus an allow-list of
+    ultralytics/torch classes): no code from the file runs, and nothing is downloaded.
+
+    >>> type(load_yolo("yolo11n.yaml")).__name__
+    'DetectionModel'
+    """
+    ultralytics = _ultralytics()
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            yolo = ultralytics.YOLO(spec, verbose=False)
+        except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"ultralytics cannot build {spec!r}: {type(err).__name__}: {err}") from err
+        return yolo.model.float().eval()
+    if path.suffix != ".pt":
+        raise ModelLoadError(f"ultralytics specs are NAME.yaml or a local .pt checkpoint, got {spec!r}")
+    if not path.is_file():
+        raise ModelLoadError(f"no such file: {path} (prunekit never downloads weights)")
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    except (TypeError, RuntimeError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot read ultralytics checkpoint {path}: {first}") from err
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{path} is not an ultralytics checkpoint (no module under 'model' or 'ema')")
+    return model.float().eval()
+
+
+def default_input_shape(spec: str) -> tuple[int, ...]:
+    """Input shape for an ``ultralytics:`` spec: ``(1, channels, 640, 640)`` (``imgsz`` of a checkpoint).
+
+    >>> default_input_shape("yolov8n.yaml")
+    (1, 3, 640, 640)
+    """
+    model = load_yolo(spec)
+    args = getattr(model, "args", None)
+    imgsz = args.get("imgsz", DEFAULT_IMGSZ) if isinstance(args, dict) else DEFAULT_IMGSZ
+    side = int(imgsz if isinstance(imgsz, int) else max(imgsz))
+    return (1, _channels(model), side, side)
+
+
+def _channels(model: nn.Module) -> int:
+    yaml = getattr(model, "yaml", None)
+    return int(yaml.get("channels", 3)) if isinstance(yaml, dict) else 3
+
+
+def _detector(model: Any) -> nn.Module:
+    """The ultralytics nn.Module inside ``model`` (a ``YOLO`` object or the module itself)."""
+    inner = getattr(model, "model", None)
+    if isinstance(getattr(inner, "model", None), nn.Sequential):  # a YOLO object (itself an nn.Module)
+        model = inner
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "model", None), nn.Sequential):
+        raise ConfigError(
+            f"expected an ultralytics YOLO object or model (with a .model Sequential), "
+            f"got {type(model).__name__}"
+        )
+    return model
+
+
+def example_inputs(model: Any, imgsz: int = DEFAULT_IMGSZ) -> torch.Tensor:
+    """A fixed random image batch ``(1, channels, imgsz, imgsz)``; ``imgsz`` must be a multiple of 32.
+
+    >>> example_inputs(load_yolo("yolov8n.yaml"), 64).shape
+    torch.Size([1, 3, 64, 64])
+    """
+    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise ConfigError(f"imgsz must be a positive multiple of 32 (YOLO's largest stride), got {imgsz!r}")
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand((1, _channels(_detector(model)), imgsz, imgsz), generator=generator)
+
+
+def _without_feats(out: Any) -> Any:
+    if isinstance(out, dict):
+        return {k: _without_feats(v) for k, v in out.items() if k != "feats"}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_without_feats(v) for v in out)
+    return out
+
+
+class HeadOutputs(nn.Module):
+    """The ultralytics model seen through the outputs that must keep their shapes (all but ``feats``).
+
+    It shares the model's layers under the same names (``model.0.conv.weight``...), so a plan made on it
+    applies to the ultralytics model itself, and cutting it cuts the model.
+
+    >>> m = load_yolo("yolov8n.yaml")
+    >>> [n for n, _ in HeadOutputs(m).named_parameters()] == [n for n, _ in m.named_parameters()]
+    True
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.model
+        self._forward = model.forward  # a bound method, not a submodule: names stay those of the model
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return _without_feats(self._forward(x))
+
+
+def _c2f_attrs(model: nn.Module, plan: Plan) -> dict[str, dict[str, list[int]]]:
+    """Plan attribute updates for ``c`` of every C2f-like module (``cv1`` yields ``2 * c`` channels)."""
+    attrs = {}
+    for name, module in model.named_modules():
+        c = getattr(module, "c", None)
+        conv = getattr(getattr(module, "cv1", None), "conv", None)
+        if not (hasattr(module, "forward_split") and isinstance(c, int) and isinstance(conv, nn.Conv2d)):
+            continue
+        weight = f"{name}.cv1.conv.weight"
+        removed = len(plan.removals.get(weight, {}).get(0, []))
+        if conv.out_channels == 2 * c and removed:
+            attrs[name] = {"c": [c, (conv.out_channels - removed) // 2]}
+    return attrs
+
+
+def _ignore(detector: nn.Module, ignore: Iterable[str | nn.Module] | None) -> list[str | nn.Module]:
+    """The user's ``ignore`` plus every ultralytics ``Attention`` module (kept whole, see the module doc)."""
+    from ultralytics.nn.modules.block import Attention
+
+    return [*(ignore or []), *(m for m in detector.modules() if isinstance(m, Attention))]
+
+
+def _validate_common(model: nn.Module) -> None:
+    floating = {p.dtype for p in model.parameters()}
+    if floating - {torch.float32}:
+        raise ConfigError(
+            f"prune an fp32 model (call .float() first); this one has {sorted(map(str, floating))}"
+        )
+
+
+def prune_yolo(
+    model: Any,
+    ratio: float = 0.3,
+    *,
+    imgsz: int = 320,
+    criterion: str = "l2",
+    scope: str = "local",
+    ignore: Iterable[str | nn.Module] | None = None,
+    round_to: int | None = None,
+    max_ratio: float = 0.9,
+) -> PruneResult:
+    """Prune an ultralytics model (or the model inside a ``YOLO`` object) in place; return the PruneResult.
+
+    Head outputs keep their shapes (classes, DFL bins, masks, keypoints, angles); the neck and backbone are
+    pruned by :func:`prunekit.structured.plan_prune` with these arguments. ``imgsz`` is the side of the
+    traced example image (any multiple of 32; the pruned model runs at every size). A ``YOLO`` object's
+    cached predictor is dropped so the next ``predict`` uses the pruned layers.
+
+    >>> m = load_yolo("yolov8n.yaml")
+    >>> round(prune_yolo(m, 0.5, imgsz=64).params_ratio, 2)
+    0.25
+    """
+    detector = _detector(model)
+    _validate_common(detector)
+    x = example_inputs(detector, imgsz)
+    view = HeadOutputs(detector)
+    t0 = time.perf_counter()
+    plan, _report = plan_prune(
+        view,
+        x,
+        ratio,
+        criterion=criterion,
+        scope=scope,
+        ignore=_ignore(detector, ignore),
+        round_to=round_to,
+        max_ratio=max_ratio,
+    )
+    for name, attrs in _c2f_attrs(detector, plan).items():
+        plan.attrs.setdefault(name, {}).update(attrs)
+    plan.meta["ultralytics"] = {"imgsz": imgsz, "task": getattr(detector, "task", None)}
+    t1 = time.perf_counter()
+    params_before, macs_before = count_params(detector).total, count_macs(view, x)
+    t2 = time.perf_counter()
+    apply(view, plan, x)
+    t3 = time.perf_counter()
+    params_after, macs_after = count_params(detector).total, count_macs(view, x)
+    if hasattr(model, "predictor"):
+        model.predictor = None
+    return PruneResult(
+        plan,
+        params_before,
+        params_after,
+        macs_before,
+        macs_after,
+        len(_report.groups),
+        len(plan.groups),
+        plan.removed_units,
+        int(plan.meta.get("target_units", 0)),
+        {"plan": t1 - t0, "apply": t3 - t2, "measure": time.perf_counter() - t3 + (t2 - t1)},
+    )
+
+
+def check_yolo(model: Any, ratio: float = 0.5, *, imgsz: int = 320, **kwargs: Any) -> CheckReport:
+    """Prune a copy and compare it with the masked reference on all kept outputs; ``model`` is untouched.
+
+    >>> check_yolo(load_yolo("yolov8n.yaml"), 0.5, imgsz=64).ok
+    True
+    """
+    detector = _detector(model)
+    _validate_common(detector)
+    kwargs["ignore"] = _ignore(detector, kwargs.get("ignore"))
+    return check(HeadOutputs(detector), example_inputs(detector, imgsz), ratio, **kwargs)
+
+
+def sync_c2f(model: nn.Module) -> nn.Module:
+    """Set ``c`` of every C2f-like module from its ``cv1`` width (for models pruned by a plan without it).
+
+    >>> sync_c2f(load_yolo("yolov8n.yaml")).model[2].c
+    16
+    """
+    for module in _detector(model).modules():
+        conv = getattr(getattr(module, "cv1", None), "conv", None)
+        if (
+            hasattr(module, "forward_split")
+            and isinstance(getattr(module, "c", None), int)
+            and conv is not None
+        ):
+            module.c = conv.out_channels // 2
+    return model
+
+
+def _train_args(detector: nn.Module) -> dict[str, Any]:
+    args = getattr(detector, "args", None)
+    args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else args
+    if not isinstance(args, dict):
+        return {}
+    return {k: v for k, v in args.items() if isinstance(v, _ARG_TYPES) or _is_int_list(v)}
+
+
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)
+
+
+def save_yolo(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    plans: Plan | Iterable[Plan] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write ``model`` as an ultralytics checkpoint that ``ultralytics.YOLO(path)`` loads; return the path.
+
+    The file is ultralytics' own format (a pickled dict, ``"model"`` the module; ``half=True`` stores fp16
+    like ultralytics' released weights, the default fp32 reloads bit-exactly). ``plans`` (JSON) are kept under
+    ``"prunekit"``. The model itself is not changed; the file is written atomically (temp file + rename).
+
+    >>> m = load_yolo("yolov8n.yaml"); res = prune_yolo(m, 0.3, imgsz=64)
+    >>> save_yolo(m, "/tmp/pruned-doc.pt", plans=res.plan).name
+    'pruned-doc.pt'
+    """
+    ultralytics = _ultralytics()
+    detector = _detector(model)
+    plan_list = [plans] if isinstance(plans, Plan) else list(plans or [])
+    if any(not isinstance(p, Plan) for p in plan_list):
+        raise ConfigError("plans must be a prunekit Plan or a list of Plans")
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise ConfigError(f"ultralytics checkpoints end in .pt, got {path.name!r}")
+    saved = sync_c2f(copy.deepcopy(detector)).eval()
+    saved.args = _train_args(detector)
+    if hasattr(saved, "criterion"):
+        saved.criterion = None
+    saved = saved.half() if half else saved.float()
+    for p in saved.parameters():
+        p.requires_grad = False
+    ckpt = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "version": ultralytics.__version__,
+        "epoch": -1,
+        "best_fitness": None,
+        "model": saved,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": saved.args,
+        "train_metrics": None,
+        "prunekit": {"plans": [p.to_dict() for p in plan_list], "params": count_params(saved).total},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

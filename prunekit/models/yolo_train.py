@@ -1,0 +1,108 @@
+"""Fine-tune a pruned YOLO with ultralytics' own trainer, keeping the pruned architecture.
+
+Why this module exists: ultralytics' trainers never train the module they are given. ``YOLO.train`` calls
+``trainer.get_model(cfg=model.yaml, weights=model)``, which builds a fresh model from the yaml (the *dense*
+architecture: the yaml only holds width/depth multipliers) and copies over the weights whose shapes happen to
+match (``intersect_dicts``). A pruned checkpoint therefore trains as a dense model, silently: the only trace
+is a log line like "Transferred 62/355 items from pretrained weights". The same happens for ``yolo train
+model=pruned.pt``, ``resume`` and ``pretrained=pruned.pt``. A yaml cannot express per-layer pruned widths
+(C2f bottleneck widths are not arguments), so the fix is on the trainer side:
+
+:func:`keep_arch_trainer` returns a subclass of the task's trainer (``DetectionTrainer``,
+``SegmentationTrainer``, ``PoseTrainer``, ``OBBTrainer``, ``ClassificationTrainer``) whose ``get_model``
+returns a copy of the given model instead of rebuilding it. Everything else (data, augmentation, loss, EMA,
+validation, checkpoints, ``best.pt``) is ultralytics' own. Use it as ``YOLO("pruned.pt").train(
+trainer=keep_arch_trainer("detect"), data=...)`` or through :func:`finetune_yolo`. The trained ``best.pt``
+holds the pruned architecture (ultralytics saves the EMA module itself) and loads with ``YOLO()`` as usual.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.models.ultralytics import _detector, _ultralytics
+
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    head = model.model[-1]
+    nc = getattr(head, "nc", None)
+    if nc is None and hasattr(head, "linear"):
+        nc = head.linear.out_features
+    return nc
+
+
+class _KeepArchitecture:
+    """Mixin for ultralytics trainers: ``get_model`` returns (a copy of) the given model, never a rebuild."""
+
+    def get_model(self, cfg: Any = None, weights: nn.Module | None = None, verbose: bool = True) -> nn.Module:
+        if not isinstance(weights, nn.Module):
+            raise ConfigError(
+                "keep_arch_trainer needs the pruned model itself: load it with YOLO('pruned.pt') and keep "
+                "pretrained=True (a yaml would rebuild the dense architecture)"
+            )
+        nc = _num_classes(weights)
+        if nc is not None and nc != self.data["nc"]:
+            raise ConfigError(
+                f"the pruned model predicts {nc} classes but the dataset has {self.data['nc']}; "
+                "fine-tune on data with the same classes (its head is kept as pruned)"
+            )
+        model = copy.deepcopy(weights).float()
+        for p in model.parameters():
+            p.requires_grad = True  # the trainer freezes what it must (e.g. the DFL conv) itself
+        if hasattr(self, "set_model_names_for_load"):
+            model = self.set_model_names_for_load(model)
+        return model
+
+
+@functools.cache
+def keep_arch_trainer(task: str = "detect") -> type:
+    """The ultralytics trainer class for ``task`` that fine-tunes the given (pruned) model as it is.
+
+    >>> keep_arch_trainer("detect").__name__
+    'KeepArchDetectionTrainer'
+    """
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    _ultralytics()
+    from ultralytics.models import yolo
+
+    base = {
+        "detect": yolo.detect.DetectionTrainer,
+        "segment": yolo.segment.SegmentationTrainer,
+        "pose": yolo.pose.PoseTrainer,
+        "obb": yolo.obb.OBBTrainer,
+        "classify": yolo.classify.ClassificationTrainer,
+    }[task]
+    return type(f"KeepArch{base.__name__}", (_KeepArchitecture, base), {"__module__": __name__})
+
+
+def finetune_yolo(model: Any, **train_args: Any) -> Any:  # -> ultralytics.YOLO
+    """Fine-tune a pruned ultralytics checkpoint (path or ``YOLO`` loaded from one) with ultralytics' trainer.
+
+    ``train_args`` are ``YOLO.train`` arguments (``data``, ``epochs``, ``imgsz``, ``batch``, ``lr0``, ...).
+    Returns the ``YOLO`` object: its ``.model`` is ``best.pt`` (fine-tuned, still pruned), ``.metrics`` the
+    final validation and ``.trainer.best`` the checkpoint's path.
+
+    >>> finetune_yolo("pruned.pt", data="data.yaml", epochs=3, imgsz=160)  # doctest: +SKIP
+    """
+    ultralytics = _ultralytics()
+    if "trainer" in train_args:
+        raise ConfigError("finetune_yolo chooses the trainer itself; call YOLO.train for a custom trainer")
+    if train_args.get("pretrained") is False:
+        raise ConfigError("pretrained=False would rebuild the dense model from yaml; leave it out")
+    yolo = ultralytics.YOLO(str(model)) if isinstance(model, (str, Path)) else model
+    if not getattr(yolo, "ckpt", None):
+        raise ConfigError(
+            "fine-tune a model loaded from a checkpoint: save_yolo(model, 'pruned.pt') and pass 'pruned.pt'"
+        )
+    _detector(yolo)
+    yolo.train(trainer=keep_arch_trainer(yolo.task), **train_args)
+    return yolo

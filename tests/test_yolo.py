@@ -1,0 +1,223 @@
+"""Ultralytics YOLO: exact pruning of every head type, and pruned checkpoints that ultralytics itself uses.
+
+Models are built from yaml (random weights) and run at small image sizes; data is the local digits dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+ultralytics = pytest.importorskip("ultralytics")
+
+from prunekit.deploy.checkpoint import load as pk_load  # noqa: E402
+from prunekit.deploy.checkpoint import save as pk_save  # noqa: E402
+from prunekit.errors import ConfigError, ModelLoadError  # noqa: E402
+from prunekit.models.spec import example_inputs_for, load_model  # noqa: E402
+from prunekit.models.ultralytics import (  # noqa: E402
+    HeadOutputs,
+    check_yolo,
+    example_inputs,
+    load_yolo,
+    prune_yolo,
+    save_yolo,
+)
+from prunekit.models.yolo_data import make_digits_dataset  # noqa: E402
+from prunekit.models.yolo_train import finetune_yolo  # noqa: E402
+from prunekit.structured.apply import apply  # noqa: E402
+from prunekit.structured.oracle import run_outputs  # noqa: E402
+
+IMGSZ = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """YOLO forwards at 64 px are tiny: one thread is several times faster than two on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return make_digits_dataset(tmp_path_factory.mktemp("digits"), n_train=8, n_val=4, imgsz=IMGSZ, seed=1)
+
+
+def _digits_model():
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    return DetectionModel("yolov8n.yaml", nc=10, verbose=False).eval()
+
+
+def _shapes(model, x):
+    return [tuple(t.shape) for t in run_outputs(HeadOutputs(model), x)]
+
+
+def _head_widths(model):
+    """Output channels of the last conv of every head branch (classes, DFL bins, masks, keypoints, angles)."""
+    head = model.model[-1]
+    return {
+        name: [branch[-1].out_channels for branch in getattr(head, name)]
+        for name in ("cv2", "cv3", "cv4")
+        if hasattr(head, name)
+    }
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        "yolov8n.yaml",
+        "yolo11n.yaml",
+        "yolov8n-seg.yaml",
+        "yolov8n-pose.yaml",
+        "yolov8n-obb.yaml",
+        "yolov5nu.yaml",
+    ],
+)
+def test_every_head_prunes_exactly_and_keeps_its_outputs(cfg):
+    model = load_yolo(cfg)
+    x = example_inputs(model, IMGSZ)
+    shapes, widths = _shapes(model, x), _head_widths(model)
+    rep = check_yolo(model, 0.5, imgsz=IMGSZ)
+    assert rep.ok and rep.shapes_equal and rep.rule_errors == []
+    assert rep.max_abs_err <= 1e-4 * max(1.0, rep.tolerance)
+    assert 0.2 < rep.macs_ratio < 0.35  # about (1 - 0.5)^2 of the convolutions' MACs
+    params = sum(p.numel() for p in model.parameters())
+    apply(HeadOutputs(model), rep.plan, x)  # the checked plan, on the model itself
+    assert sum(p.numel() for p in model.parameters()) < 0.35 * params
+    assert _shapes(model, x) == shapes and _head_widths(model) == widths
+    assert model.model[-1].dfl.conv.in_channels == 16  # DFL bins untouched
+
+
+def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
+    model = load_yolo("yolo11n.yaml")
+    attn = model.model[10].m[0].attn
+    widths = [p.shape for p in attn.parameters()]
+    rep = check_yolo(model, 0.5, imgsz=IMGSZ)
+    assert rep.ok and "model.10.m.0.attn" in " ".join(r for p in rep.pinned for r in p["reasons"])
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    assert [p.shape for p in attn.parameters()] == widths and attn.num_heads == 2
+    assert res.params_after < 0.35 * res.params_before
+
+
+def test_classify_and_yolov8s_prune_exactly():
+    for cfg, imgsz in (("yolov8n-cls.yaml", 64), ("yolov8s.yaml", 64)):
+        rep = check_yolo(load_yolo(cfg), 0.3, imgsz=imgsz)
+        assert rep.ok and rep.shapes_equal and rep.params_ratio < 0.8, cfg
+
+
+def test_c2f_hidden_width_follows_the_plan():
+    model = load_yolo("yolov8n.yaml")
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    c2f = model.model[2]
+    assert res.plan.attrs["model.2"]["c"] == [16, 8] and c2f.c == 8 == c2f.cv1.conv.out_channels // 2
+    x = torch.rand(1, 16, 16, 16)[:, : c2f.cv1.conv.in_channels]
+    assert torch.equal(c2f.forward_split(x), c2f(x))  # the exporter's split path agrees
+
+
+def test_pruned_checkpoint_round_trips_through_ultralytics(tmp_path, digits):
+    from PIL import Image
+
+    model = _digits_model()
+    res = prune_yolo(model, 0.3, imgsz=IMGSZ)
+    path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
+    yolo = ultralytics.YOLO(str(path))
+    n_params = sum(p.numel() for p in yolo.model.parameters())
+    assert n_params == res.params_after < res.params_before
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(yolo.model.eval()(x)[0], model(x)[0])  # fp32 checkpoint reloads bit-exactly
+    image = np.array(Image.open(next((digits.parent / "images" / "val").iterdir())).convert("RGB"))
+    pred = yolo.predict(image, imgsz=IMGSZ, conf=0.0, verbose=False, save=False)
+    assert pred[0].boxes.data.shape[1] == 6 and len(pred[0].boxes) > 0
+    metrics = ultralytics.YOLO(str(path)).val(
+        data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, project=str(tmp_path), verbose=False
+    )
+    assert 0.0 <= metrics.box.map <= 1.0 and len(metrics.names) == 10
+    onnx_path = ultralytics.YOLO(str(path)).export(format="onnx", imgsz=IMGSZ, simplify=False, verbose=False)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = model(x)[0]
+    assert got.shape == tuple(want.shape) == (1, 14, 84)  # 4 box + 10 classes, 64+16+4 anchors
+    assert np.abs(got - want.numpy()).max() < 1e-3 * max(1.0, float(want.abs().max()))
+
+
+def test_yolo11_checkpoint_predicts_and_exports(tmp_path):
+    model = load_yolo("yolo11n.yaml")
+    prune_yolo(model, 0.5, imgsz=IMGSZ)
+    yolo = ultralytics.YOLO(str(save_yolo(model, tmp_path / "y11.pt", half=True)))
+    assert next(yolo.model.parameters()).dtype == torch.float32  # ultralytics loads fp16 files as fp32
+    pred = yolo.predict(np.zeros((IMGSZ, IMGSZ, 3), np.uint8), imgsz=IMGSZ, verbose=False, save=False)
+    assert pred[0].boxes.data.shape[1] == 6
+    onnx_path = yolo.export(format="onnx", imgsz=IMGSZ, simplify=False, verbose=False)
+    import onnx
+
+    dims = [d.dim_value for d in onnx.load(onnx_path).graph.output[0].type.tensor_type.shape.dim]
+    assert dims == [1, 84, 84]
+
+
+def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
+    model = _digits_model()
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
+    args = dict(data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False)
+    yolo = finetune_yolo(path, epochs=1, project=str(tmp_path), name="ft", **args)
+    tuned = load_yolo(str(yolo.trainer.best))  # ultralytics' best.pt, read with the restricted loader
+    assert sum(p.numel() for p in tuned.parameters()) == res.params_after
+    assert [p.shape for p in tuned.parameters()] == [p.shape for p in model.parameters()]
+    assert not all(
+        torch.equal(a, b.half().float()) for a, b in zip(tuned.parameters(), model.parameters(), strict=True)
+    )
+
+
+def test_prunekit_checkpoint_via_ultralytics_spec(tmp_path):
+    model = load_model("ultralytics:yolov8n.yaml")
+    assert example_inputs_for("ultralytics:yolov8n.yaml").shape == (1, 3, 640, 640)
+    res = prune_yolo(model, 0.3, imgsz=IMGSZ)
+    pk_save(model, tmp_path / "ckpt", spec="ultralytics:yolov8n.yaml", plan=res.plan)
+    loaded = pk_load(tmp_path / "ckpt")
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(loaded(x)[0], model(x)[0]) and loaded.model[2].c == model.model[2].c
+    saved = save_yolo(model, tmp_path / "p.pt")
+    assert sum(p.numel() for p in load_model(f"ultralytics:{saved}").parameters()) == res.params_after
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_yolo(str(tmp_path / "missing.pt"))
+    with pytest.raises(ModelLoadError, match=r"NAME\.yaml or a local \.pt"):
+        load_model("ultralytics:yolov8n.onnx")
+    model = load_yolo("yolov8n.yaml")
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        prune_yolo(model, 0.3, imgsz=50)
+    with pytest.raises(ConfigError, match=r"end in \.pt"):
+        save_yolo(model, tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_yolo_prune_and_check(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import prunekit.cli.yolo  # noqa: F401  (registers `prunekit yolo ...` on the shared app)
+    from prunekit.cli import app
+
+    runner = CliRunner()
+    out, js = tmp_path / "pruned.pt", tmp_path / "prune.json"
+    args = ["yolo", "prune", "ultralytics:yolov8n.yaml", "--ratio", "0.3", "--imgsz", "64"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    yolo = ultralytics.YOLO(str(out))
+    assert sum(p.numel() for p in yolo.model.parameters()) == data["params_after"] < data["params_before"]
+    checked = tmp_path / "check.json"
+    result = runner.invoke(app, ["yolo", "check", "yolo11n.yaml", "--imgsz", "64", "--json", str(checked)])
+    assert result.exit_code == 0 and json.loads(checked.read_text())["ok"] is True
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "pruned.onnx")])
+    assert bad.exit_code == 2 and "must name a .pt file" in bad.output
+    assert not (tmp_path / "pruned.onnx").exists()
