@@ -162,6 +162,21 @@ def load_cli_model(
     return LoadedModel(net, example, shape, spec, [])
 
 
+def before_after_table(title: str, result: Any) -> Any:
+    """A rich table of parameters and MACs before/after a structural prune (a PruneResult-like object)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="right")
+    for what, before, after, ratio in (
+        ("params", result.params_before, result.params_after, result.params_ratio),
+        ("MACs", result.macs_before, result.macs_after, result.macs_ratio),
+    ):
+        table.add_row(what, f"{before:,}", f"{after:,}", f"{ratio:.3f}")
+    return table
+
+
 # --- helpers ------------------------------------------------------------------------------------------------
 
 

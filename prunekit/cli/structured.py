@@ -15,6 +15,7 @@ from prunekit.cli._common import (
     ModelArg,
     TrustPickleOpt,
     app,
+    before_after_table,
     console,
     load_cli_model,
     write_json,
@@ -131,14 +132,7 @@ def prune(
             f"ran recipe {recipe} ({plan_recipe.method}); wrote {out} (reload with `prunekit load {out}`)"
         )
         return
-    table = Table(title=f"prunekit prune {model}")
-    for column in ("", "before", "after", "ratio"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        "params", f"{result.params_before:,}", f"{result.params_after:,}", f"{result.params_ratio:.3f}"
-    )
-    table.add_row("MACs", f"{result.macs_before:,}", f"{result.macs_after:,}", f"{result.macs_ratio:.3f}")
-    console.print(table)
+    console.print(before_after_table(f"prunekit prune {model}", result))
     console.print(
         f"removed {result.removed_units:,} channels in {result.n_pruned_groups} of {result.n_groups} groups; "
         f"wrote {out} (reload with `prunekit load {out}`)"

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from prunekit.cli._common import JsonOpt, app, console, write_json
+from prunekit.cli._common import JsonOpt, app, before_after_table, console, write_json
 from prunekit.cli.structured import CriterionOpt, IgnoreOpt, MaxRatioOpt, RatioOpt, RoundToOpt, ScopeOpt
 
 yolo_app = typer.Typer(
@@ -69,14 +68,7 @@ def prune(
     )
     save_yolo(loaded, out, plans=result.plan, half=half)
     write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
-    table = Table(title=f"prunekit yolo prune {model}")
-    for column in ("", "before", "after", "ratio"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        "params", f"{result.params_before:,}", f"{result.params_after:,}", f"{result.params_ratio:.3f}"
-    )
-    table.add_row("MACs", f"{result.macs_before:,}", f"{result.macs_after:,}", f"{result.macs_ratio:.3f}")
-    console.print(table)
+    console.print(before_after_table(f"prunekit yolo prune {model}", result))
     console.print(
         f"wrote {out}: use it with ultralytics.YOLO({str(out)!r}); fine-tune with `prunekit yolo finetune`"
     )
