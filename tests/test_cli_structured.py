@@ -172,3 +172,15 @@ def test_hf_spec_from_a_config_file_prunes_saves_and_reloads(tmp_path):
     assert result.exit_code == 0 and json.loads(js.read_text())["output_shapes"][0] == [2, 6, 32]
     bad = invoke("check", spec, "--input-shape", "1,3,8,8")
     assert bad.exit_code == 2 and "BATCH,SEQ" in bad.output
+
+
+def test_prune_an_ultralytics_model_to_a_pt_file_writes_ultralytics_format(tmp_path):
+    ultralytics = pytest.importorskip("ultralytics")
+    out = tmp_path / "y.pt"
+    result = invoke("prune", "yolov8n.yaml", "--ratio", "0.3", "--out", out)
+    assert result.exit_code == 0, result.output
+    pruned = ultralytics.YOLO(str(out)).model
+    dense = ultralytics.YOLO("yolov8n.yaml").model
+    n_pruned, n_dense = (sum(p.numel() for p in m.parameters()) for m in (pruned, dense))
+    assert n_pruned < 0.7 * n_dense
+    assert pruned.model[-1].nc == dense.model[-1].nc  # classes untouched

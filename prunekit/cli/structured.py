@@ -47,8 +47,8 @@ def prune(
         typer.Option(
             "--out",
             metavar="DIR",
-            help="Checkpoint directory to write (safetensors weights + plan; reload with `prunekit load`).",
-            file_okay=False,
+            help="Checkpoint directory to write (safetensors + plan; `prunekit load DIR`), or FILE.pt for "
+            "an ultralytics model (ultralytics' own format, as `prunekit yolo prune`).",
             show_default=False,
         ),
     ],
@@ -93,6 +93,15 @@ def prune(
     With a --target-* option the ratio is searched so the pruned model meets the target (scope global by
     default then). With --recipe the recipe decides everything; --data then also feeds its fine-tuning.
     """
+    from prunekit.models.spec import is_ultralytics_spec
+
+    if out.suffix == ".pt" and is_ultralytics_spec(model) and recipe is None and data is None:
+        from prunekit.cli.yolo import prune as yolo_prune
+
+        return yolo_prune(
+            model, out, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore, round_to=round_to,
+            max_ratio=max_ratio, json_path=json_path,
+        )  # fmt: skip
     from prunekit.deploy import save
     from prunekit.recipe import load_recipe, run_recipe
     from prunekit.structured import prune as prune_model

@@ -305,6 +305,21 @@ def _torch_load(path: Path, *, trust_pickle: bool) -> object:
         raise ModelLoadError(f"cannot unpickle {path}: {type(err).__name__}: {_first_line(err)}") from err
 
 
+def is_ultralytics_spec(spec: str) -> bool:
+    """``ultralytics:...``, a model ``.yaml`` (ultralytics' model configs), or a ``.pt`` file whose pickle
+    needs ultralytics classes (read from the file's pickle opcodes; nothing is unpickled).
+
+    >>> is_ultralytics_spec("ultralytics:yolov8n.yaml"), is_ultralytics_spec("torchvision:resnet18")
+    (True, False)
+    """
+    path = Path(spec)
+    if spec.startswith("ultralytics:") or path.suffix in (".yaml", ".yml"):
+        return True
+    if path.suffix == ".pt" and path.is_file():
+        return any(name.split(".", 1)[0] == "ultralytics" for name in _unsafe_globals(path))
+    return False
+
+
 def _unsafe_globals(path: Path) -> list[str]:
     """Names of the Python objects a torch file would import when unpickled ([] if it cannot tell)."""
     try:
