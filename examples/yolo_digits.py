@@ -5,9 +5,10 @@ Pipeline (everything local, CPU only):
 1. ``make_digits_dataset``: scikit-learn's real 8x8 digit scans, upscaled and pasted on noisy canvases,
    YOLO txt labels, train/val split over disjoint scans, ``data.yaml``.
 2. Train ``yolov8n.yaml`` (random init, 10 classes) with ultralytics' trainer.
-3. For each ratio: ``prune_yolo`` (exact structural pruning; head outputs, classes and DFL bins kept),
-   ``save_yolo`` (an ultralytics checkpoint), then fine-tune with ultralytics' trainer through
-   ``finetune_yolo`` (keeps the pruned architecture; the stock trainer would rebuild the dense yaml model).
+3. For each ratio, two ways: ``prune_yolo(trainable=False)`` (free widths) + ``save_yolo`` (an ultralytics
+   checkpoint) + ``finetune_yolo`` (ultralytics' trainer, module kept as it is); and ``prune_yolo`` with the
+   default ``trainable=True`` (widths the checkpoint's yaml states) + ultralytics' stock
+   ``YOLO("pruned.pt").train()``, which rebuilds the pruned model from that yaml.
 4. Report mAP50-95 and mAP50 (ultralytics' validator on the val split), params, MACs, and batch-1 CPU
    latency of the fused model in PyTorch and of ultralytics' ONNX export in onnxruntime (1 thread each).
 
@@ -96,13 +97,19 @@ def run(args: argparse.Namespace) -> dict:
     dense_ckpt = Path(dense.trainer.best)
     rows = {"dense": {**measure(dense_ckpt, data, args), "train_epochs": args.epochs}}
     print(json.dumps(rows["dense"]))
-    for ratio in args.ratios:
-        tag = f"pruned{round(ratio * 100)}"
+    for ratio, trainable in ((r, t) for r in args.ratios for t in (False, True)):
+        tag = f"pruned{round(ratio * 100)} {'yaml, stock train' if trainable else 'free, finetune_yolo'}"
         model = load_yolo(str(dense_ckpt))
-        res = prune_yolo(model, ratio, imgsz=args.imgsz)
-        start = save_yolo(model, args.out / f"{tag}.pt", plans=res.plan)
+        res = prune_yolo(model, ratio, imgsz=args.imgsz, trainable=trainable)
+        name = f"{tag.split()[0]}-{'yaml' if trainable else 'free'}"
+        start = save_yolo(model, args.out / f"{name}.pt", plans=res.plan)
         no_ft = measure(start, data, args)
-        tuned = finetune_yolo(start, **_train_args(args, data, tag, args.ft_epochs))
+        ft_args = _train_args(args, data, name, args.ft_epochs)
+        if trainable:
+            tuned = YOLO(str(start))
+            tuned.train(**ft_args)  # ultralytics' own trainer, no prunekit code involved
+        else:
+            tuned = finetune_yolo(start, **ft_args)
         rows[tag] = {
             **measure(Path(tuned.trainer.best), data, args),
             "ratio": ratio,
@@ -127,7 +134,9 @@ def markdown(result: dict) -> str:
         f"Dataset: {a['n_train']} train / {a['n_val']} val images of {a['imgsz']} px, scikit-learn's real "
         "8x8 digit scans (disjoint scans for train and val) upscaled and pasted, 1-4 per image, 10 classes. "
         f"Dense yolov8n trained from scratch for {a['epochs']} epochs; each pruned model fine-tuned "
-        f"{a['ft_epochs']} epochs with ultralytics' trainer (pruned architecture kept). "
+        f"{a['ft_epochs']} epochs with ultralytics' trainer, pruned architecture kept: *free* = "
+        "`prune_yolo(trainable=False)` + `finetune_yolo`; *yaml* = `prune_yolo()` (widths the checkpoint's "
+        "yaml states) + stock `YOLO('pruned.pt').train()`. "
         "mAP from ultralytics' validator on the val split; MACs at the training size; latency: batch 1, "
         f"{a['imgsz']} px, 1 thread, median of {a['runs']} runs, Conv+BN fused (PyTorch) / ultralytics' "
         "ONNX export (onnxruntime).",

@@ -98,7 +98,7 @@ def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
     widths = [p.shape for p in attn.parameters()]
     rep = check_yolo(model, 0.5, imgsz=IMGSZ)
     assert rep.ok and "model.10.m.0.attn" in " ".join(r for p in rep.pinned for r in p["reasons"])
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
     assert [p.shape for p in attn.parameters()] == widths and attn.num_heads == 2
     assert res.params_after < 0.35 * res.params_before
 
@@ -172,6 +172,39 @@ def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
     assert not all(
         torch.equal(a, b.half().float()) for a, b in zip(tuned.parameters(), model.parameters(), strict=True)
     )
+
+
+def test_stock_ultralytics_train_rebuilds_the_pruned_model(tmp_path, digits):
+    """``YOLO("pruned.pt").train(data=...)`` with no prunekit trainer: the yaml in the checkpoint states the
+    pruned widths, so ultralytics' own get_model builds the pruned network and loads every tensor."""
+    model = _digits_model()
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    assert res.params_ratio < 0.6 and model.yaml["width_multiple"] == 1.0
+    path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
+    args = dict(data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False)
+    yolo = ultralytics.YOLO(str(path))
+    yolo.train(epochs=1, project=str(tmp_path), name="stock", **args)
+    trained = yolo.trainer.model  # the module ultralytics built and trained
+    assert [p.shape for p in trained.parameters()] == [p.shape for p in model.parameters()]
+    saved = load_yolo(str(path))  # ultralytics' get_model on it: pruned shapes, all tensors loaded
+    rebuilt = yolo.trainer.get_model(cfg=saved.yaml, weights=saved, verbose=False).state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in model.state_dict().items())
+    tuned = load_yolo(str(yolo.trainer.best))
+    assert sum(p.numel() for p in tuned.parameters()) == res.params_after
+
+
+def test_freely_pruned_model_refuses_stock_train_loudly(tmp_path, digits):
+    """Pruned with trainable=False the widths are not in the yaml: a stock train() must fail, not go dense."""
+    from prunekit.models.yolo_yaml import NOT_IN_YAML
+
+    model = _digits_model()
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
+    path = save_yolo(model, tmp_path / "free.pt", plans=res.plan)
+    yolo = ultralytics.YOLO(str(path))
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(yolo.model(x)[0], model(x)[0])  # predicts like the pruned model
+    with pytest.raises(KeyError, match=NOT_IN_YAML):
+        yolo.train(data=str(digits), epochs=1, imgsz=IMGSZ, workers=0, device="cpu", project=str(tmp_path))
 
 
 def test_prunekit_checkpoint_via_ultralytics_spec(tmp_path):

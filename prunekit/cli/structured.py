@@ -20,6 +20,7 @@ from prunekit.cli._common import (
     load_cli_model,
     write_json,
 )
+from prunekit.errors import ConfigError
 from prunekit.models.data import DATA_HELP, load_batches
 
 RatioOpt = Annotated[
@@ -98,6 +99,11 @@ def prune(
     if out.suffix == ".pt" and is_ultralytics_spec(model) and recipe is None and data is None:
         from prunekit.cli.yolo import prune as yolo_prune
 
+        if (target_macs, target_params, target_latency_ms) != (None, None, None):
+            raise ConfigError(
+                "--target-* is not supported when writing an ultralytics .pt; use --ratio, or --out DIR "
+                "for a prunekit checkpoint"
+            )
         return yolo_prune(
             model, out, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore, round_to=round_to,
             max_ratio=max_ratio, json_path=json_path,

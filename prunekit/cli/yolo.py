@@ -1,7 +1,8 @@
 """``prunekit yolo prune | check | finetune``: ultralytics checkpoints in, ultralytics checkpoints out.
 
 prunekit yolo check yolov8n.yaml --ratio 0.5 --imgsz 320
-prunekit yolo prune yolov8n.pt --ratio 0.3 --out pruned.pt      # YOLO("pruned.pt"), yolo val/predict/export
+prunekit yolo prune yolov8n.pt --ratio 0.3 --out pruned.pt      # YOLO("pruned.pt"): val/predict/export/train
+prunekit yolo prune yolov8n.pt --ratio 0.3 --free --out p.pt    # more pruning; stock `yolo train` refuses it
 prunekit yolo finetune pruned.pt --data data.yaml --epochs 10   # ultralytics' trainer, pruned arch kept
 """
 
@@ -47,9 +48,20 @@ def prune(
     half: Annotated[
         bool, typer.Option("--half", help="Store fp16 weights, like ultralytics' releases.")
     ] = False,
+    free: Annotated[
+        bool,
+        typer.Option(
+            "--free",
+            help="Prune widths model.yaml cannot state too (more pruning); stock `yolo train` then refuses "
+            "the checkpoint and `prunekit yolo finetune` trains it.",
+        ),
+    ] = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Prune MODEL's channels (head outputs, classes, DFL bins kept); write an ultralytics checkpoint."""
+    """Prune MODEL's channels (head outputs, classes, DFL bins kept); write an ultralytics checkpoint.
+
+    By default the pruned widths are written into the checkpoint's model.yaml, so ultralytics' own
+    `yolo train model=pruned.pt` / `YOLO("pruned.pt").train()` rebuilds the pruned model."""
     from prunekit.errors import ConfigError
     from prunekit.models.ultralytics import load_yolo, prune_yolo, save_yolo
 
@@ -65,13 +77,13 @@ def prune(
         ignore=ignore or None,
         round_to=round_to,
         max_ratio=max_ratio,
+        trainable=not free,
     )
     save_yolo(loaded, out, plans=result.plan, half=half)
     write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
     console.print(before_after_table(f"prunekit yolo prune {model}", result))
-    console.print(
-        f"wrote {out}: use it with ultralytics.YOLO({str(out)!r}); fine-tune with `prunekit yolo finetune`"
-    )
+    train = "`prunekit yolo finetune`" if free else "ultralytics' own train() or `prunekit yolo finetune`"
+    console.print(f"wrote {out}: use it with ultralytics.YOLO({str(out)!r}); fine-tune with {train}")
 
 
 @yolo_app.command("check")

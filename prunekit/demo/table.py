@@ -90,7 +90,7 @@ def demo_table(result: DemoResult) -> Table:
     >>> from prunekit.demo import run_demo
     >>> result = run_demo(quick=True, console=Console(quiet=True), progress=False)
     >>> [column.header for column in demo_table(result).columns]
-    ['metric', 'dense', 'sparse90']
+    ['metric', 'dense', 'sparse90', 'channels50', 'onnx', 'onnx-int8']
     """
     headers, body = _cells(result)
     table = Table(title=_title(result), caption=CAPTION)
@@ -120,7 +120,7 @@ def table_markdown(result: DemoResult) -> str:
     >>> from prunekit.demo import run_demo
     >>> result = run_demo(quick=True, console=Console(quiet=True), progress=False)
     >>> table_markdown(result).splitlines()[2]
-    '| metric | dense | sparse90 |'
+    '| metric | dense | sparse90 | channels50 | onnx | onnx-int8 |'
     """
     headers, body = _cells(result)
     lines = [

@@ -17,9 +17,10 @@ two facts the engine cannot see from one forward:
 
 :func:`save_yolo` writes ultralytics' own checkpoint format (a pickled dict with the module under ``"model"``,
 as ``YOLO.save`` and the trainer write it) plus a ``"prunekit"`` entry holding the plans as JSON, so
-``ultralytics.YOLO("pruned.pt")``, ``yolo predict/val/export`` use it unchanged. Fine-tuning with
-ultralytics' trainer needs :func:`prunekit.models.yolo_train.finetune_yolo`: the stock trainer rebuilds the
-dense model from ``model.yaml`` (see that module).
+``ultralytics.YOLO("pruned.pt")``, ``yolo predict/val/export`` use it unchanged. Ultralytics' trainer
+rebuilds every model from ``model.yaml``: :func:`prune_yolo` keeps to widths a yaml can state and writes them
+there (:mod:`prunekit.models.yolo_yaml`), so a stock ``train()`` rebuilds the pruned model;
+:func:`prunekit.models.yolo_train.finetune_yolo` trains any pruned model without a rebuild.
 
 >>> m = load_yolo("yolov8n.yaml")
 >>> res = prune_yolo(m, 0.5, imgsz=64)
@@ -44,6 +45,7 @@ from torch import nn
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
+from prunekit.models.yolo_yaml import checkpoint_yaml, trainable_plan
 from prunekit.plan import Plan
 from prunekit.structured.api import CheckReport, PruneResult, check, plan_prune
 from prunekit.structured.apply import apply
@@ -206,6 +208,7 @@ def prune_yolo(
     ignore: Iterable[str | nn.Module] | None = None,
     round_to: int | None = None,
     max_ratio: float = 0.9,
+    trainable: bool = True,
 ) -> PruneResult:
     """Prune an ultralytics model (or the model inside a ``YOLO`` object) in place; return the PruneResult.
 
@@ -214,8 +217,16 @@ def prune_yolo(
     traced example image (any multiple of 32; the pruned model runs at every size). A ``YOLO`` object's
     cached predictor is dropped so the next ``predict`` uses the pruned layers.
 
+    ``trainable=True`` keeps to widths that ``model.yaml`` can state (multiples of 8, ``round_to`` defaults
+    to 8; a few groups whose width ultralytics derives from another stay whole) and writes them into
+    ``model.yaml``, so ultralytics' stock ``train()`` rebuilds the pruned model (see
+    :mod:`prunekit.models.yolo_yaml`). ``trainable=False`` prunes freely; a stock ``train()`` then fails
+    loudly and :func:`prunekit.models.yolo_train.finetune_yolo` fine-tunes it.
+
     >>> m = load_yolo("yolov8n.yaml")
-    >>> round(prune_yolo(m, 0.5, imgsz=64).params_ratio, 2)
+    >>> round(prune_yolo(m, 0.5, imgsz=64).params_ratio, 2), m.yaml["width_multiple"]
+    (0.37, 1.0)
+    >>> round(prune_yolo(load_yolo("yolov8n.yaml"), 0.5, imgsz=64, trainable=False).params_ratio, 2)
     0.25
     """
     detector = _detector(model)
@@ -223,7 +234,9 @@ def prune_yolo(
     x = example_inputs(detector, imgsz)
     view = HeadOutputs(detector)
     t0 = time.perf_counter()
-    plan, _report = plan_prune(
+    if trainable and round_to is None:
+        round_to = 8
+    plan, report = plan_prune(
         view,
         x,
         ratio,
@@ -233,15 +246,26 @@ def prune_yolo(
         round_to=round_to,
         max_ratio=max_ratio,
     )
-    for name, attrs in _c2f_attrs(detector, plan).items():
-        plan.attrs.setdefault(name, {}).update(attrs)
-    plan.meta["ultralytics"] = {"imgsz": imgsz, "task": getattr(detector, "task", None)}
+
+    def finish(model: nn.Module, plan: Plan) -> Plan:
+        for name, attrs in _c2f_attrs(model, plan).items():
+            plan.attrs.setdefault(name, {}).update(attrs)
+        plan.meta["ultralytics"] = {"imgsz": imgsz, "task": getattr(model, "task", None)}
+        return plan
+
+    plan = finish(detector, plan)
+    kept: list[int] = []
+    if trainable:
+        plan, _yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
+    plan.meta["ultralytics"]["trainable"] = trainable
+    plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
     t1 = time.perf_counter()
     params_before, macs_before = count_params(detector).total, count_macs(view, x)
     t2 = time.perf_counter()
     apply(view, plan, x)
     t3 = time.perf_counter()
     params_after, macs_after = count_params(detector).total, count_macs(view, x)
+    detector.yaml = checkpoint_yaml(detector)
     if hasattr(model, "predictor"):
         model.predictor = None
     return PruneResult(
@@ -250,7 +274,7 @@ def prune_yolo(
         params_after,
         macs_before,
         macs_after,
-        len(_report.groups),
+        len(report.groups),
         len(plan.groups),
         plan.removed_units,
         int(plan.meta.get("target_units", 0)),
@@ -325,6 +349,7 @@ def save_yolo(
     if path.suffix != ".pt":
         raise ConfigError(f"ultralytics checkpoints end in .pt, got {path.name!r}")
     saved = sync_c2f(copy.deepcopy(detector)).eval()
+    saved.yaml = checkpoint_yaml(saved)
     saved.args = _train_args(detector)
     if hasattr(saved, "criterion"):
         saved.criterion = None

@@ -1,12 +1,12 @@
-"""Fine-tune a pruned YOLO with ultralytics' own trainer, keeping the pruned architecture.
+"""Fine-tune a pruned YOLO with ultralytics' own trainer, keeping the pruned architecture as it is.
 
-Why this module exists: ultralytics' trainers never train the module they are given. ``YOLO.train`` calls
-``trainer.get_model(cfg=model.yaml, weights=model)``, which builds a fresh model from the yaml (the *dense*
-architecture: the yaml only holds width/depth multipliers) and copies over the weights whose shapes happen to
-match (``intersect_dicts``). A pruned checkpoint therefore trains as a dense model, silently: the only trace
-is a log line like "Transferred 62/355 items from pretrained weights". The same happens for ``yolo train
-model=pruned.pt``, ``resume`` and ``pretrained=pruned.pt``. A yaml cannot express per-layer pruned widths
-(C2f bottleneck widths are not arguments), so the fix is on the trainer side:
+Ultralytics' trainers never train the module they are given. ``YOLO.train`` calls
+``trainer.get_model(cfg=model.yaml, weights=model)``, which builds a fresh model from the yaml and copies over
+the weights whose shapes match (``intersect_dicts``). :func:`prunekit.models.ultralytics.prune_yolo` (by
+default) writes the pruned widths into ``model.yaml`` (:mod:`prunekit.models.yolo_yaml`), so that rebuild *is*
+the pruned model and a stock ``train()`` just works. A model pruned with ``trainable=False`` has widths no
+yaml can state (its yaml is made to fail loudly instead of rebuilding the dense network); this module trains
+such models, or any model, without a rebuild:
 
 :func:`keep_arch_trainer` returns a subclass of the task's trainer (``DetectionTrainer``,
 ``SegmentationTrainer``, ``PoseTrainer``, ``OBBTrainer``, ``ClassificationTrainer``) whose ``get_model``

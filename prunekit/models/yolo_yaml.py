@@ -1,0 +1,262 @@
+"""Write a pruned YOLO's widths into its ``model.yaml``, so ultralytics' own trainer rebuilds it as pruned.
+
+``YOLO.train`` (and ``yolo train model=pruned.pt``) never trains the loaded module: it calls
+``DetectionModel(model.yaml, nc=...)`` and copies over the tensors whose shapes match. With the stock yaml
+that is the dense network. A yaml can, however, state most pruned widths exactly:
+
+- ``width_multiple`` and ``depth_multiple`` become 1 and ``scales`` go, so each layer's first argument is its
+  real output width (ultralytics still rounds it up to a multiple of 8: pruned widths must be multiples of 8);
+- C2f-like blocks (``C2f``, ``C3k2``, ...) get their expansion ``e`` set so that ``int(c2 * e)`` is the pruned
+  hidden width ``c``;
+- Segment heads get their proto width.
+
+Some widths ultralytics derives from others and no argument sets (SPPF's hidden width is half its input, the
+Detect head's hidden widths follow the P3 width and the class count, a bottleneck's inner width equals its
+block's hidden width). :func:`trainable_plan` therefore rebuilds the model from the derived yaml and compares
+every tensor shape with the pruned model; each group whose cut the yaml cannot reproduce is kept whole and
+the plan is rebuilt, until the yaml rebuilds the pruned model exactly. Nothing is guessed: the final check
+is the same comparison ultralytics' trainer will make.
+
+A model pruned without this (``prune_yolo(..., trainable=False)``) gets a yaml whose first layer names a
+module that does not exist (:data:`NOT_IN_YAML`), so a stock ``train()`` fails loudly instead of training the
+dense network; :func:`prunekit.models.yolo_train.finetune_yolo` trains it as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.graph.groups import GroupReport
+from prunekit.plan import Plan
+from prunekit.structured.apply import apply
+from prunekit.structured.select import build_plan
+
+NOT_IN_YAML = "PrunedWidthsNotInYaml_FineTuneWith_prunekit_yolo_finetune"
+FIRST_MODULE_KEY = "prunekit_first_module"  # where poisoned_yaml keeps the real name
+MAX_ROUNDS = 32
+
+
+def _init_names(cls: type) -> list[str]:
+    try:
+        return list(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _multipliers(yaml: dict) -> tuple[float, float]:
+    """``(depth, width)`` as ultralytics' ``parse_model`` reads them."""
+    scales = yaml.get("scales")
+    if scales:
+        scale = yaml.get("scale") or next(iter(scales))
+        depth, width, _max = scales[scale]
+        return float(depth), float(width)
+    return float(yaml.get("depth_multiple", 1.0)), float(yaml.get("width_multiple", 1.0))
+
+
+def _layer_widths(model: nn.Module, ch: int) -> dict[int, int]:
+    """Channel count of each top-level layer's output (tensor outputs only), from one small forward."""
+    widths: dict[int, int] = {}
+    hooks = []
+    for i, layer in enumerate(model.model):
+
+        def hook(_m: nn.Module, _a: Any, out: Any, i: int = i) -> None:
+            if torch.is_tensor(out) and out.dim() == 4:
+                widths[i] = int(out.shape[1])
+
+        hooks.append(layer.register_forward_hook(hook))
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, ch, 64, 64))
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    return widths
+
+
+def pruned_yaml(model: nn.Module) -> dict:
+    """A copy of ``model.yaml`` whose layer arguments state ``model``'s current (pruned) widths.
+
+    >>> from prunekit.models.ultralytics import load_yolo
+    >>> pruned_yaml(load_yolo("yolov8n.yaml"))["backbone"][0]
+    [-1, 1, 'Conv', [16, 3, 2]]
+    """
+    from ultralytics.nn.modules import Classify, Segment
+
+    yaml = copy.deepcopy(model.yaml)
+    if FIRST_MODULE_KEY in yaml:  # un-poison (see poisoned_yaml)
+        yaml["backbone"][0][2] = yaml.pop(FIRST_MODULE_KEY)
+    depth, _width = _multipliers(yaml)
+    widths = _layer_widths(model, int(yaml.get("channels", 3)))
+    for i, (spec, layer) in enumerate(zip(yaml["backbone"] + yaml["head"], model.model, strict=True)):
+        n, args = spec[1], spec[3]
+        if n > 1:
+            spec[1] = max(round(n * depth), 1)
+        names = _init_names(type(layer))
+        if names[:2] == ["c1", "c2"] and not isinstance(layer, Classify) and i in widths and args:
+            args[0] = widths[i]  # (c1, c2, ...) layers: the yaml's first argument is c2
+            c = getattr(layer, "c", None)
+            if "e" in names and hasattr(layer, "forward_split") and isinstance(c, int):
+                _set_expansion(args, names, type(layer), (c + 0.5) / widths[i])
+        if isinstance(layer, Segment) and len(args) > 2:
+            args[2] = int(layer.proto.cv1.conv.out_channels)
+    yaml.pop("scales", None)
+    yaml.pop("scale", None)
+    yaml["depth_multiple"] = yaml["width_multiple"] = 1.0
+    return yaml
+
+
+def _set_expansion(args: list, names: list[str], cls: type, e: float) -> None:
+    """Set ``e`` among a layer's yaml arguments (its ``__init__`` args minus ``c1`` and the repeat count)."""
+    yaml_names = [n for n in names if n not in ("c1", "n")]
+    pos = yaml_names.index("e")
+    params = inspect.signature(cls).parameters
+    while len(args) < pos:
+        args.append(params[yaml_names[len(args)]].default)
+    if len(args) == pos:
+        args.append(e)
+    else:
+        args[pos] = e
+
+
+class BuildError(ValueError):
+    """Ultralytics could not build a yaml; ``layer`` is the index of the layer it failed on (or None)."""
+
+    def __init__(self, err: BaseException, layer: int | None) -> None:
+        super().__init__(f"layer {layer}: {type(err).__name__}: {err}")
+        self.layer = layer
+
+
+def rebuild(model: nn.Module, yaml: dict) -> nn.Module:
+    """What ultralytics' trainer builds from ``yaml`` for this model's task and class count."""
+    from ultralytics.utils import LOGGER
+
+    head = model.model[-1]
+    nc = getattr(head, "nc", None) or yaml.get("nc")
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)  # ClassificationModel logs a summary even with verbose=False
+    try:
+        return type(model)(cfg=copy.deepcopy(yaml), ch=int(yaml.get("channels", 3)), nc=nc, verbose=False)
+    except Exception as err:  # a layer's own check (e.g. C2PSA's c1 == c2): find which layer
+        raise BuildError(err, _failing_layer(err)) from err
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _failing_layer(err: BaseException) -> int | None:
+    """The layer index ``parse_model`` was building when ``err`` was raised."""
+    tb, layer = err.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "parse_model":
+            layer = tb.tb_frame.f_locals.get("i")
+        tb = tb.tb_next
+    return layer if isinstance(layer, int) else None
+
+
+def shape_mismatches(model: nn.Module, yaml: dict) -> list[tuple[str, list[int]]]:
+    """``(tensor name, differing dims)`` between ``model`` and the model ``yaml`` builds."""
+    built = rebuild(model, yaml).state_dict()
+    ours = model.state_dict()
+    if built.keys() != ours.keys():
+        missing = sorted(set(ours) ^ set(built))[:3]
+        raise ValueError(f"the yaml builds different tensors (e.g. {missing})")
+    bad = []
+    for name, t in ours.items():
+        other = built[name]
+        if t.shape != other.shape:
+            if t.dim() != other.dim():
+                raise ValueError(f"{name}: {tuple(t.shape)} vs {tuple(other.shape)}")
+            bad.append((name, [d for d in range(t.dim()) if t.shape[d] != other.shape[d]]))
+    return bad
+
+
+def trainable_plan(
+    model: nn.Module,
+    make_view: Any,
+    x: torch.Tensor,
+    plan: Plan,
+    report: GroupReport,
+    finish: Any,
+) -> tuple[Plan, dict, list[int]]:
+    """Shrink ``plan`` until a yaml rebuilds the pruned model exactly; return it, that yaml, the kept groups.
+
+    ``make_view(model)`` gives the traced view the plan was made for and ``finish(model, plan)`` adds the plan
+    entries the engine cannot derive (C2f's ``c``). ``model`` itself is not changed.
+    """
+    removed = {g.id: list(g.removed) for g in plan.groups}
+    owner: dict[tuple[str, int], set[int]] = {}
+    for g in report.groups:
+        for m in g.members:
+            owner.setdefault((m.name, m.dim), set()).add(g.id)
+    kept: list[int] = []
+    for _ in range(MAX_ROUNDS):
+        trial_model = copy.deepcopy(model)
+        apply(make_view(trial_model), plan, x)
+        yaml = pruned_yaml(trial_model)
+        try:
+            bad = shape_mismatches(trial_model, yaml)
+        except BuildError as err:  # every tensor of the layer that could not be built
+            if err.layer is None:
+                raise
+            prefix = f"model.{err.layer}."
+            state = trial_model.state_dict()
+            bad = [(k, list(range(t.dim()))) for k, t in state.items() if k.startswith(prefix)]
+        if not bad:
+            return plan, yaml, kept
+        drop = _groups_to_keep(bad, owner, removed, trial_model)
+        if not drop:
+            raise ValueError(f"the yaml cannot reproduce {bad[0][0]} and no pruned group explains it")
+        for gid in drop:
+            removed.pop(gid)
+            kept.append(gid)
+        plan = finish(model, build_plan(report, removed, plan.meta))
+    raise ValueError(f"no yaml-expressible plan after {MAX_ROUNDS} rounds")
+
+
+def _groups_to_keep(
+    bad: list[tuple[str, list[int]]],
+    owner: dict[tuple[str, int], set[int]],
+    removed: dict[int, list[int]],
+    trial: nn.Module,
+) -> set[int]:
+    """Pruned groups to keep whole: those owning a mismatched dim; if all of those are whole already (the
+    width derives from another dim, e.g. SPPF's hidden = input / 2), the groups of the first such tensor's
+    other dims."""
+    drop: set[int] = set()
+    for name, dims in bad:
+        drop |= set().union(*(owner.get((name, d), set()) for d in dims)) & removed.keys()
+    if drop or not bad:
+        return drop
+    name = bad[0][0]  # one tensor at a time: keeping its other groups may fix the tensors after it
+    ndim = trial.state_dict()[name].dim()
+    return set().union(*(owner.get((name, d), set()) for d in range(ndim))) & removed.keys()
+
+
+def checkpoint_yaml(model: nn.Module) -> dict:
+    """The yaml to store with ``model``: its own if it still rebuilds it, else :func:`pruned_yaml` if that
+    rebuilds it exactly, else :func:`poisoned_yaml` (a stock ``train()`` then fails, not trains dense)."""
+    for candidate in (lambda: model.yaml, lambda: pruned_yaml(model)):
+        try:
+            yaml = candidate()
+            if not shape_mismatches(model, yaml):
+                return copy.deepcopy(yaml)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError):  # BuildError is a ValueError
+            continue
+    return poisoned_yaml(model.yaml)
+
+
+def poisoned_yaml(yaml: dict) -> dict:
+    """``yaml`` with its first layer renamed to :data:`NOT_IN_YAML`: building it fails with that name."""
+    out = copy.deepcopy(yaml)
+    if out["backbone"][0][2] != NOT_IN_YAML:
+        out[FIRST_MODULE_KEY] = out["backbone"][0][2]
+        out["backbone"][0][2] = NOT_IN_YAML
+    return out
