@@ -59,36 +59,52 @@ def row(name: str, model, dense_emb, sents, x, runs: int, extra: dict) -> dict:
     }
 
 
-def run(steps: int, runs: int, rounds: int) -> tuple[list[dict], dict]:
+METHODS = {  # name -> prune() arguments; the BERT pooler is never read by the mean-pooled embedding
+    "L2, local": {"criterion": "l2", "scope": "local"},
+    "activation, global": {"criterion": "activation", "scope": "global", "ignore": ["encoder.pooler"]},
+}
+
+
+def _widths(student) -> tuple[str, str]:
+    heads = [layer.attention.self.num_attention_heads for layer in student.encoder.encoder.layer]
+    ffn = [layer.intermediate.dense.out_features for layer in student.encoder.encoder.layer]
+    return (
+        "-".join(map(str, heads)) if len(set(heads)) > 1 else str(heads[0]),
+        "-".join(map(str, ffn)) if len(set(ffn)) > 1 else str(ffn[0]),
+    )
+
+
+def run(steps: int, runs: int, rounds: int, lr: float) -> tuple[list[dict], dict]:
     sents = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()]
     texts = unlabeled_text()
     dense = load_minilm()
     dense_emb = dense.embed(sents)
     x = dense.tokenize(sents[:8])  # latency input: a batch of 8 real sentences, padded
+    calib = [dense.tokenize(texts[-128:][i : i + 16]) for i in range(0, 128, 16)]  # activation statistics
     rows = [row("dense", dense, dense_emb, sents, x, runs, {})]
     for ratio in (0.3, 0.5):
-        student = copy_embedder(dense)
-        t0 = time.perf_counter()
-        prune(student, x, ratio=ratio, measure=False)
-        prune_s = time.perf_counter() - t0
-        before = fidelity(dense_emb, student.embed(sents))
-        t0 = time.perf_counter()
-        losses = distill(student, dense, texts, steps=steps, batch_size=16, lr=1e-4)
-        distill_s = time.perf_counter() - t0
-        att = student.encoder.encoder.layer[0].attention.self
-        extra = {
-            "cos_before": before.cosine_mean,
-            "spearman_before": before.spearman,
-            "heads": att.num_attention_heads,
-            "ffn": student.encoder.encoder.layer[0].intermediate.dense.out_features,
-            "prune_s": prune_s,
-            "distill_s": distill_s,
-            "loss": (losses[0], losses[-1]),
-            "config_heads": student.encoder.config.num_attention_heads,
-        }
-        rows.append(
-            row(f"structured {int(ratio * 100)}% heads+FFN", student, dense_emb, sents, x, runs, extra)
-        )
+        for method, kwargs in METHODS.items():
+            student = copy_embedder(dense)
+            t0 = time.perf_counter()
+            prune(student, x, ratio=ratio, measure=False, data=calib, **kwargs)
+            prune_s = time.perf_counter() - t0
+            before = fidelity(dense_emb, student.embed(sents))
+            t0 = time.perf_counter()
+            losses = distill(student, dense, texts, steps=steps, batch_size=16, lr=lr, layers=True)
+            distill_s = time.perf_counter() - t0
+            heads, ffn = _widths(student)
+            extra = {
+                "cos_before": before.cosine_mean,
+                "spearman_before": before.spearman,
+                "heads": heads,
+                "ffn": ffn,
+                "prune_s": prune_s,
+                "distill_s": distill_s,
+                "loss": (losses[0], losses[-1]),
+                "config_heads": student.encoder.config.num_attention_heads,
+            }
+            name = f"structured {int(ratio * 100)}% heads+FFN, {method}"
+            rows.append(row(name, student, dense_emb, sents, x, runs, extra))
     for pattern, sparsity in (("unstructured", 0.5), ("2:4", None)):
         student = copy_embedder(dense)
         sparsify(student, sparsity, pattern=pattern, include="encoder.encoder.*")
@@ -114,6 +130,7 @@ def run(steps: int, runs: int, rounds: int) -> tuple[list[dict], dict]:
         "sentences": len(sents),
         "texts": len(texts),
         "steps": steps,
+        "lr": lr,
     }
     return rows, env
 
@@ -128,14 +145,18 @@ def markdown(rows: list[dict], env: dict) -> str:
         "correlation of all pairwise similarities. Recovery: distillation from the dense model "
         "(loss 1 - cos of the "
         f"embeddings) on {env['texts']} unlabeled sentences (Python standard-library docstrings, disjoint "
-        f"from the evaluation sentences), {env['steps']} steps of 16, AdamW lr 1e-4, cosine schedule. "
+        f"from the evaluation sentences; the last 128 also give the activation statistics), "
+        f"{env['steps']} steps of 16 (several passes), AdamW lr {env['lr']:g}, cosine schedule; loss "
+        "1 - cos of the embeddings plus the MSE of every layer's output (the residual stream, unpruned). "
         f"Latency: median of {env['runs']} runs on a batch of 8 padded sentences, best of {env['rounds']} "
         "round-robin rounds over all models (the machine is shared). Structured pruning: "
-        "`prunekit.prune(ratio)` with "
-        "the default L2 criterion; heads are removed whole per layer, the 384-wide residual stream stays "
-        "(LayerNorm).",
+        "`prunekit.prune(ratio, criterion, scope)`: *L2, local* removes the same share of heads and FFN "
+        "neurons in every layer; *activation, global* ranks heads and neurons of all layers together by mean "
+        "|activation| on 128 sentences (per-layer widths differ; the plan records them). Heads are removed "
+        "whole, the 384-wide residual stream stays (LayerNorm).",
         "",
-        "| model | heads / FFN per layer | params | non-zero | MACs | latency ms | cos (no recovery) | "
+        "| model | heads / FFN per layer (layer 1-6) | params | non-zero | MACs | latency ms | "
+        "cos (no recovery) | "
         "cos after distill | min cos | Spearman (no recovery) | Spearman after distill |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -154,8 +175,8 @@ def markdown(rows: list[dict], env: dict) -> str:
     notes = [r for r in rows if "cos_before" in r]
     lines += [""] + [
         f"- {r['name']}: pruning took {r['prune_s']:.1f} s, distillation {r['distill_s']:.0f} s (loss "
-        f"{r['loss'][0]:.3f} → {r['loss'][1]:.3f}); `config.num_attention_heads` = {r['config_heads']} "
-        "(updated: every layer kept the same count)."
+        f"{r['loss'][0]:.3f} → {r['loss'][1]:.3f}); `config.num_attention_heads` = {r['config_heads']}"
+        + (" (every layer kept the same count)." if "-" not in r["heads"] else " (layers differ: unchanged).")
         for r in notes
     ]
     return "\n".join(lines)
@@ -164,6 +185,7 @@ def markdown(rows: list[dict], env: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds over all models (min is kept)")
@@ -171,7 +193,7 @@ def main() -> None:
     parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows, env = run(args.steps, args.runs, args.rounds)
+    rows, env = run(args.steps, args.runs, args.rounds, args.lr)
     text = markdown(rows, env)
     print(text)
     if not args.no_write:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.errors import ModelLoadError
+from prunekit.errors import ConfigError, ModelLoadError
 
 
 class SentenceEmbedder(nn.Module):
@@ -131,17 +131,22 @@ def distill(
     steps: int = 100,
     batch_size: int = 16,
     lr: float = 1e-4,
+    layers: bool = True,
+    layer_weight: float = 1.0,
     seed: int = 0,
 ) -> list[float]:
     """Pull ``student``'s embeddings towards ``teacher``'s on unlabeled ``texts`` (loss ``1 - cos``).
 
-    Teacher embeddings are computed once; training runs through :func:`prunekit.recover.finetune` (AdamW,
-    cosine schedule). Returns the losses.
+    With ``layers`` (default) every transformer layer's output (the residual stream, whose width pruning
+    keeps) is also matched to the teacher's with an MSE weighted by ``layer_weight`` — a signal per token and
+    per layer, far richer than one pooled vector. ``steps`` may exceed one pass over ``texts`` (batches
+    cycle). Teacher embeddings are computed once, teacher hidden states per step; training runs through
+    :func:`prunekit.recover.finetune` (AdamW, cosine schedule). Returns the losses.
     """
     from prunekit.recover.finetune import finetune
 
     tok = teacher if teacher.tokenizer is not None else student
-    texts = list(texts)[: steps * batch_size]  # one pass is enough: the rest would never be used
+    texts = list(texts)[: steps * batch_size]  # more would never be used
     batches = []
     for i in range(0, len(texts), batch_size):
         enc = tok.tokenize(texts[i : i + batch_size])
@@ -153,27 +158,71 @@ def distill(
     def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (1 - (out * target).sum(-1)).mean()
 
+    kd: dict[str, Any] = {}
+    if layers:
+        names = [n for n, m in student.named_modules() if _is_layer_output(n, m)]
+        if not names:
+            raise ConfigError("distill(layers=True): no transformer layer outputs found in the student")
+        kd = {"teacher": teacher, "kd_alpha": 0.0, "feature_kd": names, "feature_kd_weight": layer_weight}
     res = finetune(
-        student, batches, steps=steps, lr=lr, schedule="cosine", loss_fn=loss_fn, seed=seed, progress=False
+        student,
+        batches,
+        steps=steps,
+        lr=lr,
+        schedule="cosine",
+        loss_fn=loss_fn,
+        seed=seed,
+        progress=False,
+        **kd,
     )
     return list(res.losses)
+
+
+def _is_layer_output(name: str, module: nn.Module) -> bool:
+    """BERT-family layer outputs (``...layer.N.output``: dense + residual + LayerNorm)."""
+    parts = name.split(".")
+    return (
+        len(parts) >= 3
+        and parts[-1] == "output"
+        and parts[-2].isdigit()
+        and parts[-3] == "layer"
+        and (hasattr(module, "LayerNorm"))
+    )
 
 
 _DOC_MODULES = (
     "collections", "json", "argparse", "logging", "pathlib", "itertools", "functools", "email", "http.client",
     "urllib.request", "unittest", "threading", "subprocess", "asyncio", "datetime", "random", "statistics",
     "textwrap", "csv", "sqlite3", "shutil", "tempfile", "zipfile", "socket", "decimal", "fractions",
+    "os", "io", "re", "string", "typing", "inspect", "pickle", "copy", "heapq", "bisect", "calendar",
+    "contextlib", "dataclasses", "enum", "abc", "ftplib", "smtplib", "imaplib", "mailbox", "tarfile",
+    "gzip", "bz2", "lzma", "configparser", "difflib", "pprint", "queue", "sched", "selectors", "signal",
+    "ssl", "struct", "codecs", "locale", "gettext", "platform", "traceback", "warnings", "weakref",
+    "xml.dom.minidom", "xml.etree.ElementTree", "html.parser", "http.server", "urllib.parse", "wave",
+    "multiprocessing", "concurrent.futures", "operator", "numbers", "math", "cmath", "array", "pdb",
+    "doctest", "timeit", "trace", "zoneinfo", "uuid", "secrets", "hashlib", "hmac", "base64", "binascii",
 )  # fmt: skip
 
 
+def _sentences(doc: str) -> list[str]:
+    import re
+
+    out = []
+    for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+        n = len(s.split())
+        if 6 <= n <= 40 and s[0].isupper() and s.endswith(".") and not re.search(r"[>{}\[\]=_]|\(\)", s):
+            out.append(s)
+    return out
+
+
 def unlabeled_text(limit: int | None = None) -> list[str]:
-    """Real English sentences for distillation, offline: prose from Python standard-library docstrings.
+    """Real English sentences for distillation, offline: prose from the Python standard library's docstrings
+    and from its reference manual (``pydoc_data.topics``), in a fixed order, without duplicates.
 
     >>> len(unlabeled_text(50))
     50
     """
     import importlib
-    import re
 
     out: list[str] = []
     for name in _DOC_MODULES:
@@ -181,15 +230,11 @@ def unlabeled_text(limit: int | None = None) -> list[str]:
         docs = [mod.__doc__ or ""]
         docs += [o.__doc__ for o in vars(mod).values() if callable(o) and isinstance(o.__doc__, str)]
         for doc in docs:
-            for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                n = len(s.split())
-                if (
-                    6 <= n <= 40
-                    and s[0].isupper()
-                    and s.endswith(".")
-                    and not re.search(r"[>{}\[\]=_]|\(\)", s)
-                ):
-                    out.append(s)
+            out += _sentences(doc)
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        out += _sentences(topics[key])
     out = list(dict.fromkeys(out))
     return out[:limit] if limit is not None else out
 
