@@ -256,7 +256,13 @@ def prune_yolo(
     plan = finish(detector, plan)
     kept: list[int] = []
     if trainable:
-        plan, _yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
+        try:
+            plan, _yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
+        except ValueError as err:
+            raise ConfigError(
+                f"cannot state this model's pruned widths in its yaml ({err}); prune with trainable=False "
+                "(`prunekit yolo prune --free`) and fine-tune with finetune_yolo"
+            ) from err
     plan.meta["ultralytics"]["trainable"] = trainable
     plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
     t1 = time.perf_counter()
