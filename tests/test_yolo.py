@@ -161,11 +161,17 @@ def test_yolo11_checkpoint_predicts_and_exports(tmp_path):
 
 
 def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
+    """finetune_yolo on a freely pruned model, distilling from the dense checkpoint (ultralytics' own
+    feature distillation): the trained best.pt keeps exactly the pruned shapes."""
     model = _digits_model()
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    dense = save_yolo(model, tmp_path / "dense.pt")
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
     path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
     args = dict(data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False)
-    yolo = finetune_yolo(path, epochs=1, project=str(tmp_path), name="ft", **args)
+    with pytest.raises(ConfigError, match=r"existing ultralytics \.pt"):
+        finetune_yolo(path, teacher=tmp_path / "missing.pt", epochs=1, **args)
+    yolo = finetune_yolo(path, teacher=dense, epochs=1, project=str(tmp_path), name="ft", **args)
+    assert yolo.trainer.args.distill_model == str(dense) and "dis_loss" in yolo.trainer.loss_names
     tuned = load_yolo(str(yolo.trainer.best))  # ultralytics' best.pt, read with the restricted loader
     assert sum(p.numel() for p in tuned.parameters()) == res.params_after
     assert [p.shape for p in tuned.parameters()] == [p.shape for p in model.parameters()]

@@ -119,13 +119,21 @@ def finetune(
     device: Annotated[str, typer.Option("--device")] = "cpu",
     project: Annotated[str | None, typer.Option("--project", help="Runs directory (ultralytics').")] = None,
     name: Annotated[str, typer.Option("--name")] = "finetune",
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            metavar="DENSE.pt",
+            help="Distil from this (dense) ultralytics checkpoint: ultralytics' feature distillation.",
+        ),
+    ] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Fine-tune PRUNED.pt with ultralytics' own trainer, keeping the pruned architecture."""
     from prunekit.models.yolo_train import finetune_yolo
 
     args = {"data": data, "epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, "name": name}
-    yolo = finetune_yolo(model, **args, **({"project": project} if project else {}))
+    yolo = finetune_yolo(model, teacher=teacher, **args, **({"project": project} if project else {}))
     box = getattr(yolo.metrics, "box", None)
     summary = {"best": str(yolo.trainer.best), "map50_95": float(box.map) if box is not None else None}
     write_json(json_path, summary)

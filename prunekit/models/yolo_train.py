@@ -84,12 +84,16 @@ def keep_arch_trainer(task: str = "detect") -> type:
     return type(f"KeepArch{base.__name__}", (_KeepArchitecture, base), {"__module__": __name__})
 
 
-def finetune_yolo(model: Any, **train_args: Any) -> Any:  # -> ultralytics.YOLO
+def finetune_yolo(
+    model: Any, *, teacher: str | Path | None = None, **train_args: Any
+) -> Any:  # -> ultralytics.YOLO
     """Fine-tune a pruned ultralytics checkpoint (path or ``YOLO`` loaded from one) with ultralytics' trainer.
 
     ``train_args`` are ``YOLO.train`` arguments (``data``, ``epochs``, ``imgsz``, ``batch``, ``lr0``, ...).
-    Returns the ``YOLO`` object: its ``.model`` is ``best.pt`` (fine-tuned, still pruned), ``.metrics`` the
-    final validation and ``.trainer.best`` the checkpoint's path.
+    ``teacher`` (the dense model's ``.pt``) adds knowledge distillation: ultralytics' own
+    ``distill_model`` (feature distillation at the head's input levels, 1x1 projectors bridging the pruned
+    widths, weight ``dis``). Returns the ``YOLO`` object: its ``.model`` is ``best.pt`` (fine-tuned, still
+    pruned), ``.metrics`` the final validation and ``.trainer.best`` the checkpoint's path.
 
     >>> finetune_yolo("pruned.pt", data="data.yaml", epochs=3, imgsz=160)  # doctest: +SKIP
     """
@@ -98,6 +102,12 @@ def finetune_yolo(model: Any, **train_args: Any) -> Any:  # -> ultralytics.YOLO
         raise ConfigError("finetune_yolo chooses the trainer itself; call YOLO.train for a custom trainer")
     if train_args.get("pretrained") is False:
         raise ConfigError("pretrained=False would rebuild the dense model from yaml; leave it out")
+    if teacher is not None:
+        if "distill_model" in train_args:
+            raise ConfigError("give the teacher once: teacher= or distill_model=, not both")
+        if Path(teacher).suffix != ".pt" or not Path(teacher).is_file():
+            raise ConfigError(f"teacher must be an existing ultralytics .pt checkpoint, got {str(teacher)!r}")
+        train_args["distill_model"] = str(teacher)
     yolo = ultralytics.YOLO(str(model)) if isinstance(model, (str, Path)) else model
     if not getattr(yolo, "ckpt", None):
         raise ConfigError(
