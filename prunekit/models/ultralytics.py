@@ -255,9 +255,10 @@ def prune_yolo(
 
     plan = finish(detector, plan)
     kept: list[int] = []
+    yaml = None
     if trainable:
         try:
-            plan, _yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
+            plan, yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
         except ValueError as err:
             raise ConfigError(
                 f"cannot state this model's pruned widths in its yaml ({err}); prune with trainable=False "
@@ -271,7 +272,7 @@ def prune_yolo(
     apply(view, plan, x)
     t3 = time.perf_counter()
     params_after, macs_after = count_params(detector).total, count_macs(view, x)
-    detector.yaml = checkpoint_yaml(detector)
+    detector.yaml = yaml if yaml is not None else checkpoint_yaml(detector)  # what the trainer rebuilds
     if hasattr(model, "predictor"):
         model.predictor = None
     return PruneResult(
