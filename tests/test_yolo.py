@@ -146,18 +146,25 @@ def test_pruned_checkpoint_round_trips_through_ultralytics(tmp_path, digits):
     assert np.abs(got - want.numpy()).max() < 1e-3 * max(1.0, float(want.abs().max()))
 
 
-def test_yolo11_checkpoint_predicts_and_exports(tmp_path):
-    model = load_yolo("yolo11n.yaml")
+def test_yolo11_checkpoint_predicts_vals_and_exports(tmp_path, digits):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", nc=10, verbose=False).eval()
     prune_yolo(model, 0.5, imgsz=IMGSZ)
     yolo = ultralytics.YOLO(str(save_yolo(model, tmp_path / "y11.pt", half=True)))
     assert next(yolo.model.parameters()).dtype == torch.float32  # ultralytics loads fp16 files as fp32
     pred = yolo.predict(np.zeros((IMGSZ, IMGSZ, 3), np.uint8), imgsz=IMGSZ, verbose=False, save=False)
     assert pred[0].boxes.data.shape[1] == 6
+    metrics = yolo.val(
+        data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, project=str(tmp_path), verbose=False
+    )
+    assert 0.0 <= metrics.box.map <= 1.0 and len(metrics.names) == 10
     onnx_path = yolo.export(format="onnx", imgsz=IMGSZ, simplify=False, verbose=False)
     import onnx
 
     dims = [d.dim_value for d in onnx.load(onnx_path).graph.output[0].type.tensor_type.shape.dim]
-    assert dims == [1, 84, 84]
+    assert dims == [1, 14, 84]  # 4 box + 10 classes, 64 + 16 + 4 anchors
 
 
 def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
