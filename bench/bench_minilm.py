@@ -32,6 +32,7 @@ from prunekit.models.sentence import (
 )
 from prunekit.sparse import remove_masks, sparsify
 from prunekit.structured import prune
+from prunekit.structured.target import Target
 
 SENTENCES = Path(__file__).resolve().parent / "data" / "sentences.txt"
 
@@ -61,7 +62,11 @@ def row(name: str, model, dense_emb, sents, x, runs: int, extra: dict) -> dict:
 
 METHODS = {  # name -> prune() arguments; the BERT pooler is never read by the mean-pooled embedding
     "L2, local": {"criterion": "l2", "scope": "local"},
-    "activation, global": {"criterion": "activation", "scope": "global", "ignore": ["encoder.pooler"]},
+    "activation, global, same MACs": {
+        "criterion": "activation",
+        "scope": "global",
+        "ignore": ["encoder.pooler"],
+    },
 }
 
 
@@ -82,11 +87,17 @@ def run(steps: int, runs: int, rounds: int, lr: float) -> tuple[list[dict], dict
     x = dense.tokenize(sents[:8])  # latency input: a batch of 8 real sentences, padded
     calib = [dense.tokenize(texts[-128:][i : i + 16]) for i in range(0, 128, 16)]  # activation statistics
     rows = [row("dense", dense, dense_emb, sents, x, runs, {})]
+    dense_macs = count_macs(dense, x)
     for ratio in (0.3, 0.5):
+        macs_kept = None
         for method, kwargs in METHODS.items():
             student = copy_embedder(dense)
             t0 = time.perf_counter()
-            prune(student, x, ratio=ratio, measure=False, data=calib, **kwargs)
+            if macs_kept is None:  # L2/local at this ratio sets the MACs budget
+                prune(student, x, ratio=ratio, measure=False, data=calib, **kwargs)
+                macs_kept = count_macs(student, x) / dense_macs
+            else:  # the same MACs, allocated by the global activation ranking
+                prune(student, x, target=Target(macs=macs_kept), data=calib, **kwargs)
             prune_s = time.perf_counter() - t0
             before = fidelity(dense_emb, student.embed(sents))
             t0 = time.perf_counter()
@@ -143,17 +154,17 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"thread(s). Fidelity = embeddings of the pruned model vs the dense model on the {env['sentences']} "
         "sentences of `bench/data/sentences.txt`: mean / min cosine per sentence, and Spearman "
         "correlation of all pairwise similarities. Recovery: distillation from the dense model "
-        "(loss 1 - cos of the "
-        f"embeddings) on {env['texts']} unlabeled sentences (Python standard-library docstrings, disjoint "
-        f"from the evaluation sentences; the last 128 also give the activation statistics), "
+        f"on {env['texts']} unlabeled sentences (Python standard-library docstrings and reference manual, "
+        "disjoint from the evaluation sentences; the last 128 also give the activation statistics), "
         f"{env['steps']} steps of 16 (several passes), AdamW lr {env['lr']:g}, cosine schedule; loss "
         "1 - cos of the embeddings plus the MSE of every layer's output (the residual stream, unpruned). "
         f"Latency: median of {env['runs']} runs on a batch of 8 padded sentences, best of {env['rounds']} "
         "round-robin rounds over all models (the machine is shared). Structured pruning: "
         "`prunekit.prune(ratio, criterion, scope)`: *L2, local* removes the same share of heads and FFN "
-        "neurons in every layer; *activation, global* ranks heads and neurons of all layers together by mean "
-        "|activation| on 128 sentences (per-layer widths differ; the plan records them). Heads are removed "
-        "whole, the 384-wide residual stream stays (LayerNorm).",
+        "neurons in every layer; *activation, global, same MACs* ranks heads and neurons of all layers "
+        "together by mean |activation| on 128 sentences and prunes to the MACs the L2/local row kept "
+        "(`Target(macs=...)`; per-layer widths differ, the plan records them). Heads are removed whole, the "
+        "384-wide residual stream stays (LayerNorm).",
         "",
         "| model | heads / FFN per layer (layer 1-6) | params | non-zero | MACs | latency ms | "
         "cos (no recovery) | "
