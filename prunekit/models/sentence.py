@@ -160,10 +160,12 @@ def distill(
 
     kd: dict[str, Any] = {}
     if layers:
-        names = [n for n, m in student.named_modules() if _is_layer_output(n, m)]
-        if not names:
-            raise ConfigError("distill(layers=True): no transformer layer outputs found in the student")
-        kd = {"teacher": teacher, "kd_alpha": 0.0, "feature_kd": names, "feature_kd_weight": layer_weight}
+        kd = {
+            "teacher": teacher,
+            "kd_alpha": 0.0,
+            "feature_kd": _layer_outputs(student),
+            "feature_kd_weight": layer_weight,
+        }
     res = finetune(
         student,
         batches,
@@ -178,16 +180,16 @@ def distill(
     return list(res.losses)
 
 
-def _is_layer_output(name: str, module: nn.Module) -> bool:
-    """BERT-family layer outputs (``...layer.N.output``: dense + residual + LayerNorm)."""
-    parts = name.split(".")
-    return (
-        len(parts) >= 3
-        and parts[-1] == "output"
-        and parts[-2].isdigit()
-        and parts[-3] == "layer"
-        and (hasattr(module, "LayerNorm"))
-    )
+def _layer_outputs(embedder: SentenceEmbedder) -> list[str]:
+    """Names of a BERT-family encoder's layer outputs (``encoder.encoder.layer.N.output``: dense + residual
+    + LayerNorm, i.e. the residual stream after each layer)."""
+    stack = getattr(getattr(embedder.encoder, "encoder", None), "layer", None)
+    if not isinstance(stack, nn.ModuleList) or not all(hasattr(layer, "output") for layer in stack):
+        raise ConfigError(
+            "distill(layers=True) matches BERT-style layer outputs (encoder.encoder.layer[i].output); "
+            "this encoder has none: pass layers=False"
+        )
+    return [f"encoder.encoder.layer.{i}.output" for i in range(len(stack))]
 
 
 _DOC_MODULES = (
