@@ -239,3 +239,22 @@ def test_unknown_op_is_pinned_and_reported_by_name() -> None:
     assert (net.a.out_channels, net.b.in_channels) == (8, 8)
     assert (net.b.out_channels, net.mid.in_channels, net.mid.out_channels) == (4, 4, 6)
     assert net(x).shape == (2, 4)
+
+
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+    data=st.data(),
+)
+@settings(max_examples=60, deadline=None)
+def test_cut_equals_a_plain_gather_on_every_dim_combination(shape, data) -> None:
+    """``_cut`` (row-blocked along dim 1) gives exactly what index_select along each dim gives."""
+    t = torch.randn(*shape)
+    dims = {}
+    for d in data.draw(st.sets(st.integers(0, len(shape) - 1), min_size=1)):
+        if shape[d] > 1:
+            dims[d] = sorted(data.draw(st.sets(st.integers(0, shape[d] - 1), max_size=shape[d] - 1)))
+    want = t
+    for d in sorted(dims):
+        keep = [i for i in range(shape[d]) if i not in dims[d]]
+        want = want.index_select(d, torch.tensor(keep, dtype=torch.long))
+    assert torch.equal(apply_mod._cut(t, dims), want)
