@@ -164,3 +164,27 @@ def test_trace_handles_dict_inputs_and_tuple_outputs_and_records_output_shapes()
     tr = trace(Multi(), {"x": torch.randn(2, 3), "scale": torch.tensor(2.0)})
     assert tr.output_shapes == [[2, 2], [2]]
     assert tr.rule_errors == []
+
+
+def test_functional_depthwise_conv_with_a_number_for_groups_is_pinned_not_broken():
+    """timm's BlurPool: ``F.conv2d(x, buffer, groups=self.channels)``. No module attribute carries that
+    ``groups``, so cutting the channels would break the forward: they are pinned, with the reason, and the
+    rest of the network still prunes exactly."""
+    from prunekit.structured import check
+
+    class Blur(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.c = c
+            self.register_buffer("filt", torch.ones(c, 1, 3, 3) / 9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, self.filt, padding=1, groups=self.c)
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), Blur(16), nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+    )
+    rep = check(model, torch.randn(1, 3, 16, 16), 0.5)
+    reasons = " ".join(r for p in rep.pinned for r in p["reasons"])
+    assert rep.ok and "functional depthwise conv (groups=16" in reasons
+    assert rep.macs_ratio < 0.9  # the 8 channels between the last two convs are still cut

@@ -129,6 +129,8 @@ def conv(tr: Tracer, func, args, kwargs, out) -> None:
     elif ipg == 1:  # depthwise (with multiplier): input channel k feeds outputs k*opg .. k*opg+opg-1
         tr.link(xc.view(g, 1).expand(g, opg), wo.view(g, opg))
         tr.note(wo, f"{tr.where()}: depthwise conv (groups={g}) removes whole groups")
+        if _module_of(tr, w, nn.modules.conv._ConvNd) is None:  # groups is a Python int nothing updates
+            tr.pin(wo, f"functional depthwise conv (groups={g} passed as a number) cannot change its width")
     else:  # grouped: the same offsets go in every group, `groups` stays
         tr.link(xc.view(g, ipg), wi.view(1, ipg))
         tr.unite(wo.view(g, opg).t().contiguous(), "grouped conv")
