@@ -374,3 +374,22 @@ def test_analyze_without_latency_and_validation_first():
     with pytest.raises(ConfigError, match="eval_fn"):
         analyze(model, torch.zeros(3, 10), eval_fn=0.9)
     assert calls == []
+
+
+def test_count_macs_with_a_parameter_passed_straight_into_a_module():
+    """CaiT/PiT pass a view of the class token into a block; made under no_grad, that view requires grad but
+    has no autograd history, and torch's module tracker asserts on it unless no parameter requires grad
+    during the count. The flags come back afterwards."""
+
+    class TokenIn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls = nn.Parameter(torch.zeros(1, 1, 8))
+            self.block = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(self.cls.expand(x.shape[0], -1, -1)) + self.block(x)
+
+    model = TokenIn()
+    assert count_macs(model, torch.zeros(2, 3, 8)) == 2 * 8 * 8 + 2 * 3 * 8 * 8
+    assert all(p.requires_grad for p in model.parameters())

@@ -38,15 +38,25 @@ def _flop_counter() -> FlopCounterMode:
 
 
 def _count(model: nn.Module, example_inputs: ExampleInputs, counter: FlopCounterMode) -> None:
-    """One forward under ``counter``: eval mode, no_grad, fused attention fast path and oneDNN off."""
+    """One forward under ``counter``: eval mode, no_grad, fused attention fast path and oneDNN off.
+
+    Parameters stop requiring grad meanwhile: the counter's module tracker hooks the autograd graph of every
+    module input that requires grad, and asserts on a leaf one (a class token passed straight into a block,
+    as in CaiT and PiT); the flags are restored afterwards.
+    """
     fastpath = torch.backends.mha.get_fastpath_enabled()
     mkldnn = torch.backends.mkldnn.enabled
+    needs_grad = [p for p in model.parameters() if p.requires_grad]
     torch.backends.mha.set_fastpath_enabled(False)
     torch.backends.mkldnn.enabled = False
     try:
+        for p in needs_grad:
+            p.requires_grad_(False)
         with eval_mode(model), torch.no_grad(), counter:
             call_model(model, example_inputs)
     finally:
+        for p in needs_grad:
+            p.requires_grad_(True)
         torch.backends.mha.set_fastpath_enabled(fastpath)
         torch.backends.mkldnn.enabled = mkldnn
 
