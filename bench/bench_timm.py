@@ -59,16 +59,6 @@ SAMPLE = [
 
 # diagnosed causes of the failures seen (printed next to the raw error)
 EXPLAIN = {
-    "tresnet_m": "its anti-aliasing BlurPool runs `F.conv2d(x, self.filt, groups=self.channels)`: "
-    "a functional "
-    "depthwise conv whose filter is a buffer and whose `groups` is a Python int; the engine cuts the buffer "
-    "but no module attribute carries `groups`, so the verification forward fails and the model is restored "
-    "(engine gap: such a conv should pin its channels)",
-    "cait_xxs24_224": "not a pruning failure: MAC counting (`torch.utils.flop_counter`'s module "
-    "tracker, used by "
-    "`check` for the MACs ratio) raises on the class-token parameter passed straight into a block",
-    "pit_ti_224": "same as cait: the MAC counter's module tracker raises on the class token passed into a "
-    "module; pruning itself is not reached",
     "nextvit_small": "`EfficientAttention` reshapes its output with `C` read from its input's shape; "
     "the heads "
     "are pinned for that reason, but the input channels (a BatchNorm'd stream) are still pruned, so `C` no "
