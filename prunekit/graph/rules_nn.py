@@ -124,12 +124,13 @@ def conv(tr: Tracer, func, args, kwargs, out) -> None:
     wo, wi = tr.vec(w, 0), tr.vec(w, 1)
     n_out, ipg = w.shape[0], w.shape[1]
     opg = n_out // g
+    own = _module_of(tr, w, nn.modules.conv._ConvNd)
     if g == 1:
         tr.link(xc, wi)
     elif ipg == 1:  # depthwise (with multiplier): input channel k feeds outputs k*opg .. k*opg+opg-1
         tr.link(xc.view(g, 1).expand(g, opg), wo.view(g, opg))
         tr.note(wo, f"{tr.where()}: depthwise conv (groups={g}) removes whole groups")
-        if _module_of(tr, w, nn.modules.conv._ConvNd) is None:  # groups is a Python int nothing updates
+        if own is None:  # a functional call: `groups` is a Python int no plan can update
             tr.pin(wo, f"functional depthwise conv (groups={g} passed as a number) cannot change its width")
     else:  # grouped: the same offsets go in every group, `groups` stays
         tr.link(xc.view(g, ipg), wi.view(1, ipg))
@@ -138,7 +139,6 @@ def conv(tr: Tracer, func, args, kwargs, out) -> None:
         tr.note(xc, f"{tr.where()}: grouped conv (groups={g}) removes the same offsets in every group")
     if isinstance(b, torch.Tensor):
         tr.link(wo, tr.vec(b, 0))
-    own = _module_of(tr, w, nn.modules.conv._ConvNd)
     if own is not None and not own[1].transposed:
         tr.attr(own[0], own[1], "in_channels", xc)
         tr.attr(own[0], own[1], "out_channels", wo)
