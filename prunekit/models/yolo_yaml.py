@@ -14,8 +14,8 @@ Some widths ultralytics derives from others and no argument sets (SPPF's hidden 
 Detect head's hidden widths follow the P3 width and the class count, a bottleneck's inner width equals its
 block's hidden width). :func:`trainable_plan` therefore rebuilds the model from the derived yaml and compares
 every tensor shape with the pruned model; each group whose cut the yaml cannot reproduce is kept whole and
-the plan is rebuilt, until the yaml rebuilds the pruned model exactly. Nothing is guessed: the final check
-is the same comparison ultralytics' trainer will make.
+the plan is rebuilt, until the yaml rebuilds the pruned model exactly. Nothing is guessed: the check builds
+the model the way ultralytics' trainer will (same class, class count and channels).
 
 A model pruned without this (``prune_yolo(..., trainable=False)``) gets a yaml whose first layer names a
 module that does not exist (:data:`NOT_IN_YAML`), so a stock ``train()`` fails loudly instead of training the
