@@ -93,7 +93,7 @@ def _shape_kept(model: torch.nn.Module, x: torch.Tensor, shape: torch.Size) -> s
     return "ok" if out.shape == shape else f"output shape {tuple(out.shape)} != {tuple(shape)}"
 
 
-def run_prunekit(name: str, size: int) -> dict:
+def run_prunekit(name: str, size: int, memory: bool = True) -> dict:
     from prunekit.structured.api import plan_prune
     from prunekit.structured.apply import apply
 
@@ -107,7 +107,7 @@ def run_prunekit(name: str, size: int) -> dict:
     apply(model, plan, x)
     sec = time.perf_counter() - t0
     extra = None
-    if name in BIG:  # memory in a separate, untimed run: the sampling thread would disturb the timing
+    if memory and name in BIG:  # memory in a separate, untimed run (a sampling thread disturbs timing)
         model, x = _build(name, size)
         with PeakRSS() as mem:
             plan, _ = plan_prune(model, x, ratio=0.5, criterion="l2")
@@ -187,7 +187,7 @@ def worker(name: str, size: int, threads: int, tp_timeout: int, tools: str) -> N
 
         net, x = _tiny()
         prune(net, x, ratio=0.5, measure=False)  # warm-up: lazy imports and first-call costs, untimed
-        row["pk"] = run_prunekit(name, size)
+        row["pk"] = run_prunekit(name, size, memory="nomem" not in tools)
     if "tp" in tools:
         import torch_pruning as tp
 
@@ -333,6 +333,20 @@ def render(rows: list[dict], lat: list[dict], args: argparse.Namespace, load: tu
         )
         kept = f"{pk['params_ratio']:.2f}" if pk and pk.get("status") == "ok" else "—"
         lines.append(f"| {r['model']} | {_fmt_s(pk)} | {_fmt_s(tpr)} | {ratio} | {kept} |")
+    if getattr(args, "big", None):
+        lines += [
+            "",
+            "### The largest models on both cores (prunekit alone, "
+            f"`torch.set_num_threads({args.big_threads})`, {args.big_repeats} runs, each in a fresh "
+            "subprocess)",
+            "",
+            "| model | seconds per run | max |",
+            "|---|---|---:|",
+        ]
+        for r in args.big:
+            secs = [s for s in r["seconds"] if s is not None]
+            shown = ", ".join(f"{s:.2f}" for s in secs) or "failed"
+            lines.append(f"| {r['model']} | {shown} | {max(secs) if secs else float('nan'):.2f} |")
     big = [r for r in ok_pk if r["pk"].get("extra_mb") is not None]
     if big:
         lines += [
@@ -376,9 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tp-timeout", type=int, default=60)
     ap.add_argument("--models", default="", help="comma-separated subset (default: the whole zoo)")
-    ap.add_argument("--tools", default="pk,tp")
+    ap.add_argument("--tools", default="pk,tp", help="pk, tp; nomem skips the memory run")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--latency-threads", default="1,2", help="thread counts for the latency table")
+    ap.add_argument(
+        "--big-threads",
+        type=int,
+        default=2,
+        help="also time prunekit alone on the largest models with this many threads (0: skip)",
+    )
+    ap.add_argument("--big-repeats", type=int, default=3)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--rows", help="reuse zoo rows from this JSON file instead of running the zoo")
@@ -400,6 +421,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = zoo(models, args.size, args.threads, args.tp_timeout, args.tools)
         Path("/tmp/bench_structured_rows.json").write_text(json.dumps(rows))
+    big = []
+    if args.big_threads:
+        for name in [m for m in BIG[:2] if m in models]:
+            runs = [
+                zoo([name], args.size, args.big_threads, args.tp_timeout, "pk,nomem")[0]
+                for _ in range(args.big_repeats)
+            ]
+            big.append({"model": name, "seconds": [r["pk"].get("seconds") for r in runs]})
+    args.big = big
     threads = [int(t) for t in args.latency_threads.split(",")]
     lat = [] if args.no_latency else latency_rows((0.3, 0.5, 0.7), threads, args.runs)
     text = render(rows, lat, args, load)

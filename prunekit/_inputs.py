@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -36,3 +37,52 @@ def batch_size_of(example_inputs: ExampleInputs) -> int:
         if isinstance(value, torch.Tensor) and value.dim():
             return int(value.shape[0])
     return 1
+
+
+@contextlib.contextmanager
+def eval_scope(model: nn.Module, stack: list[str] | None = None) -> Iterator[None]:
+    """``model`` in eval mode without grad for the block; every module's training flag is restored after.
+
+    With ``stack``, the block also keeps ``stack[-1]`` = the qualified name of the module of ``model`` whose
+    forward is running (``""`` for the model itself), through process-wide module hooks that ignore every
+    other module: one hook pair instead of two hooks registered and removed on each module.
+
+    >>> net, names = nn.Sequential(nn.Linear(2, 2)), []
+    >>> seen = []
+    >>> with eval_scope(net, names):
+    ...     _ = net[0].register_forward_pre_hook(lambda *a: seen.append(names[-1]))
+    ...     _ = net(torch.zeros(1, 2))
+    >>> seen, net.training
+    (['0'], True)
+    """
+    named = list(model.named_modules())
+    flags = [(m, m.training) for _, m in named]
+    handles = []
+    if stack is not None:
+        name_of = {id(m): n for n, m in named}
+        depth = len(stack)
+
+        def enter(module: nn.Module, args: Any) -> None:
+            name = name_of.get(id(module))
+            if name is not None:
+                stack.append(name)
+
+        def leave(module: nn.Module, args: Any, output: Any) -> None:
+            if id(module) in name_of and len(stack) > depth:
+                stack.pop()
+
+        handles = [
+            torch.nn.modules.module.register_module_forward_pre_hook(enter),
+            torch.nn.modules.module.register_module_forward_hook(leave),
+        ]
+    if any(flag for _, flag in flags):
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            if m.training != flag:
+                m.training = flag

@@ -51,6 +51,25 @@ class ViewAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim))
 
 
+class WidthFromInputAttention(nn.Module):
+    """NextViT's ``E_MHSA``: merges the heads back to ``C``, a Python int read from its input's shape."""
+
+    def __init__(self, dim: int = 16, head_dim: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = dim // head_dim, head_dim
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = (
+            f(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            for f in (self.q, self.k, self.v)
+        )
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+
 def mha_block_factory() -> nn.Module:
     torch.manual_seed(0)
     return MHABlock()
@@ -125,3 +144,15 @@ def test_pruned_multihead_attention_checkpoint_round_trip(tmp_path):
     back = load(tmp_path / "ck")
     assert type(back.att) is PrunedMultiheadAttention and back.att.num_heads == 2
     assert torch.equal(back(x), model(x))
+
+
+def test_width_read_from_another_tensors_shape_pins_that_tensor():
+    # the heads are pinned (merged into a plain int); `c` is the input's width, so the input stream must keep
+    # its width too, or reshape(b, n, c) breaks after the cut; the projection's output stays prunable
+    model = randomize(nn.Sequential(nn.Linear(5, 16), WidthFromInputAttention(), nn.ReLU(), nn.Linear(16, 2)))
+    x = torch.randn(2, 6, 5)
+    rep = assert_exact(model.eval(), x, 0.5)
+    assert "0.weight" not in rep.plan.removals and "1.q.weight" not in rep.plan.removals
+    assert rep.plan.removals["1.proj.weight"] == {0: rep.plan.removals["3.weight"][1]}
+    reasons = [r for g in ps.groups(model, x).pinned_groups for r in g.reasons]
+    assert any("read as a Python int" in r for r in reasons), reasons

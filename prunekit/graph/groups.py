@@ -165,36 +165,65 @@ def _dense_ids(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _links_and_pins(tr: Tracer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All links and pins of the trace, vectorised: (edge ends a, b) and (pinned slot, reason id).
+
+    A link pairs slots position by position: two different slots make an edge; a slot facing 'no slot'
+    (-1) is pinned with the link's reason; two -1s or a slot facing itself mean nothing.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    if tr.links:
+        a = torch.cat([lk[0] for lk in tr.links]).numpy()
+        b = torch.cat([lk[1] for lk in tr.links]).numpy()
+        why = np.repeat([lk[2] for lk in tr.links], [len(lk[0]) for lk in tr.links])
+    else:
+        a = b = why = empty
+    ga, gb = a >= 0, b >= 0
+    both = ga & gb & (a != b)
+    one = ga ^ gb
+    link_pins = np.where(ga, a, b)[one]
+    if tr.pins:
+        p = torch.cat([pn[0] for pn in tr.pins]).numpy()
+        p_why = np.repeat([pn[1] for pn in tr.pins], [len(pn[0]) for pn in tr.pins])
+        keep = p >= 0
+        p, p_why = p[keep], p_why[keep]
+    else:
+        p = p_why = empty
+    return a[both], b[both], np.concatenate([p, link_pins]), np.concatenate([p_why, why[one]])
+
+
+def _first_reasons(group: np.ndarray, reason: np.ndarray, texts: list[str], most: int = 6) -> dict:
+    """group id -> up to ``most`` distinct reason texts, by reason id (the order they were first recorded)."""
+    if not len(group):
+        return {}
+    key = np.unique(group.astype(np.int64) * len(texts) + reason)
+    out: dict[int, list[str]] = {}
+    for g, r in zip((key // len(texts)).tolist(), (key % len(texts)).tolist(), strict=True):
+        lst = out.setdefault(g, [])
+        if len(lst) < most:
+            lst.append(texts[r])
+    return out
+
+
 def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> GroupReport:
     """Connected components of the traced slot graph, as a :class:`GroupReport`."""
     n = tr.n_slots
     if n == 0:
         return GroupReport([], tr.attrs, tr.output_shapes, {}, tr.n_calls, tr.rule_errors)
-    if tr.edges:
-        a = torch.cat([e[0] for e in tr.edges]).numpy()
-        b = torch.cat([e[1] for e in tr.edges]).numpy()
-    else:
-        a = b = np.zeros(0, dtype=np.int64)
+    a, b, pin_slots, pin_reason = _links_and_pins(tr)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
     n_comp, comp = connected_components(graph, directed=False)
-    # pins
-    pinned = np.zeros(n_comp, dtype=bool)
-    comp_reasons: dict[int, list[str]] = {}
-    for slots, why in tr.pins:
-        cs = np.unique(comp[slots.numpy()])
-        pinned[cs] = True
-        for c in cs[:64]:
-            lst = comp_reasons.setdefault(int(c), [])
-            if len(lst) < 4 and why not in lst:
-                lst.append(why)
     ranges: list[SlotRange] = tr.ranges
-    for prefix in ignore_prefixes or []:
-        for r in ranges:
-            if _in_module(r.name, prefix):
-                cs = np.unique(comp[r.start : r.start + r.size])
-                pinned[cs] = True
-                for c in cs:
-                    comp_reasons.setdefault(int(c), []).insert(0, f"ignored by user ({prefix or '<model>'})")
+    user = [f"ignored by user ({prefix or '<model>'})" for prefix in ignore_prefixes or []]
+    reason_texts = user + tr.reasons  # reasons sort by id: the user's choices first, then trace order
+    pin_reason = pin_reason + len(user)
+    for i, prefix in enumerate(ignore_prefixes or []):
+        ignored = [np.arange(r.start, r.start + r.size) for r in ranges if _in_module(r.name, prefix)]
+        if ignored:
+            pin_slots = np.concatenate([*ignored, pin_slots])
+            pin_reason = np.concatenate([np.full(len(pin_slots) - len(pin_reason), i), pin_reason])
+    pinned = np.zeros(n_comp, dtype=bool)
+    pinned[comp[pin_slots]] = True
     # groups: units with the same set of member dims (their "signature") form one group
     n_ranges = len(ranges)
     range_of_slot = np.repeat(np.arange(n_ranges), [r.size for r in ranges])
@@ -222,21 +251,18 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
     slot_group = comp_group[comp]
     slot_unit = unit_of_comp[comp]
     members_of: dict[int, list[Member]] = {g: [] for g in range(n_groups)}
-    for r in ranges:
-        sg = slot_group[r.start : r.start + r.size]
-        su = slot_unit[r.start : r.start + r.size]
-        if sg[0] == sg.min() == sg.max():  # the common case: the whole dim is in one group
-            members_of[int(sg[0])].append(Member(r.name, r.dim, r.size, r.kind, su, np.arange(r.size)))
-            continue
-        for g in np.unique(sg):
-            idx = np.nonzero(sg == g)[0]
-            members_of[int(g)].append(Member(r.name, r.dim, r.size, r.kind, su[idx], idx))
-    reasons_of: dict[int, list[str]] = {}
-    for c, whys in comp_reasons.items():
-        lst = reasons_of.setdefault(int(comp_group[c]), [])
-        for why in whys:
-            if why not in lst and len(lst) < 6:
-                lst.append(why)
+    # one member per (range, group): sort the slots by that pair (stable: slot order kept inside a segment;
+    # slots are numbered range after range, so the input is nearly sorted already)
+    seg = range_of_slot * n_groups + slot_group
+    order = np.argsort(seg, kind="stable")
+    seg = seg[order]
+    starts_at = np.flatnonzero(np.concatenate([[True], seg[1:] != seg[:-1]])).tolist()
+    for s, e in zip(starts_at, [*starts_at[1:], n], strict=True):
+        sl = order[s:e]
+        r = ranges[int(range_of_slot[sl[0]])]
+        index = np.arange(r.size) if e - s == r.size else sl - r.start
+        members_of[int(slot_group[sl[0]])].append(Member(r.name, r.dim, r.size, r.kind, slot_unit[sl], index))
+    reasons_of = _first_reasons(slot_group[pin_slots], pin_reason, reason_texts)
     notes_of: dict[int, list[str]] = {}
     for slots, text in tr.notes:
         lst = notes_of.setdefault(int(comp_group[comp[int(slots[0])]]), [])
@@ -272,7 +298,5 @@ def build_groups(
     prefixes = _module_prefixes(model, ignore)
     tr = trace(model, example_inputs)
     report = groups_from_trace(tr, prefixes)
-    state = dict(model.named_parameters(remove_duplicate=False))
-    state.update(dict(model.named_buffers(remove_duplicate=False)))
-    report.signature = {m.name: list(state[m.name].shape) for g in report.groups for m in g.members}
+    report.signature = {m.name: tr.shapes[m.name] for g in report.groups for m in g.members}
     return report

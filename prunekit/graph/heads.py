@@ -45,22 +45,9 @@ def current_module(tr: Tracer) -> tuple[str, nn.Module]:
     return name, tr.model.get_submodule(name)
 
 
-def _config_owner(tr: Tracer) -> tuple[str, nn.Module] | None:
-    """The outermost module holding a ``config`` object (a Hugging Face model, maybe inside a wrapper)."""
-    if "_config_owner" not in tr.__dict__:
-        found = None
-        for name, module in tr.model.named_modules():
-            cfg = getattr(module, "config", None)
-            if cfg is not None and not isinstance(cfg, (int, float, str, dict, list, tuple)):
-                found = (name, module)
-                break
-        tr.__dict__["_config_owner"] = found
-    return tr.__dict__["_config_owner"]
-
-
 def record_config(tr: Tracer, fields: tuple[str, ...], slots: torch.Tensor, old: int) -> None:
     """Record the model config's ``<field>`` (== ``old``) as following the kept count of ``slots``."""
-    owner = _config_owner(tr)
+    owner = tr.config_owner
     if owner is None:
         return
     for field in fields:
@@ -129,18 +116,23 @@ def pin_fixed_merge(tr: Tracer, label: torch.Tensor, s_in: list[int], s_out: lis
     """In an attention module, merging heads back to a width given as a Python int pins them.
 
     ``out.reshape(B, N, D)`` with ``D`` read from the (unchanged) input width would break once heads go;
-    ``reshape(B, N, -1)`` and ``reshape(B, N, self.attn_dim)`` (an updated attribute) are fine.
+    ``reshape(B, N, -1)`` and ``reshape(B, N, self.attn_dim)`` (an updated attribute) are fine. A tensor
+    dim of the same size read inside this module (``B, N, D = x.shape``) is pinned too: ``D`` may be its
+    width, which must then stay equal to the (now fixed) merged width.
     """
     if label.numel() == 1 or len(s_out) >= len(s_in):  # no slots, or nothing merged: the common cases
         return
-    _, module = current_module(tr)
+    mname, module = current_module(tr)
     if not any(_int_attr(module, name) is not None for name in HEAD_ATTRS):
         return
     inner = {_int_attr(module, name) for name in INNER_ATTRS} - {None}
     for bi, bo in _blocks(s_in, s_out) or []:
         merged = len(bi) > 1 and len(bo) == 1 and any(label.shape[d] > 1 for d in bi)
         if merged and req[bo[0]] is not None and req[bo[0]] != -1 and req[bo[0]] not in inner:
-            tr.pin(label, "heads merged into a width given as a Python int (not -1 or an attribute)")
+            why = "heads merged into a width given as a Python int (not -1 or an attribute)"
+            tr.pin(label, why)
+            for slots in tr.shape_reads.get((mname, req[bo[0]]), []):
+                tr.pin(slots, f"its width was read as a Python int and used where {why}")
 
 
 def heads_dim(tr: Tracer, requested: list[int | None], block: list[int]) -> int | None:

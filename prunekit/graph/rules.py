@@ -56,6 +56,8 @@ def arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> An
 
 
 def outs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
     return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 

@@ -324,4 +324,29 @@ def iterate(tr: Tracer, func, args, kwargs, out) -> None:
         tr.pin(L, "iterating over a dim that carries channel slots")
 
 
-NO_OUTPUT_RULES.update({torch.Tensor.__setitem__: setitem, torch.Tensor.__iter__: iterate})
+def shape_read(tr: Tracer, func, args, kwargs, out) -> None:
+    """``x.shape`` / ``x.size()``: remember which channel slots each Python int read stands for.
+
+    An int cannot carry a label, so a width read from one tensor and used for another (``B, N, C =
+    x.shape`` ... ``y.reshape(B, N, C)``) is invisible to the rules; :func:`pin_fixed_merge` uses these
+    records to pin the source of such a width too.
+    """
+    x = args[0]
+    L = lab(tr, x)
+    if L.numel() == 1:  # the common case: no slot varies along any dim
+        return
+    dim = arg(args, kwargs, 1, "dim") if func is torch.Tensor.size else None
+    for d in range(x.dim()) if dim is None else [dim % x.dim()]:
+        if L.shape[d] > 1:
+            v, _ = along(L, d, x.shape[d])
+            tr.shape_reads.setdefault((tr.module_stack[-1], x.shape[d]), []).append(v)
+
+
+NO_OUTPUT_RULES.update(
+    {
+        torch.Tensor.__setitem__: setitem,
+        torch.Tensor.__iter__: iterate,
+        torch.Tensor.shape.__get__: shape_read,
+        torch.Tensor.size: shape_read,
+    }
+)

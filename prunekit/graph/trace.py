@@ -3,8 +3,8 @@
 Every prunable parameter dim gets a range of integer *slot* ids the first time an op rule asks for it
 (conv weight dim 0 = out channels, dim 1 = in channels per group, norm weights, ...). Each traced tensor
 carries a label (see :mod:`prunekit.graph.labels`). Op rules (:mod:`prunekit.graph.rules`) compute output
-labels and record *edges* (two slots must be removed together) and *pins* (a slot must never be removed,
-with the reason). Union-find over the edges happens later, in :mod:`prunekit.graph.groups`.
+labels and record *links* (two slots must be removed together) and *pins* (a slot must never be removed,
+with the reason). Union-find over the links happens later, in :mod:`prunekit.graph.groups`.
 
 >>> tr = trace(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), torch.zeros(1, 4))
 >>> [(r.name, r.dim, r.size) for r in tr.ranges][:2]
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunekit._inputs import ExampleInputs, call_model
+from prunekit._inputs import ExampleInputs, call_model, eval_scope
 from prunekit.graph.labels import NO_SLOT, align, along, blank
 
 
@@ -49,8 +49,24 @@ class AttrRecord:
     shared: bool = False  # one attribute of several records (a model config): set only if all agree
 
 
+_OP_NAMES: dict[Any, str] = {}
+
+
 def op_name(func: Any) -> str:
     """Readable name of a traced function (``conv2d``, ``Tensor.view``, ...)."""
+    try:
+        return _OP_NAMES[func]
+    except (KeyError, TypeError):  # TypeError: an unhashable callable
+        pass
+    name = _op_name(func)
+    try:
+        _OP_NAMES[func] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _op_name(func: Any) -> str:
     name = getattr(func, "__name__", None) or repr(func)
     owner = getattr(func, "__objclass__", None)
     if owner is not None and name != "__get__":
@@ -75,39 +91,47 @@ def flatten_tensors(obj: Any) -> list[torch.Tensor]:
 
 @dataclass
 class Tracer:
-    """Trace state: slot ranges, labels of live tensors, edges, pins and attribute records."""
+    """Trace state: slot ranges, labels of live tensors, links, pins and attribute records."""
 
     model: nn.Module
     names: dict[int, str] = field(default_factory=dict)
     kinds: dict[int, str] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # name -> shape, as traced
     ranges: list[SlotRange] = field(default_factory=list)
     n_slots: int = 0
-    edges: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    links: list[tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=list)
+    pins: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
     notes: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     attrs: list[AttrRecord] = field(default_factory=list)
+    #: (module, int value) -> slot vectors of the shape dims read as that int inside that module
+    shape_reads: dict[tuple[str, int], list[torch.Tensor]] = field(default_factory=dict)
     rule_errors: list[str] = field(default_factory=list)
     output_shapes: list[list[int]] = field(default_factory=list)
     n_calls: int = 0
     op: str = ""
     module_stack: list[str] = field(default_factory=lambda: [""])
+    #: the outermost module holding a ``config`` object (a Hugging Face model, maybe inside a wrapper)
+    config_owner: tuple[str, nn.Module] | None = None
     _labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    _range_of: dict[tuple[int, int], SlotRange] = field(default_factory=dict)
+    _range_of: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (id, dim) -> slot ids
     _owners: dict[int, tuple[str, nn.Module]] = field(default_factory=dict)
+    _reason_ids: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for mname, module in self.model.named_modules(remove_duplicate=False):
-            for pname, p in module.named_parameters(recurse=False):
-                self._register(p, f"{mname}.{pname}" if mname else pname, "param", mname, module)
-            for bname, b in module.named_buffers(recurse=False):
-                if b is not None:
-                    self._register(b, f"{mname}.{bname}" if mname else bname, "buffer", mname, module)
-
-    def _register(self, t: torch.Tensor, name: str, kind: str, mname: str, module: nn.Module) -> None:
-        if id(t) not in self.names:
-            self.names[id(t)] = name
-            self.kinds[id(t)] = kind
-            self._owners[id(t)] = (mname, module)
+            if self.config_owner is None:
+                cfg = getattr(module, "config", None)
+                if cfg is not None and not isinstance(cfg, (int, float, str, dict, list, tuple)):
+                    self.config_owner = (mname, module)
+            for kind, store in (("param", module._parameters), ("buffer", module._buffers)):
+                for local, t in store.items():
+                    if t is not None and id(t) not in self.names:
+                        name = f"{mname}.{local}" if mname else local
+                        self.names[id(t)] = name
+                        self.kinds[id(t)] = kind
+                        self._owners[id(t)] = (mname, module)
+                        self.shapes[name] = list(t.shape)
 
     # ---- where are we --------------------------------------------------------------------------------
     def where(self) -> str:
@@ -128,13 +152,13 @@ class Tracer:
         if size <= 1:
             return torch.full((size,), NO_SLOT, dtype=torch.long)
         key = (id(t), dim)
-        r = self._range_of.get(key)
-        if r is None:
+        ids = self._range_of.get(key)
+        if ids is None:  # one tensor per range, shared by every caller: rules never modify labels in place
             r = SlotRange(self.names[id(t)], dim, self.n_slots, size, self.kinds[id(t)])
             self.ranges.append(r)
-            self._range_of[key] = r
+            ids = self._range_of[key] = torch.arange(r.start, r.start + r.size)
             self.n_slots += size
-        return torch.arange(r.start, r.start + r.size)
+        return ids
 
     def vec(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """Slot of each index along ``dim`` of ``t``: its own slots for state tensors, else from its label."""
@@ -169,32 +193,37 @@ class Tracer:
                 raise RuntimeError(f"label shape {tuple(lab.shape)} does not fit tensor {tuple(t.shape)}")
         self._labels[id(t)] = (t, lab)
 
-    # ---- edges and pins -------------------------------------------------------------------------------
+    # ---- links and pins -------------------------------------------------------------------------------
     def link(self, a: torch.Tensor, b: torch.Tensor, why: str = "meets a fixed-size tensor") -> None:
-        """Slots at the same (broadcast) position must go together; a slot facing 'no slot' is pinned."""
-        a, b = torch.broadcast_tensors(a, b)
+        """Slots at the same (broadcast) position must go together; a slot facing 'no slot' is pinned.
+
+        Only recorded here: the filtering (which pairs are edges, which slots get pinned) happens once for
+        all links in :func:`prunekit.graph.groups.groups_from_trace`, vectorised.
+        """
+        if a.shape != b.shape:
+            a, b = torch.broadcast_tensors(a, b)
         a, b = a.reshape(-1), b.reshape(-1)
-        ga, gb = a >= 0, b >= 0
-        both = ga & gb & (a != b)
-        if both.any():
-            pa, pb = a[both], b[both]
-            if pa.numel() > 4096:
-                key = torch.unique(pa * (1 << 31) + pb)
-                pa, pb = key // (1 << 31), key % (1 << 31)
-            self.edges.append((pa, pb))
-        one = ga ^ gb
-        if one.any():
-            self.pin(torch.where(ga, a, b)[one], why)
+        if a.numel() > 4096:  # a large broadcast repeats pairs: keep each distinct pair once
+            key = torch.unique((a + 1) * (1 << 32) + (b + 1))
+            a, b = key // (1 << 32) - 1, key % (1 << 32) - 1
+        self.links.append((a, b, self._reason(why)))
 
     def unite(self, rows: torch.Tensor, why: str = "meets a fixed-size tensor") -> None:
         """Every row of the 2-D ``rows`` becomes one unit (a -1 in a row pins the row)."""
         self.link(rows[:, :1].expand_as(rows), rows, why)
 
     def pin(self, lab: torch.Tensor, why: str) -> None:
-        s = lab.reshape(-1)
-        s = s[s >= 0]
-        if s.numel():
-            self.pins.append((torch.unique(s) if s.numel() > 64 else s, f"{self.where()}: {why}"))
+        """Slots in ``lab`` (``-1`` entries ignored) must never be removed, because of ``why``."""
+        self.pins.append((lab.reshape(-1), self._reason(why)))
+
+    def _reason(self, why: str) -> int:
+        """Id of the reason ``'<op> in <module>: why'`` (each distinct text is stored once)."""
+        text = f"{self.op} in {self.module_stack[-1] or '<model>'}: {why}"
+        rid = self._reason_ids.get(text)
+        if rid is None:
+            rid = self._reason_ids[text] = len(self.reasons)
+            self.reasons.append(text)
+        return rid
 
     def note(self, slots: torch.Tensor, text: str) -> None:
         s = slots.reshape(-1)
@@ -214,20 +243,21 @@ class Tracer:
         old = obj
         for part in attr.split("."):  # "config.num_attention_heads": an attribute of an attribute
             old = getattr(old, part)
-        self.attrs.append(AttrRecord(module, attr, slots.clone(), divisor, int(old), shared))
+        self.attrs.append(AttrRecord(module, attr, slots, divisor, int(old), shared))
 
 
 class _Mode(TorchFunctionMode):
     def __init__(self, tracer: Tracer) -> None:
         super().__init__()
+        from prunekit.graph.rules import on_call  # the rules import this module
+
         self.tracer = tracer
+        self.on_call = on_call
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        from prunekit.graph.rules import on_call
-
-        on_call(self.tracer, func, args, kwargs, out)
+        self.on_call(self.tracer, func, args, kwargs, out)
         return out
 
 
@@ -239,31 +269,8 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> Tracer:
     19
     """
     tracer = Tracer(model)
-    training = {m: m.training for m in model.modules()}
-    handles = []
-
-    def enter(name: str) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            tracer.module_stack.append(name)
-
-        return hook
-
-    def leave(module: nn.Module, args: Any, output: Any) -> None:
-        if len(tracer.module_stack) > 1:
-            tracer.module_stack.pop()
-
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(enter(name)))
-        handles.append(module.register_forward_hook(leave))
-    model.eval()
-    try:
-        with torch.no_grad(), _Mode(tracer):
-            out = call_model(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in training.items():
-            m.training = flag
+    with eval_scope(model, tracer.module_stack), _Mode(tracer):
+        out = call_model(model, example_inputs)
     tracer.op, tracer.module_stack = "output", [""]
     for t in flatten_tensors(out):
         tracer.pin(tracer.label(t), "model outputs keep their shape")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, call_model
+from prunekit._inputs import ExampleInputs, call_model, eval_scope
 from prunekit.errors import ApplyError, PlanError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
@@ -39,16 +39,19 @@ def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Modu
                 if t is None:
                     continue
                 lst = holders.setdefault(id(t), [])
-                if (module, local, kind) not in [(m, n, k) for m, n, k in lst]:
+                if (module, local, kind) not in lst:
                     lst.append((module, local, kind))
                 names.setdefault(f"{mname}.{local}" if mname else local, t)
     return {n: (t, holders[id(t)]) for n, t in names.items()}
 
 
-def validate(model: nn.Module, plan: Plan) -> None:
-    """Raise PlanError unless ``plan`` fits ``model`` exactly (names, shapes, indices, attribute values)."""
-    state = _state(model)
-    modules = dict(model.named_modules())
+def validate(model: nn.Module, plan: Plan, state: dict | None = None, modules: dict | None = None) -> None:
+    """Raise PlanError unless ``plan`` fits ``model`` exactly (names, shapes, indices, attribute values).
+
+    ``state`` / ``modules``: :func:`_state` and ``dict(model.named_modules())`` when the caller has them.
+    """
+    state = _state(model) if state is None else state
+    modules = dict(model.named_modules()) if modules is None else modules
     for name, shape in plan.signature.items():
         if name not in state:
             raise PlanError(f"plan refers to {name!r}, which the model does not have")
@@ -131,9 +134,9 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
     Returns the model. Raises PlanError (model untouched) when the plan does not fit, ApplyError (model
     restored bit-exactly) when cutting or the verification forward fails.
     """
-    validate(model, plan)
     state = _state(model)
     modules = dict(model.named_modules())
+    validate(model, plan, state, modules)
     undo_tensors: list[tuple[nn.Module, str, str, torch.Tensor]] = []
     undo_attrs: list[tuple[nn.Module, str, Any]] = []
     step = "slicing"
@@ -180,23 +183,12 @@ def _group_of(plan: Plan, name: str) -> str:
 
 
 def _verify(model: nn.Module, plan: Plan, example_inputs: ExampleInputs) -> None:
-    stack: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n) and None))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
+    stack: list[str] = [""]
     try:
-        with torch.no_grad():
+        with eval_scope(model, stack):
             out = call_model(model, example_inputs)
     except Exception as exc:
-        where = stack[-1] if stack else "<model>"
-        raise RuntimeError(f"in module {where or '<model>'}: {exc}") from exc
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in training.items():
-            m.training = flag
+        raise RuntimeError(f"in module {stack[-1] or '<model>'}: {exc}") from exc
     shapes = [list(t.shape) for t in flatten_tensors(out)]
     if plan.output_shapes and shapes != plan.output_shapes:
         raise RuntimeError(f"output shapes changed from {plan.output_shapes} to {shapes}")

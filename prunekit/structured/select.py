@@ -28,7 +28,10 @@ class _Budget:
     """Tracks how many indices each member dim of a group still keeps."""
 
     def __init__(self, group: Group) -> None:
-        self.counts = np.stack([np.bincount(m.units, minlength=group.width) for m in group.members])
+        n, w = len(group.members), group.width
+        offset = np.repeat(np.arange(n) * w, [len(m.units) for m in group.members])
+        units = np.concatenate([m.units for m in group.members]) + offset
+        self.counts = np.bincount(units, minlength=n * w).reshape(n, w)  # member x unit: indices removed
         self.left = np.array([len(m.index) for m in group.members])
         self.removed: list[int] = []
 
@@ -116,7 +119,8 @@ def choose_units(
 def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | None = None) -> Plan:
     """Translate removed units into exact cuts and attribute updates."""
     by_id = {g.id: g for g in report.groups}
-    removals: dict[str, dict[int, list[int]]] = {}
+    # a dim read by several groups gets one part from each: disjoint, each sorted (Member.index is)
+    parts: dict[str, dict[int, list[np.ndarray]]] = {}
     decisions = []
     offsets = np.zeros(len(report.groups) + 1, dtype=np.int64)
     for g in report.groups:
@@ -135,10 +139,12 @@ def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | 
         for m in g.members:
             idx = m.index[mask[m.units]]
             if len(idx):
-                dims = removals.setdefault(m.name, {})
-                prev = dims.get(m.dim)
-                dims[m.dim] = idx.tolist() if prev is None else sorted(set(prev) | set(idx.tolist()))
+                parts.setdefault(m.name, {}).setdefault(m.dim, []).append(idx)
         decisions.append(GroupDecision(gid, g.width, list(units), [m.to_dict() for m in g.members]))
+    removals = {
+        name: {dim: (p[0] if len(p) == 1 else np.sort(np.concatenate(p))).tolist() for dim, p in dims.items()}
+        for name, dims in parts.items()
+    }
     slot_removed = (
         unit_removed[offsets[report.slot_group] + report.slot_unit] if len(report.slot_unit) else None
     )
