@@ -123,6 +123,50 @@ def run_prunekit(name: str, size: int, memory: bool = True) -> dict:
     }
 
 
+PHASE_MODELS = ("mobilenet_v2", "efficientnet_b0", "resnet50", "densenet121", "vit_b_16")
+
+
+def phase_times(name: str, size: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds per step of prunekit's pipeline (best of ``repeats``, a freshly built model each time).
+
+    The steps are exactly what ``plan_prune`` + ``apply`` run, timed one by one; ``forward`` is one plain
+    no-grad forward of the dense model, for scale (the trace runs one, the verification another on the
+    pruned model).
+    """
+    from prunekit.criteria import ScoreContext, get_criterion
+    from prunekit.graph.groups import groups_from_trace
+    from prunekit.graph.trace import trace
+    from prunekit.structured.apply import _verify, apply
+    from prunekit.structured.select import build_plan, choose_units
+
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        model, x = _build(name, size)
+        with torch.no_grad():
+            model(x)
+            t = [time.perf_counter()]
+            model(x)
+        t.append(time.perf_counter())
+        tr = trace(model, x)
+        t.append(time.perf_counter())
+        report = groups_from_trace(tr)
+        report.signature = {m.name: tr.shapes[m.name] for g in report.groups for m in g.members}
+        t.append(time.perf_counter())
+        score, ctx = get_criterion("l2"), ScoreContext.of(model, x)
+        scores = {g.id: torch.as_tensor(score(g, ctx), dtype=torch.float64) for g in report.prunable_groups}
+        t.append(time.perf_counter())
+        plan = build_plan(report, choose_units(report, scores, 0.5))
+        t.append(time.perf_counter())
+        apply(model, plan)  # cut only
+        t.append(time.perf_counter())
+        _verify(model, plan, x)
+        t.append(time.perf_counter())
+        steps = ("forward", "trace", "group", "score", "plan", "cut", "verify")
+        for step, a, b in zip(steps, t, t[1:], strict=True):
+            best[step] = min(best.get(step, float("inf")), b - a)
+    return best
+
+
 class _Timeout(Exception):
     pass
 
@@ -347,6 +391,25 @@ def render(rows: list[dict], lat: list[dict], args: argparse.Namespace, load: tu
             secs = [s for s in r["seconds"] if s is not None]
             shown = ", ".join(f"{s:.2f}" for s in secs) or "failed"
             lines.append(f"| {r['model']} | {shown} | {max(secs) if secs else float('nan'):.2f} |")
+    if getattr(args, "phases", None):
+        steps = ("trace", "group", "score", "plan", "cut", "verify")
+        lines += [
+            "",
+            "### Where prunekit's time goes (ms, best of 3, 1 thread; same input as the zoo)",
+            "",
+            "*forward*: one plain forward of the dense model, for scale: the trace runs one (plus the "
+            "rules), the verification runs one on the pruned model. Torch-Pruning's time: the zoo table.",
+            "",
+            "| model | forward | " + " | ".join(steps) + " | total | Torch-Pruning |",
+            "|---|" + "---:|" * (len(steps) + 3),
+        ]
+        tp_of = {r["model"]: r.get("tp", {}) for r in rows}
+        for name, ph in args.phases.items():
+            tpr = tp_of.get(name, {})
+            tp_ms = f"{tpr['seconds'] * 1e3:.0f}" if tpr.get("status") == "ok" else "—"
+            cells = " | ".join(f"{ph[s] * 1e3:.1f}" for s in steps)
+            total = sum(ph[s] for s in steps) * 1e3
+            lines.append(f"| {name} | {ph['forward'] * 1e3:.1f} | {cells} | {total:.0f} | {tp_ms} |")
     big = [r for r in ok_pk if r["pk"].get("extra_mb") is not None]
     if big:
         lines += [
@@ -430,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             big.append({"model": name, "seconds": [r["pk"].get("seconds") for r in runs]})
     args.big = big
+    torch.set_num_threads(1)
+    args.phases = {n: phase_times(n, args.size) for n in PHASE_MODELS if n in models}
     threads = [int(t) for t in args.latency_threads.split(",")]
     lat = [] if args.no_latency else latency_rows((0.3, 0.5, 0.7), threads, args.runs)
     text = render(rows, lat, args, load)

@@ -121,7 +121,8 @@ def markdown(rows: list[dict], env: dict) -> str:
         "`timm.list_models()`, `pretrained=False`, weights randomised (so no channel is trivially zero), "
         "input 1×3×64×64 where the model takes `img_size` (else its default). Each row is "
         "`prunekit.check(model, x, ratio=0.5)`: the physically pruned copy vs the masked reference "
-        f"(tolerance 1e-4 relative). **{len(ok)}/{len(rows)} exact**; the rest are explained below.",
+        f"(tolerance 1e-4 relative). **{len(ok)}/{len(rows)} exact**"
+        + ("; the rest are explained below." if len(ok) < len(rows) else "."),
         "",
         "| model | family | input | status | MACs ratio | params ratio | prunable / groups | max abs err "
         "| s |",

@@ -188,3 +188,24 @@ def test_functional_depthwise_conv_with_a_number_for_groups_is_pinned_not_broken
     reasons = " ".join(r for p in rep.pinned for r in p["reasons"])
     assert rep.ok and "functional depthwise conv (groups=16" in reasons
     assert rep.macs_ratio < 0.9  # the 8 channels between the last two convs are still cut
+
+
+def test_reading_a_parameters_shape_gives_its_kernel_dims_no_slots():
+    """timm's Conv2dSame reads ``self.weight.shape[-2:]`` to compute its padding. Shape reads are recorded
+    (for widths taken from one tensor and used for another); a parameter's own dims must not turn into
+    slots there, or its kernel dims would form a prunable group and be cut."""
+    from prunekit.structured import check
+
+    class SameConv(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            kh, kw = self.weight.shape[-2:]
+            ih, iw = x.size()[-2:]
+            ph, pw = max(kh - 1 - (ih - 1) % self.stride[0], 0), max(kw - 1 - (iw - 1) % self.stride[1], 0)
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    model = nn.Sequential(SameConv(3, 8, 3, stride=2), nn.ReLU(), SameConv(8, 4, 3))
+    x = torch.randn(1, 3, 15, 15)
+    rep = build_groups(model, x)
+    assert {m.dim for g in rep.groups for m in g.members if m.name.endswith("weight")} == {0, 1}
+    assert check(model, x, 0.5).ok

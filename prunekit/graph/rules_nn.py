@@ -332,6 +332,8 @@ def shape_read(tr: Tracer, func, args, kwargs, out) -> None:
     records to pin the source of such a width too.
     """
     x = args[0]
+    if tr.is_state(x):  # a parameter's own dims are not labels (and reading them must not allocate slots)
+        return
     L = lab(tr, x)
     if L.numel() == 1:  # the common case: no slot varies along any dim
         return
