@@ -162,7 +162,7 @@ def phase_times(name: str, size: int, repeats: int = 3) -> dict[str, float]:
         _verify(model, plan, x)
         t.append(time.perf_counter())
         steps = ("forward", "trace", "group", "score", "plan", "cut", "verify")
-        for step, a, b in zip(steps, t, t[1:], strict=True):
+        for step, a, b in zip(steps, t[:-1], t[1:], strict=True):
             best[step] = min(best.get(step, float("inf")), b - a)
     return best
 
