@@ -15,6 +15,7 @@ torch.Size([1, 384])
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -230,7 +231,9 @@ def unlabeled_text(limit: int | None = None) -> list[str]:
     for name in _DOC_MODULES:
         mod = importlib.import_module(name)
         docs = [mod.__doc__ or ""]
-        docs += [o.__doc__ for o in vars(mod).values() if callable(o) and isinstance(o.__doc__, str)]
+        with warnings.catch_warnings():  # typing.io / typing.re warn when their docstring is read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            docs += [o.__doc__ for o in vars(mod).values() if callable(o) and isinstance(o.__doc__, str)]
         for doc in docs:
             out += _sentences(doc)
     from pydoc_data.topics import topics
