@@ -190,11 +190,11 @@ def test_fault_mid_cut_leaves_the_model_bit_identical(monkeypatch, case, fail_at
     calls = {"n": 0}
     real = apply_mod._cut
 
-    def flaky(t, dims):
+    def flaky(t, *rest):
         if calls["n"] == fail_at:
             raise RuntimeError("injected fault")
         calls["n"] += 1
-        return real(t, dims)
+        return real(t, *rest)
 
     with monkeypatch.context() as mp:
         mp.setattr(apply_mod, "_cut", flaky)

@@ -15,6 +15,7 @@ torch.Size([3])
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from prunekit.criteria import ScoreContext, register_criterion
@@ -34,6 +35,9 @@ def dim_powsum(w: torch.Tensor, dim: int, p: float, chunk: int = 1 << 18) -> tor
     w = w.contiguous()
     dim = dim % w.dim()
     a, s, b = w.shape[:dim].numel(), w.shape[dim], w.shape[dim + 1 :].numel()
+    if a == 1 and b == 1:  # a vector (bias, norm weight)
+        v = w.reshape(s).double()
+        return v * v if p == 2 else v.abs().pow(p)
     if a == 1:  # dim 0: one contiguous row per index
         return torch.linalg.vector_norm(w.reshape(s, b).float(), ord=p, dim=1).double().pow(p)
     rows = w.reshape(a, s * b)
@@ -67,7 +71,7 @@ def dims01_powsum(w: torch.Tensor, p: float, chunk: int = 1 << 18) -> tuple[torc
 
 
 def _magnitude(group, ctx: ScoreContext, p: int) -> torch.Tensor:
-    scores = torch.zeros(group.width, dtype=torch.float64)
+    scores = np.zeros(group.width, dtype=np.float64)
     for m in group.members:
         if m.kind != "param":
             continue
@@ -81,8 +85,9 @@ def _magnitude(group, ctx: ScoreContext, p: int) -> torch.Tensor:
                 ctx.cache[key] = per
             else:
                 per = ctx.cache[key] = dim_powsum(w, m.dim, p)
-        scores.index_add_(0, torch.as_tensor(m.units), per[torch.as_tensor(m.index)])
-    return scores
+        # a unit may own several positions of a dim (grouped conv, GQA): bincount sums them
+        scores += np.bincount(m.units, weights=per.cpu().numpy()[m.index], minlength=group.width)
+    return torch.from_numpy(scores)
 
 
 def l1_magnitude(group, ctx: ScoreContext) -> torch.Tensor:

@@ -45,10 +45,13 @@ def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Modu
     return {n: (t, holders[id(t)]) for n, t in names.items()}
 
 
-def validate(model: nn.Module, plan: Plan, state: dict | None = None, modules: dict | None = None) -> None:
+def validate(
+    model: nn.Module, plan: Plan, state: dict | None = None, modules: dict | None = None
+) -> dict[str, dict[int, np.ndarray]]:
     """Raise PlanError unless ``plan`` fits ``model`` exactly (names, shapes, indices, attribute values).
 
-    ``state`` / ``modules``: :func:`_state` and ``dict(model.named_modules())`` when the caller has them.
+    Returns the positions each cut keeps: ``{name: {dim: kept indices}}``. ``state`` / ``modules``:
+    :func:`_state` and ``dict(model.named_modules())`` when the caller has them.
     """
     state = _state(model) if state is None else state
     modules = dict(model.named_modules()) if modules is None else modules
@@ -57,6 +60,7 @@ def validate(model: nn.Module, plan: Plan, state: dict | None = None, modules: d
             raise PlanError(f"plan refers to {name!r}, which the model does not have")
         if list(state[name][0].shape) != list(shape):
             raise PlanError(f"{name} has shape {list(state[name][0].shape)}, the plan expects {list(shape)}")
+    kept: dict[str, dict[int, np.ndarray]] = {}
     for name, dims in plan.removals.items():
         if name not in plan.signature:
             raise PlanError(f"plan cuts {name!r} but does not record its shape")
@@ -64,11 +68,12 @@ def validate(model: nn.Module, plan: Plan, state: dict | None = None, modules: d
         for dim, idx in dims.items():
             if not 0 <= dim < len(shape):
                 raise PlanError(f"{name}: dim {dim} out of range for shape {shape}")
-            ix = np.asarray(idx, dtype=np.int64)
-            if ix.size and (ix.min() < 0 or ix.max() >= shape[dim] or _n_distinct(ix, shape[dim]) != ix.size):
+            keep = _kept(idx, shape[dim])
+            if keep is None:
                 raise PlanError(f"{name}: removed indices of dim {dim} must be distinct and < {shape[dim]}")
-            if len(idx) >= shape[dim]:
+            if not len(keep):
                 raise PlanError(f"{name}: the plan would remove every index of dim {dim}")
+            kept.setdefault(name, {})[dim] = keep
     for mname, attrs in plan.attrs.items():
         if mname not in modules:
             raise PlanError(f"plan updates module {mname!r}, which the model does not have")
@@ -76,24 +81,35 @@ def validate(model: nn.Module, plan: Plan, state: dict | None = None, modules: d
             cur = _get_attr(modules[mname], attr)
             if cur != old:
                 raise PlanError(f"{mname}.{attr} is {cur!r}, the plan expects {old!r}")
+    return kept
 
 
-def _n_distinct(ix: np.ndarray, size: int) -> int:
-    seen = np.zeros(size, dtype=bool)
-    seen[ix] = True
-    return int(seen.sum())
+def _kept(removed: list[int], size: int) -> np.ndarray | None:
+    """Positions ``0 .. size-1`` not in ``removed``; None unless ``removed`` are distinct and in range."""
+    ix = np.asarray(removed, dtype=np.int64)
+    if ix.size and (ix.min() < 0 or ix.max() >= size):
+        return None
+    gone = np.zeros(size, dtype=bool)
+    gone[ix] = True
+    if int(gone.sum()) != ix.size:
+        return None
+    return np.flatnonzero(~gone)
 
 
-def _cut(t: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
-    """A new tensor: ``t`` without the removed indices. Cuts on dim 1 (alone or with dim 0) are done one
-    block of rows at a time into a preallocated result: no half-size intermediate, and the result is written
-    row after row (a whole-tensor gather along dim 1 writes it column-wise, several times slower on fresh
-    memory)."""
-    keep = {}
-    for dim, idx in dims.items():
-        mask = np.ones(t.shape[dim], dtype=bool)
-        mask[np.asarray(idx, dtype=np.int64)] = False
-        keep[dim] = torch.from_numpy(np.flatnonzero(mask)).to(t.device)
+def _cut(
+    t: torch.Tensor, dims: dict[int, list[int]], kept: dict[int, np.ndarray] | None = None
+) -> torch.Tensor:
+    """A new tensor: ``t`` without the removed indices (``kept``: the positions that stay, if known).
+
+    Cuts on dim 1 (alone or with dim 0) are done one block of rows at a time into a preallocated result: no
+    half-size intermediate, and the result is written row after row (a whole-tensor gather along dim 1
+    writes it column-wise, several times slower on fresh memory)."""
+    if kept is None:
+        kept = {
+            dim: np.setdiff1d(np.arange(t.shape[dim]), np.asarray(idx, dtype=np.int64))
+            for dim, idx in dims.items()
+        }
+    keep = {dim: torch.from_numpy(k).to(t.device) for dim, k in kept.items()}
     if 1 in keep and set(keep) <= {0, 1} and t.is_contiguous():
         k0, k1 = keep.get(0), keep[1]
         n_rows = len(k0) if k0 is not None else t.shape[0]
@@ -136,7 +152,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
     """
     state = _state(model)
     modules = dict(model.named_modules())
-    validate(model, plan, state, modules)
+    kept = validate(model, plan, state, modules)
     undo_tensors: list[tuple[nn.Module, str, str, torch.Tensor]] = []
     undo_attrs: list[tuple[nn.Module, str, Any]] = []
     step = "slicing"
@@ -144,7 +160,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
         for name, dims in plan.removals.items():
             step = f"slicing {name}"
             old, holders = state[name]
-            new = _cut(old.detach(), dims)
+            new = _cut(old.detach(), dims, kept[name])
             value = (
                 nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
             )
