@@ -6,8 +6,10 @@ run, prunekit (trace + group + plan + apply, ratio 0.5, L2) and Torch-Pruning's 
 same input, each after an untimed warm-up prune of a tiny CNN (lazy imports, first-call costs). Torch-Pruning
 gets ``--tp-timeout`` seconds (SIGALRM, then the subprocess is killed); a crash is recorded as
 ``crash: <error>``. "Handles" means: no error, the forward still works and the output shape is unchanged.
-Then peak extra RAM of prunekit on the largest models, and CPU batch-1 latency speedup vs MACs reduction for
-ResNet-50, MobileNetV2 and ViT-B/16 at ratios 0.3 / 0.5 / 0.7.
+Then the two largest models timed again with prunekit alone on ``--big-threads`` threads (both cores), the
+time of each step of prunekit's pipeline on a few models (``phase_times``), peak extra RAM of prunekit on
+the largest models, and CPU batch-1 latency speedup vs MACs reduction for ResNet-50, MobileNetV2, ViT-B/16
+and YOLOv8n at ratios 0.3 / 0.5 / 0.7.
 
 Torch-Pruning is a bench-only dependency (``pip install torch-pruning``); the package never imports it.
 
