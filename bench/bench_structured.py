@@ -152,7 +152,6 @@ def phase_times(name: str, size: int, repeats: int = 3) -> dict[str, float]:
         tr = trace(model, x)
         t.append(time.perf_counter())
         report = groups_from_trace(tr)
-        report.signature = {m.name: tr.shapes[m.name] for g in report.groups for m in g.members}
         t.append(time.perf_counter())
         score, ctx = get_criterion("l2"), ScoreContext.of(model, x)
         scores = {g.id: torch.as_tensor(score(g, ctx), dtype=torch.float64) for g in report.prunable_groups}

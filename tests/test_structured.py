@@ -305,3 +305,10 @@ def test_hf_bert_prunes_heads_and_ffn_exactly():
     layer = net.encoder.layer[0]
     assert layer.attention.self.query.out_features == 16 and layer.intermediate.dense.out_features == 32
     assert net(**x).last_hidden_state.shape == (2, 8, 32)
+
+
+def test_ignored_module_is_named_first_among_its_groups_reasons():
+    net = randomize(Block())
+    rep = groups(net, torch.randn(1, 3, 8, 8), ignore=["c1"])
+    g = next(g for g in rep.groups if any(m.name == "c1.weight" and m.dim == 0 for m in g.members))
+    assert g.pinned and g.reasons[0] == "ignored by user (c1)"

@@ -218,10 +218,10 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
     reason_texts = user + tr.reasons  # reasons sort by id: the user's choices first, then trace order
     pin_reason = pin_reason + len(user)
     for i, prefix in enumerate(ignore_prefixes or []):
-        ignored = [np.arange(r.start, r.start + r.size) for r in ranges if _in_module(r.name, prefix)]
-        if ignored:
-            pin_slots = np.concatenate([*ignored, pin_slots])
-            pin_reason = np.concatenate([np.full(len(pin_slots) - len(pin_reason), i), pin_reason])
+        for r in ranges:
+            if _in_module(r.name, prefix):
+                pin_slots = np.concatenate([np.arange(r.start, r.start + r.size), pin_slots])
+                pin_reason = np.concatenate([np.full(r.size, i), pin_reason])
     pinned = np.zeros(n_comp, dtype=bool)
     pinned[comp[pin_slots]] = True
     # groups: units with the same set of member dims (their "signature") form one group
@@ -281,8 +281,9 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
                 notes_of.get(g, []),
             )
         )
+    signature = {m.name: tr.shapes[m.name] for g in groups for m in g.members}
     return GroupReport(
-        groups, tr.attrs, tr.output_shapes, {}, tr.n_calls, tr.rule_errors, slot_unit, slot_group
+        groups, tr.attrs, tr.output_shapes, signature, tr.n_calls, tr.rule_errors, slot_unit, slot_group
     )
 
 
@@ -297,6 +298,4 @@ def build_groups(
     """
     prefixes = _module_prefixes(model, ignore)
     tr = trace(model, example_inputs)
-    report = groups_from_trace(tr, prefixes)
-    report.signature = {m.name: tr.shapes[m.name] for g in report.groups for m in g.members}
-    return report
+    return groups_from_trace(tr, prefixes)

@@ -56,14 +56,11 @@ def op_name(func: Any) -> str:
     """Readable name of a traced function (``conv2d``, ``Tensor.view``, ...)."""
     try:
         return _OP_NAMES[func]
-    except (KeyError, TypeError):  # TypeError: an unhashable callable
-        pass
-    name = _op_name(func)
-    try:
-        _OP_NAMES[func] = name
-    except TypeError:
-        pass
-    return name
+    except KeyError:
+        name = _OP_NAMES[func] = _op_name(func)
+        return name
+    except TypeError:  # an unhashable callable
+        return _op_name(func)
 
 
 def _op_name(func: Any) -> str:

@@ -96,19 +96,12 @@ def _kept(removed: list[int], size: int) -> np.ndarray | None:
     return np.flatnonzero(~gone)
 
 
-def _cut(
-    t: torch.Tensor, dims: dict[int, list[int]], kept: dict[int, np.ndarray] | None = None
-) -> torch.Tensor:
-    """A new tensor: ``t`` without the removed indices (``kept``: the positions that stay, if known).
+def _cut(t: torch.Tensor, kept: dict[int, np.ndarray]) -> torch.Tensor:
+    """A new tensor: ``t`` with only the positions ``kept[dim]`` along each cut dim (see :func:`_kept`).
 
     Cuts on dim 1 (alone or with dim 0) are done one block of rows at a time into a preallocated result: no
     half-size intermediate, and the result is written row after row (a whole-tensor gather along dim 1
     writes it column-wise, several times slower on fresh memory)."""
-    if kept is None:
-        kept = {
-            dim: np.setdiff1d(np.arange(t.shape[dim]), np.asarray(idx, dtype=np.int64))
-            for dim, idx in dims.items()
-        }
     keep = {dim: torch.from_numpy(k).to(t.device) for dim, k in kept.items()}
     if 1 in keep and set(keep) <= {0, 1} and t.is_contiguous():
         k0, k1 = keep.get(0), keep[1]
@@ -157,10 +150,10 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
     undo_attrs: list[tuple[nn.Module, str, Any]] = []
     step = "slicing"
     try:
-        for name, dims in plan.removals.items():
+        for name in plan.removals:
             step = f"slicing {name}"
             old, holders = state[name]
-            new = _cut(old.detach(), dims, kept[name])
+            new = _cut(old.detach(), kept[name])
             value = (
                 nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
             )
