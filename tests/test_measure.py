@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from prunekit.errors import ConfigError
+from prunekit.measure.macs import _flop_counter
 from prunekit.measure import (
     LatencyStats,
     analyze,
@@ -174,6 +175,22 @@ def test_lstm_macs_counted():
     model = nn.LSTM(8, 16, batch_first=True)
     assert count_macs(model, torch.zeros(2, 5, 8)) == 2 * 5 * 4 * 16 * (8 + 16)
     assert torch.backends.mkldnn.enabled
+
+
+def test_macs_of_a_cnn_count_with_onednn_on_and_without_module_tracking():
+    # oneDNN off would run convolutions ~3x slower (it is only needed for RNNs), and torch's per-module
+    # tracker is dropped (we read the total only): both would silently cost time, not change the count.
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.backends.mkldnn.enabled)
+            return x
+
+    model = nn.Sequential(Probe(), nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 4, 3, groups=4))
+    assert count_macs(model, torch.zeros(1, 3, 8, 8)) == 4 * 6 * 6 * 27 + 4 * 4 * 4 * 9
+    assert seen == [torch.backends.mkldnn.enabled] == [True]
+    assert _flop_counter().mod_tracker.parents == ("Global",)
 
 
 def test_masked_model_has_dense_macs():

@@ -6,11 +6,19 @@ additions). It counts *dense* work: a model whose weights are masked to 90 % zer
 MACs, because the kernels it runs are dense. Structural pruning (fewer channels) is what lowers this number.
 
 Ops without a flop formula would silently count as zero, so while counting: PyTorch's fused attention fast
-path (``torch.backends.mha``, op ``_native_multi_head_attention``) and oneDNN (``torch.backends.mkldnn``, e.g.
-``mkldnn_rnn_layer`` for LSTM on CPU) are switched off and restored afterwards (the unfused paths do the same
-arithmetic with ops the counter knows), and the CPU kernel of ``scaled_dot_product_attention``
-(``_scaled_dot_product_flash_attention_for_cpu``) gets torch's own ``sdpa_flop_count``, as its CUDA variants
-have. Any other op with no formula in ``torch.utils.flop_counter`` still counts as zero.
+path (``torch.backends.mha``, op ``_native_multi_head_attention``) and, for models with a recurrent layer,
+oneDNN (``torch.backends.mkldnn``: ``mkldnn_rnn_layer`` for LSTM on CPU) are switched off and restored
+afterwards (the unfused paths do the same arithmetic with ops the counter knows; oneDNN stays on otherwise,
+as switching it off makes depthwise and other convolutions ~3x slower to run), and the CPU kernel of
+``scaled_dot_product_attention`` (``_scaled_dot_product_flash_attention_for_cpu``) gets torch's own
+``sdpa_flop_count``, as its CUDA variants have. Any other op with no formula in ``torch.utils.flop_counter``
+still counts as zero.
+
+The counter is torch's own (its formulas, decompositions and higher-order-op handling), without its
+per-module attribution: ``FlopCounterMode`` tracks the module hierarchy with hooks that walk
+``named_modules`` and flatten every module's inputs (~20 % of a count on DenseNet-121). We only read the
+total, and :func:`macs_by_module` attributes work with its own hooks, so the tracker is replaced by a fixed
+"Global" parent (:func:`_flop_counter`); the totals are the same.
 """
 
 from __future__ import annotations
@@ -28,27 +36,48 @@ def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+class _GlobalOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: every op counts towards "Global" only."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _flop_counter() -> FlopCounterMode:
-    """A silent ``FlopCounterMode`` that also knows the CPU attention kernel."""
+    """A silent ``FlopCounterMode`` that also knows the CPU attention kernel and skips module attribution.
+
+    On a torch whose counter has no ``mod_tracker`` (a different internal layout) the tracker is kept: the
+    count is the same, only slower.
+    """
     extra = {}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         extra[cpu_sdpa] = _sdpa_cpu_flop
-    return FlopCounterMode(display=False, custom_mapping=extra)
+    counter = FlopCounterMode(display=False, custom_mapping=extra)
+    if hasattr(counter, "mod_tracker"):
+        counter.mod_tracker = _GlobalOnly()
+    return counter
 
 
 def _count(model: nn.Module, example_inputs: ExampleInputs, counter: FlopCounterMode) -> None:
-    """One forward under ``counter``: eval mode, no_grad, fused attention fast path and oneDNN off.
+    """One forward under ``counter``: eval mode, no_grad, attention fast path off (and oneDNN, for RNNs).
 
-    Parameters stop requiring grad meanwhile: the counter's module tracker hooks the autograd graph of every
-    module input that requires grad, and asserts on a leaf one (a class token passed straight into a block,
-    as in CaiT and PiT); the flags are restored afterwards.
+    Where the counter kept torch's module tracker, parameters stop requiring grad meanwhile: that tracker
+    hooks the autograd graph of every module input that requires grad, and asserts on a leaf one (a class
+    token passed straight into a block, as in CaiT and PiT); the flags are restored afterwards.
     """
     fastpath = torch.backends.mha.get_fastpath_enabled()
     mkldnn = torch.backends.mkldnn.enabled
-    needs_grad = [p for p in model.parameters() if p.requires_grad]
+    tracked = not isinstance(getattr(counter, "mod_tracker", None), _GlobalOnly)
+    needs_grad = [p for p in model.parameters() if p.requires_grad] if tracked else []
     torch.backends.mha.set_fastpath_enabled(False)
-    torch.backends.mkldnn.enabled = False
+    if any(isinstance(module, nn.RNNBase) for module in model.modules()):
+        torch.backends.mkldnn.enabled = False
     try:
         for p in needs_grad:
             p.requires_grad_(False)

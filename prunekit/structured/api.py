@@ -18,41 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, call_model
+from prunekit._inputs import ExampleInputs
 from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
+from prunekit.measure.macs import count_macs
+from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
 from prunekit.structured.oracle import compare, masked_reference, run_outputs
 from prunekit.structured.select import build_plan, choose_units
-
-
-def _count_params(model: nn.Module) -> int:
-    try:
-        from prunekit.measure.params import count_params
-
-        return int(count_params(model).total)
-    except ImportError:
-        return sum(p.numel() for p in model.parameters())
-
-
-def _count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
-    try:
-        from prunekit.measure.macs import count_macs
-
-        return int(count_macs(model, example_inputs))
-    except ImportError:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                call_model(model, example_inputs)
-        finally:
-            model.train(training)
-        return int(counter.get_total_flops()) // 2
 
 
 def _validate(ratio: float, scope: str, round_to: int | None, max_ratio: float) -> None:
@@ -219,13 +194,13 @@ def prune(
         loss_fn=loss_fn,
     )
     t1 = time.perf_counter()
-    params_before = _count_params(model) if measure else 0
-    macs_before = _count_macs(model, example_inputs) if measure else 0
+    params_before = count_params(model).total if measure else 0
+    macs_before = count_macs(model, example_inputs) if measure else 0
     t2 = time.perf_counter()
     apply(model, plan, example_inputs)
     t3 = time.perf_counter()
-    params_after = _count_params(model) if measure else 0
-    macs_after = _count_macs(model, example_inputs) if measure else 0
+    params_after = count_params(model).total if measure else 0
+    macs_after = count_macs(model, example_inputs) if measure else 0
     t4 = time.perf_counter()
     return PruneResult(
         plan,
@@ -308,9 +283,9 @@ def check(
     ref = masked_reference(model, plan)
     ref_out = run_outputs(ref, example_inputs)
     del ref
-    params_before = _count_params(model)
-    macs_before = _count_macs(copy.deepcopy(model), example_inputs)
+    params_before = count_params(model).total
     pruned = copy.deepcopy(model)
+    macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
     cmp = compare(run_outputs(pruned, example_inputs), ref_out)
     pinned = [
@@ -327,8 +302,8 @@ def check(
         cmp.max_abs_err,
         cmp.tolerance,
         cmp.shapes_equal,
-        _count_macs(pruned, example_inputs) / max(1, macs_before),
-        _count_params(pruned) / max(1, params_before),
+        count_macs(pruned, example_inputs) / max(1, macs_before),
+        count_params(pruned).total / max(1, params_before),
         len(report.groups),
         len(report.prunable_groups),
         plan.removed_units,
