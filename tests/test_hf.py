@@ -4,6 +4,7 @@ config kept consistent, ``generate`` works, ``hf:`` specs round-trip through sav
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -118,3 +119,58 @@ def test_hf_spec_save_load_round_trip_with_per_layer_widths(tmp_path):
     back = load(tmp_path / "ck")
     assert back.encoder.layer[0].attention.self.num_attention_heads == 2
     assert torch.equal(back(**x).last_hidden_state, model(**x).last_hidden_state)
+
+
+@pytest.mark.parametrize(
+    "model_type, attn_implementation", [("mpnet", None), ("bert", "eager")], ids=["mpnet", "bert-eager"]
+)
+def test_matmul_attention_merging_heads_by_attribute_updates_its_attributes(model_type, attn_implementation):
+    # No sdpa here: heads are split with view(..., -1, head_size), scored with matmul and merged back with
+    # view(..., self.all_head_size). The merge must make the attributes follow the cut (MPNet used to fail
+    # its verification forward: all_head_size stayed 32 for 16 channels).
+    cfg = transformers.AutoConfig.for_model(model_type, **TEXT, vocab_size=100)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = transformers.AutoModel.from_config(cfg, **extra).eval()
+    x = inputs(model_type)
+    rep = assert_exact(randomize(copy.deepcopy(model)), x, 0.5)
+    heads = [g for g in rep.plan.groups if g.width == 4]
+    # MPNet adds one relative position bias (an Embedding with a column per head) in every layer: the heads
+    # of both layers are one group; BERT's are one group per layer
+    assert len(heads) == (1 if model_type == "mpnet" else 2)
+    ps.prune(model, x, 0.5, measure=False)
+    att = [m for m in model.modules() if hasattr(m, "all_head_size")]
+    assert [(a.num_attention_heads, a.all_head_size) for a in att] == [(2, 16)] * 2
+    assert model.config.num_attention_heads == 2
+    assert model(**x).last_hidden_state.shape == (2, 7, 32)
+
+
+def test_t5_relative_position_bias_follows_its_heads():
+    # T5 passes its relative position bias (an Embedding with one column per head, computed in the first
+    # layer and reused by the others) to sdpa as the attention mask: its head dim is linked to the heads, so
+    # the self-attention heads stay prunable (they were pinned) and the bias loses the removed heads' columns.
+    # Cross-attention adds a per-head zero bias of fixed size: those heads stay.
+    cfg = {"model_type": "t5", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4}
+    cfg |= {"vocab_size": 100, "decoder_start_token_id": 0, "architectures": ["T5ForConditionalGeneration"]}
+    model = load_model("hf:" + json.dumps(cfg))
+    ids = inputs("t5")["input_ids"]
+    x = {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
+    rep = assert_exact(randomize(copy.deepcopy(model)), x, 0.5)
+    assert sorted(g.width for g in rep.plan.groups) == [4, 4] + [64] * 4  # encoder / decoder self-attention
+    ps.prune(model, x, 0.5, measure=False)
+    assert model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.embedding_dim == 2
+    assert [b.layer[0].SelfAttention.n_heads for b in model.decoder.block] == [2, 2]
+    assert [b.layer[1].EncDecAttention.n_heads for b in model.decoder.block] == [4, 4]
+    assert model.config.d_ff == 32 and model.config.num_heads == 4  # heads differ per layer: plan keeps them
+    assert model.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 4)
+
+
+def test_bloom_keyword_baddbmm_is_traced_and_alibi_heads_stay():
+    # BLOOM scores with alibi.baddbmm(batch1=q, batch2=k, ...) (keywords: the rule used to fail on them) and
+    # folds heads into the batch with an int it computes, next to ALiBi slopes built from num_heads at run
+    # time: its heads must stay; its MLP neurons are prunable.
+    cfg = {"model_type": "bloom", "hidden_size": 32, "n_layer": 2, "n_head": 4, "vocab_size": 100}
+    model = randomize(load_model("hf:" + json.dumps(cfg)))
+    rep = assert_exact(model, inputs("bloom"), 0.5)
+    assert sorted(g.width for g in rep.plan.groups) == [128, 128]
+    pinned_heads = [g for g in rep.pinned if g["width"] == 4]
+    assert len(pinned_heads) == 2 and all("Python int" in g["reasons"][0] for g in pinned_heads)

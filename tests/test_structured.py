@@ -312,3 +312,33 @@ def test_ignored_module_is_named_first_among_its_groups_reasons():
     rep = groups(net, torch.randn(1, 3, 8, 8), ignore=["c1"])
     g = next(g for g in rep.groups if any(m.name == "c1.weight" and m.dim == 0 for m in g.members))
     assert g.pinned and g.reasons[0] == "ignored by user (c1)"
+
+
+class HandLinear(nn.Linear):
+    """``x @ self.weight.T + self.bias``: nn.Linear written by hand (Falcon's FalconLinear, LoRA wrappers)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T + self.bias
+
+
+def test_hand_written_linear_x_at_weight_t_prunes_like_linear():
+    # x @ W.T used to be read as a contraction of two activations: every width it touched became one unit
+    model = nn.Sequential(HandLinear(6, 16), nn.ReLU(), HandLinear(16, 12), nn.ReLU(), HandLinear(12, 4))
+    x = torch.randn(3, 6)
+    rep = assert_exact(randomize(copy.deepcopy(model)), x, 0.5)
+    assert sorted(g.width for g in rep.plan.groups) == [12, 16]
+    prune(model, x, 0.5, measure=False)
+    assert [(m.in_features, m.out_features) for m in model[::2]] == [(6, 8), (8, 6), (6, 4)]
+
+
+def test_identity_permute_of_a_square_parameter_is_not_taken_for_a_transpose():
+    class Mix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 4)
+            self.mix = nn.Parameter(torch.randn(16, 16) + 3 * torch.eye(16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)) @ self.mix.permute(0, 1))
+
+    assert_exact(randomize(Mix()), torch.randn(3, 6), 0.5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.graph.labels import _blocks
+from prunekit.graph.labels import _blocks, along
 from prunekit.graph.trace import Tracer
 
 #: attributes holding the number of (query) heads of the module that runs the attention
@@ -29,9 +29,9 @@ HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "dim_head")
 INNER_ATTRS = ("all_head_size", "inner_dim", "attn_dim", "split_size")
 #: attributes of a module owning ``W`` in ``x @ W`` (transformers' Conv1D): (out width, in width)
 MATMUL_WEIGHT_ATTRS = (("nf", 1), ("nx", 0))
-CONFIG_HEAD_FIELDS = ("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads")
+CONFIG_HEAD_FIELDS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads")
 CONFIG_KV_FIELDS = ("num_key_value_heads",)
-CONFIG_FFN_FIELDS = ("intermediate_size", "ffn_dim", "hidden_dim", "n_inner", "encoder_ffn_dim")
+CONFIG_FFN_FIELDS = ("intermediate_size", "ffn_dim", "hidden_dim", "n_inner", "d_ff", "encoder_ffn_dim")
 
 
 def _int_attr(obj: object, name: str) -> int | None:
@@ -91,6 +91,7 @@ def record_view_heads(tr: Tracer, heads: torch.Tensor, head_dim: int) -> None:
     for name in INNER_ATTRS:
         if _int_attr(module, name) == n * head_dim:
             tr.attr(mname, module, name, heads.repeat_interleave(head_dim))
+    record_config(tr, CONFIG_HEAD_FIELDS, heads, n)
 
 
 def split_attr(tr: Tracer, size: object) -> str | None:
@@ -112,13 +113,16 @@ def record_weight_attrs(tr: Tracer, w: torch.Tensor) -> None:
     record_config(tr, CONFIG_FFN_FIELDS, tr.vec(w, 1), w.shape[1])
 
 
-def pin_fixed_merge(tr: Tracer, label: torch.Tensor, s_in: list[int], s_out: list[int], req: list) -> None:
-    """In an attention module, merging heads back to a width given as a Python int pins them.
+def merge_heads(tr: Tracer, label: torch.Tensor, s_in: list[int], s_out: list[int], req: list) -> None:
+    """In an attention module, a view merging heads back into one width: record or pin its attributes.
 
-    ``out.reshape(B, N, D)`` with ``D`` read from the (unchanged) input width would break once heads go;
-    ``reshape(B, N, -1)`` and ``reshape(B, N, self.attn_dim)`` (an updated attribute) are fine. A tensor
-    dim of the same size read inside this module (``B, N, D = x.shape``) is pinned too: ``D`` may be its
-    width, which must then stay equal to the (now fixed) merged width.
+    ``out.reshape(B, N, -1)`` and ``reshape(B, N, self.all_head_size)`` (an attribute of the traced width)
+    keep working once heads go: the head-count and width attributes of that count are recorded, so that
+    :func:`prunekit.apply` updates them (the attention that split the heads may have left them alone:
+    ``view(B, N, -1, self.head_dim)`` and a matmul-based attention name no count). A width given as a plain
+    Python int (``reshape(B, N, D)`` with ``D`` read from the unchanged input) would break: the heads are
+    pinned, and so is a tensor dim of that size read inside this module (``B, N, D = x.shape``), since ``D``
+    may be its width, which must then stay equal to the (now fixed) merged width.
     """
     if label.numel() == 1 or len(s_out) >= len(s_in):  # no slots, or nothing merged: the common cases
         return
@@ -127,12 +131,18 @@ def pin_fixed_merge(tr: Tracer, label: torch.Tensor, s_in: list[int], s_out: lis
         return
     inner = {_int_attr(module, name) for name in INNER_ATTRS} - {None}
     for bi, bo in _blocks(s_in, s_out) or []:
-        merged = len(bi) > 1 and len(bo) == 1 and any(label.shape[d] > 1 for d in bi)
-        if merged and req[bo[0]] is not None and req[bo[0]] != -1 and req[bo[0]] not in inner:
-            why = "heads merged into a width given as a Python int (not -1 or an attribute)"
-            tr.pin(label, why)
-            for slots in tr.shape_reads.get((mname, req[bo[0]]), []):
-                tr.pin(slots, f"its width was read as a Python int and used where {why}")
+        carrying = [d for d in bi if label.shape[d] > 1]
+        if len(bi) < 2 or len(bo) != 1 or not carrying or req[bo[0]] is None:
+            continue
+        if req[bo[0]] == -1 or req[bo[0]] in inner:
+            heads, others = along(label, carrying[0], s_in[carrying[0]])
+            if len(carrying) == 1 and not others:
+                record_view_heads(tr, heads, s_out[bo[0]] // len(heads))
+            continue
+        why = "heads merged into a width given as a Python int (not -1 or an attribute)"
+        tr.pin(label, why)
+        for slots in tr.shape_reads.get((mname, req[bo[0]]), []):
+            tr.pin(slots, f"its width was read as a Python int and used where {why}")
 
 
 def heads_dim(tr: Tracer, requested: list[int | None], block: list[int]) -> int | None:

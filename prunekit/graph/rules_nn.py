@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.graph.heads import CONFIG_FFN_FIELDS, record_config, record_heads, record_weight_attrs
-from prunekit.graph.labels import NO_SLOT, align, along, blank, compress
+from prunekit.graph.labels import NO_SLOT, align, along, blank, compress, varying
 from prunekit.graph.rules import (
     NO_OUTPUT_RULES,
     _resolve,
@@ -226,6 +226,19 @@ def matmul(tr: Tracer, func, args, kwargs, out) -> None:
         a, b = b, a
     if a.dim() < 2 or b.dim() < 2:
         return pin_all(tr, func, args, kwargs, out)
+    w_t = tr.transposed(b)
+    if w_t is not None:  # x @ W.T: nn.Linear written by hand (Falcon's FalconLinear)
+        xin = _channel_vec(tr, a, -1)
+        tr.link(xin, tr.vec(w_t, 1))
+        wo = tr.vec(w_t, 0)
+        own = _module_of(tr, w_t, nn.Linear)
+        if own is not None:
+            tr.attr(own[0], own[1], "in_features", tr.vec(w_t, 1))
+            tr.attr(own[0], own[1], "out_features", wo)
+            record_config(tr, CONFIG_FFN_FIELDS, wo, w_t.shape[0])
+        shape = [1] * out.dim()
+        shape[-1] = out.shape[-1]
+        return tr.set_label(out, wo.view(shape))
     if tr.is_state(b) and b.dim() == 2:  # x @ W
         xin = _channel_vec(tr, a, -1)
         tr.link(xin, tr.vec(b, 0))
@@ -251,7 +264,10 @@ _RMATMUL = set(_resolve("__rmatmul__"))
 
 @rule("addmm", "baddbmm", "addbmm")
 def addmm(tr: Tracer, func, args, kwargs, out) -> None:
-    bias, a, b = args[0], args[1], args[2]
+    # the products may come as keywords: alibi.baddbmm(batch1=q, batch2=k, beta=..., alpha=...) (BLOOM)
+    bias = arg(args, kwargs, 0, "input")
+    a = arg(args, kwargs, 1, "mat1") if "batch1" not in kwargs else kwargs["batch1"]
+    b = arg(args, kwargs, 2, "mat2") if "batch2" not in kwargs else kwargs["batch2"]
     tmp = torch.matmul(a, b)
     matmul(tr, torch.matmul, (a, b), {}, tmp)
     label = elementwise_label(tr, [tmp, bias], out.dim(), "added to a fixed-size tensor")
@@ -298,7 +314,11 @@ def sdpa(tr: Tracer, func, args, kwargs, out) -> None:
     rep = slice_union(tr, [Lq, Lk, Lv], nd - 2, "attention over channels that are not whole heads")
     if isinstance(mask, torch.Tensor):
         Lm = align(tr.label(mask), nd)
-        if (Lm >= 0).any():
+        if (Lm >= 0).any() and varying(Lm) == [nd - 3] and mask.shape[-3] == hq == rep.shape[-1]:
+            # a per-head bias that travels with its head (T5's and MPNet's relative position bias: an
+            # Embedding with one column per head): its head dim is the heads
+            tr.link(along(Lm, nd - 3, hq)[0], rep.reshape(-1, hq)[0])
+        elif (Lm >= 0).any():
             tr.pin(Lm, "attention mask carries channel slots")
             tr.pin(rep, "attention mask carries channel slots")
         elif mask.dim() >= 3 and mask.shape[-3] > 1 and rep.dim() >= 1 and rep.shape[-1] > 1:
@@ -328,7 +348,7 @@ def shape_read(tr: Tracer, func, args, kwargs, out) -> None:
     """``x.shape`` / ``x.size()``: remember which channel slots each Python int read stands for.
 
     An int cannot carry a label, so a width read from one tensor and used for another (``B, N, C =
-    x.shape`` ... ``y.reshape(B, N, C)``) is invisible to the rules; :func:`pin_fixed_merge` uses these
+    x.shape`` ... ``y.reshape(B, N, C)``) is invisible to the rules; :func:`merge_heads` uses these
     records to pin the source of such a width too.
     """
     x = args[0]

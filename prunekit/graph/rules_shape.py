@@ -17,7 +17,7 @@ from scipy.sparse.csgraph import connected_components
 from prunekit.graph.heads import (
     current_module,
     heads_dim,
-    pin_fixed_merge,
+    merge_heads,
     record_view_heads,
     split_attr,
 )
@@ -188,7 +188,7 @@ def reshape(tr: Tracer, func, args, kwargs, out) -> None:
         return pin_all(tr, func, args, kwargs, out)
     L, splits = res
     req = _requested(func, args, kwargs, x, out)
-    pin_fixed_merge(tr, lab(tr, x), list(x.shape), list(out.shape), req)
+    merge_heads(tr, lab(tr, x), list(x.shape), list(out.shape), req)
     for block in splits:
         by_attr = heads_dim(tr, req, block)  # view(b, n, self.num_heads, d): the heads dim shrinks
         adapt = next((d for d in block if req[d] == -1), by_attr if by_attr is not None else block[-1])
@@ -226,6 +226,8 @@ def reshape(tr: Tracer, func, args, kwargs, out) -> None:
 def reorder(tr: Tracer, func, args, kwargs, out) -> None:
     x = args[0]
     tr.set_label(out, func(lab(tr, x), *args[1:], **kwargs))
+    if x.dim() == 2 and tr.is_state(x) and out.shape == x.shape[::-1] and out.stride() == x.stride()[::-1]:
+        tr._transposed[id(out)] = (out, x)  # W.T (a view with the strides swapped): x @ W.T is a linear layer
 
 
 @rule("expand", "expand_as", "broadcast_to")

@@ -111,6 +111,8 @@ class Tracer:
     #: the outermost module holding a ``config`` object (a Hugging Face model, maybe inside a wrapper)
     config_owner: tuple[str, nn.Module] | None = None
     _labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: id(W.T) -> (W.T, W) for 2-D parameters transposed during the trace (``x @ self.weight.T``)
+    _transposed: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _range_of: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (id, dim) -> slot ids
     _owners: dict[int, tuple[str, nn.Module]] = field(default_factory=dict)
     _reason_ids: dict[str, int] = field(default_factory=dict)
@@ -140,6 +142,11 @@ class Tracer:
 
     def is_state(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.names
+
+    def transposed(self, t: torch.Tensor) -> torch.Tensor | None:
+        """The 2-D parameter/buffer ``W`` when ``t`` is ``W.T`` (or ``W.t()``, ``W.transpose(0, 1)``)."""
+        entry = self._transposed.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
 
     # ---- slots ----------------------------------------------------------------------------------------
     def slots(self, t: torch.Tensor, dim: int) -> torch.Tensor:
