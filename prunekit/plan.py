@@ -45,7 +45,7 @@ class Plan:
     attrs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     signature: dict[str, list[int]] = field(default_factory=dict)
     groups: list[GroupDecision] = field(default_factory=list)
-    output_shapes: list[list[int]] = field(default_factory=list)
+    output_shapes: list[list[int] | None] = field(default_factory=list)  # None: sized by the data
     meta: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
@@ -63,7 +63,7 @@ class Plan:
             "attrs": {m: {a: list(v) for a, v in attrs.items()} for m, attrs in self.attrs.items()},
             "signature": {n: list(s) for n, s in self.signature.items()},
             "groups": [g.to_dict() for g in self.groups],
-            "output_shapes": [list(s) for s in self.output_shapes],
+            "output_shapes": [None if s is None else list(s) for s in self.output_shapes],
             "meta": dict(self.meta),
         }
 
@@ -89,7 +89,10 @@ class Plan:
                     )
                     for g in data.get("groups", [])
                 ],
-                output_shapes=[[int(s) for s in shape] for shape in data.get("output_shapes", [])],
+                output_shapes=[
+                    None if shape is None else [int(s) for s in shape]
+                    for shape in data.get("output_shapes", [])
+                ],
                 meta=dict(data.get("meta", {})),
                 version=version,
             )

@@ -184,3 +184,14 @@ def test_prune_an_ultralytics_model_to_a_pt_file_writes_ultralytics_format(tmp_p
     n_pruned, n_dense = (sum(p.numel() for p in m.parameters()) for m in (pruned, dense))
     assert n_pruned < 0.7 * n_dense
     assert pruned.model[-1].nc == dense.model[-1].nc  # classes untouched
+
+
+def test_check_compare_at_a_submodule_and_a_bad_name_is_one_line_exit_2(tmp_path):
+    js = tmp_path / "c.json"
+    result = invoke("check", TINY, "--input-shape", SHAPE, "--compare-at", "fc", "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["ok"] is True and data["compared_at"] == "fc"
+    result = invoke("check", TINY, "--input-shape", SHAPE, "--compare-at", "nohead")
+    assert result.exit_code == 2 and "no submodule 'nohead'" in result.output
+    assert result.output.strip().count("\n") == 0

@@ -342,3 +342,68 @@ def test_identity_permute_of_a_square_parameter_is_not_taken_for_a_transpose():
             return self.b(torch.relu(self.a(x)) @ self.mix.permute(0, 1))
 
     assert_exact(randomize(Mix()), torch.randn(3, 6), 0.5)
+
+
+class PostProcessed(nn.Module):
+    """A head, then a data-sized output (boolean mask), as detectors post-process their scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.head(torch.relu(self.body(x))).flatten(1)
+        return scores, scores[scores > scores.mean()]
+
+
+def test_outputs_sized_by_the_data_may_change_size_with_the_cut():
+    # the kept scores are a boolean selection: after the cut their count changes, and that is not a broken
+    # model (it used to fail apply's verification: "output shapes changed")
+    torch.manual_seed(0)
+    model, x = randomize(PostProcessed()), torch.randn(2, 3, 12, 12)
+    res = prune(model, x, 0.5, measure=False)
+    assert res.plan.output_shapes == [[2, 256], None]
+    assert model.body[0].out_channels == 8 and model(x)[0].shape == (2, 256)
+
+
+def test_check_compares_at_a_submodule_and_names_bad_ones():
+    torch.manual_seed(0)
+    model, x = randomize(PostProcessed()), torch.randn(2, 3, 12, 12)
+    rep = check(model, x, 0.5, compare_at="head")
+    assert rep.ok and rep.compared_at == "head" and rep.to_dict()["compared_at"] == "head"
+    with pytest.raises(ConfigError, match="no submodule 'neck'"):
+        check(model, x, 0.5, compare_at="neck")
+    model.spare = nn.Linear(2, 2)  # registered, never called by forward
+    with pytest.raises(ConfigError, match="was not called"):
+        check(model, x, 0.5, compare_at="spare")
+
+
+def test_torchvision_detector_prunes_and_its_head_is_exact():
+    # SSDlite: top-k over near-equal random scores makes the final boxes of two equal networks differ
+    # (a 1e-7 change reorders them), so the oracle compares the head; prune itself must not trip over the
+    # box count being data-sized
+    pytest.importorskip("torchvision")
+    from prunekit.models.spec import load_model
+
+    torch.manual_seed(0)
+    model, x = randomize(load_model("torchvision:ssdlite320_mobilenet_v3_large")), torch.rand(1, 3, 96, 96)
+    rep = assert_exact(model, x, 0.5, compare_at="head")
+    assert rep.macs_ratio < 0.5 and all(s is None for s in rep.plan.output_shapes)
+    prune(model, x, 0.5, measure=False)
+    assert set(model(x)[0]) == {"boxes", "scores", "labels"}
+
+
+def test_where_with_only_a_condition_pins_what_it_reads_without_a_rule_error():
+    class Where(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.b(torch.relu(self.a(x)))
+            return self.c(torch.relu(y)), torch.where(y > 0)[1]  # channel indices: they depend on the width
+
+    rep = assert_exact(randomize(Where()), torch.randn(1, 3, 4, 4), 0.5)
+    assert [g.width for g in rep.plan.groups] == [8]  # a's outputs; b's are read by where(cond)
+    assert any("indices of nonzeros" in r for p in rep.pinned for r in p["reasons"])

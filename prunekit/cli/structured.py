@@ -167,6 +167,14 @@ def check(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    compare_at: Annotated[
+        str | None,
+        typer.Option(
+            "--compare-at",
+            help="compare the outputs of this submodule instead of the model's (a detector's 'head', "
+            "before top-k/NMS)",
+        ),
+    ] = None,
 ) -> None:
     """Report what can be pruned in MODEL, what is pinned and why, and whether the cut is exact.
 
@@ -185,6 +193,7 @@ def check(
         ignore=ignore or None,
         round_to=round_to,
         max_ratio=max_ratio,
+        compare_at=compare_at,
     )
     write_json(json_path, report.to_dict())
     if report.pinned:
@@ -200,5 +209,10 @@ def check(
         f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict} "
         f"(max abs err {report.max_abs_err:.2e}, tolerance {report.tolerance:.1e})"
     )
+    if not report.ok and report.compared_at is None and None in report.plan.output_shapes:
+        console.print(
+            "the model's outputs are sized by the data (post-processing such as top-k or NMS): two equal "
+            "networks may still keep different boxes; compare before it with --compare-at (e.g. its head)"
+        )
     if not report.ok:
         raise typer.Exit(1)

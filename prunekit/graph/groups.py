@@ -92,7 +92,7 @@ class GroupReport:
 
     groups: list[Group]
     attrs: list[Any] = field(repr=False, default_factory=list)
-    output_shapes: list[list[int]] = field(default_factory=list)
+    output_shapes: list[list[int] | None] = field(default_factory=list)
     signature: dict[str, list[int]] = field(default_factory=dict)
     n_calls: int = 0
     rule_errors: list[str] = field(default_factory=list)

@@ -110,6 +110,9 @@ def on_call(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         pin_inputs(tr, args, kwargs, f"propagation rule failed ({type(exc).__name__})")
         blank_all(tr, out)
         return
+    if _data_dependent(tr, func, args, kwargs):
+        for t in results:
+            tr.dynamic[id(t)] = t
     first = args[0] if args else None
     name = getattr(func, "__name__", "")
     inplace = (
@@ -117,6 +120,34 @@ def on_call(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     )
     if inplace and isinstance(first, torch.Tensor) and results[0] is first and first._is_view():
         pin_inputs(tr, args, kwargs, "in-place op on a view")
+
+
+DATA_DEPENDENT: set[Any] = set()
+for _name in ("nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"):
+    DATA_DEPENDENT.update(_resolve(_name))
+#: custom ops (``torch.ops.NS.NAME``, by qualified name) whose output size follows values: box NMS
+DATA_DEPENDENT_OPS = {"torchvision::nms"}
+_WHERE = set(_resolve("where"))
+_GETITEM = set(_resolve("__getitem__"))
+
+
+def _data_dependent(tr: Tracer, func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether the size of this call's output may follow the input *values* (recorded in ``tr.dynamic``).
+
+    Sources: nonzero-like ops, ``torch.where(cond)``, indexing with a boolean mask, NMS; then anything that
+    reads a tensor so sized (a detector's boxes, scores and labels after post-processing).
+    """
+    if func in DATA_DEPENDENT or getattr(func, "_qualified_op_name", None) in DATA_DEPENDENT_OPS:
+        return True
+    if func in _WHERE and len(args) + len(kwargs) == 1:
+        return True
+    if func in _GETITEM and len(args) > 1:
+        index = tree_leaves(args[1])
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in index):
+            return True
+    if not tr.dynamic:
+        return False
+    return any(tr.dynamic.get(id(t)) is t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
 
 
 from prunekit.graph import rules_attn, rules_nn, rules_shape  # noqa: E402, F401  (register the rules)

@@ -118,6 +118,9 @@ _ELEMENTWISE = (
 
 @rule(*_ELEMENTWISE, objs=(torch.Tensor.data.__get__,))
 def elementwise(tr: Tracer, func, args, kwargs, out) -> None:
+    if func in _WHERE and len(args) + len(kwargs) == 1:  # torch.where(cond): the indices of its nonzeros
+        pin_inputs(tr, args, kwargs, "indices of nonzeros along a channel dim depend on the channel count")
+        return blank_all(tr, out)
     if func in _FIRST_ONLY:  # .to(other), type_as(other), zeros_like(x): only the first tensor is data
         operands = [args[0]]
     else:
@@ -131,6 +134,7 @@ def elementwise(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set_label(t, label if t.dim() == label.dim() else align(label, t.dim()))
 
 
+_WHERE = set(_resolve("where"))
 _FIRST_ONLY = set(_resolve("to") + _resolve("type_as"))
 for _n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"):
     _FIRST_ONLY.update(_resolve(_n))

@@ -232,10 +232,12 @@ class CheckReport:
     pinned: list[dict[str, Any]]
     rule_errors: list[str]
     plan: Plan
+    compared_at: str | None = None  # the submodule whose outputs were compared (None: the model's)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "compared_at": self.compared_at,
             "max_abs_err": self.max_abs_err,
             "tolerance": self.tolerance,
             "shapes_equal": self.shapes_equal,
@@ -261,13 +263,22 @@ def check(
     *,
     data: Any = None,
     loss_fn: Any = None,
+    compare_at: str | None = None,
 ) -> CheckReport:
     """Prune a deep copy and compare it with the masked reference (see :mod:`prunekit.structured.oracle`).
+
+    ``compare_at`` names a submodule whose outputs are compared instead of the model's: a detector's head,
+    when top-k and NMS follow it (discontinuous: equal networks may still keep different boxes).
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> check(net, torch.randn(2, 3)).ok
     True
     """
+    if compare_at is not None:
+        try:
+            model.get_submodule(compare_at)
+        except AttributeError:
+            raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
     plan, report = plan_prune(
         model,
         example_inputs,
@@ -281,13 +292,13 @@ def check(
         loss_fn=loss_fn,
     )
     ref = masked_reference(model, plan)
-    ref_out = run_outputs(ref, example_inputs)
+    ref_out = run_outputs(ref, example_inputs, compare_at)
     del ref
     params_before = count_params(model).total
     pruned = copy.deepcopy(model)
     macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
-    cmp = compare(run_outputs(pruned, example_inputs), ref_out)
+    cmp = compare(run_outputs(pruned, example_inputs, compare_at), ref_out)
     pinned = [
         {
             "id": g.id,
@@ -310,4 +321,5 @@ def check(
         pinned,
         list(report.rule_errors),
         plan,
+        compare_at,
     )

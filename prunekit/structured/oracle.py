@@ -8,7 +8,8 @@ reduced widths. Both run on the same example inputs under ``torch.no_grad()`` in
 tensor (flattened from tuples/lists/dicts/dataclasses, in order) is compared.
 
 Pass criterion: ``max_abs_err <= rtol * max(1, max|ref|)`` with ``rtol = 1e-4`` (fp32), output shapes equal
-and no NaN/inf.
+and no NaN/inf. With ``compare_at`` (``check(..., compare_at="head")``) the outputs of that submodule are
+compared instead of the model's: for models that post-process discontinuously (detectors' top-k and NMS).
 
 >>> import torch
 >>> from prunekit.plan import Plan
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, call_model
+from prunekit.errors import ConfigError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
 
@@ -47,16 +49,31 @@ def masked_reference(model: nn.Module, plan: Plan) -> nn.Module:
     return ref
 
 
-def run_outputs(model: nn.Module, example_inputs: ExampleInputs) -> list[torch.Tensor]:
-    """All output tensors of one eval-mode, no-grad forward."""
+def run_outputs(model: nn.Module, example_inputs: ExampleInputs, at: str | None = None) -> list[torch.Tensor]:
+    """All output tensors of one eval-mode, no-grad forward: of the model, or of its submodule ``at``.
+
+    ``at`` names the module whose outputs are compared instead of the model's (every call of it, in order):
+    a detector's head, before the top-k and non-maximum suppression that follow it. Those are exact too, but
+    discontinuous: a 1e-7 difference may swap which boxes survive, so the final detections of two equal
+    networks can differ. The module must be called during the forward.
+    """
+    captured: list[object] = []
+    handle = None
+    if at is not None:
+        handle = model.get_submodule(at).register_forward_hook(lambda m, a, out: captured.append(out))
     training = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            return [t.detach() for t in flatten_tensors(call_model(model, example_inputs))]
+            out = call_model(model, example_inputs)
     finally:
+        if handle is not None:
+            handle.remove()
         for m, flag in training.items():
             m.training = flag
+    if at is not None and not captured:
+        raise ConfigError(f"module {at!r} was not called during the forward: nothing to compare at it")
+    return [t.detach() for t in flatten_tensors(captured if at is not None else out)]
 
 
 @dataclass

@@ -169,4 +169,5 @@ def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | 
         elif len(values) > 1:  # per-layer widths a config cannot express: they live in the plan only
             meta.setdefault("per_layer_attrs", {})[f"{module}.{attr}".lstrip(".")] = sorted(values)
     signature = {n: report.signature[n] for n in removals}
-    return Plan(removals, attrs, signature, decisions, [list(s) for s in report.output_shapes], meta)
+    shapes = [None if s is None else list(s) for s in report.output_shapes]
+    return Plan(removals, attrs, signature, decisions, shapes, meta)
