@@ -102,6 +102,8 @@ def on_call(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         return
     tr.n_calls += 1
     tr.op = op_name(func)
+    if tr.data_sized is None and _data_dependent(func, args, kwargs):
+        tr.data_sized = tr.where()
     fn = RULES.get(func, pin_all)
     try:
         fn(tr, func, args, kwargs, out)
@@ -110,9 +112,6 @@ def on_call(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         pin_inputs(tr, args, kwargs, f"propagation rule failed ({type(exc).__name__})")
         blank_all(tr, out)
         return
-    if _data_dependent(tr, func, args, kwargs):
-        for t in results:
-            tr.dynamic[id(t)] = t
     first = args[0] if args else None
     name = getattr(func, "__name__", "")
     inplace = (
@@ -131,23 +130,16 @@ _WHERE = set(_resolve("where"))
 _GETITEM = set(_resolve("__getitem__"))
 
 
-def _data_dependent(tr: Tracer, func: Any, args: tuple, kwargs: dict) -> bool:
-    """Whether the size of this call's output may follow the input *values* (recorded in ``tr.dynamic``).
-
-    Sources: nonzero-like ops, ``torch.where(cond)``, indexing with a boolean mask, NMS; then anything that
-    reads a tensor so sized (a detector's boxes, scores and labels after post-processing).
-    """
+def _data_dependent(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether the size of this call's output follows the input *values*: nonzero-like ops,
+    ``torch.where(cond)``, indexing with a boolean mask, NMS."""
     if func in DATA_DEPENDENT or getattr(func, "_qualified_op_name", None) in DATA_DEPENDENT_OPS:
         return True
-    if func in _WHERE and len(args) + len(kwargs) == 1:
-        return True
+    if func in _WHERE:
+        return len(args) + len(kwargs) == 1
     if func in _GETITEM and len(args) > 1:
-        index = tree_leaves(args[1])
-        if any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in index):
-            return True
-    if not tr.dynamic:
-        return False
-    return any(tr.dynamic.get(id(t)) is t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+        return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_leaves(args[1]))
+    return False
 
 
 from prunekit.graph import rules_attn, rules_nn, rules_shape  # noqa: E402, F401  (register the rules)

@@ -104,11 +104,12 @@ class Tracer:
     #: (module, int value) -> slot vectors of the shape dims read as that int inside that module
     shape_reads: dict[tuple[str, int], list[torch.Tensor]] = field(default_factory=dict)
     rule_errors: list[str] = field(default_factory=list)
-    #: the model's output shapes as traced; None for an output whose size depends on the data
+    #: the model's output shapes as traced; None where sizes may follow the data (see ``data_sized``)
     output_shapes: list[list[int] | None] = field(default_factory=list)
-    #: id -> tensor whose size depends on values (nonzero, boolean masks, NMS...), and everything computed
-    #: from one: its shape may change with the cut without anything being wrong (a detector's box count)
-    dynamic: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: the first op seen whose output size follows the input *values* (nonzero, a boolean mask, NMS), if
+    #: any: the model's output sizes may then change with the cut without anything being wrong (a
+    #: detector's box count; it reaches the outputs through Python ints the trace cannot follow)
+    data_sized: str | None = None
     n_calls: int = 0
     op: str = ""
     module_stack: list[str] = field(default_factory=lambda: [""])
@@ -282,7 +283,6 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> Tracer:
     tracer.op, tracer.module_stack = "output", [""]
     for t in flatten_tensors(out):
         tracer.pin(tracer.label(t), "model outputs keep their shape")
-        tracer.output_shapes.append(None if tracer.dynamic.get(id(t)) is t else list(t.shape))
+        tracer.output_shapes.append(None if tracer.data_sized else list(t.shape))
     tracer._labels.clear()
-    tracer.dynamic.clear()
     return tracer
