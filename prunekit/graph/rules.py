@@ -140,6 +140,3 @@ def _data_dependent(func: Any, args: tuple, kwargs: dict) -> bool:
     if func in _GETITEM and len(args) > 1:
         return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_leaves(args[1]))
     return False
-
-
-from prunekit.graph import rules_attn, rules_nn, rules_shape  # noqa: E402, F401  (register the rules)

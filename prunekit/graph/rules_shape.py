@@ -23,6 +23,7 @@ from prunekit.graph.heads import (
 )
 from prunekit.graph.labels import align, along, blank, compress, group_rows, reshape_label, varying
 from prunekit.graph.rules import (
+    _WHERE,
     RULES,
     _resolve,
     arg,
@@ -134,7 +135,6 @@ def elementwise(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set_label(t, label if t.dim() == label.dim() else align(label, t.dim()))
 
 
-_WHERE = set(_resolve("where"))
 _FIRST_ONLY = set(_resolve("to") + _resolve("type_as"))
 for _n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"):
     _FIRST_ONLY.update(_resolve(_n))
@@ -231,7 +231,7 @@ def reorder(tr: Tracer, func, args, kwargs, out) -> None:
     x = args[0]
     tr.set_label(out, func(lab(tr, x), *args[1:], **kwargs))
     if x.dim() == 2 and tr.is_state(x) and out.shape == x.shape[::-1] and out.stride() == x.stride()[::-1]:
-        tr._transposed[id(out)] = (out, x)  # W.T (a view with the strides swapped): x @ W.T is a linear layer
+        tr.mark_transposed(out, x)  # W.T (a view with the strides swapped): x @ W.T is a linear layer
 
 
 @rule("expand", "expand_as", "broadcast_to")

@@ -148,6 +148,10 @@ class Tracer:
     def is_state(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.names
 
+    def mark_transposed(self, t: torch.Tensor, w: torch.Tensor) -> None:
+        """Remember that ``t`` is ``w.T`` for a 2-D parameter/buffer ``w`` (see :meth:`transposed`)."""
+        self._transposed[id(t)] = (t, w)
+
     def transposed(self, t: torch.Tensor) -> torch.Tensor | None:
         """The 2-D parameter/buffer ``W`` when ``t`` is ``W.T`` (or ``W.t()``, ``W.transpose(0, 1)``)."""
         entry = self._transposed.get(id(t))
