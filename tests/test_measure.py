@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from prunekit.errors import ConfigError
-from prunekit.measure.macs import _flop_counter
 from prunekit.measure import (
     LatencyStats,
     analyze,
@@ -25,6 +24,7 @@ from prunekit.measure import (
     params_by_module,
     peak_memory_bytes,
 )
+from prunekit.measure.macs import _flop_counter
 
 
 class Mask(nn.Module):
