@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from _engine_helpers import assert_exact, randomize
 from torch import nn
 
 from prunekit.errors import ApplyError, ConfigError
+from prunekit.plan import Plan
 from prunekit.structured import check, groups, prune
 from prunekit.structured.api import plan_prune
 from prunekit.structured.apply import apply
@@ -365,6 +367,7 @@ def test_outputs_sized_by_the_data_may_change_size_with_the_cut():
     model, x = randomize(PostProcessed()), torch.randn(2, 3, 12, 12)
     res = prune(model, x, 0.5, measure=False)
     assert res.plan.output_shapes == [None] * 3  # once sizes follow values, no output size is checked
+    assert Plan.from_dict(json.loads(json.dumps(res.plan.to_dict()))).output_shapes == [None] * 3
     assert model.body[0].out_channels == 8 and model(x)[0].shape == (2, 256)
 
 
