@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import sys
 import time
@@ -194,7 +193,6 @@ def main() -> None:
         "transformers": transformers.__version__,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "cores": os.cpu_count(),
     }
     text = markdown(rows, env)
     if not args.no_write and not args.only:
