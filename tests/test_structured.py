@@ -411,3 +411,78 @@ def test_where_with_only_a_condition_pins_what_it_reads_without_a_rule_error():
     rep = assert_exact(randomize(Where()), torch.randn(1, 3, 4, 4), 0.5)
     assert [g.width for g in rep.plan.groups] == [8]  # a's outputs; b's are read by where(cond)
     assert any("indices of nonzeros" in r for p in rep.pinned for r in p["reasons"])
+
+
+class Recurrent(nn.Module):
+    """Linear -> LSTM/GRU/RNN -> Linear on the last step."""
+
+    def __init__(self, cell: type, **kw) -> None:
+        super().__init__()
+        self.emb = nn.Linear(6, 12)
+        self.rnn = cell(12, 16, batch_first=True, **kw)
+        self.fc = nn.Linear(16 * (2 if kw.get("bidirectional") else 1), 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(torch.relu(self.emb(x)))[0][:, -1])
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("kw", [{}, {"num_layers": 2, "bidirectional": True}], ids=["1-layer", "2-layer-bi"])
+def test_rnn_hidden_units_are_removed_exactly(cell, kw):
+    # unit j: its gate rows and recurrent column in every layer and direction, the next layer's input
+    # columns; nn.RNN* has one hidden_size, so a unit goes from all layers at once (they used to be pinned)
+    from prunekit.measure import count_macs
+
+    torch.manual_seed(0)
+    model, x = randomize(Recurrent(cell, **kw)), torch.randn(2, 5, 6)
+    rep = assert_exact(model, x, 0.5)
+    assert sorted(g.width for g in rep.plan.groups) == [12, 16]
+    macs = count_macs(model, x)
+    prune(model, x, 0.5, measure=False)
+    assert (model.rnn.input_size, model.rnn.hidden_size) == (6, 8)
+    assert model.fc.in_features == 8 * (2 if kw else 1) and model(x).shape == (2, 3)
+    assert count_macs(model, x) < macs / 3
+
+
+def test_rnn_units_stay_with_a_callers_initial_state_or_packed_input():
+    class GivenState(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.fc = nn.GRU(6, 16), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h0 = torch.zeros(1, x.shape[1], 16)  # made by the caller, with a fixed 16
+            return self.fc(self.rnn(x, h0)[0][-1])
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.fc = nn.LSTM(6, 16, batch_first=True), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            packed = nn.utils.rnn.pack_padded_sequence(x, [5, 3], batch_first=True)
+            return self.fc(self.rnn(packed)[1][0][-1])
+
+    rep = assert_exact(randomize(GivenState()), torch.randn(5, 2, 6), 0.5)
+    reasons = [r for p in rep.pinned for r in p["reasons"]]
+    assert rep.plan.groups == [] and any("initial state passed in" in r for r in reasons)
+    assert assert_exact(randomize(Packed()), torch.randn(2, 5, 6), 0.5).plan.groups == []
+
+
+def test_failed_apply_on_an_rnn_leaves_it_computing_as_before(monkeypatch):
+    # nn.LSTM computes from its own list of weight references (_flat_weights, refreshed by its forward when
+    # the parameters changed): after a rollback it must compute with the original tensors again
+    torch.manual_seed(0)
+    model, x = randomize(Recurrent(nn.LSTM, num_layers=2)), torch.randn(2, 5, 6)
+    with torch.no_grad():
+        before = model(x)
+    apply_mod = importlib.import_module("prunekit.structured.apply")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(apply_mod, "_verify", broken)
+    with pytest.raises(ApplyError, match="injected"):
+        prune(model, x, 0.5, measure=False)
+    with torch.no_grad():
+        assert torch.equal(model(x), before) and model.rnn.hidden_size == 16

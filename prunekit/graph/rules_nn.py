@@ -17,6 +17,7 @@ from prunekit.graph.rules import (
     _resolve,
     arg,
     lab,
+    outs,
     pin_all,
     pin_inputs,
     rule,
@@ -188,6 +189,54 @@ def linear(tr: Tracer, func, args, kwargs, out) -> None:
     shape = [1] * out.dim()
     shape[-1] = out.shape[-1]
     tr.set_label(out, wo.view(shape) if w.dim() == 2 else blank(out.dim()))
+
+
+_GATE_COUNTS = (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1))
+_GATES = {f: n for name, n in _GATE_COUNTS for f in _resolve(name)}  # gate blocks stacked in the weight rows
+
+
+@rule("lstm", "gru", "rnn_tanh", "rnn_relu")
+def rnn(tr: Tracer, func, args, kwargs, out) -> None:
+    """``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: hidden unit ``j`` is one unit in every layer and direction.
+
+    A unit is its gate rows (4 for LSTM, 3 for GRU, 1 for RNN) of ``weight_ih``, ``weight_hh`` and the biases,
+    its column of ``weight_hh``, and the next layer's input column(s). Removing it is exact: with those rows
+    zeroed every gate pre-activation is 0, so from a zero initial state its state stays 0 (LSTM: c = c/2 + 0,
+    GRU: h = h/2 + 0), and nobody reads it. ``nn.RNN*`` has one ``hidden_size`` for every layer, so unit ``j``
+    goes from all of them at once. An initial state passed in by the caller keeps its (fixed) size: the units
+    stay. Packed sequences and LSTM projections (``proj_size``) are pinned.
+    """
+    if len(args) < 9 or not isinstance(args[3], bool) or not isinstance(args[2], (list, tuple)):
+        return pin_all(tr, func, args, kwargs, out)  # packed form: (data, batch_sizes, hx, params, ...)
+    x, hx, params = args[0], args[1], list(args[2])
+    layers, dirs = int(args[4]), 2 if args[7] else 1
+    per = 4 if args[3] else 2
+    own = tr.owner(params[0]) if params else None
+    module = own[1] if own is not None else None
+    plain = isinstance(module, nn.RNNBase) and not getattr(module, "proj_size", 0)
+    if not plain or len(params) != per * layers * dirs:
+        return pin_all(tr, func, args, kwargs, out)
+    gates, hidden = _GATES[func], params[1].shape[1]
+    why = "an RNN hidden unit: gate rows, recurrent column and state go together"
+    rows = [tr.vec(params[k * per], 0).view(gates, hidden).T for k in range(layers * dirs)]
+    cols = [tr.vec(params[k * per + 1], 1).view(hidden, 1) for k in range(layers * dirs)]
+    tr.unite(torch.cat(rows + cols, 1), why)  # column 0 (layer 0's first gate) now stands for the unit
+    units = rows[0][:, 0].contiguous()
+    for k in range(layers * dirs):
+        layer, w_ih = k // dirs, params[k * per]
+        for p in params[k * per + 1 : k * per + per]:  # weight_hh and the biases: the same gate rows
+            tr.link(tr.vec(w_ih, 0), tr.vec(p, 0), why)
+        feed = _channel_vec(tr, x, -1) if layer == 0 else units.repeat(dirs)
+        tr.link(feed, tr.vec(w_ih, 1))
+    for h in hx if isinstance(hx, (list, tuple)) else [hx]:
+        if tr.born.get(id(h), (None, None)) != (h, own[0]):  # a state from the caller: its size is fixed
+            tr.link(_channel_vec(tr, h, -1), units, "initial state passed in: its size is fixed")
+    tr.attr(own[0], module, "hidden_size", units)
+    tr.attr(own[0], module, "input_size", tr.vec(params[0], 1))
+    results = outs(out)
+    tr.set_label(results[0], units.repeat(dirs).view([1] * (results[0].dim() - 1) + [dirs * hidden]))
+    for t in results[1:]:  # final states, (layers * dirs, batch, hidden)
+        tr.set_label(t, units.view([1] * (t.dim() - 1) + [hidden]))
 
 
 @rule("embedding")

@@ -145,6 +145,15 @@ def factory(tr: Tracer, func, args, kwargs, out) -> None:
     blank_all(tr, out)
 
 
+@rule("zeros")
+def zeros(tr: Tracer, func, args, kwargs, out) -> None:
+    """Zeros made from sizes alone: no slots; the module that made them is remembered (``nn.LSTM`` makes its
+    own zero initial state, sized by ``hidden_size``, which follows a cut)."""
+    blank_all(tr, out)
+    if isinstance(out, torch.Tensor):
+        tr.born[id(out)] = (out, tr.module_stack[-1])
+
+
 @rule("prelu")
 def prelu(tr: Tracer, func, args, kwargs, out) -> None:
     x, w = args[0], arg(args, kwargs, 1, "weight")

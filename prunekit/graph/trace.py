@@ -116,6 +116,8 @@ class Tracer:
     #: the outermost module holding a ``config`` object (a Hugging Face model, maybe inside a wrapper)
     config_owner: tuple[str, nn.Module] | None = None
     _labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: id -> (tensor, module name) for zero tensors made from sizes alone (an RNN's default initial state)
+    born: dict[int, tuple[torch.Tensor, str]] = field(default_factory=dict)
     #: id(W.T) -> (W.T, W) for 2-D parameters transposed during the trace (``x @ self.weight.T``)
     _transposed: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _range_of: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (id, dim) -> slot ids
@@ -289,4 +291,5 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> Tracer:
         tracer.pin(tracer.label(t), "model outputs keep their shape")
         tracer.output_shapes.append(None if tracer.data_sized else list(t.shape))
     tracer._labels.clear()
+    tracer.born.clear()
     return tracer
