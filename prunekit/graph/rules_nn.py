@@ -229,7 +229,8 @@ def rnn(tr: Tracer, func, args, kwargs, out) -> None:
         feed = _channel_vec(tr, x, -1) if layer == 0 else units.repeat(dirs)
         tr.link(feed, tr.vec(w_ih, 1))
     for h in hx if isinstance(hx, (list, tuple)) else [hx]:
-        if tr.born.get(id(h), (None, None)) != (h, own[0]):  # a state from the caller: its size is fixed
+        made = tr.born.get(id(h))
+        if made is None or made[0] is not h or made[1] != own[0]:  # a state from the caller: fixed size
             tr.link(_channel_vec(tr, h, -1), units, "initial state passed in: its size is fixed")
     tr.attr(own[0], module, "hidden_size", units)
     tr.attr(own[0], module, "input_size", tr.vec(params[0], 1))
