@@ -1,4 +1,5 @@
-"""Example inputs: a tensor, a tuple/list of positional arguments, or a dict of keyword arguments."""
+"""Example inputs (a tensor, a tuple/list of positional arguments, or a dict of keyword arguments) and
+running a model on them: in eval mode, every module's training flag given back afterwards."""
 
 from __future__ import annotations
 
@@ -40,8 +41,33 @@ def batch_size_of(example_inputs: ExampleInputs) -> int:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: ``model.eval()`` inside, each module's previous ``training`` flag restored on exit.
+
+    Flags are restored per module, so a model that was training with some frozen (eval) sub-modules comes
+    back exactly as it was (only the flags that changed are written back).
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    >>> with eval_mode(m):
+    ...     m.training
+    False
+    >>> m.training
+    True
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    if any(flag for _, flag in flags):
+        model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            if module.training != flag:
+                module.training = flag
+
+
+@contextlib.contextmanager
 def eval_scope(model: nn.Module, stack: list[str] | None = None) -> Iterator[None]:
-    """``model`` in eval mode without grad for the block; every module's training flag is restored after.
+    """:func:`eval_mode` without grad for the block.
 
     With ``stack``, the block also keeps ``stack[-1]`` = the qualified name of the module of ``model`` whose
     forward is running (``""`` for the model itself), through process-wide module hooks that ignore every
@@ -55,11 +81,9 @@ def eval_scope(model: nn.Module, stack: list[str] | None = None) -> Iterator[Non
     >>> seen, net.training
     (['0'], True)
     """
-    named = list(model.named_modules())
-    flags = [(m, m.training) for _, m in named]
     handles = []
     if stack is not None:
-        name_of = {id(m): n for n, m in named}
+        name_of = {id(m): n for n, m in model.named_modules()}
         depth = len(stack)
 
         def enter(module: nn.Module, args: Any) -> None:
@@ -75,14 +99,9 @@ def eval_scope(model: nn.Module, stack: list[str] | None = None) -> Iterator[Non
             torch.nn.modules.module.register_module_forward_pre_hook(enter),
             torch.nn.modules.module.register_module_forward_hook(leave),
         ]
-    if any(flag for _, flag in flags):
-        model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             yield
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            if m.training != flag:
-                m.training = flag

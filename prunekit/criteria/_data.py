@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit._inputs import call_model
+from prunekit._inputs import call_model, eval_mode
 from prunekit.errors import ConfigError
 
 
@@ -58,22 +58,6 @@ def batch_loss(
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ConfigError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
     return loss.reshape(())
-
-
-class eval_mode:
-    """Context manager: the model in eval mode (BN stats untouched), its training flags restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for m, flag in self.flags:
-            m.training = flag
 
 
 def per_batch_grads(ctx: Any, who: str, create_graph: bool = False) -> Iterator[tuple[dict, torch.Tensor]]:

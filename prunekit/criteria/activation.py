@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit._inputs import call_model
+from prunekit._inputs import call_model, eval_mode
 from prunekit.criteria import ScoreContext, register_criterion
-from prunekit.criteria._data import batches, eval_mode
+from prunekit.criteria._data import batches
 from prunekit.criteria.base import Criterion, owner
 from prunekit.errors import ConfigError
 

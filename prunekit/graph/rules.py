@@ -130,13 +130,18 @@ _WHERE = set(_resolve("where"))
 _GETITEM = set(_resolve("__getitem__"))
 
 
+def where_indices(func: Any, args: tuple, kwargs: dict) -> bool:
+    """``torch.where(cond)``: one argument, the call returns the indices of ``cond``'s nonzeros."""
+    return func in _WHERE and len(args) + len(kwargs) == 1
+
+
 def _data_dependent(func: Any, args: tuple, kwargs: dict) -> bool:
     """Whether the size of this call's output follows the input *values*: nonzero-like ops,
     ``torch.where(cond)``, indexing with a boolean mask, NMS."""
     if func in DATA_DEPENDENT or getattr(func, "_qualified_op_name", None) in DATA_DEPENDENT_OPS:
         return True
-    if func in _WHERE:
-        return len(args) + len(kwargs) == 1
+    if where_indices(func, args, kwargs):
+        return True
     if func in _GETITEM and len(args) > 1:
         return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_leaves(args[1]))
     return False

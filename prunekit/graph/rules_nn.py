@@ -277,18 +277,8 @@ def matmul(tr: Tracer, func, args, kwargs, out) -> None:
     if a.dim() < 2 or b.dim() < 2:
         return pin_all(tr, func, args, kwargs, out)
     w_t = tr.transposed(b)
-    if w_t is not None:  # x @ W.T: nn.Linear written by hand (Falcon's FalconLinear)
-        xin = _channel_vec(tr, a, -1)
-        tr.link(xin, tr.vec(w_t, 1))
-        wo = tr.vec(w_t, 0)
-        own = _module_of(tr, w_t, nn.Linear)
-        if own is not None:
-            tr.attr(own[0], own[1], "in_features", tr.vec(w_t, 1))
-            tr.attr(own[0], own[1], "out_features", wo)
-            record_config(tr, CONFIG_FFN_FIELDS, wo, w_t.shape[0])
-        shape = [1] * out.dim()
-        shape[-1] = out.shape[-1]
-        return tr.set_label(out, wo.view(shape))
+    if w_t is not None:  # x @ W.T is F.linear(x, W): nn.Linear written by hand (Falcon's FalconLinear)
+        return linear(tr, func, (a, w_t), {}, out)
     if tr.is_state(b) and b.dim() == 2:  # x @ W
         xin = _channel_vec(tr, a, -1)
         tr.link(xin, tr.vec(b, 0))

@@ -23,7 +23,6 @@ from prunekit.graph.heads import (
 )
 from prunekit.graph.labels import align, along, blank, compress, group_rows, reshape_label, varying
 from prunekit.graph.rules import (
-    _WHERE,
     RULES,
     _resolve,
     arg,
@@ -34,6 +33,7 @@ from prunekit.graph.rules import (
     pin_inputs,
     rule,
     set_all,
+    where_indices,
 )
 from prunekit.graph.trace import Tracer
 
@@ -119,7 +119,7 @@ _ELEMENTWISE = (
 
 @rule(*_ELEMENTWISE, objs=(torch.Tensor.data.__get__,))
 def elementwise(tr: Tracer, func, args, kwargs, out) -> None:
-    if func in _WHERE and len(args) + len(kwargs) == 1:  # torch.where(cond): the indices of its nonzeros
+    if where_indices(func, args, kwargs):
         pin_inputs(tr, args, kwargs, "indices of nonzeros along a channel dim depend on the channel count")
         return blank_all(tr, out)
     if func in _FIRST_ONLY:  # .to(other), type_as(other), zeros_like(x): only the first tensor is data

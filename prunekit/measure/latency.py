@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, batch_size_of, call_model
+from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
 from prunekit.errors import ConfigError
-from prunekit.measure._mode import eval_mode
 
 
 @dataclass

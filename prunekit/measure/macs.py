@@ -27,8 +27,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from prunekit._inputs import ExampleInputs, call_model
-from prunekit.measure._mode import eval_mode
+from prunekit._inputs import ExampleInputs, call_model, eval_mode
 
 
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

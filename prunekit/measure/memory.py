@@ -22,8 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from prunekit._inputs import ExampleInputs, call_model
-from prunekit.measure._mode import eval_mode
+from prunekit._inputs import ExampleInputs, call_model, eval_mode
 
 
 class _LiveStorageBytes(TorchDispatchMode):

@@ -10,9 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunekit._inputs import ExampleInputs, batch_size_of
+from prunekit._inputs import ExampleInputs, batch_size_of, eval_mode
 from prunekit.errors import ConfigError
-from prunekit.measure._mode import eval_mode
 from prunekit.measure.latency import LatencyStats, check_timing_args, measure_latency
 from prunekit.measure.macs import count_macs, macs_by_module
 from prunekit.measure.memory import peak_memory_bytes

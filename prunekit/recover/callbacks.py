@@ -34,9 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunekit._inputs import call_model
+from prunekit._inputs import call_model, eval_mode
 from prunekit.errors import ConfigError
-from prunekit.measure._mode import eval_mode
 from prunekit.measure.profile import evaluate
 from prunekit.recover import distributed
 from prunekit.recover.distill import FeatureKD, check_kd_args, kd_loss, logits_of

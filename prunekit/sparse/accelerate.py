@@ -40,9 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunekit._inputs import ExampleInputs, call_model
+from prunekit._inputs import ExampleInputs, call_model, eval_mode
 from prunekit.errors import ApplyError, ConfigError
-from prunekit.measure._mode import eval_mode
 from prunekit.measure.latency import check_timing_args
 from prunekit.sparse.kernels import (
     LINEAR_KERNELS,

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit._inputs import call_model
-from prunekit.criteria._data import batches, eval_mode
+from prunekit._inputs import call_model, eval_mode
+from prunekit.criteria._data import batches
 from prunekit.errors import ConfigError
 from prunekit.sparse.patterns import Pattern, parse_pattern
 

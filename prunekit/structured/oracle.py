@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, call_model
+from prunekit._inputs import ExampleInputs, call_model, eval_scope
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
@@ -61,16 +61,12 @@ def run_outputs(model: nn.Module, example_inputs: ExampleInputs, at: str | None 
     handle = None
     if at is not None:
         handle = model.get_submodule(at).register_forward_hook(lambda m, a, out: captured.append(out))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_scope(model):
             out = call_model(model, example_inputs)
     finally:
         if handle is not None:
             handle.remove()
-        for m, flag in training.items():
-            m.training = flag
     if at is not None and not captured:
         raise ConfigError(f"module {at!r} was not called during the forward: nothing to compare at it")
     return [t.detach() for t in flatten_tensors(captured if at is not None else out)]
