@@ -171,8 +171,7 @@ def check(
         str | None,
         typer.Option(
             "--compare-at",
-            help="compare the outputs of this submodule instead of the model's (a detector's 'head', "
-            "before top-k/NMS)",
+            help="compare the outputs of this submodule instead of the model's (e.g. a detector's 'head')",
         ),
     ] = None,
 ) -> None:
@@ -209,6 +208,12 @@ def check(
         f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict} "
         f"(max abs err {report.max_abs_err:.2e}, tolerance {report.tolerance:.1e})"
     )
+    if report.replayed:
+        ops = ", ".join(sorted({r.split(" (")[0] for r in report.replayed}))
+        console.print(
+            f"{len(report.replayed)} near-tie decisions ({ops}) took the masked reference's answer: their "
+            "inputs agreed within the tolerance (see --json 'replayed')"
+        )
     if not report.ok and report.compared_at is None and None in report.plan.output_shapes:
         console.print(
             "the model's outputs are sized by the data (post-processing such as top-k or NMS): two equal "

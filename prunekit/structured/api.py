@@ -26,7 +26,8 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
-from prunekit.structured.oracle import compare, masked_reference, run_outputs
+from prunekit.structured.oracle import RTOL, compare, masked_reference, run_outputs
+from prunekit.structured.replay import Decisions
 from prunekit.structured.select import build_plan, choose_units
 
 
@@ -233,6 +234,8 @@ class CheckReport:
     rule_errors: list[str]
     plan: Plan
     compared_at: str | None = None  # the submodule whose outputs were compared (None: the model's)
+    #: near-tie decisions the pruned run took from the reference (see prunekit.structured.replay)
+    replayed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -248,6 +251,7 @@ class CheckReport:
             "removed_units": self.removed_units,
             "pinned": list(self.pinned),
             "rule_errors": list(self.rule_errors),
+            "replayed": list(self.replayed),
         }
 
 
@@ -267,8 +271,10 @@ def check(
 ) -> CheckReport:
     """Prune a deep copy and compare it with the masked reference (see :mod:`prunekit.structured.oracle`).
 
-    ``compare_at`` names a submodule whose outputs are compared instead of the model's: a detector's head,
-    when top-k and NMS follow it (discontinuous: equal networks may still keep different boxes).
+    Discrete decisions (top-k, sort, NMS, comparisons) whose inputs agree within the tolerance take the
+    reference's answer in the pruned run, so a near-tie flipped by rounding is no error; ``.replayed``
+    names those that changed an answer (:mod:`prunekit.structured.replay`). ``compare_at`` names a
+    submodule whose outputs are compared instead of the model's.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> check(net, torch.randn(2, 3)).ok
@@ -292,13 +298,16 @@ def check(
         loss_fn=loss_fn,
     )
     ref = masked_reference(model, plan)
-    ref_out = run_outputs(ref, example_inputs, compare_at)
+    decisions = Decisions(RTOL)
+    with decisions.recording():
+        ref_out = run_outputs(ref, example_inputs, compare_at)
     del ref
     params_before = count_params(model).total
     pruned = copy.deepcopy(model)
     macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
-    cmp = compare(run_outputs(pruned, example_inputs, compare_at), ref_out)
+    with decisions.replaying():
+        cmp = compare(run_outputs(pruned, example_inputs, compare_at, decisions.stack), ref_out)
     pinned = [
         {
             "id": g.id,
@@ -322,4 +331,5 @@ def check(
         list(report.rule_errors),
         plan,
         compare_at,
+        list(decisions.replayed),
     )

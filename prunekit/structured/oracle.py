@@ -9,7 +9,9 @@ tensor (flattened from tuples/lists/dicts/dataclasses, in order) is compared.
 
 Pass criterion: ``max_abs_err <= rtol * max(1, max|ref|)`` with ``rtol = 1e-4`` (fp32), output shapes equal
 and no NaN/inf. With ``compare_at`` (``check(..., compare_at="head")``) the outputs of that submodule are
-compared instead of the model's: for models that post-process discontinuously (detectors' top-k and NMS).
+compared instead of the model's. Discrete decisions (top-k, sort, argmax, comparisons, NMS) taken on inputs
+that agree within the tolerance are replayed from the reference into the pruned run
+(:mod:`prunekit.structured.replay`): a near-tie flipped by rounding is not an error.
 
 >>> import torch
 >>> from prunekit.plan import Plan
@@ -49,20 +51,23 @@ def masked_reference(model: nn.Module, plan: Plan) -> nn.Module:
     return ref
 
 
-def run_outputs(model: nn.Module, example_inputs: ExampleInputs, at: str | None = None) -> list[torch.Tensor]:
+def run_outputs(
+    model: nn.Module, example_inputs: ExampleInputs, at: str | None = None, stack: list[str] | None = None
+) -> list[torch.Tensor]:
     """All output tensors of one eval-mode, no-grad forward: of the model, or of its submodule ``at``.
 
     ``at`` names the module whose outputs are compared instead of the model's (every call of it, in order):
     a detector's head, before the top-k and non-maximum suppression that follow it. Those are exact too, but
     discontinuous: a 1e-7 difference may swap which boxes survive, so the final detections of two equal
-    networks can differ. The module must be called during the forward.
+    networks can differ (:mod:`prunekit.structured.replay` removes that for the check). The module must be
+    called during the forward. ``stack``: kept at the running module's name (see ``eval_scope``).
     """
     captured: list[object] = []
     handle = None
     if at is not None:
         handle = model.get_submodule(at).register_forward_hook(lambda m, a, out: captured.append(out))
     try:
-        with eval_scope(model):
+        with eval_scope(model, stack):
             out = call_model(model, example_inputs)
     finally:
         if handle is not None:
