@@ -103,6 +103,19 @@ def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
     assert res.params_after < 0.35 * res.params_before
 
 
+def test_rtdetr_yaml_builds_and_prunes_exactly_through_its_query_selection():
+    # YOLO() cannot tell an RT-DETR yaml's task (it used to be a NotImplementedError); its decoder starts
+    # from a top-k over encoder scores, which the check replays where the two runs tie
+    model = load_yolo("yolov8n-rtdetr.yaml")
+    assert type(model).__name__ == "RTDETRDetectionModel"
+    x = example_inputs(model, IMGSZ)
+    shapes = _shapes(model, x)
+    rep = check_yolo(model, 0.5, imgsz=IMGSZ)
+    assert rep.ok and rep.shapes_equal and rep.rule_errors == [] and rep.macs_ratio < 0.8
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
+    assert res.params_after < 0.7 * res.params_before and _shapes(model, x) == shapes
+
+
 def test_classify_and_yolov8s_prune_exactly():
     for cfg, imgsz in (("yolov8n-cls.yaml", 64), ("yolov8s.yaml", 64)):
         rep = check_yolo(load_yolo(cfg), 0.3, imgsz=imgsz)

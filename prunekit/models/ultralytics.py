@@ -76,8 +76,11 @@ def load_yolo(spec: str) -> nn.Module:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
         try:
-            yolo = ultralytics.YOLO(spec, verbose=False)
-        except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
+            if _output_module(spec) == "RTDETRDecoder":  # YOLO() cannot tell RT-DETR's task; RTDETR() can
+                yolo = ultralytics.RTDETR(spec)
+            else:
+                yolo = ultralytics.YOLO(spec, verbose=False)
+        except (FileNotFoundError, KeyError, TypeError, ValueError, NotImplementedError) as err:
             raise ModelLoadError(f"ultralytics cannot build {spec!r}: {type(err).__name__}: {err}") from err
         return yolo.model.float().eval()
     if path.suffix != ".pt":
@@ -95,6 +98,14 @@ def load_yolo(spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} is not an ultralytics checkpoint (no module under 'model' or 'ema')")
     return model.float().eval()
+
+
+def _output_module(spec: str) -> str | None:
+    """Name of the yaml's last head module (``Detect``, ``Segment``, ``RTDETRDecoder``...), or None."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    head = yaml_model_load(spec).get("head") or [[None]]
+    return head[-1][-2] if len(head[-1]) >= 2 else None
 
 
 def default_input_shape(spec: str) -> tuple[int, ...]:
