@@ -1,7 +1,9 @@
 """torchvision beyond classification: every segmentation, video, detection and optical-flow model of
 torchvision (``weights=None``, weights randomised), checked with the exactness oracle at ratio 0.5 and then
-pruned in place (apply's verification forward included). Detectors are compared at their head, before top-k
-and NMS (see ``check(compare_at=...)``). Writes section ``tv-tasks`` of docs/RESULTS.md.
+pruned in place (apply's verification forward included). Detectors are compared at their final boxes, scores,
+labels (masks, keypoints), with score thresholds at 0 so that every image keeps its full quota of detections;
+near-ties in their top-k and NMS are replayed (``prunekit.structured.replay``). Writes section ``tv-tasks`` of
+docs/RESULTS.md.
 
     .venv/bin/python bench/bench_tv_tasks.py [--no-write] [--only NAME ...]
 """
@@ -44,17 +46,15 @@ def models() -> list[tuple[str, str]]:
     return [(task, name) for task, mod in tasks.items() for name in tvm.list_models(module=mod)]
 
 
-def compare_point(model: torch.nn.Module) -> str | None:
-    """Where the oracle compares a detector: before its data-sized post-processing."""
-    from torchvision.models.detection import FCOS, RetinaNet
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    from torchvision.models.detection.ssd import SSD
-
-    if isinstance(model, GeneralizedRCNN):
-        return "rpn.head"  # its RoI heads run on proposals picked by top-k/NMS
-    if isinstance(model, (RetinaNet, FCOS, SSD)):
-        return "head"
-    return None
+def keep_every_detection(model: torch.nn.Module) -> int:
+    """Score thresholds to 0 (a random-weight detector otherwise keeps few or no boxes to compare); returns
+    how many thresholds were set (0: not a detector)."""
+    n = 0
+    for module in (model, getattr(model, "roi_heads", None)):
+        if module is not None and hasattr(module, "score_thresh"):
+            module.score_thresh = 0.0
+            n += 1
+    return n
 
 
 def one(task: str, name: str) -> dict:
@@ -70,8 +70,8 @@ def one(task: str, name: str) -> dict:
             x = torch.rand(*shape)
         else:
             x = torch.randn(*shape)
-        at = compare_point(model)
-        rep = check(model, x, ratio=0.5, compare_at=at)
+        detector = keep_every_detection(model) > 0
+        rep = check(model, x, ratio=0.5)
         t1 = time.perf_counter()
         res = prune(model, x, ratio=0.5, measure=False)
         seconds = time.perf_counter() - t1
@@ -80,7 +80,8 @@ def one(task: str, name: str) -> dict:
     return row | {
         "status": "ok" if rep.ok and not rep.rule_errors else "inexact",
         "input": "x".join(map(str, shape[1:])),
-        "compared_at": at or "outputs",
+        "detections": _detections(model, x) if detector else None,
+        "replayed": len(rep.replayed),
         "max_abs_err": rep.max_abs_err,
         "macs_ratio": rep.macs_ratio,
         "params_ratio": rep.params_ratio,
@@ -92,6 +93,11 @@ def one(task: str, name: str) -> dict:
     }
 
 
+def _detections(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return sum(len(o["boxes"]) for o in model.eval()(x))
+
+
 def markdown(rows: list[dict], env: dict) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [
@@ -100,26 +106,29 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"`bench/bench_tv_tasks.py`, {env['date']}; torchvision {env['torchvision']}, {env['cpu']}, "
         f"{env['threads']} torch threads. Every model of those four torchvision task modules, "
         "`weights=None`, weights randomised. `prunekit.check(model, x, ratio=0.5)` (the oracle) and then "
-        "`prunekit.prune` in place (its verification forward included). Detectors are compared at their head "
-        "(`compare_at`): their final boxes come from top-k and NMS, where a 1e-7 difference may keep other "
-        "boxes; two-stage detectors at `rpn.head`, since their RoI heads run on proposals picked that way "
-        "(so the cuts inside their RoI heads are proven only where the proposals match: Faster R-CNN R50 "
-        "also matched at `roi_heads.box_predictor`, Keypoint R-CNN did not). "
+        "`prunekit.prune` in place (its verification forward included). Detectors are compared at their "
+        "final outputs (boxes, scores, labels, masks, keypoints), score thresholds set to 0 so that each "
+        "keeps its full quota of detections (*detections*: boxes in the pruned model's output). Their "
+        "top-k and NMS decide on near-equal random scores, where a 1e-7 difference may pick other boxes: "
+        "*replayed* counts the decisions whose inputs agreed within the tolerance and whose answer the "
+        "pruned run took from the masked reference (`prunekit.structured.replay`); two-stage detectors' RoI "
+        "heads are thereby compared on the same proposals. "
         f"**{len(ok)}/{len(rows)} exact and pruned.** *data-sized*: the outputs' sizes follow the values "
         "(boxes, masks), so apply checks only their number.",
         "",
-        "| task | model | input | compared at | status | MACs ratio | params ratio | prunable / groups "
-        "| max abs err | data-sized | prune s |",
-        "|---|---|---|---|---|---:|---:|---|---:|---|---:|",
+        "| task | model | input | status | MACs ratio | params ratio | prunable / groups "
+        "| max abs err | detections | replayed | data-sized | prune s |",
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         if r["status"] == "error":
-            lines.append(f"| {r['task']} | {r['name']} | — | — | error: {r['why']} | | | | | | |")
+            lines.append(f"| {r['task']} | {r['name']} | — | error: {r['why']} | | | | | | | | |")
             continue
         lines.append(
-            f"| {r['task']} | {r['name']} | {r['input']} | {r['compared_at']} | {r['status']} | "
+            f"| {r['task']} | {r['name']} | {r['input']} | {r['status']} | "
             f"{r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | {r['prunable']} / {r['groups']} | "
-            f"{r['max_abs_err']:.1e} | {'yes' if r['data_sized'] else 'no'} | {r['prune_s']:.2f} |"
+            f"{r['max_abs_err']:.1e} | {'—' if r['detections'] is None else r['detections']} | "
+            f"{r['replayed']} | {'yes' if r['data_sized'] else 'no'} | {r['prune_s']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -34,15 +34,23 @@ def test_a_near_tie_takes_the_reference_answer_a_real_difference_keeps_its_own()
 
 def test_paired_values_are_gathered_from_the_pruned_run_at_the_reference_indices():
     ref = torch.tensor([[3.0, 3.0, 1.0], [0.0, 2.0, 2.0]])
-    d = _recorded(lambda x: (x.topk(2, dim=1), torch.max(x, 1), x.sort(dim=1, descending=True)), ref)
+    calls = (
+        lambda x: x.topk(2, dim=1),
+        lambda x: torch.max(x, 1),
+        lambda x: x.sort(dim=1, descending=True),
+        lambda x: torch.kthvalue(-x, 1, 1, keepdim=True),
+    )
+    d = _recorded(lambda x: [f(x) for f in calls], ref)
     ours = ref + torch.tensor([[0.0, 1e-6, 0.0], [0.0, 0.0, 1e-6]])
     with d.replaying():
-        top, mx, srt = ours.topk(2, dim=1), torch.max(ours, 1), ours.sort(dim=1, descending=True)
+        top, mx, srt, kth = (f(ours) for f in calls)
     assert top.indices.tolist() == [[0, 1], [1, 2]] and mx.indices.tolist() == [0, 1]
     assert torch.equal(top.values, ours.gather(1, top.indices))  # the pruned run's own numbers
     assert torch.equal(mx.values, ours[[0, 1], [0, 1]]) and mx.values.shape == (2,)
     assert srt.indices[:, :2].tolist() == [[0, 1], [1, 2]]
-    assert len(d.replayed) == 3
+    want = torch.kthvalue(-ref, 1, 1, keepdim=True).indices  # the reference's tie-break, whichever it is
+    assert torch.equal(kth.indices, want) and torch.equal(kth.values, (-ours).gather(1, want))
+    assert len(d.replayed) == 4
 
 
 def test_replay_stops_once_the_two_runs_make_different_calls():

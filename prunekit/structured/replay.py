@@ -63,15 +63,16 @@ def _paired(names: tuple[str, ...], dim_pos: int, default: int | None, keepdim_p
     return out
 
 
-#: (values, indices) results: where the dim argument is, its default, where ``keepdim`` is (None: kept)
+#: (values, indices) results: position of the dim argument, its default, position of ``keepdim`` (None: the
+#: result always keeps the dim)
 _PAIRED: dict[Any, tuple[int, int | None, int | None]] = {
-    **_paired(("topk", "kthvalue"), 2, -1, None),
+    **_paired(("topk",), 2, -1, None),
     **_paired(("sort",), 1, -1, None),
     **_paired(("cummax", "cummin"), 1, None, None),
+    **_paired(("kthvalue",), 2, -1, 3),
     **_paired(("max", "min", "median", "nanmedian"), 1, None, 2),
     **_paired(("mode",), 1, -1, 2),
 }
-_PAIRED_KEEPS_DIM = {f for f in _PAIRED if getattr(f, "__name__", "") in ("topk", "sort", "cummax", "cummin")}
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
@@ -82,7 +83,7 @@ def _regather(func: Any, args: tuple, kwargs: dict, out: Any, indices: torch.Ten
     """``out`` of a paired call with ``indices`` replayed and its values gathered from this call's input."""
     dim_pos, default, keepdim_pos = _PAIRED[func]
     dim = _arg(args, kwargs, dim_pos, "dim", default)
-    keep = func in _PAIRED_KEEPS_DIM or bool(_arg(args, kwargs, keepdim_pos, "keepdim", False))
+    keep = keepdim_pos is None or bool(_arg(args, kwargs, keepdim_pos, "keepdim", False))
     idx = indices if keep else indices.unsqueeze(dim)
     values = args[0].gather(dim, idx)
     return type(out)((values if keep else values.squeeze(dim), indices))
