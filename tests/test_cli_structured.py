@@ -195,3 +195,13 @@ def test_check_compare_at_a_submodule_and_a_bad_name_is_one_line_exit_2(tmp_path
     result = invoke("check", TINY, "--input-shape", SHAPE, "--compare-at", "nohead")
     assert result.exit_code == 2 and "no submodule 'nohead'" in result.output
     assert result.output.strip().count("\n") == 0
+
+
+def test_check_says_so_when_every_compared_output_is_empty(tmp_path):
+    # an untrained RetinaNet keeps no box above its 0.05 score threshold: "exact" would prove nothing
+    js = tmp_path / "c.json"
+    result = invoke("check", "torchvision:retinanet_resnet50_fpn", "--input-shape", "1,3,64,64", "--json", js)
+    assert result.exit_code == 0, result.output
+    assert "every compared output was empty" in result.output and json.loads(js.read_text())["n_values"] == 0
+    result = invoke("check", TINY, "--input-shape", SHAPE, "--json", js)
+    assert "was empty" not in result.output and json.loads(js.read_text())["n_values"] > 0

@@ -208,6 +208,11 @@ def check(
         f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict} "
         f"(max abs err {report.max_abs_err:.2e}, tolerance {report.tolerance:.1e})"
     )
+    if report.ok and report.n_values == 0:
+        console.print(
+            "[yellow]every compared output was empty[/yellow] (a detector that kept no box above its score "
+            "threshold?): nothing was compared; compare a submodule with --compare-at (e.g. its head)"
+        )
     if report.replayed:
         ops = ", ".join(sorted({r.split(" (")[0] for r in report.replayed}))
         console.print(

@@ -236,6 +236,7 @@ class CheckReport:
     compared_at: str | None = None  # the submodule whose outputs were compared (None: the model's)
     #: near-tie decisions the pruned run took from the reference (see prunekit.structured.replay)
     replayed: list[str] = field(default_factory=list)
+    n_values: int = 0  #: output entries compared; 0 proves nothing (every compared output was empty)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +253,7 @@ class CheckReport:
             "pinned": list(self.pinned),
             "rule_errors": list(self.rule_errors),
             "replayed": list(self.replayed),
+            "n_values": self.n_values,
         }
 
 
@@ -332,4 +334,5 @@ def check(
         plan,
         compare_at,
         list(decisions.replayed),
+        cmp.n_values,
     )

@@ -86,6 +86,7 @@ class Comparison:
     ref_max_abs: float
     tolerance: float
     shapes_equal: bool
+    n_values: int = 0  # output entries compared (0: every output empty, e.g. a detector that kept no box)
 
 
 def compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float = RTOL) -> Comparison:
@@ -106,4 +107,4 @@ def compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: flo
             err = max(err, float((a - b).abs().max()))
             ref_max = max(ref_max, float(b.abs().max()))
     tol = rtol * max(1.0, ref_max)
-    return Comparison(finite and err <= tol, err, ref_max, tol, True)
+    return Comparison(finite and err <= tol, err, ref_max, tol, True, sum(b.numel() for b in reference))

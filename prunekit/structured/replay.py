@@ -39,6 +39,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
+from prunekit.graph.trace import op_name
+
 #: calls that build a tensor from sizes or a template's dtype/shape, never from its values
 _FACTORIES = {
     torch.zeros_like,
@@ -184,7 +186,7 @@ class _Mode(TorchFunctionMode):
         if not changed:
             return out
         where = self.d.stack[-1]
-        self.d.replayed.append(f"{_name(func)} (call {self.n}{', in ' + where if where else ''})")
+        self.d.replayed.append(f"{op_name(func)} (call {self.n}{', in ' + where if where else ''})")
         if func in _PAIRED:
             return _regather(func, args, kwargs, out, call.outputs[1].clone())
         new = [rec.clone() if rec is not None else t for t, rec in zip(leaves, call.outputs, strict=True)]
@@ -196,8 +198,3 @@ def _discrete(t: Any) -> torch.Tensor | None:
         return t.detach()
     return None
 
-
-def _name(func: Any) -> str:
-    from prunekit.graph.trace import op_name
-
-    return op_name(func)
