@@ -197,4 +197,3 @@ def _discrete(t: Any) -> torch.Tensor | None:
     if isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()):
         return t.detach()
     return None
-
