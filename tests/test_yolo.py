@@ -200,6 +200,18 @@ def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
     )
 
 
+@pytest.mark.parametrize("cfg", ["yolo12n.yaml", "yolov3u.yaml"])
+def test_yaml_prune_keeps_whole_what_a_layer_derives_or_its_build_forward_rejects(cfg):
+    # YOLO12's A2C2f derives widths no yaml argument states; YOLOv3's rebuilt yaml failed inside the forward
+    # ultralytics runs while building (no layer index from parse_model): both used to end in ConfigError
+    from prunekit.models.yolo_yaml import shape_mismatches
+
+    model = load_yolo(cfg)
+    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    assert shape_mismatches(model, model.yaml) == []  # the stock trainer rebuilds exactly this model
+    assert res.macs_ratio < 0.9 and res.plan.meta["ultralytics"]["kept_for_yaml"]
+
+
 def test_stock_ultralytics_train_rebuilds_the_pruned_model(tmp_path, digits):
     """``YOLO("pruned.pt").train(data=...)`` with no prunekit trainer: the yaml in the checkpoint states the
     pruned widths, so ultralytics' own get_model builds the pruned network and loads every tensor."""

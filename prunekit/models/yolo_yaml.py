@@ -152,11 +152,16 @@ def rebuild(model: nn.Module, yaml: dict) -> nn.Module:
 
 
 def _failing_layer(err: BaseException) -> int | None:
-    """The layer index ``parse_model`` was building when ``err`` was raised."""
+    """The layer index ``parse_model`` was building when ``err`` was raised, or else the layer whose forward
+    raised it (ultralytics runs a forward while building, to find the strides; its layers carry ``.i``)."""
     tb, layer = err.__traceback__, None
     while tb is not None:
-        if tb.tb_frame.f_code.co_name == "parse_model":
-            layer = tb.tb_frame.f_locals.get("i")
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "parse_model":
+            layer = frame.f_locals.get("i")
+        elif layer is None and frame.f_code.co_name == "forward":
+            index = getattr(frame.f_locals.get("self"), "i", None)
+            layer = index if isinstance(index, int) else None
         tb = tb.tb_next
     return layer if isinstance(layer, int) else None
 
@@ -236,8 +241,17 @@ def _groups_to_keep(
     if drop or not bad:
         return drop
     name = bad[0][0]  # one tensor at a time: keeping its other groups may fix the tensors after it
-    ndim = trial.state_dict()[name].dim()
-    return set().union(*(owner.get((name, d), set()) for d in range(ndim))) & removed.keys()
+    state = trial.state_dict()
+    drop = set().union(*(owner.get((name, d), set()) for d in range(state[name].dim()))) & removed.keys()
+    if drop or not name.startswith("model."):
+        return drop
+    # still nothing: the width derives from a pruned width elsewhere in the same layer (e.g. a hidden width
+    # computed from the layer's output width): keep the layer's pruned groups whole
+    prefix = ".".join(name.split(".")[:2]) + "."
+    for other, t in state.items():
+        if other.startswith(prefix):
+            drop |= set().union(*(owner.get((other, d), set()) for d in range(t.dim()))) & removed.keys()
+    return drop
 
 
 def checkpoint_yaml(model: nn.Module) -> dict:
