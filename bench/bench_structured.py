@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers import metapruner
 from _results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,13 +182,7 @@ def phase_times(name: str, size: int, repeats: int = 3) -> dict[str, float]:
     return best
 
 
-class _Timeout(Exception):
-    pass
-
-
 def run_tp(name: str, size: int, timeout: int) -> dict:
-    import torch_pruning as tp
-
     model, x = _build(name, size)
     with torch.no_grad():
         out = model(x)
@@ -199,30 +193,10 @@ def run_tp(name: str, size: int, timeout: int) -> dict:
         if (isinstance(m, torch.nn.Linear) and m.out_features == n_classes)
         or (isinstance(m, torch.nn.Conv2d) and m.out_channels == n_classes)
     ]
-
-    def alarm(*_):
-        raise _Timeout
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(timeout)
-    t0 = time.perf_counter()
-    try:
-        pruner = tp.pruner.MetaPruner(
-            model,
-            x,
-            importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=0.5,
-            ignored_layers=ignored,
-        )
-        pruner.step()
-        sec = time.perf_counter() - t0
-    except _Timeout:
-        return {"status": f"timeout (> {timeout} s)", "seconds": None}
-    except Exception as exc:  # recorded, not raised: this is the peer's failure mode we report
-        return {"status": f"crash: {type(exc).__name__}: {str(exc)[:80]}", "seconds": None}
-    finally:
-        signal.alarm(0)
-    return {"status": _shape_kept(model, x, out.shape), "seconds": sec}
+    res = metapruner(model, x, ignored, timeout)
+    if res["status"] == "ok":
+        res["status"] = _shape_kept(model, x, out.shape)
+    return res
 
 
 def _tiny() -> tuple[torch.nn.Module, torch.Tensor]:
