@@ -13,9 +13,9 @@ oracle's tolerance (``rtol * max(1, max|reference input|)``), integers and boole
 network then faced the same question, and the reference's answer is as right for it as its own. Values
 that come paired with indices (``topk``/``sort``/``max(dim)``/...) are re-gathered from the pruned run's own
 input at the replayed indices, so they stay the pruned network's numbers. A decision whose inputs differ
-beyond the tolerance is never replayed: that difference is real, and the comparison shows it. A decision
-with other float outputs, or a call sequence that stops matching, is left alone from there on. The check
-report names every replay that changed an answer.
+beyond the tolerance is never replayed: that difference is real, and the comparison shows it. Nor is a
+decision with other float outputs (no rule to recompute them), and once the two runs' sequences of decisions
+stop matching, nothing more is. The check report names every replay that changed an answer.
 
 >>> import torch
 >>> d = Decisions()
