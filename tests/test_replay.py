@@ -55,10 +55,11 @@ def test_paired_values_are_gathered_from_the_pruned_run_at_the_reference_indices
 
 def test_replay_stops_once_the_two_runs_make_different_calls():
     x = torch.tensor([1.0, 1.0, 0.0])
-    d = _recorded(lambda t: (t.argmax(), t.argmin()), x)
+    d = _recorded(lambda t: (t.argmax(), t.argmax()), x)
     y = torch.tensor([1.0, 1.0 + 1e-6, 0.0])
     with d.replaying():
-        first, second = y.argmin(), y.argmax()  # argmin where the reference ran argmax: out of step
+        first, second = y.argmin(), y.argmax()  # argmin where the reference ran argmax: out of step, so the
+    # second call, an argmax like the reference's second, is not replayed either (it would answer 0)
     assert (first.item(), second.item()) == (2, 1) and d.replayed == []
 
 

@@ -39,30 +39,20 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
+from prunekit.graph.rules import _resolve
 from prunekit.graph.trace import op_name
 
 #: calls that build a tensor from sizes or a template's dtype/shape, never from its values
 _FACTORIES = {
-    torch.zeros_like,
-    torch.ones_like,
-    torch.empty_like,
-    torch.full_like,
-    torch.Tensor.new_zeros,
-    torch.Tensor.new_ones,
-    torch.Tensor.new_empty,
-    torch.Tensor.new_full,
-    torch.Tensor.new_tensor,
-}
+    f
+    for name in ("zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
+                 "new_full", "new_tensor")
+    for f in _resolve(name)
+}  # fmt: skip
 
 
 def _paired(names: tuple[str, ...], dim_pos: int, default: int | None, keepdim_pos: int | None) -> dict:
-    out = {}
-    for name in names:
-        for owner in (torch, torch.Tensor):
-            fn = getattr(owner, name, None)
-            if fn is not None:
-                out[fn] = (dim_pos, default, keepdim_pos)
-    return out
+    return {f: (dim_pos, default, keepdim_pos) for name in names for f in _resolve(name)}
 
 
 #: (values, indices) results: position of the dim argument, its default, position of ``keepdim`` (None: the
@@ -164,7 +154,7 @@ class _Mode(TorchFunctionMode):
                 _Call(
                     func,
                     [t.clone() for t in inputs],
-                    [_discrete(t).clone() if _discrete(t) is not None else None for t in leaves],
+                    [_discrete(t) for t in leaves],
                 )
             )
             return out
@@ -194,6 +184,7 @@ class _Mode(TorchFunctionMode):
 
 
 def _discrete(t: Any) -> torch.Tensor | None:
+    """A copy of ``t`` if it is an integer or boolean tensor (an answer to replay), else None."""
     if isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex()):
-        return t.detach()
+        return t.detach().clone()
     return None
