@@ -22,6 +22,7 @@ from typing import Any
 from prunekit.errors import PlanError
 
 PLAN_VERSION = 1
+INDEX_LIMIT = 2**63  # removed indices index int64 tensors
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Plan:
                 raise PlanError(f"plan version {version} is not supported (expected {PLAN_VERSION})")
             return cls(
                 removals={
-                    str(n): {int(d): [int(i) for i in ix] for d, ix in dims.items()}
+                    str(n): {int(d): [_index(i, n) for i in ix] for d, ix in dims.items()}
                     for n, dims in data["removals"].items()
                 },
                 attrs={
@@ -98,7 +99,7 @@ class Plan:
             )
         except PlanError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise PlanError(f"malformed plan: {type(exc).__name__}: {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -119,7 +120,19 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         """Read a plan written by :meth:`save`."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise PlanError(f"{path} is not a prunekit plan (not UTF-8 JSON)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read plan {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError(f"{path} is not a prunekit plan (JSON {type(data).__name__}, not an object)")
         return cls.from_dict(data)
+
+
+def _index(value: Any, name: str) -> int:
+    """A removed index as an int that fits the int64 tensors it will index (PlanError otherwise)."""
+    index = int(value)
+    if not 0 <= index < INDEX_LIMIT:
+        raise PlanError(f"plan removes index {index} of {name!r}: indices must be in [0, 2**63)")
+    return index

@@ -79,3 +79,43 @@ def test_malformed_plans_raise_plan_error(tmp_path):
     plan = Plan(removals={"0.weight": {0: list(range(16))}}, signature={"0.weight": [16, 3, 3, 3]})
     with pytest.raises(PlanError, match="every index"):
         apply(_net(), plan)
+
+
+def test_an_index_beyond_int64_is_a_plan_error_not_an_overflow(tmp_path):
+    net = _net()
+    plan, _ = plan_prune(net, torch.randn(1, 3, 6, 6), ratio=0.5)
+    data = plan.to_dict()
+    name = next(iter(data["removals"]))
+    dim = next(iter(data["removals"][name]))
+    data["removals"][name][dim] = [2**70]
+    with pytest.raises(PlanError, match=r"plan removes index 1180591620717411303424 of '0.weight'"):
+        Plan.from_dict(data)
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="indices must be in"):
+        Plan.load(path)
+    direct = Plan(removals={name: {int(dim): [2**70]}}, signature=plan.signature)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(PlanError, match="must be distinct and <"):
+        apply(net, direct)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_loading_a_binary_or_non_object_file_is_a_plan_error(tmp_path):
+    binary = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, binary)
+    with pytest.raises(PlanError, match=r"is not a prunekit plan \(not UTF-8 JSON\)"):
+        Plan.load(binary)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(PlanError, match=r"is not a prunekit plan \(JSON list, not an object\)"):
+        Plan.load(listed)
+
+
+def test_apply_refuses_what_is_not_a_plan_or_not_a_module():
+    from prunekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"apply needs a prunekit\.Plan, got dict"):
+        apply(_net(), {"removals": {}})
+    with pytest.raises(ConfigError, match=r"apply needs a torch\.nn\.Module as model"):
+        apply(None, Plan())

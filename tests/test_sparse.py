@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -515,3 +516,34 @@ def test_removing_masks_on_a_deep_copy_leaves_the_original_masked_and_working():
     assert torch.equal(model(x), expected) and torch.equal(twin(x), expected)
     remove_masks(model)  # and the original can still be unmasked afterwards
     assert torch.equal(model(x), expected)
+
+
+@pytest.mark.parametrize(
+    "value", [np.float32(0.5), torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64)]
+)
+def test_sparsity_takes_numpy_and_0d_tensor_scalars(value) -> None:
+    model, reference = four_layers(), four_layers()
+    result = sparsify(model, value, include="0")
+    assert result.requested == 0.5 and type(result.requested) is float
+    assert result.layers["0"].pruned == sparsify(reference, 0.5, include=["0"]).layers["0"].pruned
+    assert list(result.layers) == ["0"]  # one name is one layer
+
+
+@pytest.mark.parametrize("value", [float("inf"), torch.tensor(True), torch.tensor([0.5])])
+def test_sparsity_refuses_inf_and_tensors_that_are_not_real_scalars(value) -> None:
+    with pytest.raises(ConfigError, match="sparsity must be"):
+        sparsify(four_layers(), value)
+
+
+def test_sparsify_refuses_a_non_module_and_a_target_the_loss_refuses() -> None:
+    with pytest.raises(ConfigError, match=r"sparsify needs a torch\.nn\.Module as model, got None"):
+        sparsify(None, 0.5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = snapshot(model)
+    data = [(torch.randn(2, 4), torch.tensor([0, 1, 2]))]
+    with pytest.raises(
+        ConfigError, match=r"criterion 'taylor'.*output \(2, 3\) float32, target \(3,\) int64"
+    ):
+        sparsify(model, 0.5, criterion="taylor", data=data)
+    assert_unchanged(model, before)

@@ -6,6 +6,7 @@ import copy
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -485,3 +486,105 @@ def test_failed_apply_on_an_rnn_leaves_it_computing_as_before(monkeypatch):
         prune(model, x, 0.5, measure=False)
     with torch.no_grad():
         assert torch.equal(model(x), before) and model.rnn.hidden_size == 16
+
+
+# --- bad inputs: one ConfigError line, the model untouched ------------------------------------------------
+
+
+def _pair() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("c1", nn.Conv2d(3, 8, 3))
+    net.add_module("act", nn.ReLU())
+    net.add_module("fc", nn.Conv2d(8, 4, 3))
+    return net, torch.randn(1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "ratio", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64)]
+)
+def test_ratio_takes_numpy_and_0d_tensor_scalars(ratio):
+    net, x = _pair()
+    plan, _ = plan_prune(net, x, ratio=ratio, max_ratio=np.float32(0.9), round_to=np.int64(2))
+    expected, _ = plan_prune(net, x, ratio=0.5, max_ratio=0.9, round_to=2)
+    assert plan.removals == expected.removals
+    assert type(plan.meta["ratio"]) is float and json.dumps(plan.to_dict())  # plain JSON values
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ratio": True}, "ratio must be a number"),
+        ({"ratio": float("nan")}, "ratio must be a finite number"),
+        ({"ratio": float("inf")}, "ratio must be a finite number"),
+        ({"ratio": torch.tensor([0.5])}, "ratio must be a number"),
+        ({"ratio": 1.0}, r"ratio must be in \[0, 1\)"),
+        ({"max_ratio": np.float32(0.0)}, r"max_ratio must be in \(0, 1\]"),
+        ({"max_ratio": torch.tensor(float("nan"))}, "max_ratio must be a finite number"),
+        ({"round_to": np.float64(2.0)}, "round_to must be an integer"),
+        ({"round_to": True}, "round_to must be an integer"),
+    ],
+)
+def test_bad_numbers_are_one_config_error_and_the_model_is_untouched(kwargs, match):
+    net, x = _pair()
+    before = _state(net)
+    with pytest.raises(ConfigError, match=match):
+        prune(net, x, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_ignore_takes_one_name_as_one_module():
+    net, x = _pair()
+    one = plan_prune(net, x, ignore="c1")[0]
+    listed = plan_prune(net, x, ignore=["c1"])[0]
+    assert one.removals == listed.removals == {}  # c1 keeps its channels, so nothing is prunable
+    assert [g.width for g in groups(net, x, ignore="fc").prunable_groups] == []
+    with pytest.raises(ConfigError, match="no module named 'nope'"):
+        check(net, x, ignore="nope")
+
+
+@pytest.mark.parametrize("verb", [prune, check, plan_prune, groups])
+def test_a_non_module_is_one_config_error(verb):
+    with pytest.raises(ConfigError, match=r"needs a torch\.nn\.Module as model, got None"):
+        verb(None, torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("verb", [prune, check, plan_prune, groups])
+def test_a_torchscript_module_is_refused(verb):
+    net, x = _pair()
+    scripted = torch.jit.script(net)
+    with pytest.raises(ConfigError, match=r"TorchScript .* the nn\.Module, then torch\.jit\.script"):
+        verb(scripted, x)
+
+
+def test_a_model_with_sparsify_masks_is_refused_until_remove_masks():
+    from prunekit.sparse import remove_masks, sparsify
+
+    net, x = _pair()
+    sparsify(net, 0.5)
+    before = _state(net)
+    for verb in (prune, check, plan_prune):
+        with pytest.raises(ConfigError, match=r"'c1' has parametrized weights.*remove_masks\(model\) first"):
+            verb(net, x)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ConfigError, match="remove_masks"):
+        apply(net, Plan())
+    remove_masks(net)
+    assert prune(net, x, ratio=0.5).removed_units > 0
+
+
+@pytest.mark.parametrize(
+    "target, shapes",
+    [
+        (torch.randn(2), r"output \(2, 3\) float32, target \(2,\) float32"),
+        (torch.tensor([0, 1, 2]), r"output \(2, 3\) float32, target \(3,\) int64"),
+    ],
+)
+def test_taylor_with_a_target_the_loss_refuses_is_one_line(target, shapes):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = _state(net)
+    data = [(torch.randn(2, 4), target)]
+    with pytest.raises(ConfigError, match=rf"criterion 'taylor': cross_entropy .* {shapes}"):
+        prune(net, torch.randn(2, 4), criterion="taylor", data=data)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

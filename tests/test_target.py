@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -138,3 +139,46 @@ def test_target_with_a_data_driven_criterion() -> None:
     )
     assert res.macs_after <= 0.6 * macs0 < res.target["achieved_one_unit_less"] * macs0
     assert res.plan.meta["criterion"] == "taylor"
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5)])
+def test_target_takes_numpy_and_0d_tensor_scalars(value) -> None:
+    target = Target(macs=value)
+    assert target == Target(macs=0.5) and type(target.macs) is float
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"macs": True}, "must be a number"),
+        ({"params": float("nan")}, "must be a finite number"),
+        ({"latency_ms": float("inf")}, "must be a finite number"),
+        ({"macs": torch.tensor([0.5])}, "must be a number"),
+    ],
+)
+def test_target_refuses_bools_nan_inf_and_arrays(kwargs, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Target(**kwargs)
+
+
+def test_prune_with_a_target_searches_globally_like_prune_to_target() -> None:
+    model = ThreeConv()
+    via_prune = prune(copy.deepcopy(model), X, target=Target(macs=0.5))
+    direct = prune_to_target(copy.deepcopy(model), X, Target(macs=0.5))
+    assert via_prune.target["scope"] == direct.target["scope"] == "global"
+    assert via_prune.plan.removals == direct.plan.removals
+    local = prune(ThreeConv(), X, target=Target(macs=0.5), scope="local")
+    assert local.target["scope"] == "local"
+    assert prune(ThreeConv(), X, ratio=0.5).plan.meta["scope"] == "local"  # a ratio stays local
+
+
+def test_prune_with_a_target_honours_measure_false(monkeypatch) -> None:
+    import prunekit.structured.target as target_mod
+
+    counted = []
+    real_count = target_mod.count_params
+    monkeypatch.setattr(target_mod, "count_params", lambda m: counted.append(m) or real_count(m))
+    res = prune(ThreeConv(), X, target=Target(macs=0.5), measure=False)
+    assert (res.params_before, res.params_after, res.macs_before, res.macs_after) == (0, 0, 0, 0)
+    assert counted == [] and res.target["achieved"] <= 0.5
+    assert prune(ThreeConv(), X, target=Target(macs=0.5)).params_before > 0

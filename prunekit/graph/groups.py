@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit._validate import names
 from prunekit.graph.trace import SlotRange, Tracer, trace
 
 
@@ -131,24 +132,25 @@ class GroupReport:
 
 
 def _module_prefixes(model: nn.Module, ignore: Iterable[str | nn.Module] | None) -> list[str]:
+    ignore = names(ignore)  # one name is one module, not its characters
     if not ignore:
         return []
     by_obj = {id(m): n for n, m in model.named_modules()}
-    names = []
+    prefixes = []
     for item in ignore:
         if isinstance(item, nn.Module):
             if id(item) not in by_obj:
                 from prunekit.errors import ConfigError
 
                 raise ConfigError("ignore: a module given is not part of the model")
-            names.append(by_obj[id(item)])
+            prefixes.append(by_obj[id(item)])
         else:
             if item not in dict(model.named_modules()):
                 from prunekit.errors import ConfigError
 
                 raise ConfigError(f"ignore: no module named {item!r} in the model")
-            names.append(item)
-    return names
+            prefixes.append(item)
+    return prefixes
 
 
 def _in_module(name: str, prefix: str) -> bool:

@@ -17,11 +17,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
+from prunekit._validate import eager_module, loss_batches, real
 from prunekit.errors import ConfigError
 from prunekit.sparse.masks import apply_masks, check_maskable, get_mask
 from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, parse_pattern, unit_scores
@@ -123,6 +123,7 @@ def sparsify(
     >>> res.layers["0"].pruned, int((model[0].weight == 0).sum())
     (64, 64)
     """
+    eager_module(model, "sparsify", masks_ok=True)
     pat = parse_pattern(pattern)
     target = check_sparsity(sparsity, pat)
     check_scope(scope, pat)
@@ -132,6 +133,7 @@ def sparsify(
         raise ConfigError(f"seed must be an int, got {seed!r}")
     if criterion in DATA_CRITERIA and data is None:
         raise ConfigError(f"criterion {criterion!r} is data-driven: pass data=<iterable of batches>")
+    loss_batches(model, criterion, data, loss_fn)
     names = select_layers(model, include, exclude)
     modules = dict(model.named_modules())
     check_layers(model, {name: modules[name] for name in names}, pat)
@@ -340,11 +342,7 @@ def check_sparsity(sparsity: object, pattern: Pattern) -> float:
         if fixed is None:
             raise ConfigError(f"sparsity is required for pattern {pattern}: a number in [0, 1), e.g. 0.5")
         return fixed
-    if isinstance(sparsity, bool) or not isinstance(sparsity, Real):
-        raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    value = float(sparsity)
-    if math.isnan(value) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {value}")
+    value = real(sparsity, "sparsity", 0.0, 1.0, hi_open=True)
     if fixed is not None and abs(value - fixed) > 1e-9:
         raise ConfigError(
             f"pattern {pattern} fixes sparsity at {fixed:g}, got {value:g}: pass None or {fixed:g}"

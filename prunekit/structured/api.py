@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit._validate import eager_module, integer, loss_batches, names, real
 from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
@@ -31,15 +32,28 @@ from prunekit.structured.replay import Decisions
 from prunekit.structured.select import build_plan, choose_units
 
 
-def _validate(ratio: float, scope: str, round_to: int | None, max_ratio: float) -> None:
-    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-        raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}")
+def _validate(
+    model: Any,
+    verb: str,
+    ratio: Any,
+    scope: str,
+    round_to: Any,
+    max_ratio: Any,
+    ignore: Any = None,
+    criterion: Any = None,
+    data: Any = None,
+    loss_fn: Any = None,
+) -> tuple[float, int | None, float, list | None]:
+    """Check a structural verb's arguments (:mod:`prunekit._validate`); ``(ratio, round_to, max_ratio,
+    ignore)`` as plain Python values."""
+    eager_module(model, verb)
+    ratio = real(ratio, "ratio", 0.0, 1.0, hi_open=True)
     if scope not in ("local", "global"):
         raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise ConfigError(f"round_to must be a positive integer or None, got {round_to!r}")
-    if not isinstance(max_ratio, (int, float)) or not 0.0 < float(max_ratio) <= 1.0:
-        raise ConfigError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
+    round_to = None if round_to is None else integer(round_to, "round_to", 1)
+    max_ratio = real(max_ratio, "max_ratio", 0.0, 1.0, lo_open=True)
+    loss_batches(model, criterion, data, loss_fn)
+    return ratio, round_to, max_ratio, names(ignore)
 
 
 def groups(
@@ -51,7 +65,7 @@ def groups(
     >>> [g.width for g in rep.prunable_groups]
     [5]
     """
-    return build_groups(model, example_inputs, ignore)
+    return build_groups(eager_module(model, "groups"), example_inputs, names(ignore))
 
 
 def plan_prune(
@@ -77,7 +91,9 @@ def plan_prune(
     >>> plan.removed_units
     2
     """
-    _validate(ratio, scope, round_to, max_ratio)
+    ratio, round_to, max_ratio, ignore = _validate(
+        model, "plan_prune", ratio, scope, round_to, max_ratio, ignore, criterion, data, loss_fn
+    )
     score_fn = get_criterion(criterion)
     report = build_groups(model, example_inputs, ignore)
     ctx = ScoreContext.of(model, example_inputs, data=data, loss_fn=loss_fn)
@@ -148,7 +164,7 @@ def prune(
     example_inputs: ExampleInputs,
     ratio: float = 0.5,
     criterion: str | GroupCriterion = "l2",
-    scope: str = "local",
+    scope: str | None = None,
     ignore: Iterable[str | nn.Module] | None = None,
     round_to: int | None = None,
     max_ratio: float = 0.9,
@@ -162,10 +178,15 @@ def prune(
 
     ``ratio`` is the fraction of each group's units to remove (``scope="local"``) or of all prunable units
     ranked together by group-normalised importance (``scope="global"``). ``ignore`` lists module names or
-    modules whose channels stay. ``measure=False`` skips the params/MACs counts (two extra forwards).
+    modules whose channels stay. ``measure=False`` skips the params/MACs counts (two extra forwards; they
+    read 0 in the result).
     ``target=prunekit.Target(macs=0.5 | params=0.4 | latency_ms=...)`` replaces ``ratio``: the ratio is
     searched (see :mod:`prunekit.structured.target`); ``PruneResult.target`` gives requested vs achieved.
+    ``scope=None`` means ``"local"`` for a ratio and ``"global"`` for a target search (as
+    :func:`~prunekit.structured.target.prune_to_target` and ``prunekit prune --target-*``): one unit at a
+    time across the whole model reaches a target more exactly than one ratio for every group.
     """
+    eager_module(model, "prune")
     if target is not None:  # a prunekit.Target: search the ratio (prunekit/structured/target.py)
         from prunekit.structured.target import prune_to_target
 
@@ -174,12 +195,13 @@ def prune(
             example_inputs,
             target,
             criterion,
-            scope,
+            "global" if scope is None else scope,
             ignore,
             round_to,
             max_ratio,
             data=data,
             loss_fn=loss_fn,
+            measure=measure,
         )
     t0 = time.perf_counter()
     plan, report = plan_prune(
@@ -187,7 +209,7 @@ def prune(
         example_inputs,
         ratio,
         criterion,
-        scope,
+        "local" if scope is None else scope,
         ignore,
         round_to,
         max_ratio,
@@ -282,6 +304,7 @@ def check(
     >>> check(net, torch.randn(2, 3)).ok
     True
     """
+    eager_module(model, "check")
     if compare_at is not None:
         try:
             model.get_submodule(compare_at)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, call_model, eval_scope
-from prunekit.errors import ApplyError, PlanError
+from prunekit._validate import eager_module
+from prunekit.errors import ApplyError, ConfigError, PlanError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
 from prunekit.structured.mha import CLASS_SWAPS
@@ -86,7 +87,10 @@ def validate(
 
 def _kept(removed: list[int], size: int) -> np.ndarray | None:
     """Positions ``0 .. size-1`` not in ``removed``; None unless ``removed`` are distinct and in range."""
-    ix = np.asarray(removed, dtype=np.int64)
+    try:
+        ix = np.asarray(removed, dtype=np.int64)
+    except OverflowError:  # an index beyond int64 is out of range too
+        return None
     if ix.size and (ix.min() < 0 or ix.max() >= size):
         return None
     gone = np.zeros(size, dtype=bool)
@@ -148,6 +152,11 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
     Returns the model. Raises PlanError (model untouched) when the plan does not fit, ApplyError (model
     restored bit-exactly) when cutting or the verification forward fails.
     """
+    eager_module(model, "apply")
+    if not isinstance(plan, Plan):
+        raise ConfigError(
+            f"apply needs a prunekit.Plan, got {type(plan).__name__} (Plan.load(path) reads one)"
+        )
     state = _state(model)
     modules = dict(model.named_modules())
     kept = validate(model, plan, state, modules)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit._validate import real
 from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
@@ -63,12 +64,11 @@ class Target:
         if len(given) != 1:
             raise ConfigError(f"Target needs exactly one of macs, params, latency_ms; got {sorted(given)}")
         ((key, value),) = given.items()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"Target {key} must be a number, got {value!r}")
-        if key in ("macs", "params") and not 0.0 < float(value) <= 1.0:
-            raise ConfigError(f"Target {key} is the fraction kept and must be in (0, 1], got {value!r}")
-        if key == "latency_ms" and float(value) <= 0.0:
-            raise ConfigError(f"Target latency_ms must be > 0, got {value!r}")
+        if key == "latency_ms":
+            number = real(value, "Target latency_ms", 0.0, math.inf, lo_open=True, hi_open=True)
+        else:  # the fraction kept
+            number = real(value, f"Target {key} (the fraction kept)", 0.0, 1.0, lo_open=True)
+        object.__setattr__(self, key, number)
 
     @property
     def metric(self) -> str:
@@ -120,6 +120,11 @@ def _measure(metric: str, model: nn.Module, x: ExampleInputs, runs: int) -> floa
     return float(measure_latency(model, x, runs=runs, warmup=max(2, runs // 5)).median_ms)
 
 
+def _counts(model: nn.Module, x: ExampleInputs, measure: bool) -> tuple[int, int]:
+    """``(params, MACs)`` of ``model``; ``(0, 0)`` without ``measure``."""
+    return (count_params(model).total, count_macs(model, x)) if measure else (0, 0)
+
+
 def _bisect(f: Callable[[Any], float], lo: Any, hi: Any, goal: float, integer: bool) -> Any:
     """Smallest point in [lo, hi] with f <= goal, assuming f falls with the point and f(hi) <= goal."""
     if integer:
@@ -151,12 +156,15 @@ def prune_to_target(
     latency_runs: int = 20,
     data: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    measure: bool = True,
 ) -> Any:
     """Prune ``model`` in place to ``target``; returns a :class:`prunekit.structured.PruneResult` whose
     ``target`` dict has ``requested``, ``achieved``, ``before``, ``after``, ``ratio`` and ``evaluations``.
 
     For MACs/params, ``achieved`` is a fraction of the original and never exceeds ``requested``; with
     ``scope="global"`` one unit fewer would exceed it (``achieved_one_unit_less``). Latency is in ms.
+    ``scope`` defaults to ``"global"`` here and in :func:`prunekit.prune` with a target. ``measure=False``
+    skips counting the final model's params and MACs (they read 0; the search's own measurements stay).
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
     >>> res = prune_to_target(net, torch.zeros(1, 8), Target(params=0.5))
@@ -167,7 +175,9 @@ def prune_to_target(
 
     if not isinstance(target, Target):
         raise ConfigError(f"target must be a prunekit.Target, got {type(target).__name__}")
-    _validate(0.0, scope, round_to, max_ratio)
+    _, round_to, max_ratio, ignore = _validate(
+        model, "prune_to_target", 0.0, scope, round_to, max_ratio, ignore, criterion, data, loss_fn
+    )
     if not isinstance(latency_runs, int) or latency_runs < 1:
         raise ConfigError(f"latency_runs must be a positive integer, got {latency_runs!r}")
     t0 = time.perf_counter()
@@ -217,9 +227,9 @@ def prune_to_target(
     point = 0 if f(0 if integer else 0.0) <= goal else _bisect(f, 0 if integer else 0.0, hi, goal, integer)
     plan = cache[point][1]
     t1 = time.perf_counter()
-    params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
+    params_before, macs_before = _counts(model, example_inputs, measure)
     apply(model, plan, example_inputs)
-    params_after, macs_after = count_params(model).total, count_macs(model, example_inputs)
+    params_after, macs_after = _counts(model, example_inputs, measure)
     after = (
         _measure(metric, model, example_inputs, latency_runs) if metric == "latency_ms" else cache[point][0]
     )
