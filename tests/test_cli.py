@@ -370,3 +370,102 @@ def test_no_command_prints_help():
     assert result.exit_code == 0
     for command in ("demo", "analyze", "sparsify"):
         assert command in result.stdout
+
+
+# --- sparsify loads models like every command; outputs and input sizes checked before any work --------------
+
+
+def test_sparsify_takes_the_shared_loading_options(tmp_path):
+    out = tmp_path / "net_24.pt"
+    result = invoke("sparsify", TINY, "--pattern", "2:4", "--input-shape", "1,4,8,8", "--out", out)
+    assert result.exit_code == 0, result.output
+    state = torch.load(out, weights_only=True)
+    groups = canonical(state["fc.weight"]).reshape(-1, 4)
+    assert bool(((groups != 0).sum(dim=1) <= 2).all())
+    bad = invoke("sparsify", TINY, "--pattern", "2:4", "--input-shape", "1,3,8,8", "--out", tmp_path / "b.pt")
+    assert bad.exit_code == 2 and "the model fails on an input of shape 1,3,8,8" in bad.stderr
+    assert not (tmp_path / "b.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["analyze", TINY, "--input-shape", "1,4,8,8", "--no-latency"],
+        ["sparsify", TINY, "--sparsity", "0.5", "--out", "{ok}"],
+        ["check", TINY, "--input-shape", "1,4,8,8"],
+        ["save", TINY, "--input-shape", "1,4,8,8", "--out", "{ok}"],
+        ["bench", TINY, "--input-shape", "1,4,8,8"],
+    ],
+)
+def test_json_under_a_regular_file_is_one_line_exit_2(tmp_path, args):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("keep me")
+    target = blocker / "x.json"
+    result = invoke(*[a.format(ok=tmp_path / "ok") for a in args], "--json", target)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: cannot write --json {target}: {blocker} is a file, not a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["somefile"]  # nothing else written
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs a read-only /sys")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sparsify", TINY, "--sparsity", "0.5", "--out", "/sys/prunekit-x.pt"],
+        ["prune", TINY, "--input-shape", "1,4,8,8", "--out", "/sys/prunekit-ckpt"],
+        ["export", TINY, "--input-shape", "1,4,8,8", "--onnx", "/sys/prunekit.onnx"],
+        ["analyze", TINY, "--input-shape", "1,4,8,8", "--json", "/sys/prunekit.json"],
+    ],
+)
+def test_an_unwritable_output_directory_is_one_line_exit_2(args):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: cannot write --") and result.stderr.count("\n") == 1
+    assert "/sys is not writable" in result.stderr
+
+
+def test_an_absurd_input_shape_is_refused_before_loading(monkeypatch):
+    import prunekit.models.spec as spec
+
+    monkeypatch.setattr(spec, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    result = invoke("analyze", TINY, "--input-shape", "1,3,100000,100000")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: --input-shape 1,3,100000,100000 is 3e+10 values (112 GiB as float32), over the 2.15e+09 "
+        "allowed: give a smaller shape\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 40000000000000 bytes.\nmore"
+        ),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    ],
+)
+def test_running_out_of_memory_is_one_line_exit_2(monkeypatch, error):
+    import prunekit.models.spec as spec
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(spec, "check_forward", fail)
+    result = invoke("analyze", TINY, "--input-shape", "1,4,8,8", "--no-latency")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: out of memory (") and result.stderr.count("\n") == 1
+    assert result.stderr.endswith("use a smaller --input-shape\n")
+
+
+def test_other_runtime_errors_are_not_dressed_as_memory_errors(monkeypatch):
+    import prunekit.models.spec as spec
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(spec, "check_forward", fail)
+    result = invoke("analyze", TINY, "--input-shape", "1,4,8,8", "--no-latency")
+    assert isinstance(result.exception, RuntimeError) and "out of memory" not in result.output

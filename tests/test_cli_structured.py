@@ -205,3 +205,31 @@ def test_check_says_so_when_every_compared_output_is_empty(tmp_path):
     assert "every compared output was empty" in result.output and json.loads(js.read_text())["n_values"] == 0
     result = invoke("check", TINY, "--input-shape", SHAPE, "--json", js)
     assert "was empty" not in result.output and json.loads(js.read_text())["n_values"] > 0
+
+
+def test_prune_to_a_target_is_global_by_default_and_honours_scope_local(tmp_path):
+    runs = {}
+    for scope in (None, "local"):
+        js = tmp_path / f"{scope}.json"
+        extra = ("--scope", scope) if scope else ()
+        args = ("prune", TINY, "--target-macs", "0.5", "--input-shape", SHAPE, *extra)
+        result = invoke(*args, "--out", tmp_path / f"{scope}", "--json", js)
+        assert result.exit_code == 0, result.output
+        runs[scope] = json.loads(js.read_text())["target"]["scope"]
+    assert runs == {None: "global", "local": "local"}
+
+
+@pytest.mark.parametrize("option", ["--out", "--json"])
+def test_prune_output_under_a_regular_file_is_one_line_before_any_work(tmp_path, option):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("keep me")
+    outputs = {"--out": tmp_path / "ckpt", "--json": tmp_path / "p.json"}
+    outputs[option] = blocker / "x.json"
+    args = ("prune", TINY, "--input-shape", SHAPE, "--out", outputs["--out"], "--json", outputs["--json"])
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert (
+        result.stderr
+        == f"error: cannot write {option} {blocker / 'x.json'}: {blocker} is a file, not a directory\n"
+    )
+    assert blocker.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["somefile"]

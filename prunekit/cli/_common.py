@@ -8,8 +8,10 @@ commands, so ``--version`` and ``--help`` start fast and optional extras are nev
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -20,7 +22,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from prunekit.errors import PruneError
+from prunekit.errors import ConfigError, PruneError
 
 try:  # recent typer carries its own copy of click, whose usage errors derive from TyperException
     from typer import TyperException as _UsageError
@@ -29,6 +31,7 @@ except ImportError:  # older typer uses click itself
 
 console = Console()
 PIPE_WIDTH = 160
+MAX_INPUT_VALUES = 2**31  # an example input above this (8 GiB as float32) is refused before loading
 
 
 class _OneLineErrors(TyperGroup):
@@ -52,10 +55,28 @@ class _OneLineErrors(TyperGroup):
         except PruneError as err:
             typer.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except (MemoryError, RuntimeError) as err:
+            if not _out_of_memory(err):
+                raise
+            typer.echo(f"error: out of memory ({_first_line(err)}): use a smaller --input-shape", err=True)
+            sys.exit(2)
         except typer.Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch.OutOfMemoryError (CUDA), or the CPU allocator's RuntimeError
+    (it raises a plain RuntimeError whose message says "can't allocate memory")."""
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 app = typer.Typer(
@@ -94,9 +115,42 @@ InputShapeOpt = Annotated[
         help="Shape of the random example input; torchvision classifiers default to 1,3,224,224.",
     ),
 ]
+
+
+def writable(param: typer.CallbackParam, value: Path | str | None) -> Path | str | None:
+    """Option callback: refuse an output path that cannot be written, before the command does any work.
+
+    The path's nearest existing ancestor must be a directory in which a file can be created (tried with a
+    temporary file, removed at once: this also catches read-only mounts, where permission bits say yes).
+    """
+    if value is None:
+        return value
+    flag = "/".join(param.opts)
+    target = Path(os.path.abspath(value))
+    ancestor = target if target.is_dir() else target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write {flag} {value}: {ancestor} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write {flag} {value}: {ancestor} is not writable ({err.strerror})"
+        ) from None
+    return value
+
+
 JsonOpt = Annotated[
     Path | None,
-    typer.Option("--json", metavar="PATH", help="Also write the result as JSON to PATH.", dir_okay=False),
+    typer.Option(
+        "--json",
+        metavar="PATH",
+        help="Also write the result as JSON to PATH.",
+        dir_okay=False,
+        callback=writable,
+    ),
 ]
 
 
@@ -136,9 +190,12 @@ class LoadedModel:
 
 
 def load_cli_model(
-    spec: str, *, arch: str | None, trust_pickle: bool, input_shape: str | None
+    spec: str, *, arch: str | None, trust_pickle: bool, input_shape: str | None, needs_example: bool = True
 ) -> LoadedModel:
-    """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under."""
+    """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under.
+
+    Without ``needs_example``, a model with neither ``--input-shape`` nor a default shape is loaded but not
+    run (``example`` None, ``shape`` empty)."""
     from prunekit.models.spec import (
         check_forward,
         default_input_shape,
@@ -147,10 +204,24 @@ def load_cli_model(
         parse_input_shape,
     )
 
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    values = math.prod(shape) if shape is not None else 0
+    if values > MAX_INPUT_VALUES:
+        raise ConfigError(
+            f"--input-shape {input_shape} is {values:.3g} values ({4 * values / 2**30:,.0f} GiB as float32), "
+            f"over the {MAX_INPUT_VALUES:.3g} allowed: give a smaller shape"
+        )
     net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
-    shape = parse_input_shape(input_shape) if input_shape is not None else default_input_shape(arch or spec)
-    example = example_inputs_for(arch or spec, shape, model=net)
-    check_forward(net, example)
+    if shape is None:
+        try:
+            shape = default_input_shape(arch or spec)
+        except ConfigError:
+            if needs_example:
+                raise
+    example = None if shape is None else example_inputs_for(arch or spec, shape, model=net)
+    if example is not None:
+        check_forward(net, example)
+    shape = () if shape is None else shape
     if (Path(spec) / "prunekit.json").is_file():
         from prunekit.deploy.checkpoint import read_info
         from prunekit.plan import Plan

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from prunekit.cli._common import JsonOpt, app, console
+from prunekit.cli._common import JsonOpt, app, console, writable
 
 
 @app.command()
 def demo(
     out: Annotated[
-        Path | None, typer.Option("--out", metavar="DIR", help="Write the models and figures to DIR.")
+        Path | None,
+        typer.Option("--out", metavar="DIR", help="Write the models and figures to DIR.", callback=writable),
     ] = None,
     json_path: JsonOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="A small budget, for smoke tests.")] = False,

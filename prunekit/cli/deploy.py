@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     app,
     console,
     load_cli_model,
+    writable,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -24,7 +25,12 @@ from prunekit.errors import ConfigError
 OutDirOpt = Annotated[
     Path,
     typer.Option(
-        "--out", metavar="DIR", help="Checkpoint directory to write.", file_okay=False, show_default=False
+        "--out",
+        metavar="DIR",
+        help="Checkpoint directory to write.",
+        file_okay=False,
+        show_default=False,
+        callback=writable,
     ),
 ]
 
@@ -35,7 +41,12 @@ def export(
     onnx: Annotated[
         Path,
         typer.Option(
-            "--onnx", metavar="FILE", help="ONNX file to write.", dir_okay=False, show_default=False
+            "--onnx",
+            metavar="FILE",
+            help="ONNX file to write.",
+            dir_okay=False,
+            show_default=False,
+            callback=writable,
         ),
     ],
     int8: Annotated[

@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     app,
     console,
     load_cli_model,
+    writable,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -29,7 +30,9 @@ def finetune(
     data: Annotated[str, typer.Option("--data", metavar="DATA", help=f"Training data: {DATA_HELP}.")],
     out: Annotated[
         Path,
-        typer.Option("--out", metavar="DIR", help="Checkpoint directory to write.", file_okay=False),
+        typer.Option(
+            "--out", metavar="DIR", help="Checkpoint directory to write.", file_okay=False, callback=writable
+        ),
     ],
     val_data: Annotated[
         str | None,

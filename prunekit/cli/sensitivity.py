@@ -21,6 +21,7 @@ from prunekit.cli._common import (
     app,
     console,
     load_cli_model,
+    writable,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -48,7 +49,7 @@ def sensitivity(
         typer.Option("--allocate", help="Also print per-group ratios removing this share of all units."),
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the curves as a PNG (matplotlib).")
+        Path | None, typer.Option("--plot", help="Write the curves as a PNG (matplotlib).", callback=writable)
     ] = None,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,

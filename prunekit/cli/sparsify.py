@@ -9,6 +9,7 @@ import typer
 
 from prunekit.cli._common import (
     ArchOpt,
+    InputShapeOpt,
     JsonOpt,
     ModelArg,
     TrustPickleOpt,
@@ -16,8 +17,10 @@ from prunekit.cli._common import (
     arch_hint,
     atomic_write,
     console,
+    load_cli_model,
     plural,
     save_state_dict,
+    writable,
     write_json,
 )
 from prunekit.models.data import DATA_HELP, load_batches
@@ -34,6 +37,7 @@ def sparsify(
             help="Where to write the sparsified state_dict (.safetensors, else torch.save).",
             dir_okay=False,
             show_default=False,
+            callback=writable,
         ),
     ],
     sparsity: Annotated[
@@ -67,17 +71,24 @@ def sparsify(
         typer.Option("--exclude", metavar="NAME", help="Leave these layers dense (repeatable)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --criterion random.")] = 0,
+    input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out."""
-    from prunekit.models.spec import load_model
+    """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
+
+    MODEL is loaded like in every command and run once on its example input (--input-shape, or the
+    model's default shape; a model with neither is not run).
+    """
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
 
     batches = load_batches(data, batch_size) if data is not None else None
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False
+    )
+    net = loaded.model
     result = sparsify_model(
         net,
         sparsity,

@@ -18,6 +18,7 @@ from prunekit.cli._common import (
     before_after_table,
     console,
     load_cli_model,
+    writable,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -51,11 +52,18 @@ def prune(
             help="Checkpoint directory to write (safetensors + plan; `prunekit load DIR`), or FILE.pt for "
             "an ultralytics model (ultralytics' own format, as `prunekit yolo prune`).",
             show_default=False,
+            callback=writable,
         ),
     ],
     ratio: RatioOpt = 0.5,
     criterion: CriterionOpt = "l2",
-    scope: ScopeOpt = "local",
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            help="local (per group) or global (ranked together); default: local, global with --target-*.",
+        ),
+    ] = None,
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
@@ -91,8 +99,9 @@ def prune(
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
-    With a --target-* option the ratio is searched so the pruned model meets the target (scope global by
-    default then). With --recipe the recipe decides everything; --data then also feeds its fine-tuning.
+    With a --target-* option the ratio is searched so the pruned model meets the target (scope global unless
+    --scope says otherwise). With --recipe the recipe decides everything; --data then also feeds its
+    fine-tuning.
     """
     from prunekit.models.spec import is_ultralytics_spec
 
@@ -105,8 +114,8 @@ def prune(
                 "for a prunekit checkpoint"
             )
         return yolo_prune(
-            model, out, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore, round_to=round_to,
-            max_ratio=max_ratio, json_path=json_path,
+            model, out, ratio=ratio, criterion=criterion, scope=scope or "local", ignore=ignore,
+            round_to=round_to, max_ratio=max_ratio, json_path=json_path,
         )  # fmt: skip
     from prunekit.deploy import save
     from prunekit.recipe import load_recipe, run_recipe
@@ -126,7 +135,7 @@ def prune(
             loaded.example,
             ratio=ratio,
             criterion=criterion,
-            scope="global" if target is not None and scope == "local" else scope,
+            scope=scope,
             ignore=ignore or None,
             round_to=round_to,
             max_ratio=max_ratio,

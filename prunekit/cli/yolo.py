@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from prunekit.cli._common import JsonOpt, app, before_after_table, console, write_json
+from prunekit.cli._common import JsonOpt, app, before_after_table, console, writable, write_json
 from prunekit.cli.structured import CriterionOpt, IgnoreOpt, MaxRatioOpt, RatioOpt, RoundToOpt, ScopeOpt
 
 yolo_app = typer.Typer(
@@ -36,7 +36,13 @@ def prune(
     model: YoloModelArg,
     out: Annotated[
         Path,
-        typer.Option("--out", metavar="FILE.pt", help="Ultralytics checkpoint to write.", dir_okay=False),
+        typer.Option(
+            "--out",
+            metavar="FILE.pt",
+            help="Ultralytics checkpoint to write.",
+            dir_okay=False,
+            callback=writable,
+        ),
     ],
     ratio: RatioOpt = 0.3,
     imgsz: ImgszOpt = 320,
@@ -117,7 +123,9 @@ def finetune(
     imgsz: Annotated[int, typer.Option("--imgsz")] = 640,
     batch: Annotated[int, typer.Option("--batch")] = 16,
     device: Annotated[str, typer.Option("--device")] = "cpu",
-    project: Annotated[str | None, typer.Option("--project", help="Runs directory (ultralytics').")] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", help="Runs directory (ultralytics').", callback=writable)
+    ] = None,
     name: Annotated[str, typer.Option("--name")] = "finetune",
     teacher: Annotated[
         Path | None,
