@@ -106,6 +106,7 @@ def summarize(rows: list[dict], seeds: tuple[int, int], key: str, seconds: float
         "seeds": list(seeds),
         "models": len(rows),
         "ok": statuses.count("ok"),
+        "cut": sum(r.get("removed", 0) > 0 for r in rows),  # pruned models that lost at least one unit
         "refused": statuses.count("refused"),
         "models_with": problem,
         "median_s": statistics.median(times) if times else None,
@@ -126,8 +127,17 @@ def _torch_version() -> str:
     return torch.__version__
 
 
+COLUMNS = (
+    "models", "ok", "cut", "refused", "crash", "died/timeout", "rollback", "prune non-exact", "output shape",
+    "stale attrs", "check non-exact", "check crash", "median s", "p90 s",
+)  # fmt: skip
+
+
 def markdown(s: dict) -> str:
     w = s["models_with"]
+    row = [s["models"], s["ok"], s["cut"], s["refused"], w["crash"], w["died"] + w["timeout"], w["rollback"]]
+    row += [w["prune_nonexact"], w["shape"], w["stale"], w["check_nonexact"], w["check_crash"]]
+    row += [_fmt(s["median_s"]), _fmt(s["p90_s"])]
     lines = [
         "## Fuzzing the structural engine (`bench/bench_fuzz.py`)",
         "",
@@ -136,13 +146,9 @@ def markdown(s: dict) -> str:
         "judged by the fuzzer's own masked reference, attribute walker and rollback check. "
         f"{s['machine']}, {s['date']}, sources {s['fingerprint']}.",
         "",
-        "| models | ok | refused | crash | died/timeout | rollback | prune non-exact | output shape "
-        "| stale attrs | check non-exact | check crash | median s | p90 s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {s['models']} | {s['ok']} | {s['refused']} | {w['crash']} | {w['died'] + w['timeout']} "
-        f"| {w['rollback']} | "
-        f"{w['prune_nonexact']} | {w['shape']} | {w['stale']} | {w['check_nonexact']} | {w['check_crash']} | "
-        f"{_fmt(s['median_s'])} | {_fmt(s['p90_s'])} |",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---" * len(COLUMNS) + "|",
+        "| " + " | ".join(str(v) for v in row) + " |",
         "",
         "Models with each finding (a model can have several); causes, most frequent first (numbers blurred):",
         "",

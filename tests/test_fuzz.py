@@ -2,7 +2,8 @@
 
 A small slice of ``bench/bench_fuzz.py``: every seed below must have no crash, rollback failure, silently
 non-exact prune, output shape change, stale module attribute or failing ``check``; refusals (a PruneError
-with its message) are allowed. Also proves that the fuzzer's independent checks catch what they claim to and
+with its message, e.g. a criterion that cannot score a group) are allowed, except a failing verification
+forward. Also proves that the fuzzer's independent checks catch what they claim to and
 that its worker pool survives a segfaulting or hanging case.
 """
 
@@ -23,7 +24,8 @@ import bench_fuzz
 from _fuzz_flaky import flaky_case
 from _fuzz_pool import Pool
 
-SEEDS = range(0, 36)
+# 0..35 plus seeds showing causes the first 36 miss (stacked unequal shuffles, an MHA's output side alone)
+SEEDS = [*range(36), 46, 69, 91]
 
 
 @pytest.fixture(autouse=True)
@@ -37,10 +39,10 @@ def one_thread():
 @pytest.mark.parametrize("seed", SEEDS)
 def test_generated_model_prunes_exactly(seed: int) -> None:
     row = fc.run_case(seed)
-    assert row["status"] in ("ok", "refused"), (
-        f"{row['status']}: {row['problems']}\nreproduce: python bench/bench_fuzz.py --seed {seed} --show\n"
-        + fm.describe(fm.program(seed))
-    )
+    how = f"\nreproduce: python bench/bench_fuzz.py --seed {seed} --show\n{fm.describe(fm.program(seed))}"
+    assert row["status"] in ("ok", "refused"), f"{row['status']}: {row['problems']}{how}"
+    # the generator hides no channel count in a Python int: a failing verification forward is a plan bug
+    assert "verification forward failed" not in row.get("refused", ""), row["refused"] + how
 
 
 def test_programs_are_deterministic_and_cover_every_block() -> None:
