@@ -23,7 +23,6 @@ import platform
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -76,12 +75,25 @@ def reason(row: dict) -> str:
     return row.get("refused", "")
 
 
-def signature(text: str) -> str:
-    """A message with its numbers and names of numbered modules blurred, to count failures by cause."""
-    return re.sub(r"\d+", "N", text)[:160]
+def findings(row: dict) -> list[tuple[str, str]]:
+    """(category, message) for each finding of a row, one per module for stale attributes."""
+    out = [
+        (c, part)
+        for c, why in row.get("problems", [])
+        for part in (why.split("; ") if c == "stale" else [why])
+    ]
+    return out + ([("refused", row["refused"])] if "refused" in row else [])
 
 
-def summarize(rows: list[dict], seeds: tuple[int, int], key: str, seconds: float) -> dict:
+def signature(category: str, text: str) -> str:
+    """A finding with its numbers, module names and group members blurred, to count models by cause."""
+    text = re.sub(r"^\S+ \(", "(", text) if category == "stale" else text
+    text = re.sub(r"in module \S+:", "in module M:", text)
+    text = re.sub(r"cannot score group \d+ \([^)]*\)", "cannot score a group", text)
+    return f"{category}: " + re.sub(r"\d+", "N", text)[:160]
+
+
+def summarize(rows: list[dict], seeds: tuple[int, int], key: str) -> dict:
     statuses = [r["status"] for r in rows]
     problem = {c: sum(any(p[0] == c for p in r.get("problems", [])) for r in rows) for c in FAILURES}
     times = [
@@ -91,10 +103,8 @@ def summarize(rows: list[dict], seeds: tuple[int, int], key: str, seconds: float
     ]
     causes: dict[str, dict] = {}
     for r in rows:
-        for cat, why in r.get("problems", []) + ([["refused", r["refused"]]] if "refused" in r else []):
-            c = causes.setdefault(
-                f"{cat}: {signature(why)}", {"category": cat, "count": 0, "seeds": [], "example": why}
-            )
+        for key, (cat, why) in {signature(c, w): (c, w) for c, w in findings(r)}.items():
+            c = causes.setdefault(key, {"category": cat, "count": 0, "seeds": [], "example": why})
             c["count"] += 1
             if len(c["seeds"]) < 8:
                 c["seeds"].append(r["seed"])
@@ -111,7 +121,9 @@ def summarize(rows: list[dict], seeds: tuple[int, int], key: str, seconds: float
         "models_with": problem,
         "median_s": statistics.median(times) if times else None,
         "p90_s": statistics.quantiles(times, n=10)[-1] if len(times) >= 10 else None,
-        "run_s": seconds,
+        "model_s_total": sum(
+            r.get("seconds", {}).get("wall", 0) for r in rows
+        ),  # worker time, cached rows too
         "causes": sorted(causes.values(), key=lambda c: (c["category"] == "refused", -c["count"])),
         "failing": [
             {"seed": r["seed"], "status": r["status"], "reason": reason(r)}
@@ -150,14 +162,21 @@ def markdown(s: dict) -> str:
         "|---" * len(COLUMNS) + "|",
         "| " + " | ".join(str(v) for v in row) + " |",
         "",
-        "Models with each finding (a model can have several); causes, most frequent first (numbers blurred):",
+        "Models with each cause (a model can have several), most frequent first, numbers blurred; refusals "
+        "(a PruneError with its message) last:",
         "",
         "| category | models | seeds (first 8) | example |",
         "|---|---|---|---|",
     ]
-    for c in s["causes"][:25]:
+    failing = [c for c in s["causes"] if c["category"] != "refused"]
+    refused = [c for c in s["causes"] if c["category"] == "refused"]
+    for c in failing[:30] + refused[:8]:
         example = c["example"].replace("|", "\\|")[:180]
         lines.append(f"| {c['category']} | {c['count']} | {', '.join(map(str, c['seeds']))} | {example} |")
+    if len(refused) > 8:
+        lines.append(
+            f"| refused | {sum(c['count'] for c in refused[8:])} | | {len(refused) - 8} more causes |"
+        )
     lines += ["", "Reproduce one: `python bench/bench_fuzz.py --seed N --show`."]
     return "\n".join(lines)
 
@@ -205,7 +224,7 @@ def main() -> None:
     todo = [s for s in range(*seeds) if s not in done]
     print(f"{seeds[1] - seeds[0]} seeds, {len(todo)} to run, sources {key}", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    pool, t0 = Pool(args.jobs, args.timeout, one_case), time.monotonic()
+    pool = Pool(args.jobs, args.timeout, one_case)
     try:
         with open(cache, "a") as out:
             for i, row in enumerate(pool.run(todo), 1):
@@ -221,7 +240,7 @@ def main() -> None:
     finally:
         pool.close()
     rows = [done[s] for s in range(*seeds) if s in done]
-    summary = summarize(rows, seeds, key, time.monotonic() - t0)
+    summary = summarize(rows, seeds, key)
     text = markdown(summary)
     print(text)
     if not args.no_write:
