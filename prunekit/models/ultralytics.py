@@ -46,6 +46,7 @@ from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.models.family import Family, FileFormat, register_family
+from prunekit.models.files import unsafe_globals
 from prunekit.models.yolo_yaml import checkpoint_yaml, trainable_plan
 from prunekit.plan import Plan
 from prunekit.structured.api import CheckReport, PruneResult, check, plan_prune
@@ -427,8 +428,6 @@ def is_ultralytics_spec(spec: str) -> bool:
     >>> is_ultralytics_spec("ultralytics:yolov8n.yaml"), is_ultralytics_spec("torchvision:resnet18")
     (True, False)
     """
-    from prunekit.models.spec import unsafe_globals  # late: spec.py imports this module to register it
-
     path = Path(spec)
     if spec.startswith("ultralytics:") or path.suffix in (".yaml", ".yml"):
         return True
