@@ -77,7 +77,7 @@ class Family:
     file_format: FileFormat | None = None
 
     def __post_init__(self) -> None:
-        if not self.prefix.replace("-", "_").isidentifier() or "." in self.prefix:
+        if not self.prefix.replace("-", "_").isidentifier():
             raise ConfigError(f"a family prefix is a plain name like 'timm', got {self.prefix!r}")
         if not self.form:
             object.__setattr__(self, "form", f"{self.prefix}:...")

@@ -150,6 +150,8 @@ def infer_hf(model: nn.Module) -> str | None:
     """``hf:{...}``: the model's own ``config`` as inline JSON (with its class as ``architectures``), if it
     builds the same architecture; else None. The recorded spec needs no file beside the checkpoint."""
     config = getattr(model, "config", None)
+    if not type(model).__module__.startswith("transformers."):  # a model of transformers' own classes only
+        return None
     tf = _transformers()
     if not isinstance(model, tf.PreTrainedModel) or not isinstance(config, tf.PretrainedConfig):
         return None
