@@ -91,7 +91,8 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         metavar="MODEL",
-        help="torchvision:NAME, module.path:factory, or a .pt/.pth/.bin/.safetensors file.",
+        help="A family spec (torchvision:NAME, timm:NAME, hf:CONFIG, ultralytics:NAME.yaml, ...), "
+        "module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint directory.",
         show_default=False,
     ),
 ]

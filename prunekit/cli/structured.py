@@ -49,8 +49,8 @@ def prune(
         typer.Option(
             "--out",
             metavar="DIR",
-            help="Checkpoint directory to write (safetensors + plan; `prunekit load DIR`), or FILE.pt for "
-            "an ultralytics model (ultralytics' own format, as `prunekit yolo prune`).",
+            help="Checkpoint directory to write (safetensors + plan; `prunekit load DIR`), or a file in the "
+            "model family's own format (FILE.pt for an ultralytics model, as `prunekit yolo prune`).",
             show_default=False,
             callback=writable,
         ),
@@ -103,20 +103,23 @@ def prune(
     --scope says otherwise). With --recipe the recipe decides everything; --data then also feeds its
     fine-tuning.
     """
-    from prunekit.models.spec import is_ultralytics_spec
+    from prunekit.models.spec import file_format_for
 
-    if out.suffix == ".pt" and is_ultralytics_spec(model) and recipe is None and data is None:
-        from prunekit.cli.yolo import prune as yolo_prune
-
+    file_format = file_format_for(model, out) if recipe is None and data is None else None
+    if file_format is not None:
         if (target_macs, target_params, target_latency_ms) != (None, None, None):
             raise ConfigError(
-                "--target-* is not supported when writing an ultralytics .pt; use --ratio, or --out DIR "
+                f"--target-* is not supported when writing {file_format.name}; use --ratio, or --out DIR "
                 "for a prunekit checkpoint"
             )
-        return yolo_prune(
-            model, out, ratio=ratio, criterion=criterion, scope=scope or "local", ignore=ignore,
-            round_to=round_to, max_ratio=max_ratio, json_path=json_path,
+        result = file_format.prune(
+            model, out, ratio=ratio, criterion=criterion, scope=scope or "local", ignore=ignore or None,
+            round_to=round_to, max_ratio=max_ratio,
         )  # fmt: skip
+        write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
+        console.print(before_after_table(f"prunekit prune {model}", result))
+        console.print(f"wrote {out} ({file_format.name})")
+        return None
     from prunekit.deploy import save
     from prunekit.recipe import load_recipe, run_recipe
     from prunekit.structured import prune as prune_model

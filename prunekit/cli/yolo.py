@@ -68,24 +68,12 @@ def prune(
 
     By default the pruned widths are written into the checkpoint's model.yaml, so ultralytics' own
     `yolo train model=pruned.pt` / `YOLO("pruned.pt").train()` rebuilds the pruned model."""
-    from prunekit.errors import ConfigError
-    from prunekit.models.ultralytics import load_yolo, prune_yolo, save_yolo
+    from prunekit.models.ultralytics import prune_to_file
 
-    if out.suffix != ".pt":
-        raise ConfigError(f"--out must name a .pt file (ultralytics' format), got {out.name!r}")
-    loaded = load_yolo(model.removeprefix("ultralytics:"))
-    result = prune_yolo(
-        loaded,
-        ratio,
-        imgsz=imgsz,
-        criterion=criterion,
-        scope=scope,
-        ignore=ignore or None,
-        round_to=round_to,
-        max_ratio=max_ratio,
-        trainable=not free,
-    )
-    save_yolo(loaded, out, plans=result.plan, half=half)
+    result = prune_to_file(
+        model, out, imgsz=imgsz, half=half, trainable=not free, ratio=ratio, criterion=criterion,
+        scope=scope, ignore=ignore or None, round_to=round_to, max_ratio=max_ratio,
+    )  # fmt: skip
     write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
     console.print(before_after_table(f"prunekit yolo prune {model}", result))
     train = "`prunekit yolo finetune`" if free else "ultralytics' own train() or `prunekit yolo finetune`"

@@ -47,6 +47,7 @@ from torch import nn
 from prunekit.errors import ConfigError, ModelLoadError, PlanError, PruneError
 from prunekit.measure.params import count_params
 from prunekit.measure.size import effective_state_dict
+from prunekit.models.record import recorded_spec
 from prunekit.models.spec import LOADERS, load_model
 from prunekit.plan import Plan
 from prunekit.sparse.storage import (
@@ -241,6 +242,10 @@ def save(
     ``sparse_values="fp32"``; ``"fp16"`` or ``"int8"`` trade exactness for size) — the file is then typically
     5–10× smaller for a 90%-sparse model.
 
+    A local path in ``spec`` is stored absolute. Without ``spec``, an unpruned model built outside prunekit
+    gets the spec its family infers (:func:`prunekit.models.record.recorded_spec`: torchvision, timm,
+    transformers); otherwise a warning says that loading needs ``model=``.
+
     >>> import torch
     >>> info = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
     >>> info.tensors, info.params
@@ -260,6 +265,7 @@ def save(
     _check_target(directory)
     weights = effective_state_dict(model)
     blocks = _skipped_blocks(model)
+    spec = recorded_spec(model, spec, pruned=bool(plans or blocks))
     if spec is not None:  # rebuild now: a checkpoint that cannot be loaded back is never written
         try:
             _rebuild(

@@ -18,6 +18,8 @@ Pruning updates the attention modules' head attributes and, where every layer ag
 ...             '"num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 50}')
 >>> type(m).__name__, m.config.num_attention_heads
 ('BertModel', 4)
+>>> load_hf(infer_hf(m).removeprefix("hf:")).config.intermediate_size
+64
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.errors import ModelLoadError
+from prunekit._inputs import ExampleInputs
+from prunekit.errors import ConfigError, ModelLoadError
+from prunekit.models.family import Family, register_family
+from prunekit.models.record import same_architecture
 
 
 def _transformers() -> Any:
     try:
         import transformers
     except ImportError as err:
-        raise ModelLoadError("hf:... specs need transformers: pip install transformers") from err
+        raise ModelLoadError('hf:CONFIG specs need transformers: pip install "prunekit[hf]"') from err
     transformers.logging.set_verbosity_error()
     return transformers
 
@@ -122,3 +127,55 @@ def example_inputs(model: nn.Module, batch: int = 1, seq: int = 8) -> dict[str, 
     vocab = int(getattr(config, "vocab_size", 100))
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
     return {"input_ids": ids}
+
+
+def batch_seq(shape: tuple[int, ...], prefix: str = "hf") -> tuple[int, int]:
+    """``(BATCH, SEQ)`` from a two-number ``--input-shape``; a ConfigError for any other length.
+
+    >>> batch_seq((1, 16))
+    (1, 16)
+    """
+    if len(shape) != 2:
+        text = ",".join(str(d) for d in shape)
+        raise ConfigError(f"{prefix}: models take --input-shape BATCH,SEQ (e.g. 1,16), got {text}")
+    return shape[0], shape[1]
+
+
+def _family_inputs(model: nn.Module, shape: tuple[int, ...]) -> ExampleInputs:
+    batch, seq = batch_seq(shape)
+    return example_inputs(model, batch=batch, seq=seq)
+
+
+def infer_hf(model: nn.Module) -> str | None:
+    """``hf:{...}``: the model's own ``config`` as inline JSON (with its class as ``architectures``), if it
+    builds the same architecture; else None. The recorded spec needs no file beside the checkpoint."""
+    config = getattr(model, "config", None)
+    if not type(model).__module__.startswith("transformers."):  # a model of transformers' own classes only
+        return None
+    tf = _transformers()
+    if not isinstance(model, tf.PreTrainedModel) or not isinstance(config, tf.PretrainedConfig):
+        return None
+    data = config.to_diff_dict()
+    data.pop("transformers_version", None)
+    data["model_type"] = config.model_type
+    data["architectures"] = [type(model).__name__]
+    try:
+        spec = json.dumps(data, sort_keys=True)
+    except TypeError:  # a config holding something JSON cannot state
+        return None
+    return f"hf:{spec}" if same_architecture(model, lambda: load_hf(spec)) else None
+
+
+FAMILY = register_family(
+    Family(
+        "hf",
+        load_hf,
+        form="hf:CONFIG",
+        requires="transformers",
+        extra="hf",
+        input_shape=lambda _: (1, 8),  # BATCH,SEQ of token ids (vision models: batch only)
+        example_inputs=_family_inputs,
+        local_paths=True,
+        infer_spec=infer_hf,
+    )
+)

@@ -7,6 +7,10 @@ compares a
 pruned embedder with the dense one on real sentences; :func:`distill` recovers it by matching the dense
 embeddings on unlabeled text (through :func:`prunekit.recover.finetune`).
 
+It is also the ``sentence:`` model family: ``sentence:all-MiniLM-L6-v2`` (the shipped model) or
+``sentence:DIR`` (a local encoder directory with its tokenizer), with ``BATCH,SEQ`` example inputs
+(token ids and an all-ones attention mask).
+
 >>> emb = load_minilm()                                      # doctest: +SKIP
 >>> emb.embed(["A cat sat on the mat."]).shape               # doctest: +SKIP
 torch.Size([1, 384])
@@ -25,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit._inputs import ExampleInputs
 from prunekit.errors import ConfigError, ModelLoadError
+from prunekit.models.family import Family, register_family
 
 
 class SentenceEmbedder(nn.Module):
@@ -85,13 +91,41 @@ def minilm_path() -> Path:
 
 
 def load_minilm(path: str | Path | None = None) -> SentenceEmbedder:
-    """The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, 384 wide), offline, in eval mode."""
+    """The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, 384 wide), offline, in eval mode;
+    ``path``: another local encoder directory with its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
     directory = str(path or minilm_path())
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load a sentence encoder from {directory}: {first}") from err
     return SentenceEmbedder(encoder, tokenizer, max_length=256).eval()
+
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+def load_sentence(text: str) -> SentenceEmbedder:
+    """The model of a ``sentence:`` spec: ``all-MiniLM-L6-v2`` or a local model directory."""
+    if text == MINILM:
+        return load_minilm()
+    if not Path(text).is_dir():
+        raise ModelLoadError(
+            f"sentence: specs are sentence:{MINILM} or sentence:DIR (a local model), got {text!r}"
+        )
+    return load_minilm(text)
+
+
+def _sentence_inputs(model: nn.Module, shape: tuple[int, ...]) -> ExampleInputs:
+    """Token ids below the encoder's vocabulary size and an all-ones attention mask, ``(BATCH, SEQ)``."""
+    from prunekit.models.hf import batch_seq
+
+    vocab = int(getattr(getattr(getattr(model, "encoder", None), "config", None), "vocab_size", 100))
+    ids = torch.randint(0, vocab, batch_seq(shape, "sentence"), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 @dataclass
@@ -254,3 +288,17 @@ def copy_embedder(embedder: SentenceEmbedder) -> SentenceEmbedder:
         embedder.tokenizer = tok
     clone.tokenizer = tok
     return clone
+
+
+FAMILY = register_family(
+    Family(
+        "sentence",
+        load_sentence,
+        form=f"sentence:{MINILM}",
+        requires="transformers",
+        extra="hf",
+        input_shape=lambda _: (1, 8),
+        example_inputs=_sentence_inputs,
+        local_paths=True,
+    )
+)

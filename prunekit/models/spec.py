@@ -2,15 +2,19 @@
 
 A spec is one of::
 
-    torchvision:NAME          a torchvision builder, random weights     torchvision:resnet18
+    PREFIX:TEXT               a registered model family                 torchvision:resnet18, timm:NAME,
+                                                                        hf:CONFIG, ultralytics:NAME.yaml
     module.path:factory       a callable returning an nn.Module         mypkg.models:build_net
     path/to/file.pt           a state_dict (with arch=...) or, only with trust_pickle=True, a pickled module
     path/to/file.safetensors  a state_dict (with arch=...)
     path/to/checkpoint/       a directory written by prunekit.save (spec + plans + safetensors weights)
 
-Prefixed forms are looked up in ``LOADERS`` by the text before the first ``:`` (a later release adds
-``ultralytics:`` and ``hf:``); nothing is recognised by substrings. Every failure is a one-line
-:class:`~prunekit.errors.ModelLoadError` (or :class:`~prunekit.errors.ConfigError` for a bad input shape).
+Prefixed forms are looked up by the text before the first ``:`` among the families registered with
+:func:`prunekit.models.family.register_family` (the built-in ones in :mod:`~prunekit.models.torchvision`,
+:mod:`~prunekit.models.timm`, :mod:`~prunekit.models.hf`, :mod:`~prunekit.models.sentence`,
+:mod:`~prunekit.models.ultralytics`); a prefix that is no family is read as ``module.path:factory``.
+Nothing is recognised by substrings. Every failure is a one-line :class:`~prunekit.errors.ModelLoadError`
+(or :class:`~prunekit.errors.ConfigError` for a bad input shape).
 
 Files are read with ``torch.load(weights_only=True)``, which cannot run code. A file that needs more
 (a pickled whole module) is refused unless ``trust_pickle=True``: unpickling runs code from the file.
@@ -18,20 +22,21 @@ Files are read with ``torch.load(weights_only=True)``, which cannot run code. A 
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import inspect
-import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, call_model
 from prunekit.errors import ConfigError, ModelLoadError
+from prunekit.models.family import Family, FileFormat, families, family_of, is_code_spec
+from prunekit.models.files import STATE_DICT_SUFFIXES, is_file_spec, load_file, unsafe_globals  # noqa: F401
+from prunekit.models.torchvision import bare_name_hint
 
-STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# The forms every install has; messages list the registered families too.
 SPEC_FORMS = (
     "torchvision:NAME, module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint dir"
 )
@@ -40,8 +45,9 @@ SPEC_FORMS = (
 def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
     """Build the model that ``spec`` names, in eval mode, on the CPU.
 
-    ``arch`` (a ``torchvision:NAME`` or ``module.path:factory`` spec) builds the module that a state_dict file
-    is loaded into (``strict=True``). ``trust_pickle=True`` allows unpickling a whole module from a file.
+    ``arch`` (a family spec such as ``torchvision:NAME``, or ``module.path:factory``) builds the module that
+    a state_dict file is loaded into (``strict=True``). ``trust_pickle=True`` allows unpickling a whole
+    module from a file.
 
     >>> load_model("torchvision:resnet18").fc.out_features
     1000
@@ -50,23 +56,31 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
     ...
     prunekit.errors.ModelLoadError: unknown torchvision model 'alexnett'; close names: alexnet
     """
-    prefix, _, rest = spec.partition(":")
-    if prefix in LOADERS:
+    family = family_of(spec)
+    if family is not None:
         _reject_arch(spec, arch)
-        model = LOADERS[prefix](rest)
+        family.available()
+        model = family.load(spec.partition(":")[2])
     elif (Path(spec) / "prunekit.json").is_file():
         _reject_arch(spec, arch)
         from prunekit.deploy.checkpoint import load  # late: the checkpoint module builds models with this one
 
         model = load(spec)
-    elif _is_file_spec(spec):
-        model = _load_file(Path(spec), arch=arch, trust_pickle=trust_pickle)
-    elif _is_factory_spec(spec):
+    elif is_file_spec(spec):
+        model = load_file(Path(spec), arch=arch, trust_pickle=trust_pickle)
+    elif is_code_spec(spec):
         _reject_arch(spec, arch)
         model = _load_factory(spec)
     else:
-        raise ModelLoadError(f"cannot tell what model {spec!r} is; use {SPEC_FORMS}{_torchvision_hint(spec)}")
+        raise ModelLoadError(f"cannot tell what model {spec!r} is; use {_spec_forms()}{bare_name_hint(spec)}")
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{spec!r} built a {type(model).__name__}, not an nn.Module")
     return model.eval()
+
+
+def _spec_forms() -> str:
+    forms = ", ".join(family.form for family in families().values())
+    return f"{forms}, module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint dir"
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -88,11 +102,12 @@ def example_inputs_for(
 ) -> ExampleInputs:
     """Seeded random inputs to run the model on: of ``input_shape`` if given, else the spec's default shape.
 
-    A float tensor, except for ``hf:`` models (and checkpoints of them), which get the dict of token ids (or
-    pixel values) :func:`prunekit.models.hf.example_inputs` builds for ``model``; their shape is
-    ``BATCH,SEQ`` (default 1,8). Defaults exist only where the shape is known for sure: torchvision
-    classifiers (1x3x224x224; inception_v3 1x3x299x299), timm models, ultralytics models. Anything else
-    needs ``input_shape``; the error says so.
+    A float tensor, except for families with their own ``example_inputs`` (and checkpoints of their models):
+    ``hf:`` models get the dict of token ids (or pixel values) :func:`prunekit.models.hf.example_inputs`
+    builds for ``model``; their shape is ``BATCH,SEQ`` (default 1,8). Defaults exist only where the shape
+    is known for sure: torchvision classifiers (1x3x224x224; inception_v3 1x3x299x299), timm models,
+    ultralytics models (each family's ``input_shape``). Anything else needs ``input_shape``; the error says
+    so.
 
     >>> example_inputs_for("torchvision:resnet18").shape
     torch.Size([1, 3, 224, 224])
@@ -101,21 +116,17 @@ def example_inputs_for(
     """
     if input_shape is None:
         input_shape = _default_input_shape(spec_or_model)
-    if _family(spec_or_model) == "hf":
+    family = _family(spec_or_model)
+    if family is not None and family.example_inputs is not None:
         if model is None:
-            raise ConfigError("example inputs of an hf: model need the model (its vocabulary or image size)")
-        if len(input_shape) != 2:
-            shape = ",".join(str(d) for d in input_shape)
-            raise ConfigError(f"hf: models take --input-shape BATCH,SEQ (e.g. 1,16), got {shape}")
-        from prunekit.models.hf import example_inputs
-
-        return example_inputs(model, batch=input_shape[0], seq=input_shape[1])
+            raise ConfigError(f"example inputs of a {family.form} model need the model")
+        return family.example_inputs(model, input_shape)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(input_shape, generator=generator)
 
 
-def _family(spec_or_model: str | nn.Module) -> str | None:
-    """The spec prefix (``torchvision``, ``hf``, ...), looking inside checkpoint directories."""
+def _family(spec_or_model: str | nn.Module) -> Family | None:
+    """The registered family of a spec, looking inside checkpoint directories."""
     if not isinstance(spec_or_model, str):
         return None
     if (Path(spec_or_model) / "prunekit.json").is_file():
@@ -123,8 +134,7 @@ def _family(spec_or_model: str | nn.Module) -> str | None:
 
         inner = read_info(spec_or_model)["spec"]
         return _family(inner) if inner else None
-    prefix, sep, _ = spec_or_model.partition(":")
-    return prefix if sep and prefix in LOADERS else None
+    return family_of(spec_or_model)
 
 
 def check_forward(model: nn.Module, example_inputs: ExampleInputs) -> None:
@@ -146,65 +156,32 @@ def check_forward(model: nn.Module, example_inputs: ExampleInputs) -> None:
         ) from err
 
 
-# --- prefixed specs -----------------------------------------------------------------------------------------
+# --- read-only views of the family registry, by prefix -----------------------------------------------------
 
 
-def _load_torchvision(name: str) -> nn.Module:
-    """torchvision.models.get_model(name, weights=None), with no backbone weights either (no downloads)."""
-    models = _import_torchvision()
-    known = models.list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"; close names: {', '.join(close)}" if close else "; see torchvision.models.list_models()"
-        raise ModelLoadError(f"unknown torchvision model {name!r}{hint}")
-    kwargs = {"weights": None}
-    if "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
-        kwargs["weights_backbone"] = None
-    return models.get_model(name, **kwargs)
+class _RegistryView(Mapping):
+    """``{prefix: family.<field>}`` for every registered family that has the field (live, read-only)."""
+
+    def __init__(self, field: str) -> None:
+        self._field = field
+
+    def _items(self) -> dict[str, Any]:
+        found = {p: getattr(f, self._field) for p, f in families().items()}
+        return {p: v for p, v in found.items() if v is not None}
+
+    def __getitem__(self, prefix: str) -> Any:
+        return self._items()[prefix]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
 
 
-def _load_ultralytics(name: str) -> nn.Module:
-    from prunekit.models.ultralytics import load_yolo  # late: ultralytics is an optional extra
-
-    return load_yolo(name)
-
-
-def _load_hf(spec: str) -> nn.Module:
-    from prunekit.models.hf import load_hf  # late: transformers is an optional extra
-
-    return load_hf(spec)
-
-
-def _load_timm(name: str) -> nn.Module:
-    from prunekit.models.timm import load_timm  # late: timm is an optional extra
-
-    return load_timm(name)
-
-
-LOADERS: dict[str, Callable[[str], nn.Module]] = {
-    "torchvision": _load_torchvision,
-    "ultralytics": _load_ultralytics,
-    "hf": _load_hf,
-    "timm": _load_timm,
-}
-
-
-def _import_torchvision():
-    try:
-        import torchvision.models
-    except ImportError as err:
-        raise ModelLoadError(
-            "torchvision:... specs need torchvision: pip install 'prunekit[vision]'"
-        ) from err
-    return torchvision.models
-
-
-def _torchvision_hint(spec: str) -> str:
-    try:
-        import torchvision.models
-    except ImportError:
-        return ""
-    return f" (did you mean torchvision:{spec}?)" if spec in torchvision.models.list_models() else ""
+LOADERS: Mapping[str, Callable[[str], nn.Module]] = _RegistryView("load")
+"""The loader of every registered family by prefix; register new ones with
+:func:`prunekit.models.family.register_family`."""
 
 
 def _reject_arch(spec: str, arch: str | None) -> None:
@@ -213,12 +190,6 @@ def _reject_arch(spec: str, arch: str | None) -> None:
 
 
 # --- module.path:factory ------------------------------------------------------------------------------------
-
-
-def _is_factory_spec(spec: str) -> bool:
-    module_path, sep, attr_path = spec.partition(":")
-    dotted = module_path.split(".") + attr_path.split(".")
-    return bool(sep) and all(part.isidentifier() for part in dotted)
 
 
 def _load_factory(spec: str) -> nn.Module:
@@ -257,144 +228,6 @@ def call_factory(spec: str, *, what: str) -> object:
         raise ModelLoadError(f"calling {spec!r} failed: {type(err).__name__}: {err}") from err
 
 
-# --- files --------------------------------------------------------------------------------------------------
-
-
-def _is_file_spec(spec: str) -> bool:
-    path = Path(spec)
-    return path.suffix in STATE_DICT_SUFFIXES or path.is_file()
-
-
-def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module:
-    if not path.is_file():
-        raise ModelLoadError(f"no such file: {path}")
-    if path.suffix == ".safetensors":
-        model = _build_arch(path, arch)
-        _load_safetensors_into(model, path)
-        return model
-    obj = _torch_load(path, trust_pickle=trust_pickle)
-    if isinstance(obj, nn.Module):
-        if arch is not None:
-            raise ModelLoadError(f"{path} holds a whole module; drop --arch")
-        return obj
-    _require_state_dict(path, obj)
-    model = _build_arch(path, arch)
-    _load_state_dict_into(model, obj, path)
-    return model
-
-
-def _torch_load(path: Path, *, trust_pickle: bool) -> object:
-    """torch.load(weights_only=True); weights_only=False only if that fails and the user trusts the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = _unsafe_globals(path)
-        if not unsafe:
-            raise ModelLoadError(f"cannot read {path}: {_first_line(err)}") from err
-        if not trust_pickle:
-            user_first = sorted(unsafe, key=lambda name: (name.split(".")[0] == "torch", name))
-            raise ModelLoadError(
-                f"{path} is a pickled module (it imports {', '.join(user_first[:2])}); "
-                "pass --trust-pickle only if you trust its source"
-            ) from err
-    except Exception as err:
-        raise ModelLoadError(f"cannot read {path}: {_first_line(err)}") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ModelLoadError(f"cannot unpickle {path}: {type(err).__name__}: {_first_line(err)}") from err
-
-
-def is_ultralytics_spec(spec: str) -> bool:
-    """``ultralytics:...``, a model ``.yaml`` (ultralytics' model configs), or a ``.pt`` file whose pickle
-    needs ultralytics classes (read from the file's pickle opcodes; nothing is unpickled).
-
-    >>> is_ultralytics_spec("ultralytics:yolov8n.yaml"), is_ultralytics_spec("torchvision:resnet18")
-    (True, False)
-    """
-    path = Path(spec)
-    if spec.startswith("ultralytics:") or path.suffix in (".yaml", ".yml"):
-        return True
-    if path.suffix == ".pt" and path.is_file():
-        return any(name.split(".", 1)[0] == "ultralytics" for name in _unsafe_globals(path))
-    return False
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    """Names of the Python objects a torch file would import when unpickled ([] if it cannot tell)."""
-    try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        return []
-
-
-def _require_state_dict(path: Path, obj: object) -> None:
-    if not isinstance(obj, Mapping):
-        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not an nn.Module or a state_dict")
-    others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if others:
-        raise ModelLoadError(
-            f"{path} is a dict with non-tensor entries ({', '.join(others[:3])}), not a state_dict; "
-            "save model.state_dict() instead"
-        )
-
-
-def _build_arch(path: Path, arch: str | None) -> nn.Module:
-    if arch is None:
-        raise ModelLoadError(
-            f"{path} is a state_dict; pass --arch torchvision:NAME or --arch module.path:factory "
-            "to build the model"
-        )
-    if arch.partition(":")[0] not in LOADERS and not _is_factory_spec(arch):
-        raise ModelLoadError(f"--arch must be torchvision:NAME or module.path:factory, got {arch!r}")
-    return load_model(arch)
-
-
-def _load_state_dict_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    _raise_on_key_mismatch(path, missing, unexpected)
-    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state_dict[k].shape)]
-    if wrong:
-        details = ", ".join(
-            f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]
-        )
-        raise ModelLoadError(f"{path} does not fit --arch: shape mismatch for {details}")
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _load_safetensors_into(model: nn.Module, path: Path) -> None:
-    """safetensors.torch.load_model knows how tied weights were de-duplicated by save_model."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model as load_safetensors_model
-
-    try:
-        missing, unexpected = load_safetensors_model(model, path, strict=False)
-    except SafetensorError as err:
-        raise ModelLoadError(f"cannot read {path}: {_first_line(err)}") from err
-    except RuntimeError as err:  # size mismatch, raised by nn.Module.load_state_dict
-        raise ModelLoadError(f"{path} does not fit --arch: {_first_line(err)}") from err
-    _raise_on_key_mismatch(path, sorted(missing), sorted(unexpected))
-
-
-def _raise_on_key_mismatch(path: Path, missing: list[str], unexpected: list[str]) -> None:
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
-        if unexpected:
-            parts.append(
-                f"unexpected keys {', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else "")
-            )
-        raise ModelLoadError(f"{path} does not fit --arch: {'; '.join(parts)}")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 # --- default input shapes -----------------------------------------------------------------------------------
 
 
@@ -417,44 +250,48 @@ def _default_input_shape(spec_or_model: str | nn.Module) -> tuple[int, ...]:
             return tuple(int(d) for d in shape)
         if info["spec"]:
             return _default_input_shape(info["spec"])
-    if isinstance(spec_or_model, str):
-        prefix, _, rest = spec_or_model.partition(":")
-        if prefix in DEFAULT_SHAPES:
-            shape = DEFAULT_SHAPES[prefix](rest)
-            if shape is not None:
-                return shape
-        what = repr(spec_or_model)
-    else:
-        what = f"a {type(spec_or_model).__name__}"
+    family = family_of(spec_or_model) if isinstance(spec_or_model, str) else None
+    if family is not None and family.input_shape is not None:
+        family.available()
+        shape = family.input_shape(spec_or_model.partition(":")[2])
+        if shape is not None:
+            return tuple(shape)
+    what = repr(spec_or_model) if isinstance(spec_or_model, str) else f"a {type(spec_or_model).__name__}"
     raise ConfigError(
         f"no default input shape for {what}; pass --input-shape, e.g. --input-shape 1,3,224,224"
     )
 
 
-def _torchvision_input_shape(name: str) -> tuple[int, ...] | None:
-    """Classification models only: detection, segmentation, video and optical flow take other inputs."""
-    models = _import_torchvision()
-    if name not in models.list_models(module=models):
-        return None
-    side = 299 if name == "inception_v3" else 224
-    return (1, 3, side, side)
+DEFAULT_SHAPES: Mapping[str, Callable[[str], tuple[int, ...] | None]] = _RegistryView("input_shape")
+"""The default-input-shape function of every registered family that has one, by prefix."""
 
 
-def _ultralytics_input_shape(name: str) -> tuple[int, ...] | None:
-    from prunekit.models.ultralytics import default_input_shape
+def file_format_for(spec: str, out: str | Path) -> FileFormat | None:
+    """The family file format that writes ``out`` for the model ``spec`` (by ``out``'s suffix and the
+    format's ``accepts``), or None: then ``out`` is a prunekit checkpoint directory.
 
-    return default_input_shape(name)
+    >>> file_format_for("torchvision:resnet18", "out.pt") is None
+    True
+    """
+    suffix = Path(out).suffix
+    for family in families().values():
+        fmt = family.file_format
+        if fmt is not None and fmt.suffix == suffix and fmt.accepts(spec):
+            family.available()
+            return fmt
+    return None
 
 
-def _timm_input_shape(name: str) -> tuple[int, ...] | None:
-    from prunekit.models.timm import default_input_shape
+def is_ultralytics_spec(spec: str) -> bool:
+    """See :func:`prunekit.models.ultralytics.is_ultralytics_spec` (needs ultralytics installed to prune).
 
-    return default_input_shape(name)
+    >>> is_ultralytics_spec("ultralytics:yolov8n.yaml"), is_ultralytics_spec("torchvision:resnet18")
+    (True, False)
+    """
+    from prunekit.models.ultralytics import is_ultralytics_spec as ultralytics_spec
+
+    return ultralytics_spec(spec)
 
 
-DEFAULT_SHAPES: dict[str, Callable[[str], tuple[int, ...] | None]] = {
-    "torchvision": _torchvision_input_shape,
-    "ultralytics": _ultralytics_input_shape,
-    "timm": _timm_input_shape,
-    "hf": lambda _: (1, 8),  # BATCH,SEQ of token ids (vision models: batch only; their image size is known)
-}
+# The built-in families register themselves on import (each module is light: its package loads late).
+from prunekit.models import hf, sentence, timm, torchvision, ultralytics  # noqa: E402, F401

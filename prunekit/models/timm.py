@@ -3,6 +3,8 @@
 >>> m = load_timm("resnet18")
 >>> m.fc.out_features
 1000
+>>> infer_timm(m)
+'timm:resnet18'
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from typing import Any
 from torch import nn
 
 from prunekit.errors import ModelLoadError
+from prunekit.models.family import Family, register_family
+from prunekit.models.record import same_architecture
 
 
 def _timm() -> Any:
     try:
         import timm
     except ImportError as err:
-        raise ModelLoadError("timm:... specs need timm: pip install timm") from err
+        raise ModelLoadError('timm:NAME specs need timm: pip install "prunekit[timm]"') from err
     return timm
 
 
@@ -43,3 +47,26 @@ def default_input_shape(name: str) -> tuple[int, ...]:
     cfg = timm.get_pretrained_cfg(name) if name in timm.list_models() else None
     shape = tuple(getattr(cfg, "input_size", None) or (3, 224, 224)) if cfg is not None else (3, 224, 224)
     return (1, *shape)
+
+
+def infer_timm(model: nn.Module) -> str | None:
+    """``timm:NAME`` from the model's ``pretrained_cfg`` (or ``default_cfg``) ``architecture``, if building
+    that name gives the same architecture, else None."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    name = cfg.get("architecture") if isinstance(cfg, dict) else None
+    if not isinstance(name, str) or name not in _timm().list_models():
+        return None
+    return f"timm:{name}" if same_architecture(model, lambda: load_timm(name)) else None
+
+
+FAMILY = register_family(
+    Family(
+        "timm",
+        load_timm,
+        form="timm:NAME",
+        requires="timm",
+        extra="timm",
+        input_shape=default_input_shape,
+        infer_spec=infer_timm,
+    )
+)

@@ -45,6 +45,8 @@ from torch import nn
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
+from prunekit.models.family import Family, FileFormat, register_family
+from prunekit.models.files import unsafe_globals
 from prunekit.models.yolo_yaml import checkpoint_yaml, trainable_plan
 from prunekit.plan import Plan
 from prunekit.structured.api import CheckReport, PruneResult, check, plan_prune
@@ -59,7 +61,7 @@ def _ultralytics():
     try:
         import ultralytics
     except ImportError as err:
-        raise ModelLoadError("ultralytics:... specs need ultralytics: pip install ultralytics") from err
+        raise ModelLoadError('ultralytics:NAME specs need ultralytics: pip install "prunekit[yolo]"') from err
     return ultralytics
 
 
@@ -397,3 +399,52 @@ def save_yolo(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def prune_to_file(
+    spec: str,
+    out: str | os.PathLike,
+    *,
+    imgsz: int = 320,
+    half: bool = False,
+    trainable: bool = True,
+    **options: Any,
+) -> PruneResult:
+    """Load ``spec`` (``[ultralytics:]NAME.yaml`` or an ultralytics ``.pt``), :func:`prune_yolo` it with
+    ``options`` (ratio, criterion, scope, ignore, round_to, max_ratio) and write ``out`` with
+    :func:`save_yolo`; ``out`` must end in ``.pt`` and is checked before anything is loaded."""
+    if Path(out).suffix != ".pt":
+        raise ConfigError(f"--out must name a .pt file (ultralytics' format), got {Path(out).name!r}")
+    model = load_yolo(spec.removeprefix("ultralytics:"))
+    result = prune_yolo(model, imgsz=imgsz, trainable=trainable, **options)
+    save_yolo(model, out, plans=result.plan, half=half)
+    return result
+
+
+def is_ultralytics_spec(spec: str) -> bool:
+    """``ultralytics:...``, a model ``.yaml`` (ultralytics' model configs), or a ``.pt`` file whose pickle
+    needs ultralytics classes (read from the file's pickle opcodes; nothing is unpickled).
+
+    >>> is_ultralytics_spec("ultralytics:yolov8n.yaml"), is_ultralytics_spec("torchvision:resnet18")
+    (True, False)
+    """
+    path = Path(spec)
+    if spec.startswith("ultralytics:") or path.suffix in (".yaml", ".yml"):
+        return True
+    if path.suffix == ".pt" and path.is_file():
+        return any(name.split(".", 1)[0] == "ultralytics" for name in unsafe_globals(path))
+    return False
+
+
+FAMILY = register_family(
+    Family(
+        "ultralytics",
+        load_yolo,
+        form="ultralytics:NAME.yaml",
+        requires="ultralytics",
+        extra="yolo",
+        input_shape=default_input_shape,
+        local_paths=True,
+        file_format=FileFormat(".pt", "an ultralytics checkpoint", is_ultralytics_spec, prune_to_file),
+    )
+)
