@@ -81,25 +81,20 @@ def sparsify(
     MODEL is loaded like in every command and run once on its example input (--input-shape, or the
     model's default shape; a model with neither is not run).
     """
+    from prunekit.config import SparsifyConfig
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
 
     batches = load_batches(data, batch_size) if data is not None else None
+    config = SparsifyConfig(
+        sparsity, pattern, criterion, scope, tuple(include) if include else None, tuple(exclude or ()), seed,
+        data=batches,
+    )  # fmt: skip
     loaded = load_cli_model(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False
     )
     net = loaded.model
-    result = sparsify_model(
-        net,
-        sparsity,
-        pattern=pattern,
-        criterion=criterion,
-        scope=scope,
-        include=include or None,
-        exclude=exclude or None,
-        seed=seed,
-        data=batches,
-    )
+    result = sparsify_model(net, config)
     report = sparsity_report(net)
     remove_masks(net)
     atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))

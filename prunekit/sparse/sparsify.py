@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._validate import eager_module, loss_batches, real
+from prunekit.config import SparsifyConfig, resolve
 from prunekit.errors import ConfigError
 from prunekit.sparse.masks import apply_masks, check_maskable, get_mask
 from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, parse_pattern, unit_scores
@@ -89,18 +90,23 @@ class SparsifyResult:
 
 def sparsify(
     model: nn.Module,
-    sparsity: float | None = None,
+    sparsity: float | SparsifyConfig | None = None,
     *,
-    pattern: str | Pattern = "unstructured",
-    criterion: str = "magnitude",
-    scope: str = "local",
+    config: SparsifyConfig | None = None,
+    pattern: str | Pattern | None = None,
+    criterion: str | None = None,
+    scope: str | None = None,
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     data: Iterable | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
 ) -> SparsifyResult:
     """Mask weights of the model's Linear / Conv / ConvTranspose layers in place.
+
+    The options are those of :class:`prunekit.SparsifyConfig`, as ``config`` (or the second positional
+    argument: ``sparsify(model, SparsifyConfig(0.5))``) or as keywords; a keyword left at ``None`` takes the
+    config's default (unstructured, magnitude, local, seed 0).
 
     - ``pattern``: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``: sparsity is ``1 - N/M``, pass ``None`` or
       that value; groups of M run along input channels, see :mod:`prunekit.sparse.patterns`) or
@@ -123,18 +129,18 @@ def sparsify(
     >>> res.layers["0"].pruned, int((model[0].weight == 0).sum())
     (64, 64)
     """
+    if isinstance(sparsity, SparsifyConfig):
+        if config is not None:
+            raise ConfigError("sparsify: give one config (positionally or as config=), not both")
+        sparsity, config = None, sparsity
+    options = {"pattern": pattern, "criterion": criterion, "scope": scope, "include": include}
+    options |= {"exclude": exclude, "seed": seed, "data": data, "loss_fn": loss_fn}
+    cfg = resolve(SparsifyConfig, config, "sparsify", "sparsity", sparsity=sparsity, **options)
     eager_module(model, "sparsify", masks_ok=True)
-    pat = parse_pattern(pattern)
-    target = check_sparsity(sparsity, pat)
-    check_scope(scope, pat)
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
-    if criterion in DATA_CRITERIA and data is None:
-        raise ConfigError(f"criterion {criterion!r} is data-driven: pass data=<iterable of batches>")
+    pat, target, criterion, scope = parse_pattern(cfg.pattern), cfg.sparsity, cfg.criterion, cfg.scope
+    data, loss_fn = cfg.data, cfg.loss_fn
     loss_batches(model, criterion, data, loss_fn)
-    names = select_layers(model, include, exclude)
+    names = select_layers(model, cfg.include, cfg.exclude or None)
     modules = dict(model.named_modules())
     check_layers(model, {name: modules[name] for name in names}, pat)
 
@@ -144,7 +150,7 @@ def sparsify(
         if criterion in DATA_CRITERIA:
             scores = data_scores(model, names, criterion, data, loss_fn)
         else:
-            scores = layer_scores({name: modules[name] for name in names}, criterion, seed)
+            scores = layer_scores({name: modules[name] for name in names}, criterion, cfg.seed)
         masks = masks_from_scores(model, scores, target, pattern=pat, scope=scope)
     apply_masks(model, masks)
 
