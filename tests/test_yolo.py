@@ -104,7 +104,7 @@ def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
 
 
 def test_rtdetr_yaml_builds_and_prunes_exactly_through_its_query_selection():
-    # YOLO() cannot tell an RT-DETR yaml's task (it used to be a NotImplementedError); its decoder starts
+    # YOLO() cannot tell an RT-DETR yaml's task (ultralytics raises NotImplementedError); its decoder starts
     # from a top-k over encoder scores, which the check replays where the two runs tie
     model = load_yolo("yolov8n-rtdetr.yaml")
     assert type(model).__name__ == "RTDETRDetectionModel"
@@ -202,8 +202,9 @@ def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
 
 @pytest.mark.parametrize("cfg", ["yolo12n.yaml", "yolov3u.yaml"])
 def test_yaml_prune_keeps_whole_what_a_layer_derives_or_its_build_forward_rejects(cfg):
-    # YOLO12's A2C2f derives widths no yaml argument states; YOLOv3's rebuilt yaml failed inside the forward
-    # ultralytics runs while building (no layer index from parse_model): both used to end in ConfigError
+    # YOLO12's A2C2f derives widths no yaml argument states; a rebuilt YOLOv3 yaml with its cut fails inside
+    # the forward ultralytics runs while building (no layer index from parse_model): both keep those layers
+    # whole instead of ending in ConfigError
     from prunekit.models.yolo_yaml import shape_mismatches
 
     model = load_yolo(cfg)
