@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch  # noqa: F401  (the doctests below use it)
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
