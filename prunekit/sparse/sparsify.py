@@ -14,6 +14,7 @@ Ties are broken by position, never by a threshold, so counts never drift.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -23,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.criteria import Criterion, ScoreContext, criterion_label, get_criterion
-from prunekit.criteria.scores import check_unstructured, layer_scores
+from prunekit.criteria.scores import check_unstructured
+from prunekit.criteria.scores import layer_scores as criterion_scores
 from prunekit.errors import ConfigError
 from prunekit.sparse.masks import apply_masks, check_maskable, get_mask
 from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, parse_pattern, unit_scores
@@ -140,7 +142,8 @@ def sparsify(
 
     masks = crit.masks(model, names, target, pat, scope, data)
     if masks is None:
-        scores = layer_scores(model, names, crit, ScoreContext.of(model, None, data=data, loss_fn=loss_fn))
+        ctx = ScoreContext.of(model, None, data=data, loss_fn=loss_fn)
+        scores = criterion_scores(model, names, crit, ctx)
         masks = masks_from_scores(model, scores, target, pattern=pat, scope=scope)
     apply_masks(model, masks)
 
@@ -247,6 +250,31 @@ def _count(sparsity: float, total: int) -> int:
     return math.floor(sparsity * total + 0.5)
 
 
+def layer_scores(layers: Mapping[str, nn.Module], criterion: str = "magnitude", seed: int = 0) -> dict:
+    """Per-weight scores of ``{name: layer}`` from a data-free criterion, keyed by the same names.
+
+    Deprecated: use :func:`prunekit.criteria.scores.layer_scores` (model, names, criterion, context).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     layer_scores({"fc": nn.Linear(3, 2)}, "random", seed=1)["fc"].shape
+    torch.Size([2, 3])
+    """
+    warnings.warn(
+        "prunekit.sparse.sparsify.layer_scores is deprecated: use prunekit.criteria.scores.layer_scores",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    holder = nn.Module()
+    keys = {f"layer{i}": name for i, name in enumerate(layers)}
+    for key, name in keys.items():
+        holder.add_module(key, layers[name])
+    crit = resolve_criterion(criterion, seed)
+    got = criterion_scores(holder, list(keys), crit, ScoreContext.of(holder, None))
+    return {keys[k]: v for k, v in got.items()}
+
+
 def data_scores(
     model: nn.Module,
     names: list[str],
@@ -263,7 +291,7 @@ def data_scores(
     torch.Size([2, 2])
     """
     ctx = ScoreContext.of(model, None, data=data, loss_fn=loss_fn)
-    return {k: v.float() for k, v in layer_scores(model, names, get_criterion(criterion), ctx).items()}
+    return {k: v.float() for k, v in criterion_scores(model, names, get_criterion(criterion), ctx).items()}
 
 
 def layout(module: nn.Module) -> tuple[int, ...]:
