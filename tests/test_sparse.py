@@ -410,7 +410,7 @@ BAD = [
     ({"pattern": "2:4", "scope": "global", "include": ["0"]}, "use scope='local'"),
     ({"pattern": "2:4"}, "input channels of layer '2' (10) to be a multiple of 4"),
     ({"sparsity": 0.5, "pattern": "block:2x4"}, "layer '2' (8x10) to be a multiple of 2x4"),
-    ({"sparsity": 0.5, "criterion": "l1"}, "unknown criterion 'l1'"),
+    ({"sparsity": 0.5, "criterion": "l9"}, "unknown criterion 'l9'"),
     ({"sparsity": 0.5, "scope": "everywhere"}, "unknown scope 'everywhere'"),
     ({"sparsity": 0.5, "seed": 1.5}, "seed must be an int"),
     ({"sparsity": 0.5, "include": []}, "include is empty"),

@@ -15,12 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+import torch  # noqa: F401  (the doctests below use it)
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
 from prunekit._validate import eager_module, integer, loss_batches, names, real
-from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
+from prunekit.criteria import GroupCriterion, ScoreContext, criterion_label, get_criterion
+from prunekit.criteria.scores import group_scores
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.macs import count_macs
@@ -97,17 +98,12 @@ def plan_prune(
     score_fn = get_criterion(criterion)
     report = build_groups(model, example_inputs, ignore)
     ctx = ScoreContext.of(model, example_inputs, data=data, loss_fn=loss_fn)
-    scores = {}
-    for g in report.prunable_groups:
-        s = torch.as_tensor(score_fn(g, ctx), dtype=torch.float64).reshape(-1)
-        if s.numel() != g.width:
-            raise ConfigError(f"criterion returned {s.numel()} scores for a group of width {g.width}")
-        scores[g.id] = s
+    scores = group_scores(report.prunable_groups, score_fn, ctx)
     removed = choose_units(report, scores, float(ratio), scope, round_to, float(max_ratio))
     total = sum(g.width for g in report.prunable_groups)
     meta = {
         "ratio": ratio,
-        "criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
+        "criterion": criterion_label(criterion),
         "scope": scope,
         "round_to": round_to,
         "max_ratio": max_ratio,

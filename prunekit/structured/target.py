@@ -34,6 +34,7 @@ from torch import nn
 from prunekit._inputs import ExampleInputs
 from prunekit._validate import real
 from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
+from prunekit.criteria.scores import group_scores
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.latency import measure_latency
@@ -101,15 +102,8 @@ def score_groups(
     >>> [s.shape[0] for s in score_groups(net, torch.zeros(1, 3), rep).values()]
     [4]
     """
-    score_fn = get_criterion(criterion)
     ctx = ctx if ctx is not None else ScoreContext.of(model, example_inputs, data=data, loss_fn=loss_fn)
-    scores = {}
-    for g in report.prunable_groups:
-        s = torch.as_tensor(score_fn(g, ctx), dtype=torch.float64).reshape(-1)
-        if s.numel() != g.width:
-            raise ConfigError(f"criterion returned {s.numel()} scores for a group of width {g.width}")
-        scores[g.id] = s
-    return scores
+    return group_scores(report.prunable_groups, get_criterion(criterion), ctx)
 
 
 def _measure(metric: str, model: nn.Module, x: ExampleInputs, runs: int) -> float:
