@@ -73,9 +73,12 @@ def main() -> None:
     print(
         "| model | per_channel | reduce_range | kernel rel. err | reference rel. err |\n|---|---|---|---|---|"
     )
-    for name, model in (("digits CNN", dense.eval()), ("digits CNN pruned 50%", pruned)):
-        export_onnx(model, splits.x_test[:2], work / f"{name[-3:]}.onnx")
-        measure(name, work / f"{name[-3:]}.onnx", calibration, xs)
+    for name, file, model in (
+        ("digits CNN", "dense", dense.eval()),
+        ("digits CNN pruned 50%", "pruned", pruned),
+    ):
+        export_onnx(model, splits.x_test[:2], work / f"{file}.onnx")
+        measure(name, work / f"{file}.onnx", calibration, xs)
     g = torch.Generator().manual_seed(0)
     for name, ctor in (
         ("resnet18", torchvision.models.resnet18),
