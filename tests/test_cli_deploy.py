@@ -43,6 +43,8 @@ def test_export_writes_verified_onnx_and_int8(tmp_path, digits):
     params = sum(p.numel() for p in load_cli_cnn().parameters())
     assert data["export"]["verified"] and data["export"]["model_params"] == params
     assert data["int8"]["calibration_batches"] == 16  # 64 samples in batches of 4
+    assert data["int8"]["reduce_range"] and 0 <= data["int8"]["output_rel_err"] < 1
+    assert f"relative error {data['int8']['output_rel_err']:.3f}" in " ".join(result.output.split())
     assert (tmp_path / "cnn.int8.onnx").stat().st_size * 3 < onnx_path.stat().st_size
 
 

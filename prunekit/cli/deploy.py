@@ -97,7 +97,15 @@ def export(
         int8_path = onnx.with_suffix(".int8.onnx")
         quantized = quantize_onnx(onnx, int8_path, mode=int8, calibration=batches)
         data["int8"] = quantized.to_dict()
-        console.print(f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)")
+        console.print(
+            f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)"
+            + (
+                f"; INT8 vs fp32 on the calibration data: relative error {quantized.output_rel_err:.3f}, "
+                f"cosine {quantized.output_cosine:.4f}"
+                if quantized.output_rel_err is not None
+                else ""
+            )
+        )
     write_json(json_path, data)
 
 
