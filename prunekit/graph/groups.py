@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit.graph.shape_attrs import record_shape_attrs
 from prunekit.graph.trace import SlotRange, Tracer, trace
 
 
@@ -298,4 +299,5 @@ def build_groups(
     """
     prefixes = _module_prefixes(model, ignore)
     tr = trace(model, example_inputs)
+    record_shape_attrs(tr)
     return groups_from_trace(tr, prefixes)

@@ -40,6 +40,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
+from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
 
 
@@ -151,6 +152,7 @@ def prune_to_target(
     latency_runs: int = 20,
     data: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    verify: str = "exact",
 ) -> Any:
     """Prune ``model`` in place to ``target``; returns a :class:`prunekit.structured.PruneResult` whose
     ``target`` dict has ``requested``, ``achieved``, ``before``, ``after``, ``ratio`` and ``evaluations``.
@@ -218,7 +220,8 @@ def prune_to_target(
     plan = cache[point][1]
     t1 = time.perf_counter()
     params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
-    apply(model, plan, example_inputs)
+    reference = reference_outputs(model, plan, example_inputs) if verify == "exact" else None
+    apply(model, plan, example_inputs, reference)
     params_after, macs_after = count_params(model).total, count_macs(model, example_inputs)
     after = (
         _measure(metric, model, example_inputs, latency_runs) if metric == "latency_ms" else cache[point][0]
