@@ -162,3 +162,23 @@ def test_random_reshape_stacks_are_exact_or_pinned(spec, ratio: float, seed: int
     ref = run_outputs(masked_reference(net, res.plan), x)
     assert compare(run_outputs(model, x), ref).ok, ops
     assert math.prod(model.fc.weight.shape) <= math.prod(net.fc.weight.shape)
+
+
+class OneChannelPerGroup(nn.Module):
+    def __init__(self, c: int, g: int) -> None:
+        super().__init__()
+        self.g = g
+        self.conv, self.fc = nn.Conv2d(3, c, 1), nn.Linear(c, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.adaptive_avg_pool2d(shuffle(self.conv(x), self.g), 1).flatten(1))
+
+
+@pytest.mark.parametrize("c,g", [(3, 3), (2, 2), (4, 4)])
+def test_shuffle_with_one_channel_per_group_keeps_its_channels(c: int, g: int) -> None:
+    # view(b, g, c // g, h, w) with c == g: the computed 1 would become 0 after any cut
+    net = randomize(TwoShuffles(8, 2, 2))  # a normal shuffle next to it still prunes
+    assert check(net, torch.randn(1, 3, 4, 4), ratio=0.5).removed_units > 0
+    model = randomize(OneChannelPerGroup(c, g))
+    res = prune(model, torch.randn(2, 3, 6, 6), ratio=0.5, measure=False)
+    assert res.removed_units == 0 and model.conv.out_channels == c

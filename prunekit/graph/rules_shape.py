@@ -226,6 +226,20 @@ def _split_constraint(
     return L.amax(dim=others, keepdim=True)
 
 
+def _one_after_channels(L: torch.Tensor, s_in: list[int], s_out: list[int], req: list[int | None]) -> bool:
+    """Does a view/reshape/unflatten insert a size-1 dim right after a dim carrying slots, before other dims?
+
+    ``view(b, g, c // g, h, w)`` with ``c == g`` asks for a 1 the code computes from the width: the slots
+    must then stay. Trailing ones (``view(b, c, 1, 1)``) and ``unsqueeze`` are not ambiguous.
+    """
+    if s_out.count(1) <= s_in.count(1):
+        return False
+    for d in range(len(s_out) - 2):
+        if L.shape[d] > 1 and req[d + 1] == 1 and any(n > 1 for n in s_out[d + 2 :]):
+            return True
+    return False
+
+
 @rule("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
 def reshape(tr: Tracer, func, args, kwargs, out) -> None:
     x = args[0]
@@ -236,6 +250,12 @@ def reshape(tr: Tracer, func, args, kwargs, out) -> None:
         return pin_all(tr, func, args, kwargs, out)
     L, splits = res
     req = _requested(func, args, kwargs, x, out)
+    if _one_after_channels(L, list(x.shape), list(out.shape), req):
+        tr.pin(
+            L,
+            "view puts a size-1 dim after a channel dim (a split C -> (C, C // C) as in a channel "
+            "shuffle with one channel per group?): its size would not follow a cut",
+        )
     merge_heads(tr, lab(tr, x), list(x.shape), list(out.shape), req)
     for block in splits:
         by_attr = heads_dim(tr, req, block)  # view(b, n, self.num_heads, d): the heads dim shrinks
