@@ -96,6 +96,13 @@ def prune(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
+        ),
+    ] = False,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -144,6 +151,7 @@ def prune(
             max_ratio=max_ratio,
             target=target,
             data=batches,
+            verify="shapes" if no_verify else "exact",
         )
         plans, report = [result.plan], result.to_dict()
     saved = save(
