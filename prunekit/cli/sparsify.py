@@ -7,15 +7,17 @@ from typing import Annotated
 
 import typer
 
+from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
     ArchOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     arch_hint,
-    atomic_write,
     console,
+    load_spec,
     plural,
     save_state_dict,
     write_json,
@@ -69,15 +71,15 @@ def sparsify(
     seed: Annotated[int, typer.Option("--seed", help="Seed for --criterion random.")] = 0,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out."""
-    from prunekit.models.spec import load_model
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
 
     batches = load_batches(data, batch_size) if data is not None else None
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    net = load_spec(model, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code)
     result = sparsify_model(
         net,
         sparsity,
