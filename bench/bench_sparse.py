@@ -28,25 +28,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import itertools
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import safetensors.torch
 import torch
+from _common import common_args, finish, machine_line
 from rich.console import Console
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
 from prunekit.demo.data import load_splits
 from prunekit.demo.model import build_model
-from prunekit.demo.run import environment
 from prunekit.demo.stages import DemoConfig, DemoContext, train_dense
 from prunekit.measure.size import effective_state_dict, model_size
 from prunekit.recover import accuracy, train
@@ -386,21 +381,15 @@ def checks_table(checks: list[tuple[str, bool, str]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--part", choices=("all", "kernels", "compression"), default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for every timing (default 1)")
     parser.add_argument("--runs", type=int, default=15, help="timed calls per layer/kernel and end to end")
-    parser.add_argument("--results", default="docs/RESULTS.md")
-    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    env = environment()
     stamp = (
-        f"{datetime.date.today().isoformat()}; {env['cpu']}, {env['cores']} cores, {args.threads} torch "
-        f"thread(s), torch {env['torch']} (MKL {'on' if torch.backends.mkl.is_available() else 'off'}), "
-        f"Python {env['python']}. "
-        "The machine is shared with other jobs: times are medians of interleaved calls, still indicative."
+        machine_line(args.threads, MKL="on" if torch.backends.mkl.is_available() else "off")
+        + " The machine is shared with other jobs: times are medians of interleaved calls, still indicative."
     )
     ok = True
     model = None
@@ -421,10 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                 *checks_table(checks),
             ]
         )
-        print(text)
         ok &= all(c[1] for c in checks)
-        if not args.no_write:
-            print(f"wrote {write_section('deep-compression', text, args.results)}")
+        finish("deep-compression", text, args)
     if args.part in ("all", "kernels"):
         t0 = time.perf_counter()
         lines, checks = bench_kernels(args)
@@ -442,10 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                 *checks_table(checks),
             ]
         )
-        print(text)
         ok &= all(c[1] for c in checks)
-        if not args.no_write:
-            print(f"wrote {write_section('sparse-kernels', text, args.results)}")
+        finish("sparse-kernels", text, args)
     return 0 if ok else 1
 
 

@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 import torchvision
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import common_args, finish, machine_line, run_in_workers, worker_row
 from _peers import metapruner
-from _results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = ("regnet_y_128gf", "vit_h_14", "regnet_y_32gf", "vit_l_16", "wide_resnet101_2")
@@ -228,27 +223,18 @@ def worker(name: str, size: int, threads: int, tp_timeout: int, tools: str) -> N
         imp = tp.importance.MagnitudeImportance(p=2)
         tp.pruner.MetaPruner(net, x, importance=imp, pruning_ratio=0.5, ignored_layers=[net[6]]).step()
         row["tp"] = run_tp(name, size, tp_timeout)
-    print("ROW " + json.dumps(row), flush=True)
+    worker_row(row)
 
 
 def zoo(models: list[str], size: int, threads: int, tp_timeout: int, tools: str) -> list[dict]:
-    rows = []
-    for name in models:
-        cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--threads", str(threads)]
-        cmd += ["--tp-timeout", str(tp_timeout), "--tools", tools]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=tp_timeout + 300, cwd=ROOT)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
-            if line is None:
-                err = (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]
-                row = {"model": name, "pk": {"status": f"worker died: {err}", "seconds": None}}
-            else:
-                row = json.loads(line[4:])
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "tp": {"status": "timeout (worker killed)", "seconds": None}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+    def command(name: str) -> list[str]:
+        return [__file__, "--worker", name, "--size", str(size), "--threads", str(threads),
+                "--tp-timeout", str(tp_timeout), "--tools", tools]  # fmt: skip
+
+    def dead(name: str, why: str, timed_out: bool) -> dict:
+        return {"model": name, "tp" if timed_out else "pk": {"status": why, "seconds": None}}
+
+    return run_in_workers(models, command, tp_timeout + 300, dead)
 
 
 def _latency_model(name: str, ratio: float) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -353,10 +339,9 @@ def render(rows: list[dict], lat: list[dict], args: argparse.Namespace, load: tu
     lines = [
         "## Structural pruning: prunekit vs Torch-Pruning (torchvision zoo)",
         "",
-        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs; load average "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start), torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}, torch-pruning {args.tp_version}, "
-        f"`torch.set_num_threads({args.threads})`. Input 1x3x{args.size}x{args.size} for CNNs (ViT: 64, "
+        machine_line(args.threads, torchvision=torchvision.__version__, torch_pruning=args.tp_version)
+        + f" The machine is shared with other jobs (load average {load[0]:.1f} / {load[1]:.1f} / "
+        f"{load[2]:.1f} at the start). Input 1x3x{args.size}x{args.size} for CNNs (ViT: 64, "
         "ViT-*/14: 56, Inception-v3: 96, MaxViT: 224, as in tests/test_structured_zoo.py); `weights=None`.",
         "Time = trace + group + plan + apply (prunekit, includes its verification forward) vs MetaPruner "
         "construction + `step()` (Torch-Pruning), ratio 0.5, L2 magnitude; model building and one warm-up "
@@ -456,9 +441,8 @@ def render(rows: list[dict], lat: list[dict], args: argparse.Namespace, load: tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=2)])
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tp-timeout", type=int, default=60)
     ap.add_argument("--models", default="", help="comma-separated subset (default: the whole zoo)")
     ap.add_argument("--tools", default="pk,tp", help="pk, tp; nomem skips the memory run")
@@ -472,7 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--big-repeats", type=int, default=3)
     ap.add_argument("--no-latency", action="store_true")
-    ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--rows", help="reuse zoo rows from this JSON file instead of running the zoo")
     ap.add_argument("--note", default="", help="a sentence added under the machine description")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -506,9 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.latency_threads.split(",")]
     lat = [] if args.no_latency else latency_rows((0.3, 0.5, 0.7), threads, args.runs)
     text = render(rows, lat, args, load)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {write_section('structural', text, ROOT / 'docs' / 'RESULTS.md')}")
+    finish("structural", text, args)
     print(f"max RSS of the driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import sys
 import time
 
 import torch
 import torchvision
-from _results import write_section
+from _common import common_args, finish, machine_line
 
-from prunekit.demo.run import environment
 from prunekit.measure import count_macs, count_params, measure_latency
 from prunekit.structured import prune
 from prunekit.structured.target import Target
@@ -69,12 +67,11 @@ def run_model(name: str, size: int, runs: int) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], env: dict, size: int, runs: int) -> str:
+def render(rows: list[dict], machine: str, size: int, runs: int) -> str:
     lines = [
         "## Pruning to a target: requested vs achieved (torchvision models, global L2)",
         "",
-        f"`bench/bench_target.py`, {datetime.date.today().isoformat()}; {env['cpu']}, "
-        f"{env['cores']} cores (shared), 1 torch thread, torch {env['torch']}. Input 1x3x{size}x{size}, "
+        f"`bench/bench_target.py`. {machine} The machine is shared. Input 1x3x{size}x{size}, "
         "random init, `prunekit.prune(model, x, target=prunekit.Target(...), scope='global')`, "
         "`max_ratio=0.9`. MACs/params are kept fractions counted exactly on the pruned model; "
         "*one unit less* is the same search result with one fewer channel removed (above the target, so "
@@ -105,21 +102,16 @@ def render(rows: list[dict], env: dict, size: int, runs: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the machine is shared
+    torch.set_num_threads(args.threads)  # default 1: the machine is shared
     rows = []
     for name in args.models.split(","):
         rows += run_model(name, args.size, args.runs)
-    text = render(rows, environment(), args.size, args.runs)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {write_section('target', text, args.results)}")
+    finish("target", render(rows, machine_line(args.threads), args.size, args.runs), args)
     return 0
 
 

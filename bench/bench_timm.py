@@ -9,22 +9,13 @@ of docs/RESULTS.md with every failure and its reason.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import check_each, common_args, finish, machine_line
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _engine_helpers import randomize  # noqa: E402
-from _results import write_section  # noqa: E402
-
-from prunekit.structured import check  # noqa: E402
+from prunekit.structured import check
+from prunekit.structured.randomize import randomize
 
 # (name, family); input side 64 where the model takes ``img_size``, else its own default
 SAMPLE = [
@@ -111,13 +102,12 @@ def one(name: str) -> dict:
     }
 
 
-def markdown(rows: list[dict], env: dict) -> str:
+def markdown(rows: list[dict], machine: str) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [
         "## timm coverage (structured pruning, exactness oracle)",
         "",
-        f"`bench/bench_timm.py`, {env['date']}; timm {env['timm']}, {env['cpu']}, {env['cores']} cores, "
-        f"{env['threads']} torch thread(s). {len(rows)} models sampled across families from "
+        f"`bench/bench_timm.py`. {machine} {len(rows)} models sampled across families from "
         "`timm.list_models()`, `pretrained=False`, weights randomised (so no channel is trivially zero), "
         "input 1×3×64×64 where the model takes `img_size` (else its default). Each row is "
         "`prunekit.check(model, x, ratio=0.5)`: the physically pruned copy vs the masked reference "
@@ -161,43 +151,16 @@ def markdown(rows: list[dict], env: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--jobs", type=int, default=1, help="models checked in parallel processes")
-    parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import timm
 
-    names = args.only or [n for n, _ in SAMPLE]
-    if args.jobs > 1:  # one model per process, 1 thread each
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(
-            args.jobs, initializer=torch.set_num_threads, initargs=(1,)
-        ) as pool:
-            rows = pool.map(one, names, chunksize=1)
-    else:
-        rows = [one(name) for name in names]
-    for r in rows:
-        print(
-            f"{r['name']}: {r['status']} {r.get('macs_ratio', '')} {r.get('why', '')} "
-            f"{r.get('seconds', 0):.1f}s"
-        )
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "timm": timm.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": 1 if args.jobs > 1 else torch.get_num_threads(),
-    }
-    text = markdown(rows, env)
-    if not args.no_write and not args.only:
-        print(f"wrote {write_section('timm', text, args.results)}")
-    else:
-        print(text)
+    rows = check_each(args.only or [n for n, _ in SAMPLE], one, jobs=args.jobs)
+    machine = machine_line(1 if args.jobs > 1 else torch.get_num_threads(), timm=timm.__version__)
+    finish("timm", markdown(rows, machine), args, write=not args.only)
 
 
 if __name__ == "__main__":

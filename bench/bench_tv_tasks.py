@@ -11,22 +11,14 @@ docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import check_each, common_args, finish, machine_line, markdown_table
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _engine_helpers import randomize  # noqa: E402
-from _results import write_section  # noqa: E402
-
-from prunekit.models.spec import load_model  # noqa: E402
-from prunekit.structured import check, prune  # noqa: E402
+from prunekit.models.spec import load_model
+from prunekit.structured import check, prune
+from prunekit.structured.randomize import randomize
 
 # task -> input of that task's models (MViT's positional embeddings need 16 x 224 x 224)
 INPUTS = {
@@ -98,13 +90,12 @@ def _detections(model: torch.nn.Module, x: torch.Tensor) -> int:
         return sum(len(o["boxes"]) for o in model.eval()(x))
 
 
-def markdown(rows: list[dict], env: dict) -> str:
+def markdown(rows: list[dict], machine: str) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [
         "## torchvision beyond classification (segmentation, video, detection, optical flow)",
         "",
-        f"`bench/bench_tv_tasks.py`, {env['date']}; torchvision {env['torchvision']}, {env['cpu']}, "
-        f"{env['threads']} torch threads. Every model of those four torchvision task modules, "
+        f"`bench/bench_tv_tasks.py`. {machine} Every model of those four torchvision task modules, "
         "`weights=None`, weights randomised. `prunekit.check(model, x, ratio=0.5)` (the oracle) and then "
         "`prunekit.prune` in place (its verification forward included). Detectors are compared at their "
         "final outputs (boxes, scores, labels, masks, keypoints), score thresholds set to 0 so that each "
@@ -116,50 +107,35 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"**{len(ok)}/{len(rows)} exact and pruned.** *data-sized*: the outputs' sizes follow the values "
         "(boxes, masks), so apply checks only their number.",
         "",
-        "| task | model | input | status | MACs ratio | params ratio | prunable / groups "
-        "| max abs err | detections | replayed | data-sized | prune s |",
-        "|---|---|---|---|---:|---:|---|---:|---:|---:|---|---:|",
     ]
+    header = ["task", "model", "input", "status", "MACs ratio", "params ratio", "prunable / groups",
+              "max abs err", "detections", "replayed", "data-sized", "prune s"]  # fmt: skip
+    cells = []
     for r in rows:
         if r["status"] == "error":
-            lines.append(f"| {r['task']} | {r['name']} | — | error: {r['why']} | | | | | | | | |")
+            cells.append([r["task"], r["name"], "—", f"error: {r['why']}"] + [""] * 8)
             continue
-        lines.append(
-            f"| {r['task']} | {r['name']} | {r['input']} | {r['status']} | "
-            f"{r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | {r['prunable']} / {r['groups']} | "
-            f"{r['max_abs_err']:.1e} | {'—' if r['detections'] is None else r['detections']} | "
-            f"{r['replayed']} | {'yes' if r['data_sized'] else 'no'} | {r['prune_s']:.2f} |"
-        )
-    return "\n".join(lines)
+        cells.append([
+            r["task"], r["name"], r["input"], r["status"], f"{r['macs_ratio']:.3f}",
+            f"{r['params_ratio']:.3f}",
+            f"{r['prunable']} / {r['groups']}", f"{r['max_abs_err']:.1e}",
+            "—" if r["detections"] is None else r["detections"], r["replayed"],
+            "yes" if r["data_sized"] else "no", f"{r['prune_s']:.2f}",
+        ])  # fmt: skip
+    return "\n".join(lines + markdown_table(header, cells, align="llllrrlrrrlr"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=2)])
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import torchvision
 
     cases = [(t, n) for t, n in models() if not args.only or n in args.only]
-    rows = []
-    for task, name in cases:
-        rows.append(one(task, name))
-        r = rows[-1]
-        print(f"{name}: {r['status']} {r.get('max_abs_err', '')} {r.get('why', '')}", flush=True)
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "torchvision": torchvision.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": args.threads,
-    }
-    text = markdown(rows, env)
-    if not args.no_write and not args.only:
-        print(f"wrote {write_section('tv-tasks', text, args.results)}")
-    else:
-        print(text)
+    rows = check_each(cases, lambda case: one(*case))
+    machine = machine_line(args.threads, torchvision=torchvision.__version__)
+    finish("tv-tasks", markdown(rows, machine), args, write=not args.only)
 
 
 if __name__ == "__main__":

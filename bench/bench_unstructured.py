@@ -20,24 +20,18 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import common_args, finish, machine_line
 from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
 from prunekit.demo.data import load_splits
 from prunekit.demo.model import build_model
-from prunekit.demo.run import environment
 from prunekit.demo.stages import DemoConfig, DemoContext, train_dense
 from prunekit.recover import accuracy, train
 from prunekit.sparse import get_mask, sparsify
@@ -164,14 +158,12 @@ def check_targets(runs: list[dict]) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def markdown(runs: list[dict], config: DemoConfig, env: dict, checks: list, threads: int) -> str:
+def markdown(runs: list[dict], config: DemoConfig, machine: str, checks: list) -> str:
     seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [
         "## Unstructured global magnitude pruning: prunekit vs torch.nn.utils.prune (digits CNN)",
         "",
-        f"`bench/bench_unstructured.py`, {datetime.date.today().isoformat()}; {env['cpu']}, "
-        f"{env['cores']} cores, {threads} torch thread{'' if threads == 1 else 's'}, "
-        f"torch {env['torch']}, Python {env['python']}. "
+        f"`bench/bench_unstructured.py`. {machine} "
         "Machine shared with other jobs: wall times are indicative.",
         "",
         f"Data: scikit-learn digits, 1,347 train / 450 test images (1 image = 0.22 pt). Model: DigitsCNN, "
@@ -226,13 +218,8 @@ def markdown(runs: list[dict], config: DemoConfig, env: dict, checks: list, thre
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as the demo)")
-    parser.add_argument(
-        "--results", default="docs/RESULTS.md", help="results file (default: docs/RESULTS.md)"
-    )
-    parser.add_argument("--no-write", action="store_true", help="print only, do not touch the results file")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -240,12 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     config = DemoConfig(threads=args.threads)
     runs = [run_seed(seed, config, console) for seed in args.seeds]
     checks = check_targets(runs)
-    text = markdown(runs, config, environment(), checks, args.threads)
-    print(text)
+    text = markdown(runs, config, machine_line(args.threads), checks)
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
-    if not args.no_write:
-        print(f"wrote {write_section('unstructured', text, args.results)}")
+    finish("unstructured", text, args)
     return 0 if all(ok for _, ok, _ in checks) else 1
 
 

@@ -9,23 +9,14 @@ model in the same process. Writes section ``yolo-zoo`` of docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from _peers import metapruner  # noqa: E402
-from _results import write_section  # noqa: E402
+from _common import common_args, finish, machine_line, run_in_workers, worker_row
+from _peers import metapruner
 
 
 def yamls() -> list[Path]:
@@ -91,24 +82,20 @@ def worker(path: Path, imgsz: int, threads: int, tp_timeout: int) -> None:
         row["tp"] = run_tp(path, imgsz, tp_timeout)
     except Exception as exc:  # building the model failed before Torch-Pruning ran
         row["tp"] = {"status": "not run: " + _first_line(exc)}
-    print("ROW " + json.dumps(row), flush=True)
+    worker_row(row)
 
 
 def zoo(paths: list[Path], imgsz: int, threads: int, tp_timeout: int) -> list[dict]:
-    rows = []
-    for path in paths:
-        cmd = [sys.executable, __file__, "--worker", str(path), "--imgsz", str(imgsz)]
-        cmd += ["--threads", str(threads), "--tp-timeout", str(tp_timeout)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=tp_timeout + 600, cwd=ROOT)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
-            err = (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]
-            row = json.loads(line[4:]) if line else {"model": path.stem, "pk": {"error": f"died: {err}"}}
-        except subprocess.TimeoutExpired:
-            row = {"model": path.stem, "pk": {"error": "worker killed (timeout)"}}
+    def command(path: Path) -> list[str]:
+        return [__file__, "--worker", str(path), "--imgsz", str(imgsz), "--threads", str(threads),
+                "--tp-timeout", str(tp_timeout)]  # fmt: skip
+
+    def dead(path: Path, why: str, timed_out: bool) -> dict:
+        return {"model": path.stem, "pk": {"error": why}}
+
+    rows = run_in_workers(paths, command, tp_timeout + 600, dead)
+    for row, path in zip(rows, paths, strict=True):
         row.setdefault("family", path.parent.name)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
     return rows
 
 
@@ -124,9 +111,9 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     lines = [
         "## Ultralytics model zoo: every shipped yaml",
         "",
-        f"`bench/bench_yolo_zoo.py`, {datetime.date.today()}; {platform.machine()}, "
-        f"{args.threads} torch thread(s), torch {torch.__version__}, ultralytics {ultralytics.__version__}, "
-        f"torch-pruning {tp.__version__}; {seconds / 60:.0f} min. Each yaml of `ultralytics/cfg/models` at "
+        f"`bench/bench_yolo_zoo.py`, {seconds / 60:.0f} min. "
+        + machine_line(args.threads, ultralytics=ultralytics.__version__, torch_pruning=tp.__version__)
+        + " Each yaml of `ultralytics/cfg/models` at "
         f"its first scale (ultralytics' default when the name gives none), random weights, {args.imgsz} px, "
         "each in its own process. *exact*: `check_yolo(model, 0.5)` — the pruned copy equals the masked "
         "reference on every head output (near-ties in top-k replayed: *replayed*). *MACs / params*: kept "
@@ -168,12 +155,10 @@ def markdown(rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(threads=1)])
     ap.add_argument("--imgsz", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tp-timeout", type=int, default=60)
     ap.add_argument("--only", nargs="*", help="yaml stems to run (default: all)")
-    ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -182,11 +167,7 @@ def main() -> None:
     paths = [p for p in yamls() if not args.only or p.stem in args.only]
     t0 = time.perf_counter()
     rows = zoo(paths, args.imgsz, args.threads, args.tp_timeout)
-    text = markdown(rows, args, time.perf_counter() - t0)
-    if args.no_write:
-        print(text)
-    else:
-        print(f"wrote {write_section('yolo-zoo', text)}")
+    finish("yolo-zoo", markdown(rows, args, time.perf_counter() - t0), args, write=not args.only)
 
 
 if __name__ == "__main__":

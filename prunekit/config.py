@@ -1,7 +1,8 @@
 """What a pruning verb is asked to do: one frozen, validated config per road.
 
 - :class:`PruneConfig` (structured: channels, neurons, heads removed): ``ratio``, ``criterion``, ``scope``,
-  ``ignore``, ``round_to``, ``max_ratio``, ``target``, ``data``, ``loss_fn``, ``measure``, ``latency_runs``.
+  ``ignore``, ``round_to``, ``max_ratio``, ``target``, ``data``, ``loss_fn``, ``measure``, ``latency_runs``,
+  ``verify``.
   Taken by :func:`prunekit.prune`, :func:`prunekit.check`, :func:`prunekit.plan_prune`,
   :func:`~prunekit.structured.target.prune_to_target`, :func:`~prunekit.models.ultralytics.prune_yolo`,
   the recipes and the CLI.
@@ -11,7 +12,8 @@
 Both are checked once, when built (:mod:`prunekit._validate`), so a bad value is one :class:`ConfigError`
 before any model is traced. The verbs take a config (``config=``, or their third positional argument) OR
 the same options as keywords (:func:`resolve`): keywords left at ``None`` are "not given", so the
-defaults live here and nowhere else.
+defaults live here and nowhere else. Options given positionally in the verbs' former order
+(``prune(model, x, 0.5, "l1")``) still work, with a DeprecationWarning.
 
 >>> cfg = PruneConfig(ratio=0.3, ignore="fc")
 >>> cfg.ignore, cfg.effective_scope, cfg.replace(target=Target(macs=0.5)).effective_scope
@@ -29,10 +31,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from prunekit._validate import integer, names, real
+from prunekit.criteria import criterion_label, get_criterion
 from prunekit.errors import ConfigError
 
 C = TypeVar("C", "PruneConfig", "SparsifyConfig")
 SCOPES = ("local", "global")
+VERIFY = ("exact", "shapes")  # what prune checks after the cut (see prunekit.prune)
 
 
 @dataclass(frozen=True)
@@ -85,15 +89,6 @@ def _target(value: Any) -> Target | None:
     raise ConfigError(f"target must be a prunekit.Target, got {type(value).__name__}")
 
 
-def criterion_name(criterion: Any) -> str:
-    """The name a plan records for ``criterion`` (a registered name, or a callable's ``__name__``).
-
-    >>> criterion_name("l2"), criterion_name(lambda g, ctx: None)
-    ('l2', '<lambda>')
-    """
-    return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
-
-
 class _Config:
     """What both configs share: ``replace``, and ``to_dict``/``from_dict`` over their JSON fields."""
 
@@ -116,7 +111,7 @@ class _Config:
                 continue
             value = getattr(self, f.name)
             if f.name == "criterion":
-                value = criterion_name(value)
+                value = criterion_label(value)
             elif isinstance(value, tuple):
                 value = [v if isinstance(v, str) else f"<{type(v).__name__} module>" for v in value]
             elif isinstance(value, Target):
@@ -151,6 +146,8 @@ class PruneConfig(_Config):
     - ``data`` / ``loss_fn``: batches and ``loss_fn(output, target)`` for data-driven criteria.
     - ``measure``: count params and MACs before and after (``False``: they read 0).
     - ``latency_runs``: timed runs per candidate of a ``Target(latency_ms=...)`` search.
+    - ``verify``: ``"exact"`` compares the pruned model with the masked reference before returning;
+      ``"shapes"`` checks only sizes and output shapes (one forward fewer).
 
     >>> PruneConfig(ratio=1.0)
     Traceback (most recent call last):
@@ -168,10 +165,9 @@ class PruneConfig(_Config):
     loss_fn: Any = field(default=None, compare=False, repr=False)
     measure: bool = True
     latency_runs: int = 20
+    verify: str = "exact"
 
     def __post_init__(self) -> None:
-        from prunekit.criteria import get_criterion
-
         put = object.__setattr__
         put(self, "ratio", real(self.ratio, "ratio", 0.0, 1.0, hi_open=True))
         get_criterion(self.criterion)  # an unknown name fails here, with the known ones listed
@@ -184,6 +180,8 @@ class PruneConfig(_Config):
         if not isinstance(self.measure, bool):
             raise ConfigError(f"measure must be True or False, got {self.measure!r}")
         put(self, "latency_runs", integer(self.latency_runs, "latency_runs", 1))
+        if self.verify not in VERIFY:
+            raise ConfigError(f"verify must be 'exact' or 'shapes', got {self.verify!r}")
 
     @property
     def effective_scope(self) -> str:
@@ -208,7 +206,7 @@ class SparsifyConfig(_Config):
 
     sparsity: float | None = None
     pattern: Any = "unstructured"
-    criterion: str = "magnitude"
+    criterion: Any = "magnitude"
     scope: str = "local"
     include: tuple | None = None
     exclude: tuple = ()
@@ -217,30 +215,36 @@ class SparsifyConfig(_Config):
     loss_fn: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        from prunekit.criteria.scores import check_unstructured
         from prunekit.sparse.patterns import parse_pattern
-        from prunekit.sparse.sparsify import CRITERIA, DATA_CRITERIA, check_scope, check_sparsity
+        from prunekit.sparse.sparsify import check_scope, check_sparsity, resolve_criterion
 
         put = object.__setattr__
         pattern = parse_pattern(self.pattern)
         put(self, "pattern", str(pattern))
         put(self, "sparsity", check_sparsity(self.sparsity, pattern))
         check_scope(self.scope, pattern)
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"unknown criterion {self.criterion!r}: use one of {', '.join(CRITERIA)}")
-        if self.criterion in DATA_CRITERIA and self.data is None:
-            raise ConfigError(f"criterion {self.criterion!r} is data-driven: pass data=<iterable of batches>")
+        check_unstructured(resolve_criterion(self.criterion, self.seed), self.data)  # checks the seed too
         put(self, "include", None if self.include is None else tuple(names(self.include)))
         put(self, "exclude", tuple(names(self.exclude) or ()))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
 
 
-def resolve(cls: type[C], config: Any, verb: str, first: str, *, stacklevel: int = 3, **given: Any) -> C:
+def resolve(
+    cls: type[C],
+    config: Any,
+    verb: str,
+    order: str | tuple[str, ...],
+    *,
+    legacy: tuple = (),
+    stacklevel: int = 3,
+    **given: Any,
+) -> C:
     """The config a verb runs with: ``config`` or the keywords ``given`` (``None`` = not given), not both.
 
-    ``config`` is the verb's first option argument: a config, ``None``, or (deprecated) a plain number for
-    the ``first`` option (``ratio``, ``sparsity``), which warns. A keyword that disagrees with ``config`` is
-    a :class:`ConfigError`; one that repeats its value is accepted.
+    ``config`` is the verb's first option argument: a config, ``None``, or (deprecated) the verb's options
+    given positionally, ``(config, *legacy)`` in their former ``order`` (``ratio, criterion, ...``), which
+    warns. A keyword that disagrees with ``config`` is a :class:`ConfigError`; one that repeats its value is
+    accepted.
 
     >>> resolve(PruneConfig, PruneConfig(ratio=0.3), "prune", "ratio", ratio=0.3).ratio
     0.3
@@ -249,17 +253,27 @@ def resolve(cls: type[C], config: Any, verb: str, first: str, *, stacklevel: int
     prunekit.errors.ConfigError: prune: ratio=0.5 conflicts with config.ratio=0.3; give an option in the ...
     """
     given = {k: v for k, v in given.items() if v is not None}
-    if config is not None and not isinstance(config, cls):
+    order = (order,) if isinstance(order, str) else tuple(order)
+    if isinstance(config, cls) and legacy:
+        raise ConfigError(f"{verb}: after a {cls.__name__}, give options as keywords")
+    if (config is not None and not isinstance(config, cls)) or legacy:
         if isinstance(config, (dict, list, str)) or not _number_like(config):
             raise ConfigError(f"{verb}: config must be a {cls.__name__}, got {type(config).__name__}")
+        values = (config, *legacy)
+        if len(values) > len(order):
+            raise ConfigError(f"{verb} takes at most {len(order)} options positionally, got {len(values)}")
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(order, values, strict=False))
         warnings.warn(
-            f"{verb}: a positional {first} is deprecated; pass {first}={config!r} or a {cls.__name__}",
+            f"{verb}: a positional {', '.join(order[: len(values)])} is deprecated; pass {shown} or a "
+            f"{cls.__name__}",
             DeprecationWarning,
             stacklevel=stacklevel,
         )
-        if first in given:
-            raise ConfigError(f"{verb}: {first} given twice (positionally and as a keyword)")
-        given[first], config = config, None
+        for name, value in zip(order, values, strict=False):
+            if name in given:
+                raise ConfigError(f"{verb}: {name} given twice (positionally and as a keyword)")
+            given[name] = value
+        config = None
     if config is None:
         return cls(**given)
     merged = config.replace(**given)

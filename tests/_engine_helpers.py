@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import copy
-import math
 
-import torch
 from torch import nn
 
 from prunekit.structured import check
 from prunekit.structured.api import plan_prune
 from prunekit.structured.apply import apply
 from prunekit.structured.oracle import compare, masked_reference, run_outputs
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every float parameter/buffer O(1)-scale random values, so no channel is trivially zero.
-
-    torchvision initialises some parts to zero or near zero (ViT head, ConvNeXt layer scale 1e-6, BN bias 0),
-    which would make exactness checks vacuous.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not t.is_floating_point():
-                continue
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "running_var":
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif leaf == "running_mean" or leaf == "bias" or (t.dim() == 1 and leaf != "weight"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif t.dim() <= 1 or sum(s > 1 for s in t.shape) <= 1:  # norm weights, layer scales
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                fan_in = t.numel() // t.shape[0]
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(max(1, fan_in)))
-    return model
+from prunekit.structured.randomize import randomize  # noqa: F401 (the tests import it from here)
 
 
 def assert_exact(model: nn.Module, x, ratio: float = 0.5, min_ref: float = 1e-3, **kw):

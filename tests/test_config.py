@@ -82,6 +82,10 @@ def test_a_positional_ratio_still_works_and_warns() -> None:
     assert old.to_dict() == pk.plan_prune(_net(), X, ratio=0.4)[0].to_dict()
     with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="given twice"):
         pk.prune(_net(), X, 0.4, ratio=0.4)
+    with pytest.warns(DeprecationWarning, match="positional ratio, criterion, scope is deprecated"):
+        old = pk.check(_net(), X, 0.4, "l1", "global")
+    new = pk.plan_prune(_net(), X, ratio=0.4, criterion="l1", scope="global")[0]
+    assert old.ok and old.plan.to_dict() == new.to_dict()
 
 
 def test_bad_values_fail_when_the_config_is_built() -> None:

@@ -126,8 +126,8 @@ def test_hf_spec_save_load_round_trip_with_per_layer_widths(tmp_path):
 )
 def test_matmul_attention_merging_heads_by_attribute_updates_its_attributes(model_type, attn_implementation):
     # No sdpa here: heads are split with view(..., -1, head_size), scored with matmul and merged back with
-    # view(..., self.all_head_size). The merge must make the attributes follow the cut (MPNet used to fail
-    # its verification forward: all_head_size stayed 32 for 16 channels).
+    # view(..., self.all_head_size). The merge must make the attributes follow the cut (otherwise MPNet
+    # fails its verification forward: all_head_size stays 32 for 16 channels).
     cfg = transformers.AutoConfig.for_model(model_type, **TEXT, vocab_size=100)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = transformers.AutoModel.from_config(cfg, **extra).eval()
@@ -165,7 +165,7 @@ def test_t5_relative_position_bias_follows_its_heads():
 
 
 def test_bloom_keyword_baddbmm_is_traced_and_alibi_heads_stay():
-    # BLOOM scores with alibi.baddbmm(batch1=q, batch2=k, ...) (keywords: the rule used to fail on them) and
+    # BLOOM scores with alibi.baddbmm(batch1=q, batch2=k, ...) (keywords: the rule reads them too) and
     # folds heads into the batch with an int it computes, next to ALiBi slopes built from num_heads at run
     # time: its heads must stay; its MLP neurons are prunable.
     cfg = {"model_type": "bloom", "hidden_size": 32, "n_layer": 2, "n_head": 4, "vocab_size": 100}

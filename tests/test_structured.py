@@ -325,7 +325,8 @@ class HandLinear(nn.Linear):
 
 
 def test_hand_written_linear_x_at_weight_t_prunes_like_linear():
-    # x @ W.T used to be read as a contraction of two activations: every width it touched became one unit
+    # x @ W.T with W a 2-D parameter is a linear layer, not a contraction of two activations (which would make
+    # every width it touches one unit)
     model = nn.Sequential(HandLinear(6, 16), nn.ReLU(), HandLinear(16, 12), nn.ReLU(), HandLinear(12, 4))
     x = torch.randn(3, 6)
     rep = assert_exact(randomize(copy.deepcopy(model)), x, 0.5)
@@ -363,7 +364,7 @@ class PostProcessed(nn.Module):
 
 def test_outputs_sized_by_the_data_may_change_size_with_the_cut():
     # the kept scores are a boolean selection: after the cut their count changes, and that is not a broken
-    # model (it used to fail apply's verification: "output shapes changed")
+    # model, so apply's verification does not report "output shapes changed"
     torch.manual_seed(0)
     model, x = randomize(PostProcessed()), torch.randn(2, 3, 12, 12)
     res = prune(model, x, ratio=0.5, measure=False)
@@ -430,7 +431,7 @@ class Recurrent(nn.Module):
 @pytest.mark.parametrize("kw", [{}, {"num_layers": 2, "bidirectional": True}], ids=["1-layer", "2-layer-bi"])
 def test_rnn_hidden_units_are_removed_exactly(cell, kw):
     # unit j: its gate rows and recurrent column in every layer and direction, the next layer's input
-    # columns; nn.RNN* has one hidden_size, so a unit goes from all layers at once (they used to be pinned)
+    # columns; nn.RNN* has one hidden_size, so a unit goes from all layers at once
     from prunekit.measure import count_macs
 
     torch.manual_seed(0)

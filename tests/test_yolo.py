@@ -11,6 +11,7 @@ import torch
 
 ultralytics = pytest.importorskip("ultralytics")
 
+from prunekit._atomic import umask  # noqa: E402
 from prunekit.deploy.checkpoint import load as pk_load  # noqa: E402
 from prunekit.deploy.checkpoint import save as pk_save  # noqa: E402
 from prunekit.errors import ConfigError, ModelLoadError  # noqa: E402
@@ -104,7 +105,7 @@ def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
 
 
 def test_rtdetr_yaml_builds_and_prunes_exactly_through_its_query_selection():
-    # YOLO() cannot tell an RT-DETR yaml's task (it used to be a NotImplementedError); its decoder starts
+    # YOLO() cannot tell an RT-DETR yaml's task (ultralytics raises NotImplementedError); its decoder starts
     # from a top-k over encoder scores, which the check replays where the two runs tie
     model = load_yolo("yolov8n-rtdetr.yaml")
     assert type(model).__name__ == "RTDETRDetectionModel"
@@ -202,8 +203,9 @@ def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
 
 @pytest.mark.parametrize("cfg", ["yolo12n.yaml", "yolov3u.yaml"])
 def test_yaml_prune_keeps_whole_what_a_layer_derives_or_its_build_forward_rejects(cfg):
-    # YOLO12's A2C2f derives widths no yaml argument states; YOLOv3's rebuilt yaml failed inside the forward
-    # ultralytics runs while building (no layer index from parse_model): both used to end in ConfigError
+    # YOLO12's A2C2f derives widths no yaml argument states; a rebuilt YOLOv3 yaml with its cut fails inside
+    # the forward ultralytics runs while building (no layer index from parse_model): both keep those layers
+    # whole instead of ending in ConfigError
     from prunekit.models.yolo_yaml import shape_mismatches
 
     model = load_yolo(cfg)
@@ -254,6 +256,7 @@ def test_prunekit_checkpoint_via_ultralytics_spec(tmp_path):
     x = example_inputs(model, IMGSZ)
     assert torch.equal(loaded(x)[0], model(x)[0]) and loaded.model[2].c == model.model[2].c
     saved = save_yolo(model, tmp_path / "p.pt")
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~umask()  # a plain file's mode, not a temp file's 0o600
     assert sum(p.numel() for p in load_model(f"ultralytics:{saved}").parameters()) == res.params_after
 
 
@@ -292,3 +295,30 @@ def test_cli_yolo_prune_and_check(tmp_path):
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "pruned.onnx")])
     assert bad.exit_code == 2 and "must name a .pt file" in bad.output
     assert not (tmp_path / "pruned.onnx").exists()
+
+
+def test_prune_yolo_takes_a_config_and_builds_its_result_like_prune(monkeypatch):
+    import prunekit as pk
+    from prunekit.structured import pipeline
+
+    built = []
+    make = pipeline.make_result
+
+    def counting(*args, **kwargs):
+        built.append(args[0])
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_result", counting)
+    by_config = prune_yolo(load_yolo("yolov8n.yaml"), pk.PruneConfig(ratio=0.5), imgsz=IMGSZ, trainable=False)
+    by_keywords = prune_yolo(load_yolo("yolov8n.yaml"), ratio=0.5, imgsz=IMGSZ, trainable=False)
+    assert [by_config.plan, by_keywords.plan] == built
+    assert (
+        by_config.plan.removals == by_keywords.plan.removals
+        and by_config.plan.attrs == by_keywords.plan.attrs
+    )
+    generic = pk.prune(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), torch.zeros(1, 4))
+    assert set(by_config.to_dict()) == set(generic.to_dict())
+    meta = by_config.plan.meta
+    assert meta["ultralytics"]["trainable"] is False and meta["config"]["ratio"] == 0.5
+    with pytest.warns(DeprecationWarning, match="positional ratio"):
+        prune_yolo(load_yolo("yolov8n.yaml"), 0.3, imgsz=IMGSZ, trainable=False)

@@ -7,15 +7,18 @@ from typing import Annotated
 
 import typer
 
+from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
     ArchOpt,
+    CalibBatchOpt,
+    CalibDataOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     arch_hint,
-    atomic_write,
     console,
     load_cli_model,
     plural,
@@ -23,7 +26,7 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
-from prunekit.models.data import DATA_HELP, load_batches
+from prunekit.models.data import load_batches
 
 
 @app.command()
@@ -56,13 +59,8 @@ def sparsify(
             "--criterion", help="magnitude, random, or with --data: taylor, hessian, wanda, sparsegpt."
         ),
     ] = "magnitude",
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", metavar="DATA", help=f"Calibration batches for data-driven criteria: {DATA_HELP}."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
+    data: CalibDataOpt = None,
+    batch_size: CalibBatchOpt = 32,
     include: Annotated[
         list[str] | None, typer.Option("--include", metavar="NAME", help="Only these layers (repeatable).")
     ] = None,
@@ -74,6 +72,7 @@ def sparsify(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
@@ -91,7 +90,12 @@ def sparsify(
         data=batches,
     )  # fmt: skip
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False
+        model,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        input_shape=input_shape,
+        needs_example=False,
+        trust_code=trust_code,
     )
     net = loaded.model
     result = sparsify_model(net, config)

@@ -10,9 +10,12 @@ from rich.table import Table
 
 from prunekit.cli._common import (
     ArchOpt,
+    CalibBatchOpt,
+    CalibDataOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     before_after_table,
@@ -23,7 +26,7 @@ from prunekit.cli._common import (
 )
 from prunekit.config import PruneConfig
 from prunekit.errors import ConfigError
-from prunekit.models.data import DATA_HELP, load_batches
+from prunekit.models.data import load_batches
 
 RatioOpt = Annotated[
     float, typer.Option("--ratio", help="Fraction of each group's channels to remove, in [0, 1).")
@@ -93,13 +96,8 @@ def prune(
     target_latency_ms: Annotated[
         float | None, typer.Option("--target-latency-ms", help="Prune until latency (this CPU) is below.")
     ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", metavar="DATA", help=f"Batches for data-driven criteria (taylor, ...): {DATA_HELP}."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
+    data: CalibDataOpt = None,
+    batch_size: CalibBatchOpt = 32,
     recipe: Annotated[
         Path | None,
         typer.Option(
@@ -112,7 +110,15 @@ def prune(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
+        ),
+    ] = False,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -124,7 +130,8 @@ def prune(
     from prunekit.structured.target import target_from_options
 
     target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
-    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio, target=target)
+    verify = "shapes" if no_verify else "exact"
+    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify)
     file_format = file_format_for(model, out) if recipe is None and data is None else None
     if file_format is not None:
         if target is not None:
@@ -143,7 +150,9 @@ def prune(
 
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
@@ -182,6 +191,7 @@ def check(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     compare_at: Annotated[
         str | None,
@@ -199,7 +209,9 @@ def check(
     from prunekit.structured import check as check_model
 
     config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
     write_json(json_path, report.to_dict())
     if report.pinned:

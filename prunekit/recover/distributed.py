@@ -138,9 +138,9 @@ def _destroy_at_exit() -> None:
 def _destroy() -> None:
     """Destroy the default group, after freeing unreachable DDP wrappers (their reducers hold the group).
 
-    Without the collection a finished DDP wrapper, kept alive by reference cycles, took the gloo group's
-    last reference into interpreter shutdown, where destroying it aborted the process ("terminate called
-    without an active exception", exit code -6) after all the work was done: 2 of 40 torchrun runs here.
+    Without the collection a finished DDP wrapper, kept alive by reference cycles, can take the gloo group's
+    last reference into interpreter shutdown, where destroying it aborts the process ("terminate called
+    without an active exception", exit code -6) after all the work is done.
     """
     gc.collect()
     dist.destroy_process_group()

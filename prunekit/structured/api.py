@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch  # noqa: F401  (the doctests below use it)
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
@@ -29,9 +30,8 @@ from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured import pipeline
 from prunekit.structured.apply import apply
-from prunekit.structured.oracle import RTOL, compare, masked_reference, run_outputs
+from prunekit.structured.oracle import compare_with, reference_outputs
 from prunekit.structured.pipeline import PruneResult
-from prunekit.structured.replay import Decisions
 
 __all__ = ["CheckReport", "PruneResult", "check", "groups", "plan_prune", "prune"]
 
@@ -48,9 +48,13 @@ def groups(
     return build_groups(eager_module(model, "groups"), example_inputs, names(ignore))
 
 
-def _ratio_config(verb: str, config: PruneConfig | None, **options: Any) -> PruneConfig:
+#: the options the structural verbs took positionally before they took a config (deprecated form)
+LEGACY_ORDER = ("ratio", "criterion", "scope", "ignore", "round_to", "max_ratio")
+
+
+def _ratio_config(verb: str, config: Any, legacy: tuple, **options: Any) -> PruneConfig:
     """The config of a verb that prunes by ratio only (``target`` belongs to :func:`prune`)."""
-    cfg = resolve(PruneConfig, config, verb, "ratio", stacklevel=4, **options)
+    cfg = resolve(PruneConfig, config, verb, LEGACY_ORDER, legacy=legacy, stacklevel=4, **options)
     if cfg.target is not None:
         raise ConfigError(f"{verb} prunes by ratio; a target is searched by prunekit.prune (drop target)")
     return cfg
@@ -60,7 +64,7 @@ def plan_prune(
     model: nn.Module,
     example_inputs: ExampleInputs,
     config: PruneConfig | None = None,
-    *,
+    *legacy: Any,
     ratio: float | None = None,
     criterion: str | GroupCriterion | None = None,
     scope: str | None = None,
@@ -83,7 +87,7 @@ def plan_prune(
     2
     """
     cfg = _ratio_config(
-        "plan_prune", config, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
+        "plan_prune", config, legacy, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
         round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn,
     )  # fmt: skip
     scored = pipeline.traced(model, example_inputs, cfg, "plan_prune")
@@ -94,7 +98,7 @@ def prune(
     model: nn.Module,
     example_inputs: ExampleInputs,
     config: PruneConfig | None = None,
-    *,
+    *legacy: Any,
     ratio: float | None = None,
     criterion: str | GroupCriterion | None = None,
     scope: str | None = None,
@@ -105,6 +109,7 @@ def prune(
     target: Target | None = None,
     data: Any = None,
     loss_fn: Any = None,
+    verify: str | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place: channels, neurons and heads are physically removed.
 
@@ -120,13 +125,22 @@ def prune(
     (:attr:`prunekit.PruneConfig.effective_scope`). The stages are those of
     :mod:`prunekit.structured.pipeline`.
 
+    What is verified before ``prune`` returns (else :class:`~prunekit.errors.ApplyError`, model rolled
+    back bit-exactly): every size attribute of a cut module matches its tensors, and the pruned model runs
+    on ``example_inputs`` with the original output shapes. ``verify="exact"`` (the default) also runs the
+    masked reference first (the model itself with the removed entries zeroed in place, then put back: no
+    copy) and requires the pruned outputs to equal it within the oracle's tolerance, with the same decision
+    replay as :func:`check`: one more forward. ``verify="shapes"`` skips that forward (huge models).
+
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> prune(net, torch.zeros(1, 3), PruneConfig(ratio=0.25, measure=False)).removed_units
     2
     """
     cfg = resolve(
-        PruneConfig, config, "prune", "ratio", ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
+        PruneConfig, config, "prune", (*LEGACY_ORDER, "measure", "target"), legacy=legacy, ratio=ratio,
+        criterion=criterion, scope=scope, ignore=ignore,
         round_to=round_to, max_ratio=max_ratio, measure=measure, target=target, data=data, loss_fn=loss_fn,
+        verify=verify,
     )  # fmt: skip
     return pipeline.run(model, example_inputs, cfg)
 
@@ -175,7 +189,7 @@ def check(
     model: nn.Module,
     example_inputs: ExampleInputs,
     config: PruneConfig | None = None,
-    *,
+    *legacy: Any,
     ratio: float | None = None,
     criterion: str | GroupCriterion | None = None,
     scope: str | None = None,
@@ -199,8 +213,8 @@ def check(
     True
     """
     cfg = _ratio_config(
-        "check", config, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore, round_to=round_to,
-        max_ratio=max_ratio, data=data, loss_fn=loss_fn,
+        "check", config, legacy, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
+        round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn,
     )  # fmt: skip
     eager_module(model, "check")
     if compare_at is not None:
@@ -210,17 +224,12 @@ def check(
             raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
     scored = pipeline.traced(model, example_inputs, cfg, "check")
     plan, report = pipeline.select(scored, cfg.ratio), scored.report
-    ref = masked_reference(model, plan)
-    decisions = Decisions(RTOL)
-    with decisions.recording():
-        ref_out = run_outputs(ref, example_inputs, compare_at)
-    del ref
+    reference = reference_outputs(model, plan, example_inputs, compare_at)
     params_before = count_params(model).total
     pruned = copy.deepcopy(model)
     macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
-    with decisions.replaying():
-        cmp = compare(run_outputs(pruned, example_inputs, compare_at, decisions.stack), ref_out)
+    cmp = compare_with(pruned, reference, example_inputs, compare_at)
     pinned = [
         {
             "id": g.id,
@@ -244,6 +253,6 @@ def check(
         list(report.rule_errors),
         plan,
         compare_at,
-        list(decisions.replayed),
+        list(reference.decisions.replayed),
         cmp.n_values,
     )

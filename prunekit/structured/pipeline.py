@@ -11,7 +11,8 @@ Every structural verb goes through these stages, each defined once here:
   widths its yaml can state, :mod:`prunekit.models.ultralytics`).
 - A :class:`~prunekit.config.Target` replaces ``select`` by its search
   (:func:`prunekit.structured.target.search`), which measures candidate plans, transforms included.
-- :func:`run`: apply, measure, and :func:`make_result`, the one builder of :class:`PruneResult`.
+- :func:`run`: apply (verified against the masked reference with ``verify="exact"``), measure, and
+  :func:`make_result`, the one builder of :class:`PruneResult`.
 
 :func:`prunekit.plan_prune` stops after ``select``; :func:`prunekit.check` applies the same plan to a copy
 and compares it with the masked reference (:mod:`prunekit.structured.oracle`), which never sees this road.
@@ -37,14 +38,16 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs
 from prunekit._validate import eager_module, loss_batches
-from prunekit.config import PruneConfig, criterion_name
-from prunekit.criteria import ScoreContext, get_criterion
+from prunekit.config import PruneConfig
+from prunekit.criteria import ScoreContext, criterion_label, get_criterion
+from prunekit.criteria.scores import group_scores
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
+from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
 
 
@@ -94,14 +97,7 @@ def score_groups(report: GroupReport, ctx: ScoreContext, criterion: Any = "l2") 
     >>> [s.shape[0] for s in score_groups(rep, ScoreContext.of(net, torch.zeros(1, 3))).values()]
     [4]
     """
-    score_fn = get_criterion(criterion)
-    scores = {}
-    for g in report.prunable_groups:
-        s = torch.as_tensor(score_fn(g, ctx), dtype=torch.float64).reshape(-1)
-        if s.numel() != g.width:
-            raise ConfigError(f"criterion returned {s.numel()} scores for a group of width {g.width}")
-        scores[g.id] = s
-    return scores
+    return group_scores(report.prunable_groups, get_criterion(criterion), ctx)
 
 
 def score(model: nn.Module, example_inputs: ExampleInputs, report: GroupReport, config: PruneConfig) -> dict:
@@ -131,7 +127,7 @@ def plan_meta(config: PruneConfig, report: GroupReport, ratio: float | None, **e
     total = sum(g.width for g in report.prunable_groups)
     meta = {
         "ratio": ratio,
-        "criterion": criterion_name(config.criterion),
+        "criterion": criterion_label(config.criterion),
         "scope": config.effective_scope,
         "round_to": config.round_to,
         "max_ratio": config.max_ratio,
@@ -250,7 +246,8 @@ def run(
     t1 = time.perf_counter()
     before = counts(model, view, example_inputs, config.measure)
     t2 = time.perf_counter()
-    apply(view, plan, example_inputs)
+    reference = reference_outputs(view, plan, example_inputs) if config.verify == "exact" else None
+    apply(view, plan, example_inputs, reference)
     t3 = time.perf_counter()
     after = counts(model, view, example_inputs, config.measure)
     info = search.info(view) if search is not None else None

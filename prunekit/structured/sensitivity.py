@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs
-from prunekit.config import PruneConfig, criterion_name
-from prunekit.criteria import GroupCriterion
+from prunekit.config import PruneConfig
+from prunekit.criteria import GroupCriterion, criterion_label
 from prunekit.errors import ConfigError, PruneError
 from prunekit.graph.groups import Group, GroupReport
 from prunekit.measure.profile import evaluate
@@ -143,15 +143,11 @@ class SensitivityResult:
         ax.set_title(f"sensitivity ({self.criterion})")
         if len(self.curves) <= 12:
             ax.legend(fontsize=6)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sens-", suffix=path.suffix or ".png")
-        os.close(fd)
+        fmt = path.suffix.lstrip(".") or "png"
         try:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight")
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt))
         finally:
             plt.close(fig)
-            Path(tmp).unlink(missing_ok=True)
         return path
 
 
@@ -217,7 +213,7 @@ def sensitivity(
                     tensors[n].copy_(saved[n])
         first = g.members[0]
         curves.append(GroupCurve(g.id, f"{first.name}[{first.dim}]", g.width, list(ratios), removed, metrics))
-    return SensitivityResult(baseline, list(ratios), criterion_name(criterion), curves)
+    return SensitivityResult(baseline, list(ratios), criterion_label(criterion), curves)
 
 
 def plan_from_ratios(

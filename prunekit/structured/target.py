@@ -156,6 +156,7 @@ def prune_to_target(
     data: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     measure: bool | None = None,
+    verify: str | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to ``target``; returns a :class:`prunekit.structured.PruneResult` whose
     ``target`` dict has ``requested``, ``achieved``, ``before``, ``after``, ``ratio`` and ``evaluations``.
@@ -175,7 +176,8 @@ def prune_to_target(
         raise ConfigError(f"target must be a prunekit.Target, got {type(target).__name__}")
     options = {"criterion": criterion, "scope": scope, "ignore": ignore, "round_to": round_to}
     options |= {"max_ratio": max_ratio, "latency_runs": latency_runs, "data": data, "loss_fn": loss_fn}
-    cfg = resolve(PruneConfig, config, "prune_to_target", "ratio", target=target, measure=measure, **options)
+    options |= {"measure": measure, "verify": verify}
+    cfg = resolve(PruneConfig, config, "prune_to_target", (), target=target, **options)
     if cfg.target is None:
         raise ConfigError("prune_to_target needs a target: prunekit.Target(macs= | params= | latency_ms=)")
     return run(model, example_inputs, cfg, verb="prune_to_target")
