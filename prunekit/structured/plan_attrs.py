@@ -87,7 +87,7 @@ def _check_sizes(mname: str, module: nn.Module, new: dict[str, int], plan: Plan,
         channels = new.get("num_channels", module.num_channels)
         groups = new.get("num_groups", module.num_groups)
         if channels % groups:
-            raise PlanError(f"plan leaves {mname} with {channels} channels in {groups} groups (not divisible)")
+            raise PlanError(f"plan leaves {mname} with {channels} channels in {groups} groups (indivisible)")
 
 
 def check_attrs(plan: Plan, model: nn.Module, modules: dict[str, nn.Module] | None = None) -> None:
