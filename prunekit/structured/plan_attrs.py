@@ -105,3 +105,38 @@ def check_attrs(plan: Plan, model: nn.Module, modules: dict[str, nn.Module] | No
         names.setdefault(id(t), []).append(name)
     for mname, attrs in plan.attrs.items():
         _check_sizes(mname, modules[mname], {a: v[1] for a, v in attrs.items()}, plan, names)
+
+
+def complete_size_attrs(plan: Plan, model: nn.Module) -> Plan:
+    """``plan`` with every size attribute its cut implies (:func:`~prunekit.graph.shape_attrs.shape_attrs`).
+
+    Plans made by the tracer record them all; a plan written by an older prunekit (or by hand) may miss the
+    size attributes of a second holder of a tied weight, of ``PReLU`` or of ``MultiheadAttention``. They are
+    derived from the cut tensors' shapes, so such a plan still leaves every attribute true. Attributes the
+    plan states are kept as they are (and checked by :func:`check_attrs`).
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.PReLU(4))
+    >>> plan = Plan(removals={"0.weight": {0: [1]}, "0.bias": {0: [1]}, "1.weight": {0: [1]}})
+    >>> complete_size_attrs(plan, net).attrs
+    {'0': {'out_features': [4, 3]}, '1': {'num_parameters': [4, 3]}}
+    """
+    names: dict[int, list[str]] = {}
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, t in tensors:
+        names.setdefault(id(t), []).append(name)
+    done = Plan.from_dict(plan.to_dict())
+    for mname, module in model.named_modules(remove_duplicate=False):
+        stated = done.attrs.get(mname, {})
+        groups = stated.get("groups", [None, None])[1]
+        for attr, (local, dim, factor) in shape_attrs(module, groups=groups).items():
+            t = module._parameters.get(local, module._buffers.get(local))
+            if attr in stated or t is None or t.dim() <= dim:
+                continue
+            tied = names.get(id(t), [])
+            if not any(dim in plan.removals.get(n, {}) for n in tied):
+                continue
+            old, new = getattr(module, attr, None), _size_after(t, dim, tied, plan) * factor
+            if type(old) is int and old == t.shape[dim] * factor and new != old:
+                done.attrs.setdefault(mname, {})[attr] = [old, new]
+    return done
