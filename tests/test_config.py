@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from _engine_helpers import built_results
 from torch import nn
 
 import prunekit as pk
@@ -15,7 +16,6 @@ from prunekit.config import PruneConfig, SparsifyConfig, Target
 from prunekit.errors import ConfigError
 from prunekit.plan import Plan
 from prunekit.recipe import recipe_from_dict
-from prunekit.structured import pipeline
 from prunekit.structured.target import prune_to_target
 
 
@@ -110,14 +110,7 @@ def test_the_default_scope_follows_ratio_or_target() -> None:
 
 
 def test_every_prune_builds_its_result_through_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = []
-    make = pipeline.make_result
-
-    def counting(*args, **kwargs):
-        built.append(args[0])
-        return make(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "make_result", counting)
+    built = built_results(monkeypatch)
     results = [
         pk.prune(_net(), X, ratio=0.5),
         pk.prune(_net(), X, target=Target(macs=0.5)),

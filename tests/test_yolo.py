@@ -298,17 +298,11 @@ def test_cli_yolo_prune_and_check(tmp_path):
 
 
 def test_prune_yolo_takes_a_config_and_builds_its_result_like_prune(monkeypatch):
+    from _engine_helpers import built_results
+
     import prunekit as pk
-    from prunekit.structured import pipeline
 
-    built = []
-    make = pipeline.make_result
-
-    def counting(*args, **kwargs):
-        built.append(args[0])
-        return make(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "make_result", counting)
+    built = built_results(monkeypatch)
     by_config = prune_yolo(load_yolo("yolov8n.yaml"), pk.PruneConfig(ratio=0.5), imgsz=IMGSZ, trainable=False)
     by_keywords = prune_yolo(load_yolo("yolov8n.yaml"), ratio=0.5, imgsz=IMGSZ, trainable=False)
     assert [by_config.plan, by_keywords.plan] == built
