@@ -5,6 +5,8 @@ Models are built from yaml (random weights) and run at small image sizes; data i
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -303,8 +305,9 @@ def test_prune_yolo_takes_a_config_and_builds_its_result_like_prune(monkeypatch)
     import prunekit as pk
 
     built = built_results(monkeypatch)
-    by_config = prune_yolo(load_yolo("yolov8n.yaml"), pk.PruneConfig(ratio=0.5), imgsz=IMGSZ, trainable=False)
-    by_keywords = prune_yolo(load_yolo("yolov8n.yaml"), ratio=0.5, imgsz=IMGSZ, trainable=False)
+    base = load_yolo("yolov8n.yaml")  # random weights: both prune copies of one model
+    by_config = prune_yolo(copy.deepcopy(base), pk.PruneConfig(ratio=0.5), imgsz=IMGSZ, trainable=False)
+    by_keywords = prune_yolo(copy.deepcopy(base), ratio=0.5, imgsz=IMGSZ, trainable=False)
     assert [by_config.plan, by_keywords.plan] == built
     assert (
         by_config.plan.removals == by_keywords.plan.removals
