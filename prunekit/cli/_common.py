@@ -91,7 +91,7 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         metavar="MODEL",
-        help="torchvision:NAME, module.path:factory, or a .pt/.pth/.bin/.safetensors file.",
+        help="torchvision:NAME, module.path:factory, or a .pt/.pth/.bin/.safetensors/.pksparse file.",
         show_default=False,
     ),
 ]

@@ -6,6 +6,7 @@ A spec is one of::
     module.path:factory       a callable returning an nn.Module         mypkg.models:build_net
     path/to/file.pt           a state_dict (with arch=...) or, only with trust_pickle=True, a pickled module
     path/to/file.safetensors  a state_dict (with arch=...)
+    path/to/file.pksparse     a state_dict in prunekit's compressed sparse format (with arch=...)
     path/to/checkpoint/       a directory written by prunekit.save (spec + plans + safetensors weights)
 
 Prefixed forms are looked up in ``LOADERS`` by the text before the first ``:`` (a later release adds
@@ -31,9 +32,10 @@ from torch import nn
 from prunekit._inputs import ExampleInputs, call_model
 from prunekit.errors import ConfigError, ModelLoadError
 
-STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".pksparse")
 SPEC_FORMS = (
-    "torchvision:NAME, module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint dir"
+    "torchvision:NAME, module.path:factory, a .pt/.pth/.bin/.safetensors/.pksparse file or a prunekit "
+    "checkpoint dir"
 )
 
 
@@ -271,6 +273,12 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module
     if path.suffix == ".safetensors":
         model = _build_arch(path, arch)
         _load_safetensors_into(model, path)
+        return model
+    if path.suffix == ".pksparse":
+        from prunekit.sparse.storage import load_sparse
+
+        model = _build_arch(path, arch)
+        _load_state_dict_into(model, load_sparse(path), path)
         return model
     obj = _torch_load(path, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):
