@@ -499,3 +499,31 @@ def test_other_runtime_errors_are_not_dressed_as_memory_errors(monkeypatch):
     monkeypatch.setattr(spec, "check_forward", fail)
     result = invoke("analyze", TINY, "--input-shape", "1,4,8,8", "--no-latency")
     assert isinstance(result.exception, RuntimeError) and "out of memory" not in result.output
+
+
+def test_accelerate_tunes_over_batch_sizes_and_writes_a_checkpoint_that_loads_accelerated(
+    tmp_path, monkeypatch
+):
+    import prunekit as pk
+    import prunekit.sparse.accelerate as acc
+    from prunekit.sparse.kernels import SparseLinear
+
+    monkeypatch.setattr(
+        acc, "_time_once", lambda fn, x: 1.0 if getattr(fn, "kernel", "") == "csr-mm" else 9.0
+    )
+    out, report = tmp_path / "fast", tmp_path / "fast.json"
+    args = ["accelerate", TINY, "--input-shape", "1,4,8,8", "--out", out, "--json", report]
+    result = invoke(*args, "--batch-sizes", "1,8,32", "--min-sparsity", "0", "--runs", "2")
+    assert result.exit_code == 0, result.output
+    assert "batch 32" in result.stdout and "1 layer of 1 on sparse kernels" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["swapped"] == ["fc"] and data["batch_sizes"] == [1, 8, 32]
+    assert set(data["layers"][0]["timings"]) == {"1", "8", "32"}
+    assert json.loads((out / "prunekit.json").read_text())["accelerated"] == {"fc": "csr-mm"}
+    loaded = pk.load(out)
+    assert isinstance(loaded.fc, SparseLinear)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(loaded(x), tiny_model().eval()(x), atol=1e-5)
+    bad = invoke("accelerate", TINY, "--out", tmp_path / "bad", "--batch-sizes", "1,x")
+    assert bad.exit_code == 2 and "--batch-sizes takes comma-separated positive integers" in bad.output
+    assert not (tmp_path / "bad").exists()
