@@ -7,7 +7,8 @@
   :func:`~prunekit.structured.target.prune_to_target`, :func:`~prunekit.models.ultralytics.prune_yolo`,
   the recipes and the CLI.
 - :class:`SparsifyConfig` (unstructured: weights masked): ``sparsity``, ``pattern``, ``criterion``,
-  ``scope``, ``include``, ``exclude``, ``seed``, ``data``, ``loss_fn``. Taken by :func:`prunekit.sparsify`.
+  ``scope``, ``include``, ``exclude``, ``seed``, ``data``, ``loss_fn``, ``strict``. Taken by
+  :func:`prunekit.sparsify`.
 
 Both are checked once, when built (:mod:`prunekit._validate`), so a bad value is one :class:`ConfigError`
 before any model is traced. The verbs take a config (``config=``, or their third positional argument) OR
@@ -213,6 +214,7 @@ class SparsifyConfig(_Config):
     seed: int = 0
     data: Any = field(default=None, compare=False, repr=False)
     loss_fn: Any = field(default=None, compare=False, repr=False)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         from prunekit.criteria.scores import check_unstructured
@@ -227,6 +229,8 @@ class SparsifyConfig(_Config):
         check_unstructured(resolve_criterion(self.criterion, self.seed), self.data)  # checks the seed too
         put(self, "include", None if self.include is None else tuple(names(self.include)))
         put(self, "exclude", tuple(names(self.exclude) or ()))
+        if not isinstance(self.strict, bool):
+            raise ConfigError(f"strict must be True or False, got {self.strict!r}")
 
 
 def resolve(
