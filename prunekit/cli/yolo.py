@@ -4,6 +4,7 @@ prunekit yolo check yolov8n.yaml --ratio 0.5 --imgsz 320
 prunekit yolo prune yolov8n.pt --ratio 0.3 --out pruned.pt      # YOLO("pruned.pt"): val/predict/export/train
 prunekit yolo prune yolov8n.pt --ratio 0.3 --free --out p.pt    # more pruning; stock `yolo train` refuses it
 prunekit yolo finetune pruned.pt --data data.yaml --epochs 10   # ultralytics' trainer, pruned arch kept
+prunekit yolo scenes DIR --train 2000 --val 400 --imgsz 320     # the offline digits-on-photos benchmark
 """
 
 from __future__ import annotations
@@ -134,3 +135,22 @@ def finetune(
     summary = {"best": str(yolo.trainer.best), "map50_95": float(box.map) if box is not None else None}
     write_json(json_path, summary)
     console.print(f"fine-tuned: {summary['best']} (mAP50-95 {summary['map50_95']})")
+
+
+@yolo_app.command("scenes")
+def scenes(
+    out: Annotated[
+        Path,
+        typer.Argument(metavar="DIR", help="New directory for the dataset (or one holding this very set)."),
+    ],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 2000,
+    val: Annotated[int, typer.Option("--val", help="Validation images.")] = 400,
+    imgsz: Annotated[int, typer.Option("--imgsz", help="Image side (multiple of 32).")] = 320,
+    max_objects: Annotated[int, typer.Option("--max-objects", help="Most digits per image.")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write the offline detection benchmark (real digit scans on real photographs) in ultralytics' layout."""
+    from prunekit.models.yolo_scenes import make_scenes_dataset
+
+    data = make_scenes_dataset(out, n_train=train, n_val=val, imgsz=imgsz, max_objects=max_objects, seed=seed)
+    console.print(f"dataset: {data}   (yolo train data={data})")
