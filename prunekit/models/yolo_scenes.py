@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from prunekit._atomic import atomic_dir
 from prunekit.errors import ConfigError
 from prunekit.models.yolo_data import digit_images, split_digits, write_data_yaml
 
@@ -267,16 +266,8 @@ def make_scenes_dataset(
         raise ConfigError(
             f"{root} exists and does not hold this dataset ({STAMP} differs): pick a new directory"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        _write(tmp, root.resolve(), params)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0o700; a directory made by mkdir follows the umask
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    final = root.resolve()
+    atomic_dir(root, lambda tmp: _write(tmp, final, params), replaceable=lambda _path: False)
     return root / "data.yaml"
 
 
