@@ -47,6 +47,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.models.family import Family, FileFormat, register_family
 from prunekit.models.files import unsafe_globals
+from prunekit.models.yolo_modules import register
 from prunekit.models.yolo_yaml import checkpoint_yaml, trainable_plan
 from prunekit.plan import Plan
 from prunekit.structured.api import CheckReport, PruneResult, check, plan_prune
@@ -62,6 +63,7 @@ def _ultralytics():
         import ultralytics
     except ImportError as err:
         raise ModelLoadError('ultralytics:NAME specs need ultralytics: pip install "prunekit[yolo]"') from err
+    register()  # the Prunekit<Layer> names a pruned checkpoint's yaml may use, for a later train()
     return ultralytics
 
 
@@ -222,6 +224,7 @@ def prune_yolo(
     round_to: int | None = None,
     max_ratio: float = 0.9,
     trainable: bool = True,
+    stock_modules: bool = False,
 ) -> PruneResult:
     """Prune an ultralytics model (or the model inside a ``YOLO`` object) in place; return the PruneResult.
 
@@ -233,8 +236,12 @@ def prune_yolo(
     ``trainable=True`` keeps to widths that ``model.yaml`` can state (multiples of 8, ``round_to`` defaults
     to 8; a few groups whose width ultralytics derives from another stay whole) and writes them into
     ``model.yaml``, so ultralytics' stock ``train()`` rebuilds the pruned model (see
-    :mod:`prunekit.models.yolo_yaml`). ``trainable=False`` prunes freely; a stock ``train()`` then fails
-    loudly and :func:`prunekit.models.yolo_train.finetune_yolo` fine-tunes it.
+    :mod:`prunekit.models.yolo_yaml`). Layers whose derived widths (head, SPPF, bottlenecks) were cut get
+    ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved modules are ultralytics' own,
+    but a process that trains from that yaml must register those names first (``load_yolo`` and
+    ``prune_yolo`` do; else :func:`prunekit.models.yolo_modules.register`); ``stock_modules=True`` names only
+    ultralytics' modules (those groups then stay whole). ``trainable=False`` prunes freely; a stock
+    ``train()`` then fails loudly and :func:`prunekit.models.yolo_train.finetune_yolo` fine-tunes it.
 
     >>> m = load_yolo("yolov8n.yaml")
     >>> round(prune_yolo(m, 0.5, imgsz=64).params_ratio, 2), m.yaml["width_multiple"]
@@ -271,7 +278,9 @@ def prune_yolo(
     yaml = None
     if trainable:
         try:
-            plan, yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
+            plan, yaml, kept = trainable_plan(
+                detector, HeadOutputs, x, plan, report, finish, stock_modules=stock_modules
+            )
         except ValueError as err:
             raise ConfigError(
                 f"cannot state this model's pruned widths in its yaml ({err}); prune with trainable=False "
