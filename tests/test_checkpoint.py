@@ -335,3 +335,22 @@ def test_load_into_a_given_model_leaves_it_untouched_when_a_later_plan_fails(tmp
     assert all(after[n] is t and torch.equal(t, copy) for n, (t, copy) in before.items())
     assert given.conv1.out_channels == 32
     given(X)
+
+
+def test_a_plan_missing_size_attributes_still_loads_with_true_attributes(tmp_path):
+    """Plans from older prunekit versions lack the size attributes of PReLU and tied holders."""
+    from prunekit.structured.consistency import mismatches
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    res = prune(net, x, ratio=0.5)
+    assert res.plan.attrs["1"] == {"num_parameters": [8, 4]}
+    with pytest.warns(UserWarning):  # no spec: load needs model=
+        save(net, tmp_path / "ck", plan=res.plan)
+    info = json.loads((tmp_path / "ck" / "prunekit.json").read_text())
+    del info["plans"][0]["attrs"]["1"]  # as an older prunekit wrote it
+    _edit_json(tmp_path / "ck", plans=info["plans"])
+    again = load(tmp_path / "ck", model=nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 4, 1)))
+    assert again[1].num_parameters == 4 and mismatches(again) == []
+    assert torch.equal(again(x), net(x))

@@ -65,6 +65,7 @@ from prunekit.sparse.storage import (
 )
 from prunekit.structured.apply import apply
 from prunekit.structured.layers import SkipBlock
+from prunekit.structured.plan_attrs import complete_size_attrs
 
 FORMAT = "prunekit-checkpoint"
 FORMAT_VERSION = 2  # 2 adds the integrity hash; version 1 (without it) is still read
@@ -209,7 +210,7 @@ def _apply_plans(
 ) -> nn.Module:
     for i, plan in enumerate(plans, start):
         try:
-            apply(model, plan)
+            apply(model, complete_size_attrs(plan, model))
         except PruneError as err:
             raise PlanError(f"plan {i + 1} of {source} does not fit {built_by}: {err}") from err
     return model
