@@ -292,6 +292,11 @@ def test_cli_yolo_prune_and_check(tmp_path):
     checked = tmp_path / "check.json"
     result = runner.invoke(app, ["yolo", "check", "yolo11n.yaml", "--imgsz", "64", "--json", str(checked)])
     assert result.exit_code == 0 and json.loads(checked.read_text())["ok"] is True
+    stock = tmp_path / "stock.pt"
+    assert runner.invoke(app, [*args, "--stock-modules", "--out", str(stock)]).exit_code == 0
+    rows = [r[2] for part in ("backbone", "head") for r in ultralytics.YOLO(str(stock)).model.yaml[part]]
+    assert "Detect" in rows and not any(r.startswith("Prunekit") for r in rows)
+    assert ultralytics.YOLO(str(out)).model.yaml["head"][-1][2] == "PrunekitDetect"
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "pruned.onnx")])
     assert bad.exit_code == 2 and "must name a .pt file" in bad.output
     assert not (tmp_path / "pruned.onnx").exists()
@@ -313,6 +318,9 @@ def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modul
     assert shape_mismatches(model, model.yaml) == []
     built = rebuild(model, model.yaml)
     assert type(built.model[-1]) is Detect and type(built.model[2]) is C3k2  # stock classes get pickled
+    built.load_state_dict(model.state_dict())
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(built.eval()(x)[0], model.eval()(x)[0])  # same function, not only same shapes
     stock = load_yolo("yolo11n.yaml")
     prune_yolo(stock, 0.5, imgsz=IMGSZ, stock_modules=True)
     assert not any(r[2].startswith("Prunekit") for r in stock.yaml["backbone"] + stock.yaml["head"])

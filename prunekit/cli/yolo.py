@@ -63,17 +63,27 @@ def prune(
             "the checkpoint and `prunekit yolo finetune` trains it.",
         ),
     ] = False,
+    stock_modules: Annotated[
+        bool,
+        typer.Option(
+            "--stock-modules",
+            help="Name only ultralytics' modules in model.yaml (no Prunekit<Layer> rows): `yolo train` works "
+            "in a process without prunekit; derived widths (head hidden convs, SPPF, ...) stay whole.",
+        ),
+    ] = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Prune MODEL's channels (head outputs, classes, DFL bins kept); write an ultralytics checkpoint.
 
     By default the pruned widths are written into the checkpoint's model.yaml, so ultralytics' own
-    `yolo train model=pruned.pt` / `YOLO("pruned.pt").train()` rebuilds the pruned model."""
+    `YOLO("pruned.pt").train()` rebuilds the pruned model (a process that never imports prunekit needs
+    --stock-modules for that)."""
     from prunekit.models.ultralytics import prune_to_file
 
     result = prune_to_file(
         model, out, imgsz=imgsz, half=half, trainable=not free, ratio=ratio, criterion=criterion,
         scope=scope, ignore=ignore or None, round_to=round_to, max_ratio=max_ratio,
+        stock_modules=stock_modules,
     )  # fmt: skip
     write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
     console.print(before_after_table(f"prunekit yolo prune {model}", result))

@@ -20,13 +20,13 @@ How it fits ``parse_model`` without patching it: ``parse_model`` resolves a laye
 ``ultralytics.nn.tasks`` (where :func:`register` puts the classes) and decides how to build a layer by
 membership tests such as ``m in base_modules`` or ``m in {Detect, Segment, ...}``. ``Prunekit<Layer>``'s
 metaclass makes it compare and hash equal to ``<Layer>``, so it passes the same tests; its ``__new__`` returns
-the stock layer. Identity tests (``m is C2fAttn``, ``m is C3k2`` setting ``legacy``) do not pass: layers with
-such special cases are not in :data:`LAYERS`, and a head row states ``legacy`` itself.
+the stock layer. Identity tests do not pass: layers with such special cases (``m is C2fAttn``, ...) are not in
+:data:`LAYERS`, a head row states ``legacy`` itself (``m is C3k2`` sets it), and a short SPPF row gets the
+activation ``m is SPPF`` gives it.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
@@ -39,7 +39,6 @@ HEADS = ("Detect", "Segment", "Segment26", "Pose", "Pose26", "OBB", "OBB26")
 # which a stated head states itself (:func:`needs_stated_head`)
 LAYERS = ("Conv", "C2f", "C3k2", "C3", "C3x", "C2PSA", "C2fPSA", "PSA", "SPPF", "SPP", "Bottleneck",
           "C3Ghost", "ELAN1", "RepNCSPELAN4", "SCDown", "RepC3")  # fmt: skip
-_REPEATED = ("C2f", "C3k2", "C3", "C3x", "C2PSA", "C2fPSA", "C3Ghost", "RepC3")  # yaml ``n`` is their ``n``
 _LEGACY_OFF = ("C3k2", "A2C2f", "C2fCIB")  # their stock rows switch the heads to the non-legacy branch
 
 
@@ -69,6 +68,10 @@ def _build(cls: type, args: tuple) -> nn.Module:
     else:
         *args, convs = args
     module = _stock(cls.base)(*args)
+    if cls.base == "SPPF" and len(args) <= 3:  # as parse_model does for a short (pre-YOLO26) SPPF row
+        from ultralytics.nn.modules import Conv
+
+        module.cv1.act = Conv.default_act
     for path, (out, in_) in convs.items():
         _resize(module, path, int(out), int(in_))
     return module
@@ -121,16 +124,9 @@ def stated_row(layer: nn.Module, row: list, legacy: bool) -> list | None:
     base = type(layer).__name__
     if base in HEADS:
         return [row[0], row[1], PREFIX + base, [*row[3], legacy, _convs(layer)]]
-    if base not in LAYERS or (base == "SPPF" and len(row[3]) <= 2):
-        return None  # parse_model activates a short SPPF row's cv1 (``m is SPPF``): a stated row would not
-    params = list(inspect.signature(type(layer)).parameters.values())
-    names = [p for p in params if p.name != "c1" and (p.name != "n" or base not in _REPEATED)]
-    args = list(row[3])
-    for p in names[len(args) :]:  # every argument positional, so the conv table comes last
-        if p.default is inspect.Parameter.empty or p.kind is not p.POSITIONAL_OR_KEYWORD:
-            return None
-        args.append(p.default)
-    return [row[0], row[1], PREFIX + base, [*args, _convs(layer)]]
+    if base not in LAYERS:
+        return None
+    return [row[0], row[1], PREFIX + base, [*row[3], _convs(layer)]]  # the table is taken off before building
 
 
 def legacy_heads(yaml: dict) -> bool:
