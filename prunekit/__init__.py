@@ -19,6 +19,8 @@ The public verbs live here::
     pk.export_onnx(model, x, "m.onnx")         # verified with onnxruntime (needs the onnx extra)
     pk.quantize_onnx("m.onnx", "m.int8.onnx")  # INT8 (dynamic or static)
     pk.save(model, "out/", spec=..., plan=...) # safetensors + JSON plan, no pickle; pk.load("out/")
+    pk.save_pretrained(model, "hf/")           # a directory stock transformers loads (from_pretrained)
+    pk.save_sentence_transformer(emb, "st/")   # a directory SentenceTransformer(...) loads
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from prunekit.deploy import SavedCheckpoint, load, save
+from prunekit.deploy.pretrained import SavedPretrained, save_pretrained, save_sentence_transformer
 from prunekit.errors import ApplyError, ConfigError, ExportError, ModelLoadError, PlanError, PruneError
 from prunekit.measure import (
     LatencyStats,
@@ -99,6 +102,7 @@ __all__ = [
     "QuantizeResult",
     "Recipe",
     "SavedCheckpoint",
+    "SavedPretrained",
     "SensitivityResult",
     "SizeInfo",
     "SparsifyResult",
@@ -134,6 +138,8 @@ __all__ = [
     "remove_masks",
     "run_recipe",
     "save",
+    "save_pretrained",
+    "save_sentence_transformer",
     "save_sparse",
     "sensitivity",
     "snip",

@@ -214,17 +214,24 @@ def _tolerance(outputs: list[torch.Tensor]) -> float:
     return 1e-4 * max(1.0, peak)
 
 
-def _make_tmp(directory: Path) -> Path:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 directories; the result honours the umask
-    return tmp
+    return umask
+
+
+def _make_tmp(directory: Path) -> Path:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
 
 
 def _install(tmp: Path, directory: Path) -> None:
-    if directory.exists():  # empty (checked first)
+    """Rename the finished ``tmp`` to ``directory`` (new or empty), with modes that honour the umask
+    (``mkdtemp`` and the safetensors writer make owner-only files)."""
+    umask = _umask()
+    for path in [tmp, *tmp.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    if directory.exists():
         directory.rmdir()
     os.rename(tmp, directory)
 
