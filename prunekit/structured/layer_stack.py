@@ -1,13 +1,14 @@
 """Layer stacks of Hugging Face models: removed layers are deleted, the rest re-indexed, the config follows.
 
-A *layer stack* is the one ``nn.ModuleList`` of a model with a ``config`` whose length is
-``config.num_hidden_layers`` (``encoder.layer`` of BERT, ``model.layers`` of LLaMA, ``transformer.h`` of
-GPT-2). Removing some of its layers (:func:`delete_layers`) takes them out of the list, renumbers the rest
-(their state-dict names become ``model.layers.0 ...``, and every ``layer_idx`` attribute, which indexes the
-key/value cache, follows), sets ``config.num_hidden_layers`` and keeps the per-layer config lists
-(``layer_types``) of the kept layers only, so that ``save_pretrained`` output is what stock transformers
-builds. The list remembers the original index of each kept layer (:func:`removed_layers`), so a checkpoint can
-record the removal in the original numbering and replay it on a freshly built model.
+A *layer stack* is the one ``nn.ModuleList`` of a model (or of its submodule) with a ``config`` whose
+length is ``config.num_hidden_layers`` (``encoder.layer`` of BERT, ``model.layers`` of LLaMA,
+``transformer.h`` of GPT-2). Removing some of its layers (:func:`delete_layers`) takes them out of the
+list and renumbers the rest: their state-dict names become ``model.layers.0 ...`` and every ``layer_idx``
+attribute (which indexes the key/value cache) follows; ``config.num_hidden_layers`` says the new count and
+the per-layer config lists (``layer_types``) keep the kept layers' entries, so ``save_pretrained`` output is
+what stock transformers builds. The list remembers the original index of each kept layer
+(:func:`removed_layers`), so a checkpoint records the removal in the original numbering and replays it on a
+freshly built model.
 
 >>> import torch, transformers
 >>> cfg = transformers.LlamaConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
@@ -33,13 +34,29 @@ _ORIGINAL = "prunekit_original_layers"  # ModuleList attribute: original index o
 _KINDS = "prunekit_removed_kinds"  # ModuleList attribute: {original index: class name} of removed layers
 
 
+def _stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(stack name, the module whose config counts its layers) for every candidate layer stack."""
+    found: dict[str, nn.Module] = {}  # a model and its base model share one config and one stack
+    for owner_name, owner in model.named_modules():
+        count = getattr(getattr(owner, "config", None), "num_hidden_layers", None)
+        if not isinstance(count, int) or isinstance(count, bool):
+            continue
+        prefix = f"{owner_name}." if owner_name else ""
+        for name, m in owner.named_modules():
+            if isinstance(m, nn.ModuleList) and len(m) == count:
+                found.setdefault(prefix + name, owner)
+    return list(found.items())
+
+
 def layer_stack(model: nn.Module) -> str | None:
-    """The name of ``model``'s layer stack (module docstring), or None when it has none or several."""
-    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    if not isinstance(count, int) or isinstance(count, bool):
-        return None
-    found = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == count]
-    return found[0] if len(found) == 1 else None
+    """The name of ``model``'s layer stack (module docstring), or None when it has none or several. The
+    module with the config may be a submodule (the encoder of a sentence embedder)."""
+    found = _stacks(model)
+    return found[0][0] if len(found) == 1 else None
+
+
+def _config_of(model: nn.Module, stack: str) -> Any:
+    return next(owner.config for name, owner in _stacks(model) if name == stack)
 
 
 def stack_of(model: nn.Module, name: str) -> str | None:
@@ -53,12 +70,13 @@ def delete_layers(model: nn.Module, stack: str, positions: Iterable[int]) -> dic
     """Delete the layers at ``positions`` (current numbering) of ``model.<stack>``, in place; return what
     :func:`restore_layers` needs to undo it."""
     modules: nn.ModuleList = model.get_submodule(stack)
-    config = model.config
+    config = _config_of(model, stack)
     gone = sorted(set(positions))
     if not gone or gone[0] < 0 or gone[-1] >= len(modules):
         raise IndexError(f"{stack} has {len(modules)} layers; cannot delete {gone}")
     undo = {
         "stack": stack,
+        "owner": config,
         "modules": dict(modules._modules),
         "original": getattr(modules, _ORIGINAL, None),
         "kinds": dict(getattr(modules, _KINDS, {})),
@@ -104,7 +122,7 @@ def restore_layers(model: nn.Module, undo: dict[str, Any]) -> None:
             delattr(modules, attr)
     for field, value in undo["config"].items():
         if value is not None:
-            setattr(model.config, field, value)
+            setattr(undo["owner"], field, value)
     for m, idx in undo["layer_idx"]:
         m.layer_idx = idx
 
