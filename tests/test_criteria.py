@@ -91,12 +91,16 @@ def conv_bn_net() -> nn.Sequential:
     return net
 
 
-def test_bn_scale_is_abs_gamma_and_needs_a_bn():
+def test_bn_scale_is_abs_gamma_and_falls_back_to_l1_without_a_bn():
     net = conv_bn_net()
     (g,) = build_groups(net, torch.zeros(1, 2, 4, 4)).prunable_groups
     assert BNScale()(g, ScoreContext.of(net, None)).tolist() == [0.5, 2.0, 1.0]
     with pytest.raises(ConfigError, match=r"bn_scale.*cannot score group"):
-        BNScale()(hidden_group(mlp()), ScoreContext.of(mlp(), None))
+        BNScale(fallback=None)(hidden_group(mlp()), ScoreContext.of(mlp(), None))
+    ctx = ScoreContext.of(mlp(), None)
+    with pytest.warns(UserWarning, match=r"no BatchNorm weight.*scored by 'l1'"):
+        got = get_criterion("bn_scale")(hidden_group(mlp()), ctx)
+    assert got.tolist() == get_criterion("l1")(hidden_group(mlp()), ctx).tolist()
 
 
 def test_taylor_by_hand_over_all_batches():

@@ -13,6 +13,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -67,6 +68,7 @@ def export(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Export MODEL to ONNX, verified against PyTorch with onnxruntime; optionally quantize it to INT8."""
@@ -78,7 +80,9 @@ def export(
         raise ConfigError("--calib is only used with --int8 static")
     from prunekit.deploy import export_onnx, quantize_onnx
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
         loaded.model, loaded.example, onnx, verify=not no_verify, dynamic_batch=not static_batch
@@ -97,7 +101,15 @@ def export(
         int8_path = onnx.with_suffix(".int8.onnx")
         quantized = quantize_onnx(onnx, int8_path, mode=int8, calibration=batches)
         data["int8"] = quantized.to_dict()
-        console.print(f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)")
+        console.print(
+            f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)"
+            + (
+                f"; INT8 vs fp32 on the calibration data: relative error {quantized.output_rel_err:.3f}, "
+                f"cosine {quantized.output_cosine:.4f}"
+                if quantized.output_rel_err is not None
+                else ""
+            )
+        )
     write_json(json_path, data)
 
 
@@ -144,6 +156,7 @@ def save(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory (safetensors weights + spec + structural plans), or,
@@ -155,7 +168,9 @@ def save(
         raise ConfigError(f"--format is prunekit, {', '.join(FORMATS)}; got {fmt!r}")
     if sparse and fmt != "prunekit":
         raise ConfigError("--sparse is for prunekit checkpoints; stock directories store dense weights")
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     if fmt != "prunekit":
         _save_stock(loaded, out, fmt, json_path)
         return
@@ -197,13 +212,16 @@ def load(
     ],
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Rebuild a checkpoint (spec, plans, weights checked by sha256), run it once, and describe it."""
     from prunekit.deploy import read_info
     from prunekit.measure import count_params
 
     info = read_info(checkpoint)
-    loaded = load_cli_model(str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape)
+    loaded = load_cli_model(
+        str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
+    )
     import torch
 
     from prunekit._inputs import call_model
@@ -259,6 +277,7 @@ def bench(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
@@ -275,7 +294,10 @@ def bench(
     thread_counts = parse_input_shape(threads)
     specs = [model, *(vs or [])]
     models = [
-        load_cli_model(spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape) for spec in specs
+        load_cli_model(
+            spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        )
+        for spec in specs
     ]
     example = models[0].example
     if not isinstance(example, torch.Tensor):

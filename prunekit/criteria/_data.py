@@ -12,7 +12,8 @@ without ``loss_fn``, pairs use ``torch.nn.functional.cross_entropy``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit._inputs import call_model, eval_mode
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, PruneError
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -60,6 +61,69 @@ def batch_loss(
     return loss.reshape(())
 
 
+def _autograd_error(e: RuntimeError, who: str, second_order: bool) -> PruneError:
+    """One actionable line for a torch autograd failure inside criterion ``who``."""
+    msg = str(e)
+    missing = re.search(r"derivative for (\S+) is not implemented", msg)
+    if missing:
+        if second_order:
+            return PruneError(
+                f"criterion {who!r} needs second derivatives, which torch does not implement for "
+                f"{missing.group(1)} (used by the model): use criterion='hessian' (Fisher), 'taylor' or 'l1'"
+            )
+        return PruneError(
+            f"criterion {who!r} needs gradients, which torch does not implement for {missing.group(1)}: "
+            "use a weight criterion such as 'l1' or 'fpgm'"
+        )
+    if "modified by an inplace operation" in msg:
+        found = re.search(r"which is output \d+ of (\w+?)(?:Backward\d*)?,", msg)
+        op = found.group(1) if found else "an op"
+        return PruneError(
+            f"criterion {who!r} cannot backpropagate: the model modifies the output of {op} in place "
+            "(e.g. x.relu_(), nn.ReLU(inplace=True), +=) while the gradient still needs it: replace that "
+            "in-place op by its out-of-place form, or use criterion='l1'"
+        )
+    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+    return PruneError(f"criterion {who!r} failed computing gradients: {first}")
+
+
+def grad(
+    output: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    who: str,
+    *,
+    second_order: bool = False,
+    **kwargs: Any,
+) -> tuple[torch.Tensor | None, ...]:
+    """``torch.autograd.grad(output, inputs, allow_unused=True, ...)`` whose failures are one PruneError line.
+
+    ``second_order`` says the output is itself a gradient (Hessian-vector products), for the message.
+
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> grad((w * w).sum(), [w], "demo")[0].tolist()
+    [2.0, 2.0]
+    >>> grad(torch.tensor(1.0), [w], "demo")
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.PruneError: criterion 'demo': the loss reaches no trainable parameter ...
+    """
+    if not output.requires_grad:
+        raise PruneError(
+            f"criterion {who!r}: the loss reaches no trainable parameter (loss_fn returned a tensor with no "
+            "grad_fn): make loss_fn depend on the model output, or use criterion='l1'"
+        )
+    try:
+        grads = torch.autograd.grad(output, list(inputs), allow_unused=True, **kwargs)
+    except RuntimeError as e:
+        raise _autograd_error(e, who, second_order) from e
+    if not second_order and all(g is None for g in grads):
+        raise PruneError(
+            f"criterion {who!r}: the loss reaches no trainable parameter (no parameter gets a gradient): "
+            "make loss_fn depend on the model output, or use criterion='l1'"
+        )
+    return grads
+
+
 def per_batch_grads(ctx: Any, who: str, create_graph: bool = False) -> Iterator[tuple[dict, torch.Tensor]]:
     """For each batch: ``({param name: dL/dparam}, loss)``; ``.grad`` fields and BN stats are untouched.
 
@@ -75,7 +139,7 @@ def per_batch_grads(ctx: Any, who: str, create_graph: bool = False) -> Iterator[
     with eval_mode(ctx.model):
         for inputs, target in batches(ctx.data, who):
             loss = batch_loss(ctx.model, inputs, target, ctx.loss_fn, who)
-            grads = torch.autograd.grad(loss, params, allow_unused=True, create_graph=create_graph)
+            grads = grad(loss, params, who, create_graph=create_graph)
             by_id = {
                 id(p): (g if g is not None else torch.zeros_like(p))
                 for p, g in zip(params, grads, strict=True)

@@ -1,7 +1,10 @@
 """BatchNorm scale (network slimming, Liu et al. 2017): a channel's importance is ``|gamma|``.
 
-Only BatchNorm weights are judged, so a group without a BatchNorm weight cannot be scored (an error naming it:
-ignore that layer or use another criterion). Train with :mod:`prunekit.regularize` BN-L1 to sparsify gammas.
+Only BatchNorm weights are judged. A group without a BatchNorm weight (a Linear stack, a conv without BN)
+is scored by the ``fallback`` criterion, ``"l1"`` by default: its units rank by the L1 mass they remove,
+and a ``UserWarning`` says how many groups were scored that way. With ``fallback=None`` such a group is an
+error naming it (ignore that layer or use another criterion). Train with :mod:`prunekit.regularize` BN-L1
+to sparsify gammas.
 
 >>> import torch
 >>> from prunekit.criteria import ScoreContext
@@ -14,17 +17,26 @@ ignore that layer or use another criterion). Train with :mod:`prunekit.regulariz
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
-from prunekit.criteria import ScoreContext, register_criterion
+from prunekit.criteria import ScoreContext, get_criterion, register_criterion
 from prunekit.criteria.base import Criterion, owner
+from prunekit.errors import ConfigError
 
 
 class BNScale(Criterion):
-    """``|gamma|`` of BatchNorm weights; every other parameter is not judged."""
+    """``|gamma|`` of BatchNorm weights; a group without one is scored by ``fallback`` (None: an error)."""
 
     name = "bn_scale"
+
+    def __init__(self, reduction: str = "sum", fallback: str | None = "l1") -> None:
+        super().__init__(reduction)
+        if fallback is not None and not isinstance(fallback, str):
+            raise ConfigError(f"bn_scale fallback must be a criterion name or None, got {fallback!r}")
+        self.fallback = fallback
 
     def weight_scores(self, ctx: ScoreContext, names: list[str]) -> dict[str, torch.Tensor]:
         out = {}
@@ -33,6 +45,24 @@ class BNScale(Criterion):
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and attr == "weight":
                 out[n] = ctx.tensors[n].detach().abs()
         return out
+
+    def __call__(self, group, ctx: ScoreContext) -> torch.Tensor:
+        if self.fallback is None or any(self._stats(ctx, m.name, m.dim) for m in _params(group)):
+            return super().__call__(group, ctx)
+        seen = ctx.cache.setdefault(f"{self._key()}:fallback", set())
+        if not seen:
+            warnings.warn(
+                f"bn_scale: group {group.id} ({group.members[0].name}) has no BatchNorm weight; it and any "
+                f"other such group are scored by {self.fallback!r} (BNScale(fallback=None) raises instead)",
+                UserWarning,
+                stacklevel=2,
+            )
+        seen.add(group.id)
+        return get_criterion(self.fallback)(group, ctx)
+
+
+def _params(group) -> list:
+    return [m for m in group.members if m.kind == "param"]
 
 
 register_criterion("bn_scale", BNScale())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from prunekit.criteria import ScoreContext, register_criterion
-from prunekit.criteria._data import per_batch_grads
+from prunekit.criteria._data import grad, per_batch_grads
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError
 
@@ -34,7 +34,8 @@ def hessian_diagonal(ctx: ScoreContext, method: str = "fisher", samples: int = 1
     acc: dict[str, torch.Tensor] = {}
     n = 0
     gen = torch.Generator().manual_seed(seed)
-    for grads, _ in per_batch_grads(ctx, "hessian", create_graph=method == "hutchinson"):
+    who = "hessian" if method == "fisher" else "hessian_hutchinson"
+    for grads, _ in per_batch_grads(ctx, who, create_graph=method == "hutchinson"):
         n += 1
         if method == "fisher":
             diag = {name: g.detach().double().pow(2) for name, g in grads.items()}
@@ -49,7 +50,7 @@ def hessian_diagonal(ctx: ScoreContext, method: str = "fisher", samples: int = 1
             for s in range(samples):
                 zs = [torch.randint(0, 2, p.shape, generator=gen).to(p) * 2 - 1 for p in params]
                 dot = sum((grads[k] * z).sum() for k, z in zip(keys, zs, strict=True))
-                hz = torch.autograd.grad(dot, params, retain_graph=s < samples - 1, allow_unused=True)
+                hz = grad(dot, params, who, second_order=True, retain_graph=s < samples - 1)
                 for i, (z, h) in enumerate(zip(zs, hz, strict=True)):
                     if h is not None:
                         est[i] += (z * h).detach().double() / samples

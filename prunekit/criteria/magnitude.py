@@ -15,7 +15,6 @@ torch.Size([3])
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from prunekit.criteria import ScoreContext, register_criterion
@@ -70,42 +69,11 @@ def dims01_powsum(w: torch.Tensor, p: float, chunk: int = 1 << 18) -> tuple[torc
     return d0, acc.view(i, k).sum(1)
 
 
-def _magnitude(group, ctx: ScoreContext, p: int) -> torch.Tensor:
-    scores = np.zeros(group.width, dtype=np.float64)
-    for m in group.members:
-        if m.kind != "param":
-            continue
-        key = f"magnitude:{p}:{m.name}:{m.dim}"
-        per = ctx.cache.get(key)
-        if per is None:  # a dim shared by several groups (concat consumers) is reduced once
-            w = ctx.tensors[m.name].detach()
-            if m.dim == 1 and w.dim() >= 2:  # dim 0 comes for free (usually the next group's member)
-                d0, per = dims01_powsum(w, p)
-                ctx.cache.setdefault(f"magnitude:{p}:{m.name}:0", d0)
-                ctx.cache[key] = per
-            else:
-                per = ctx.cache[key] = dim_powsum(w, m.dim, p)
-        # a unit may own several positions of a dim (grouped conv, GQA): bincount sums them
-        scores += np.bincount(m.units, weights=per.cpu().numpy()[m.index], minlength=group.width)
-    return torch.from_numpy(scores)
-
-
-def l1_magnitude(group, ctx: ScoreContext) -> torch.Tensor:
-    """Sum of |w| over everything each unit removes."""
-    return _magnitude(group, ctx, 1)
-
-
-def l2_magnitude(group, ctx: ScoreContext) -> torch.Tensor:
-    """Sum of w² over everything each unit removes (the squared L2 norm; same ranking as L2)."""
-    return _magnitude(group, ctx, 2)
-
-
-register_criterion("l1", l1_magnitude)
-register_criterion("l2", l2_magnitude)
-
-
 class Magnitude(Criterion):
-    """``|w|^p`` per element; a unit's score is the ``reduction`` of them (``p=1, "sum"`` is ``l1``).
+    """``|w|^p`` per element; a unit's score is the ``reduction`` of them (``l1`` is ``p=1, "sum"``).
+
+    Sums stream over each weight once per dim (:func:`dim_powsum`; dim 1 gives dim 0 for free, usually the
+    next group's member), so scoring a large model adds no weight-sized temporaries. Buffers are not judged.
 
     >>> net = torch.nn.Linear(2, 1)
     >>> Magnitude(p=2).weight_scores(ScoreContext.of(net, None), ["weight"])["weight"].shape
@@ -114,16 +82,40 @@ class Magnitude(Criterion):
 
     name = "magnitude"
 
-    def __init__(self, p: int = 1, reduction: str = "sum") -> None:
-        super().__init__(reduction)
+    def __init__(self, p: int = 1, reduction: str = "sum", name: str | None = None) -> None:
         if p not in (1, 2):
             raise ConfigError(f"magnitude p must be 1 or 2, got {p!r}")
         self.p = p
+        if name is not None:
+            self.name = name
+        super().__init__(reduction)
 
     def weight_scores(self, ctx: ScoreContext, names: list[str]) -> dict[str, torch.Tensor]:
         return {n: ctx.tensors[n].detach().abs().pow(self.p) for n in names if n in ctx.tensors}
 
+    def _stats(self, ctx: ScoreContext, name: str, dim: int) -> tuple[torch.Tensor, ...] | None:
+        if self.reduction == "max":
+            return super()._stats(ctx, name, dim)
+        key = f"magnitude:{self.p}:{name}:{dim}"  # shared by every Magnitude with this p
+        if key not in ctx.cache:
+            w = ctx.tensors[name].detach()
+            if dim == 1 and w.dim() >= 2:
+                d0, ctx.cache[key] = dims01_powsum(w, self.p)
+                ctx.cache.setdefault(f"magnitude:{self.p}:{name}:0", d0)
+            else:
+                ctx.cache[key] = dim_powsum(w, dim, self.p)
+        per = ctx.cache[key]
+        w = ctx.tensors[name]
+        return per, torch.full_like(per, w.numel() // max(1, w.shape[dim])), per
 
-register_criterion("magnitude", Magnitude())
-register_criterion("l1_mean", Magnitude(1, "mean"))
-register_criterion("l2_mean", Magnitude(2, "mean"))
+
+l1_magnitude = Magnitude(1, name="l1")
+"""Sum of |w| over everything each unit removes (``criterion="l1"``, alias ``"magnitude"``)."""
+l2_magnitude = Magnitude(2, name="l2")
+"""Sum of w² over everything each unit removes (the squared L2 norm; same ranking as L2)."""
+
+register_criterion("l1", l1_magnitude)
+register_criterion("magnitude", l1_magnitude)
+register_criterion("l2", l2_magnitude)
+register_criterion("l1_mean", Magnitude(1, "mean", name="l1_mean"))
+register_criterion("l2_mean", Magnitude(2, "mean", name="l2_mean"))

@@ -22,7 +22,8 @@ is not changed. :func:`prunekit.save` keeps any pruned model.
 ...     num_key_value_heads=2, intermediate_size=64, vocab_size=100)
 >>> m = transformers.LlamaForCausalLM(cfg).eval()
 >>> _ = pk.prune(m, {"input_ids": torch.randint(0, 100, (1, 8))}, 0.5, measure=False)
->>> saved = save_pretrained(m, "/tmp/pk-llama-hf")
+>>> import tempfile; out = tempfile.mkdtemp() + "/hf"
+>>> saved = save_pretrained(m, out)
 >>> saved.config["num_attention_heads"], saved.config["num_key_value_heads"], saved.config["head_dim"]
 (2, 1, 8)
 >>> saved.max_abs_diff < 1e-5
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit._atomic import atomic_dir
 from prunekit._inputs import ExampleInputs
 from prunekit.errors import ConfigError, ExportError
 from prunekit.graph.heads import HEAD_DIM_ATTRS
@@ -214,26 +216,8 @@ def _tolerance(outputs: list[torch.Tensor]) -> float:
     return 1e-4 * max(1.0, peak)
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _make_tmp(directory: Path) -> Path:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-
-
-def _install(tmp: Path, directory: Path) -> None:
-    """Rename the finished ``tmp`` to ``directory`` (new or empty), with modes that honour the umask
-    (``mkdtemp`` and the safetensors writer make owner-only files)."""
-    umask = _umask()
-    for path in [tmp, *tmp.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-    if directory.exists():
-        directory.rmdir()
-    os.rename(tmp, directory)
+def _empty(directory: Path) -> bool:
+    return not any(directory.iterdir())
 
 
 def _write_hf(
@@ -276,13 +260,8 @@ def save_pretrained(
     """
     directory = Path(directory)
     _check_target(directory)
-    tmp = _make_tmp(directory)
-    try:
-        saved = _write_hf(model, tmp, example_inputs, f"cannot write {directory}")
-        _install(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    what = f"cannot write {directory}"
+    saved = atomic_dir(directory, lambda tmp: _write_hf(model, tmp, example_inputs, what), replaceable=_empty)
     saved.path = str(directory)
     return saved
 
@@ -307,33 +286,34 @@ def save_sentence_transformer(
         )
     _check_target(directory)
     sentences = sentences or ["A cat sat on the mat.", "Pruned models still have to load in stock tools."]
-    tmp = _make_tmp(directory)
-    try:
-        enc = tmp / "encoder"
-        enc.mkdir()
-        tokens = embedder.tokenize(sentences[:2])
-        inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-        saved = _write_hf(embedder.encoder, enc, inputs, what)
-        embedder.tokenizer.save_pretrained(str(enc))
-        out = tmp / "st"
-        st = _sentence_transformer(enc, embedder)
-        st.save(str(out))
-        shutil.rmtree(enc)
-        back = _load_sentence_transformer(out)
-        diff = _compare([embedder.embed(sentences)], [back.encode(sentences, convert_to_tensor=True)])
-        if not diff <= 1e-4:
-            raise ExportError(
-                f"{what}: the reloaded sentence-transformers model differs (max |diff| {diff:.3g})"
-            )
-        for child in out.iterdir():
-            child.rename(tmp / child.name)
-        out.rmdir()
-        _install(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    saved, diff = atomic_dir(
+        directory, lambda tmp: _write_sentence(embedder, tmp, sentences, what), replaceable=_empty
+    )
     saved.path, saved.format, saved.max_abs_diff = str(directory), "sentence", diff
     return saved
+
+
+def _write_sentence(
+    embedder: Any, tmp: Path, sentences: list[str], what: str
+) -> tuple[SavedPretrained, float]:
+    """Fill ``tmp`` with the sentence-transformers directory; the encoder goes through :func:`_write_hf`."""
+    enc = tmp / "encoder"
+    enc.mkdir()
+    tokens = embedder.tokenize(sentences[:2])
+    inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+    saved = _write_hf(embedder.encoder, enc, inputs, what)
+    embedder.tokenizer.save_pretrained(str(enc))
+    out = tmp / "st"
+    _sentence_transformer(enc, embedder).save(str(out))
+    shutil.rmtree(enc)
+    back = _load_sentence_transformer(out)
+    diff = _compare([embedder.embed(sentences)], [back.encode(sentences, convert_to_tensor=True)])
+    if not diff <= 1e-4:
+        raise ExportError(f"{what}: the reloaded sentence-transformers model differs (max |diff| {diff:.3g})")
+    for child in out.iterdir():
+        child.rename(tmp / child.name)
+    out.rmdir()
+    return saved, diff
 
 
 def _sentence_transformer(encoder_dir: Path, embedder: nn.Module) -> Any:

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.criteria import Criterion
 from prunekit.errors import ConfigError
 from prunekit.schedules.masking import ScoreFn, check_fraction, check_int, make_mask_set
 from prunekit.sparse.sparsify import Selector
@@ -167,7 +168,7 @@ class GradualPruner:
         initial_sparsity: float = 0.0,
         pattern: str = "unstructured",
         scope: str = "global",
-        criterion: str | ScoreFn = "magnitude",
+        criterion: str | Criterion | ScoreFn = "magnitude",
         include: Iterable[Selector] | Selector | None = None,
         exclude: Iterable[Selector] | Selector | None = None,
         seed: int = 0,

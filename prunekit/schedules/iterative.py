@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.criteria import Criterion
 from prunekit.errors import ConfigError
 from prunekit.measure import evaluate
 from prunekit.schedules.masking import ScoreFn, check_fraction, check_int, make_mask_set
@@ -101,7 +102,7 @@ def iterative_prune(
     eval_fn: EvalFn | None = None,
     pattern: str = "unstructured",
     scope: str = "global",
-    criterion: str | ScoreFn = "magnitude",
+    criterion: str | Criterion | ScoreFn = "magnitude",
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
     seed: int = 0,
@@ -145,7 +146,7 @@ def one_shot(
     eval_fn: EvalFn | None = None,
     pattern: str = "unstructured",
     scope: str = "global",
-    criterion: str | ScoreFn = "magnitude",
+    criterion: str | Criterion | ScoreFn = "magnitude",
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
     seed: int = 0,

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunekit.criteria import Criterion
 from prunekit.errors import ConfigError
 from prunekit.measure import evaluate
 from prunekit.schedules.masking import check_fraction, check_int, make_mask_set
@@ -203,6 +204,7 @@ def lottery_ticket(
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
     seed: int = 0,
+    criterion: str | Criterion = "magnitude",
 ) -> LotteryResult:
     """Find a winning ticket by iterative magnitude pruning with rewinding (module docstring); in place.
 
@@ -210,6 +212,8 @@ def lottery_ticket(
     (``scope="global"``: one ranking over all of them; ``"local"``: per layer). ``rewind`` is ``"init"`` or
     an iteration ``k`` (``train_fn`` must call ``run.step()`` at least ``k`` times in its first run). The
     model ends as the last round's trained ticket, masks on. ``eval_fn(model) -> float`` scores each round.
+    ``criterion`` ranks the trained weights (``"magnitude"``, the paper's; any element criterion of
+    :mod:`prunekit.criteria` by name or object, data-free ones only: ``train_fn`` owns the data).
 
     >>> def train_fn(model, run):
     ...     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -230,7 +234,7 @@ def lottery_ticket(
         raise ConfigError(f"train_fn must be a callable train_fn(model, run), got {type(train_fn).__name__}")
     if eval_fn is not None and not callable(eval_fn):
         raise ConfigError(f"eval_fn must be a callable eval_fn(model) -> float, got {type(eval_fn).__name__}")
-    mask_set = make_mask_set(model, scope=scope, include=include, exclude=exclude)
+    mask_set = make_mask_set(model, scope=scope, include=include, exclude=exclude, criterion=criterion)
     if random_reinit_control:
         _param_owners(model)  # raises now if a module cannot be re-initialised
 

@@ -16,12 +16,15 @@ then.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from prunekit.criteria import Criterion, ScoreContext
+from prunekit.criteria.scores import check_scores, check_unstructured, layer_scores
 from prunekit.errors import ConfigError
 from prunekit.sparse import (
     apply_masks,
@@ -31,10 +34,11 @@ from prunekit.sparse import (
     remove_masks,
     select_layers,
 )
-from prunekit.sparse.sparsify import CRITERIA, Selector, check_layers, check_scope, layer_scores
+from prunekit.sparse.sparsify import Selector, check_layers, check_scope, resolve_criterion
 
 ScoreFn = Callable[[dict[str, nn.Module]], Mapping[str, Tensor]]
-"""A custom criterion: ``{name: layer}`` of the selected layers -> ``{name: weight-shaped score}``."""
+"""Deprecated custom scores: ``{name: layer}`` -> ``{name: weight-shaped score}``; register a
+:class:`~prunekit.criteria.Criterion` with ``weight_scores`` instead (it then works in every verb)."""
 
 
 class MaskSet(Protocol):
@@ -54,8 +58,10 @@ class MaskSet(Protocol):
 class UnstructuredMasks:
     """prunekit masks on the weights of the layers ``include``/``exclude`` select (as in ``sparsify``).
 
-    ``criterion`` is ``"magnitude"`` (``|w|`` of the current weight), ``"random"`` (seeded by ``seed``) or a
-    :data:`ScoreFn`. Everything is checked here, before any layer is touched.
+    ``criterion`` is a name of :mod:`prunekit.criteria` or a :class:`~prunekit.criteria.Criterion` with
+    element scores (as in :func:`prunekit.sparsify`: ``"magnitude"``, ``"random"`` seeded by ``seed``, a
+    registered one...; data-driven ones read ``data``/``loss_fn``), or a deprecated :data:`ScoreFn`.
+    Everything is checked here, before any layer is touched.
 
     >>> model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
     >>> target = UnstructuredMasks(model, scope="global")
@@ -69,10 +75,12 @@ class UnstructuredMasks:
         *,
         pattern: str = "unstructured",
         scope: str = "global",
-        criterion: str | ScoreFn = "magnitude",
+        criterion: str | Criterion | ScoreFn = "magnitude",
         include: Iterable[Selector] | Selector | None = None,
         exclude: Iterable[Selector] | Selector | None = None,
         seed: int = 0,
+        data: Any = None,
+        loss_fn: Callable[..., Tensor] | None = None,
     ) -> None:
         pat = parse_pattern(pattern)
         if pat.kind == "n:m":
@@ -81,18 +89,28 @@ class UnstructuredMasks:
                 "use prunekit.sparsify, or 'unstructured' / 'block:RxC'"
             )
         check_scope(scope, pat)
-        if not callable(criterion) and criterion not in CRITERIA:
-            raise ConfigError(
-                f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)} or a callable "
-                "layers -> scores"
+        if isinstance(criterion, (str, Criterion)):
+            self.criterion: Criterion | ScoreFn = resolve_criterion(criterion, seed)
+            check_unstructured(self.criterion, data)
+            if self.criterion.makes_masks:
+                raise ConfigError(
+                    f"criterion {self.criterion.name!r} makes its own masks in one shot, so it has no "
+                    "schedule: use prunekit.sparsify, or a score criterion (magnitude, taylor, ...)"
+                )
+        else:
+            resolve_criterion("magnitude", seed)  # checks seed
+            warnings.warn(
+                "a function {name: layer} -> scores as criterion is deprecated: register a "
+                "prunekit.criteria.Criterion with weight_scores (it then works in every verb)",
+                DeprecationWarning,
+                stacklevel=3,
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an int, got {seed!r}")
+            self.criterion = criterion
         self.model = model
         self.pattern = pat
         self.scope = scope
-        self.criterion = criterion
         self.seed = seed
+        self.data, self.loss_fn = data, loss_fn
         self.names = select_layers(model, include, exclude)
         modules = dict(model.named_modules())
         self.layers = {name: modules[name] for name in self.names}
@@ -100,9 +118,14 @@ class UnstructuredMasks:
 
     def scores(self) -> dict[str, Tensor]:
         """One weight-shaped score tensor per selected layer (higher = keep)."""
-        if callable(self.criterion):
-            return dict(self.criterion(self.layers))
-        return layer_scores(self.layers, self.criterion, self.seed)
+        if isinstance(self.criterion, Criterion):
+            ctx = ScoreContext.of(self.model, None, data=self.data, loss_fn=self.loss_fn)
+            return layer_scores(self.model, self.names, self.criterion, ctx)
+        got = dict(self.criterion(self.layers))
+        for n, score in got.items():
+            if n in self.layers:
+                got[n] = check_scores(score, tuple(self.layers[n].weight.shape), "custom", f"layer {n!r}")
+        return got
 
     def prune_to(self, sparsity: float) -> None:
         """Grow the masks until exactly ``sparsity`` of the selection is masked (never un-prunes)."""
@@ -144,10 +167,12 @@ def make_mask_set(
     *,
     pattern: str = "unstructured",
     scope: str = "global",
-    criterion: str | ScoreFn = "magnitude",
+    criterion: str | Criterion | ScoreFn = "magnitude",
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
     seed: int = 0,
+    data: Any = None,
+    loss_fn: Callable[..., Tensor] | None = None,
 ) -> MaskSet:
     """The :class:`MaskSet` for ``pattern``: unstructured / ``block:RxC`` masks now, structured groups later.
 
@@ -160,7 +185,15 @@ def make_mask_set(
             "use pattern='unstructured' or 'block:RxC', or prunekit.prune for one-shot structured pruning"
         )
     return UnstructuredMasks(
-        model, pattern=pattern, scope=scope, criterion=criterion, include=include, exclude=exclude, seed=seed
+        model,
+        pattern=pattern,
+        scope=scope,
+        criterion=criterion,
+        include=include,
+        exclude=exclude,
+        seed=seed,
+        data=data,
+        loss_fn=loss_fn,
     )
 
 

@@ -14,6 +14,7 @@ Ties are broken by position, never by a threshold, so counts never drift.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -22,6 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._validate import eager_module, loss_batches, real
+from prunekit.criteria import Criterion, ScoreContext, criterion_label, get_criterion
+from prunekit.criteria.scores import check_unstructured
+from prunekit.criteria.scores import layer_scores as criterion_scores
 from prunekit.errors import ConfigError
 from prunekit.sparse.masks import apply_masks, check_maskable, get_mask
 from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, parse_pattern, unit_scores
@@ -29,6 +33,7 @@ from prunekit.sparse.patterns import Pattern, expand_units, lowest_k, nm_keep, p
 CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE)
 CRITERIA = ("magnitude", "random", "taylor", "hessian", "wanda", "sparsegpt")
+"""The built-in criteria for weights (any registered one with element scores works too)."""
 DATA_CRITERIA = ("taylor", "hessian", "wanda", "sparsegpt")
 SCOPES = ("local", "global")
 
@@ -92,7 +97,7 @@ def sparsify(
     sparsity: float | None = None,
     *,
     pattern: str | Pattern = "unstructured",
-    criterion: str = "magnitude",
+    criterion: str | Criterion = "magnitude",
     scope: str = "local",
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
@@ -105,8 +110,11 @@ def sparsify(
     - ``pattern``: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``: sparsity is ``1 - N/M``, pass ``None`` or
       that value; groups of M run along input channels, see :mod:`prunekit.sparse.patterns`) or
       ``"block:RxC"`` (whole tiles, ranked by the sum of their scores).
-    - ``criterion``: ``"magnitude"`` (``|w|`` of the current, masked weight), ``"random"`` (seeded by
-      ``seed``), or data-driven (``data`` = an iterable of batches, see :mod:`prunekit.criteria._data`):
+    - ``criterion``: a name of :mod:`prunekit.criteria` or a :class:`~prunekit.criteria.Criterion` with
+      element scores (``weight_scores``; index-score criteria such as fpgm raise, saying why):
+      ``"magnitude"`` (alias ``"l1"``: ``|w|``; ``"l2"``: ``w²``), ``"random"`` (seeded by ``seed`` and each
+      weight's name, as everywhere), or data-driven (``data`` = an iterable of batches, see
+      :mod:`prunekit.criteria._data`):
       ``"taylor"`` (``|w·dL/dw|``; ``loss_fn(output, target)`` or cross-entropy on ``(x, y)`` batches),
       ``"hessian"`` (OBD ``h·w²/2``, Fisher diagonal), ``"wanda"`` (``|W|·‖X‖₂``) and ``"sparsegpt"``
       (:mod:`prunekit.sparse.sparsegpt`: local scope, unstructured or N:M, Linear/Conv2d layers not yet
@@ -127,24 +135,17 @@ def sparsify(
     pat = parse_pattern(pattern)
     target = check_sparsity(sparsity, pat)
     check_scope(scope, pat)
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
-    if criterion in DATA_CRITERIA and data is None:
-        raise ConfigError(f"criterion {criterion!r} is data-driven: pass data=<iterable of batches>")
+    crit = resolve_criterion(criterion, seed)
+    check_unstructured(crit, data)
     loss_batches(model, criterion, data, loss_fn)
     names = select_layers(model, include, exclude)
     modules = dict(model.named_modules())
     check_layers(model, {name: modules[name] for name in names}, pat)
 
-    if criterion == "sparsegpt":
-        masks = _sparsegpt(model, names, modules, target, pat, scope, data)
-    else:
-        if criterion in DATA_CRITERIA:
-            scores = data_scores(model, names, criterion, data, loss_fn)
-        else:
-            scores = layer_scores({name: modules[name] for name in names}, criterion, seed)
+    masks = crit.masks(model, names, target, pat, scope, data)
+    if masks is None:
+        ctx = ScoreContext.of(model, None, data=data, loss_fn=loss_fn)
+        scores = criterion_scores(model, names, crit, ctx)
         masks = masks_from_scores(model, scores, target, pattern=pat, scope=scope)
     apply_masks(model, masks)
 
@@ -152,7 +153,21 @@ def sparsify(
     for name in names:
         mask = get_mask(modules[name])
         layers[name] = LayerSparsity(numel=mask.numel(), pruned=int((mask == 0).sum()))
-    return SparsifyResult(str(pat), scope, criterion, target, layers)
+    return SparsifyResult(str(pat), scope, criterion_label(criterion), target, layers)
+
+
+def resolve_criterion(criterion: object, seed: object) -> Criterion:
+    """The criterion ``sparsify`` and the schedules use: a name or object, its draws seeded by ``seed``.
+
+    A name is seeded with ``seed``; a Criterion object keeps its own settings.
+
+    >>> resolve_criterion("random", 3).seed
+    3
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
+    crit = get_criterion(criterion)
+    return crit.seeded(seed) if isinstance(criterion, str) else crit
 
 
 def masks_from_scores(
@@ -237,22 +252,29 @@ def _count(sparsity: float, total: int) -> int:
     return math.floor(sparsity * total + 0.5)
 
 
-def layer_scores(layers: Mapping[str, nn.Module], criterion: str, seed: int = 0) -> dict[str, Tensor]:
-    """Per-weight scores of the current (masked) weights: ``|w|`` or seeded uniform noise, in layer order.
+def layer_scores(layers: Mapping[str, nn.Module], criterion: str = "magnitude", seed: int = 0) -> dict:
+    """Per-weight scores of ``{name: layer}`` from a data-free criterion, keyed by the same names.
 
-    >>> layer_scores({"fc": nn.Linear(3, 2)}, "random", seed=1)["fc"].shape
+    Deprecated: use :func:`prunekit.criteria.scores.layer_scores` (model, names, criterion, context).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     layer_scores({"fc": nn.Linear(3, 2)}, "random", seed=1)["fc"].shape
     torch.Size([2, 3])
     """
-    generator = torch.Generator().manual_seed(seed)
-    scores = {}
-    with torch.no_grad():
-        for name, module in layers.items():
-            weight = module.weight.detach()
-            if criterion == "magnitude":
-                scores[name] = weight.abs()
-            else:
-                scores[name] = torch.rand(weight.shape, generator=generator).to(weight.device)
-    return scores
+    warnings.warn(
+        "prunekit.sparse.sparsify.layer_scores is deprecated: use prunekit.criteria.scores.layer_scores",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    holder = nn.Module()
+    keys = {f"layer{i}": name for i, name in enumerate(layers)}
+    for key, name in keys.items():
+        holder.add_module(key, layers[name])
+    crit = resolve_criterion(criterion, seed)
+    got = criterion_scores(holder, list(keys), crit, ScoreContext.of(holder, None))
+    return {keys[k]: v for k, v in got.items()}
 
 
 def data_scores(
@@ -262,50 +284,16 @@ def data_scores(
     data: Iterable,
     loss_fn: Callable[..., Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Per-weight scores of the named layers from a data-driven criterion of :mod:`prunekit.criteria`.
+    """Per-weight scores of the named layers from a criterion of :mod:`prunekit.criteria` (float32).
+
+    Deprecated: use :func:`prunekit.criteria.scores.layer_scores`.
 
     >>> model = nn.Sequential(nn.Linear(2, 2))
     >>> data_scores(model, ["0"], "wanda", [torch.ones(3, 2)])["0"].shape
     torch.Size([2, 2])
     """
-    from prunekit.criteria import ScoreContext, get_criterion
-
-    modules = dict(model.named_modules())
-    crit = get_criterion(criterion)
     ctx = ScoreContext.of(model, None, data=data, loss_fn=loss_fn)
-    params = {
-        name: f"{name}.parametrizations.weight.original"
-        if get_mask(modules[name]) is not None
-        else f"{name}.weight"
-        for name in names
-    }
-    got = crit.weight_scores(ctx, list(params.values()))
-    scores = {}
-    for name, pname in params.items():
-        if pname not in got:
-            raise ConfigError(f"criterion {criterion!r} cannot score layer {name!r}; exclude it")
-        scores[name] = got[pname].float()
-    return scores
-
-
-def _sparsegpt(
-    model: nn.Module,
-    names: list[str],
-    modules: dict[str, nn.Module],
-    sparsity: float,
-    pat: Pattern,
-    scope: str,
-    data: Iterable,
-) -> dict[str, Tensor]:
-    from prunekit.sparse.sparsegpt import check_sparsegpt_layer, sparsegpt_masks
-
-    if scope != "local":
-        raise ConfigError("sparsegpt prunes layer by layer: use scope='local'")
-    for name in names:
-        check_sparsegpt_layer(modules[name], name)
-        if get_mask(modules[name]) is not None:
-            raise ConfigError(f"sparsegpt needs unmasked layers; {name!r} is masked: remove_masks first")
-    return sparsegpt_masks(model, names, data, sparsity, pat)
+    return {k: v.float() for k, v in criterion_scores(model, names, get_criterion(criterion), ctx).items()}
 
 
 def layout(module: nn.Module) -> tuple[int, ...]:

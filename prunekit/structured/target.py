@@ -34,6 +34,7 @@ from torch import nn
 from prunekit._inputs import ExampleInputs
 from prunekit._validate import real
 from prunekit.criteria import GroupCriterion, ScoreContext, get_criterion
+from prunekit.criteria.scores import group_scores
 from prunekit.errors import ConfigError
 from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.latency import measure_latency
@@ -41,6 +42,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
+from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
 
 
@@ -101,15 +103,8 @@ def score_groups(
     >>> [s.shape[0] for s in score_groups(net, torch.zeros(1, 3), rep).values()]
     [4]
     """
-    score_fn = get_criterion(criterion)
     ctx = ctx if ctx is not None else ScoreContext.of(model, example_inputs, data=data, loss_fn=loss_fn)
-    scores = {}
-    for g in report.prunable_groups:
-        s = torch.as_tensor(score_fn(g, ctx), dtype=torch.float64).reshape(-1)
-        if s.numel() != g.width:
-            raise ConfigError(f"criterion returned {s.numel()} scores for a group of width {g.width}")
-        scores[g.id] = s
-    return scores
+    return group_scores(report.prunable_groups, get_criterion(criterion), ctx)
 
 
 def _measure(metric: str, model: nn.Module, x: ExampleInputs, runs: int) -> float:
@@ -157,6 +152,7 @@ def prune_to_target(
     data: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     measure: bool = True,
+    verify: str = "exact",
 ) -> Any:
     """Prune ``model`` in place to ``target``; returns a :class:`prunekit.structured.PruneResult` whose
     ``target`` dict has ``requested``, ``achieved``, ``before``, ``after``, ``ratio`` and ``evaluations``.
@@ -228,7 +224,8 @@ def prune_to_target(
     plan = cache[point][1]
     t1 = time.perf_counter()
     params_before, macs_before = _counts(model, example_inputs, measure)
-    apply(model, plan, example_inputs)
+    reference = reference_outputs(model, plan, example_inputs) if verify == "exact" else None
+    apply(model, plan, example_inputs, reference)
     params_after, macs_after = _counts(model, example_inputs, measure)
     after = (
         _measure(metric, model, example_inputs, latency_runs) if metric == "latency_ms" else cache[point][0]
