@@ -93,7 +93,8 @@ ModelArg = Annotated[
     typer.Argument(
         metavar="MODEL",
         help="A family spec (torchvision:NAME, timm:NAME, hf:CONFIG, ultralytics:NAME.yaml, ...), "
-        "module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint directory.",
+        "module.path:factory, a .pt/.pth/.bin/.safetensors/.pksparse file or a prunekit checkpoint "
+        "directory.",
         show_default=False,
     ),
 ]
