@@ -290,8 +290,9 @@ def prune_yolo(
     stated in ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved modules are
     ultralytics' own, but a process that trains from that yaml must register the names first
     (``load_yolo`` and ``prune_yolo`` do; else :func:`prunekit.models.yolo_modules.register`), and without
-    them its ``train()`` fails on the unknown name (never silently dense). ``trainable=False`` prunes freely; a stock
-    ``train()`` then fails loudly and :func:`prunekit.models.yolo_train.finetune_yolo` fine-tunes it.
+    them its ``train()`` fails on the unknown name (never silently dense). ``trainable=False`` prunes
+    freely; a stock ``train()`` then fails loudly and :func:`prunekit.models.yolo_train.finetune_yolo`
+    fine-tunes it.
 
     >>> m = load_yolo("yolov8n.yaml")
     >>> round(prune_yolo(m, ratio=0.5, imgsz=64).params_ratio, 2), m.yaml["width_multiple"]
