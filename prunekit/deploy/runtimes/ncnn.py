@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,42 @@ class NCNNSession:
         return [np.stack(outs) for outs in zip(*per_sample, strict=True)]
 
 
+def _run_pnnx(traced: Path, tensors: tuple[torch.Tensor, ...], param: Path, weights: Path) -> None:
+    """Run the pnnx converter on a TorchScript file, fp32 weights; its first error line if it fails.
+
+    The pnnx binary is called directly: its Python wrapper ignores the exit status and then imports the
+    Python file pnnx generates, which is not valid Python for ``nn.Sequential`` children named ``0, 1, ...``.
+    """
+    import pnnx
+
+    shapes = ",".join("[" + ",".join(str(d) for d in t.shape) + "]f32" for t in tensors)
+    work = traced.parent
+    command = [
+        pnnx.EXEC_PATH,
+        str(traced),
+        f"inputshape={shapes}",
+        "fp16=0",
+        f"ncnnparam={param}",
+        f"ncnnbin={weights}",
+        *(f"{key}={work / name}" for key, name in _PNNX_SCRATCH.items()),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=work, check=False)
+    if done.returncode != 0 or not param.is_file() or not weights.is_file():
+        text = (done.stderr + "\n" + done.stdout).splitlines()
+        errors = [line.strip() for line in text if "error" in line.lower() or "fail" in line.lower()]
+        reason = (errors or [line.strip() for line in text if line.strip()] or ["no output"])[0]
+        raise ExportError(f"pnnx cannot convert the model (exit {done.returncode}): {reason}")
+
+
+_PNNX_SCRATCH = {
+    "pnnxparam": "model.pnnx.param",
+    "pnnxbin": "model.pnnx.bin",
+    "pnnxpy": "model_pnnx.py",
+    "pnnxonnx": "model.pnnx.onnx",
+    "ncnnpy": "model_ncnn.py",
+}
+
+
 class NCNN(Runtime):
     name = "ncnn"
     extra = "ncnn"
@@ -86,8 +123,6 @@ class NCNN(Runtime):
     ) -> Artifact:
         self.check_export_args(int8, calibration)
         self.require()
-        import pnnx
-
         path = check_out_path(out_path, self.suffix)
         tensors = tuple(torch.from_numpy(a) for a in arrays(example_inputs))
         module = deployable(model)
@@ -96,14 +131,10 @@ class NCNN(Runtime):
             work.mkdir()
             try:
                 with eval_mode(module), torch.no_grad():
-                    pnnx.export(module, str(work / "model.pt"), tensors)
+                    torch.jit.trace(module, tensors).save(str(work / "model.pt"))
             except Exception as err:
-                raise ExportError(f"pnnx cannot convert the model: {first_line(err)}") from err
-            produced = work / "model.ncnn.param"
-            if not produced.is_file():
-                raise ExportError("pnnx wrote no ncnn param file (see its output above)")
-            produced.rename(tmp / path.name)
-            (work / "model.ncnn.bin").rename(tmp / path.with_suffix(".bin").name)
+                raise ExportError(f"cannot trace the model for pnnx: {first_line(err)}") from err
+            _run_pnnx(work / "model.pt", tensors, tmp / path.name, tmp / path.with_suffix(".bin").name)
         files = [str(path), str(path.with_suffix(".bin"))]
         return Artifact(self.name, str(path), files, None, {"converter": "pnnx"})
 

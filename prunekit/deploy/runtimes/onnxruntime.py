@@ -72,10 +72,11 @@ class OnnxRuntime(Runtime):
 def write_onnx(
     model: nn.Module, example_inputs: ExampleInputs, directory: Path, name: str, opset: int | None
 ) -> tuple[Path, dict]:
-    """Export a verified ONNX file ``directory/name`` (``directory/work`` is made for scratch files);
-    return its path and the export's record. Shared by the runtimes that convert from ONNX."""
+    """Export a verified ONNX file ``directory/name`` (``directory`` and ``directory/work``, for scratch
+    files, are made); return its path and the export's record. Shared by the runtimes that convert from ONNX.
+    """
     from prunekit.deploy.onnx_export import export_onnx
 
-    (directory / "work").mkdir(exist_ok=True)
+    (directory / "work").mkdir(parents=True, exist_ok=True)
     result = export_onnx(model, example_inputs, directory / name, opset=opset)
     return directory / name, result.to_dict()
