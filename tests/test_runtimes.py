@@ -165,3 +165,14 @@ def test_cli_bench_runtime_table_and_json(tmp_path):
     assert all(r["agree"] for r in rows) and "onnxruntime" in result.output
     dense = [r for r in rows if r is rows[2] or r is rows[3]]
     assert all(r["speedup"] == 1.0 for r in dense)
+
+
+def test_runtime_latency_times_each_candidate_on_the_runtime(monkeypatch):
+    from prunekit.deploy.runtimes.measure import runtime_latency
+
+    measure = runtime_latency("onnxruntime", threads=1)
+    small, large = nn.Linear(64, 8), nn.Sequential(*[nn.Linear(512, 512) for _ in range(8)])
+    assert measure(small, torch.randn(1, 64), 20) < measure(large, torch.randn(1, 512), 20)
+    monkeypatch.setattr(type(get_runtime("openvino")), "modules", ("prunekit_no_such_module",))
+    with pytest.raises(ExportError, match=r"prunekit\[openvino\]"):
+        runtime_latency("openvino")
