@@ -42,9 +42,27 @@ class LiteRTSession:
                 interp.resize_tensor_input(detail["index"], list(array.shape))
             interp.allocate_tensors()
         for detail, array in zip(self._in, inputs, strict=True):
-            interp.set_tensor(detail["index"], np.ascontiguousarray(array, dtype=detail["dtype"]))
+            interp.set_tensor(detail["index"], _quantize_input(array, detail))
         interp.invoke()
-        return [np.array(interp.get_tensor(d["index"])) for d in self._out]
+        return [_dequantize_output(np.array(interp.get_tensor(d["index"])), d) for d in self._out]
+
+
+def _quantize_input(array: np.ndarray, detail: dict) -> np.ndarray:
+    """``array`` in the input's dtype; a quantized (integer) input gets ``round(x / scale) + zero_point``."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail["quantization"]
+    if dtype.kind in "iu" and scale:
+        info = np.iinfo(dtype)
+        array = np.clip(np.round(array / scale) + zero, info.min, info.max)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _dequantize_output(array: np.ndarray, detail: dict) -> np.ndarray:
+    """A quantized (integer) output as float32, ``(q - zero_point) * scale``; others as they are."""
+    scale, zero = detail["quantization"]
+    if array.dtype.kind in "iu" and scale:
+        return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+    return array
 
 
 class LiteRT(Runtime):
@@ -103,9 +121,11 @@ def _quantize(source: Path, target: Path, mode: str, calibration: Sequence[Examp
             result = qt.quantize()
         else:
             qt.load_quantization_recipe(recipe.static_wi8_ai8())
-            names = [d["name"] for d in LiteRTSession(str(source), 1)._in]
-            samples = [dict(zip(names, arrays(b), strict=True)) for b in calibration]
-            result = qt.quantize(qt.calibrate({"serving_default": samples}))
+            from ai_edge_litert.interpreter import Interpreter
+
+            ((key, signature),) = Interpreter(model_path=str(source)).get_signature_list().items()
+            samples = [dict(zip(signature["inputs"], arrays(b), strict=True)) for b in calibration]
+            result = qt.quantize(qt.calibrate({key: samples}, num_threads=1))
         result.export_model(str(target))
     except Exception as err:
         raise ExportError(f"ai-edge-quantizer cannot quantize the model: {first_line(err)}") from err
