@@ -145,12 +145,14 @@ def main() -> None:
     parser.add_argument("--models", default=None, help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated runtimes")
     parser.add_argument("--fresh", action="store_true", help="ignore the cached records")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per setting (quick: 10, else 30)")
+    parser.add_argument("--report", action="store_true", help="only write the section from the cache")
     args = parser.parse_args()
     models = args.models.split(",") if args.models else (["mobilenet_v2"] if args.quick else list(MODELS))
     ratios = (0.5,) if args.quick else (0.3, 0.5)
-    runs = 10 if args.quick else 30
+    runs = args.runs or (10 if args.quick else 30)
     records = [] if args.fresh else load_cache()
-    for name in models:
+    for name in models if not args.report else []:
         for ratio in ratios:
             for runtime in args.runtimes.split(","):
                 key = (name, ratio, runtime, runs)

@@ -178,9 +178,13 @@ def test_runtime_latency_times_each_candidate_on_the_runtime(monkeypatch):
         runtime_latency("openvino")
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
-def test_litert_int8_follows_pytorch_by_cosine_and_top1(tmp_path, mode):
-    pytest.importorskip("ai_edge_quantizer", reason='pip install "prunekit[litert]"')
+@pytest.mark.parametrize(
+    ("name", "mode", "module"),
+    [("litert", "dynamic", "ai_edge_quantizer"), ("litert", "static", "ai_edge_quantizer"),
+     ("openvino", "static", "nncf")],
+)  # fmt: skip
+def test_edge_int8_follows_pytorch_by_cosine_and_top1(tmp_path, name, mode, module):
+    pytest.importorskip(module, reason=f"INT8 on {name} needs {module}")
     calib = [torch.randn(1, 3, 16, 16) for _ in range(8)]
-    agreements = list(_roundtrip("litert", tmp_path, int8=mode, calibration=calib))
+    agreements = list(_roundtrip(name, tmp_path, int8=mode, calibration=calib))
     assert all(a.ok and a.criterion == "int8" for a in agreements), [a.to_dict() for a in agreements]
