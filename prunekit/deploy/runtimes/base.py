@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._atomic import umask
 from prunekit._inputs import ExampleInputs
 from prunekit.errors import ConfigError, ExportError
 
@@ -183,15 +184,10 @@ def staged(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         yield tmp
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~umask()
         for item in sorted(p for p in tmp.iterdir() if p.is_file()):
             os.chmod(item, mode)
             os.replace(item, target.parent / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
