@@ -47,7 +47,7 @@ from prunekit.measure import (
 )
 from prunekit.plan import Plan
 from prunekit.recipe import Recipe, load_recipe, run_recipe
-from prunekit.recover import FinetuneResult, PruneCallbacks, finetune
+from prunekit.recover import DistillConfig, FinetuneResult, PruneCallbacks, TrainConfig, finetune
 from prunekit.schedules import GradualPruner, cubic_sparsity, iterative_prune, lottery_ticket, one_shot, snip
 from prunekit.schedules.structured_gradual import StructuredGradualPruner
 from prunekit.sparse import (
@@ -88,6 +88,7 @@ __all__ = [
     "ApplyError",
     "CheckReport",
     "ConfigError",
+    "DistillConfig",
     "ExportError",
     "ExportResult",
     "FinetuneResult",
@@ -114,6 +115,7 @@ __all__ = [
     "SparsityReport",
     "StructuredGradualPruner",
     "Target",
+    "TrainConfig",
     "__version__",
     "accelerate",
     "accelerated",

@@ -42,6 +42,7 @@ from torch import nn
 from prunekit._inputs import ExampleInputs
 from prunekit.config import PruneConfig, SparsifyConfig
 from prunekit.errors import ConfigError
+from prunekit.recover.config import TrainConfig
 
 METHODS = ("structured", "unstructured", "layers")
 SCHEDULES = ("one-shot", "iterative", "gradual")
@@ -204,6 +205,10 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
                 raise ConfigError(f"{w}finetune.{k}: unknown key; known keys: {', '.join(sorted(_FINETUNE))}")
         if ("steps" in ft) == ("epochs" in ft):
             raise ConfigError(f"{w}finetune: give exactly one of steps or epochs")
+        try:
+            TrainConfig(**ft)  # a bad value fails when the recipe is read, not after pruning
+        except ConfigError as exc:
+            raise ConfigError(f"{w}finetune: {exc}") from None
         r.finetune = dict(ft)
     return r
 
@@ -272,16 +277,15 @@ class RecipeResult:
 
 
 def _train_loop(
-    model: nn.Module, train_data: Iterable, ft: dict, on_step: Callable[[], Any], steps: int
+    model: nn.Module, train_data: Iterable, ft: TrainConfig, on_step: Callable[[], Any], steps: int
 ) -> None:
     """Plain cross-entropy loop over ``train_data`` (cycled) for ``steps`` optimizer steps (gradual)."""
     from prunekit.recover.callbacks import cross_entropy
 
-    lr = float(ft.get("lr", 1e-3))
     opt = (
-        torch.optim.SGD(model.parameters(), lr=lr, momentum=float(ft.get("momentum", 0.9)))
-        if ft.get("optimizer", "adam") == "sgd"
-        else torch.optim.Adam(model.parameters(), lr=lr)
+        torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum)
+        if ft.optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=ft.lr)
     )
     done = 0
     model.train()
@@ -321,12 +325,12 @@ def run_recipe(
         raise ConfigError(
             f"this recipe trains (schedule {kind}, finetune {recipe.finetune}): pass train_data"
         )
-    ft = dict(recipe.finetune or {"epochs": 1})
+    ft = TrainConfig(seed=recipe.seed, **(recipe.finetune or {"epochs": 1}))
     ft_runs: list[dict[str, Any]] = []
 
     def tune(m: nn.Module) -> None:
         if recipe.finetune is not None:
-            ft_runs.append(run_finetune(m, train_data, progress=False, seed=recipe.seed, **ft).to_dict())
+            ft_runs.append(run_finetune(m, train_data, ft, progress=False).to_dict())
 
     torch.manual_seed(recipe.seed)
     plans: list[Any] = []
@@ -345,7 +349,7 @@ def run_recipe(
     return RecipeResult(recipe, result, ft_runs, plans)
 
 
-def _unstructured(recipe: Recipe, model: nn.Module, train_data: Any, ft: dict, tune: Callable) -> dict:
+def _unstructured(recipe: Recipe, model: nn.Module, train_data: Any, ft: TrainConfig, tune: Callable) -> dict:
     from prunekit.schedules import GradualPruner, iterative_prune
     from prunekit.sparse import sparsify
 
@@ -368,7 +372,7 @@ def _structured(
     x: ExampleInputs,
     train_data: Any,
     calib_data: Any,
-    ft: dict,
+    ft: TrainConfig,
     tune: Callable,
     plans: list[Any],
 ) -> dict:

@@ -128,6 +128,9 @@ def test_finetune_trains_on_file_data_and_saves_a_checkpoint(tmp_path, digits):
         ((), "exactly one of --epochs and --steps"),
         (("--epochs", "1", "--steps", "3"), "exactly one of --epochs and --steps"),
         (("--epochs", "1", "--data", "nothing.npz"), "no such file"),
+        (("--epochs", "1", "--lr", "-1"), "lr must be a finite number > 0"),
+        (("--epochs", "1", "--kd-alpha", "0.5"), "--kd-alpha and --kd-temperature need --teacher"),
+        (("--epochs", "1", "--teacher", CNN, "--kd-alpha", "2"), "kd_alpha must be a number in [0, 1]"),
     ],
 )
 def test_finetune_bad_input_is_one_line_and_writes_nothing(tmp_path, digits, extra, message):

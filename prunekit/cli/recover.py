@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from torch import nn
 
 from prunekit.cli._common import (
     ArchOpt,
@@ -23,6 +24,7 @@ from prunekit.cli._common import (
 )
 from prunekit.errors import ConfigError
 from prunekit.models.data import DATA_HELP, load_batches
+from prunekit.recover.config import DistillConfig, TrainConfig
 
 
 @app.command()
@@ -64,11 +66,11 @@ def finetune(
 ) -> None:
     """Fine-tune MODEL on --data and save it to --out; under torchrun every rank trains, rank 0 writes."""
     from prunekit.deploy import save
-    from prunekit.recover import accuracy
     from prunekit.recover import finetune as finetune_model
 
     if (epochs is None) == (steps is None):
         raise ConfigError("give exactly one of --epochs and --steps")
+    train_config(epochs, steps, lr, keep_zeros, seed, val=None)  # bad options fail before any loading
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     train = load_batches(data, batch_size, shuffle=True, seed=seed)
@@ -85,20 +87,9 @@ def finetune(
         dense = load_cli_model(
             teacher, arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
         ).model
-    result = finetune_model(
-        loaded.model,
-        train,
-        epochs=epochs,
-        steps=steps,
-        lr=lr,
-        eval_fn=(lambda m: accuracy(m, val)) if val is not None else None,
-        teacher=dense,
-        kd_alpha=kd_alpha,
-        kd_temperature=kd_temperature,
-        keep_zeros=keep_zeros,
-        seed=seed,
-        console=console,
-    )
+    config = train_config(epochs, steps, lr, keep_zeros, seed, val=val)
+    distill = distill_config(dense, kd_alpha, kd_temperature)
+    result = finetune_model(loaded.model, train, config, distill=distill, console=console)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     saved = save(
@@ -111,3 +102,25 @@ def finetune(
     write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict()})
     metric = "" if result.final_metric is None else f", accuracy {100 * result.final_metric:.2f}%"
     console.print(f"fine-tuned {result.steps} steps{metric}; wrote {out}")
+
+
+def train_config(
+    epochs: int | None, steps: int | None, lr: float, keep_zeros: bool, seed: int, *, val: Any
+) -> TrainConfig:
+    """The :class:`TrainConfig` of ``prunekit finetune``'s options (accuracy on ``val`` as the metric)."""
+    from prunekit.recover import accuracy
+
+    eval_fn = (lambda m: accuracy(m, val)) if val is not None else None
+    return TrainConfig(epochs=epochs, steps=steps, lr=lr, eval_fn=eval_fn, keep_zeros=keep_zeros, seed=seed)
+
+
+def distill_config(
+    teacher: nn.Module | None, kd_alpha: float | None, kd_temperature: float | None
+) -> DistillConfig | None:
+    """The :class:`DistillConfig` of ``--teacher``/``--kd-alpha``/``--kd-temperature`` (none: no teacher)."""
+    if teacher is None:
+        if kd_alpha is not None or kd_temperature is not None:
+            raise ConfigError("--kd-alpha and --kd-temperature need --teacher")
+        return None
+    given = {"alpha": kd_alpha, "temperature": kd_temperature}
+    return DistillConfig(teacher=teacher, **{k: v for k, v in given.items() if v is not None})

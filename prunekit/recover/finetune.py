@@ -26,10 +26,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from prunekit._inputs import call_model
+from prunekit.config import resolve
 from prunekit.errors import ConfigError
 from prunekit.recover import distributed as dist_utils
 from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
-from prunekit.recover.callbacks import check_positive_int as _check_int
+from prunekit.recover.config import DistillConfig, TrainConfig
 from prunekit.recover.train import _check_args, _device_of, _make_optimizer, _num_batches
 
 
@@ -86,27 +87,29 @@ def _json_float(value: Any) -> Any:
 def finetune(
     model: nn.Module,
     train_data: Iterable,
+    config: TrainConfig | None = None,
     *,
+    distill: DistillConfig | None = None,
     steps: int | None = None,
     epochs: int | None = None,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    momentum: float = 0.9,
-    schedule: str = "constant",
+    lr: float | None = None,
+    optimizer: str | None = None,
+    weight_decay: float | None = None,
+    momentum: float | None = None,
+    schedule: str | None = None,
     max_grad_norm: float | None = None,
     loss_fn: LossFn | None = None,
     eval_fn: EvalFn | None = None,
     eval_every: int | None = None,
     patience: int | None = None,
-    min_delta: float = 0.0,
-    restore_best: bool = True,
+    min_delta: float | None = None,
+    restore_best: bool | None = None,
     teacher: nn.Module | None = None,
     kd_alpha: float | None = None,
     kd_temperature: float | None = None,
     feature_kd: Sequence[str] | Mapping[str, str] | None = None,
-    feature_kd_weight: float = 1.0,
-    keep_zeros: bool = False,
+    feature_kd_weight: float | None = None,
+    keep_zeros: bool | None = None,
     distributed: bool | None = None,
     seed: int | None = None,
     progress: bool = True,
@@ -134,6 +137,12 @@ def finetune(
       all ranks end with rank 0's weights.
     - ``seed`` seeds dropout and a loader without its own generator (``seed + rank``), the caller's RNG kept.
 
+    The training options come as a :class:`~prunekit.recover.config.TrainConfig` (``config``) or as the
+    keywords above (defaults: ``lr=1e-3``, ``optimizer="adam"``, ``schedule="constant"``, ...), the
+    distillation options as a :class:`~prunekit.recover.config.DistillConfig` (``distill``) or as
+    ``teacher``/``kd_*``/``feature_kd*``; a keyword that disagrees with a given config is a
+    :class:`ConfigError`.
+
     Every argument is checked, and the first batch is run once in eval mode to check the loss (and the
     feature shapes), before the model changes. The model's train/eval flags are restored at the end.
 
@@ -145,24 +154,60 @@ def finetune(
     >>> res = finetune(model, [(x, y)], steps=30, lr=0.05, eval_fn=acc, eval_every=10, progress=False)
     >>> res.steps, [p.step for p in res.history], res.final_metric == res.best_metric
     (30, [0, 10, 20, 30], True)
+    >>> finetune(model, [(x, y)], TrainConfig(steps=5), steps=6)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    prunekit.errors.ConfigError: finetune: steps=6 conflicts with config.steps=5; ...
     """
-    check_callback_args(
-        model,
-        teacher=teacher,
-        kd_alpha=kd_alpha,
-        kd_temperature=kd_temperature,
-        feature_kd=feature_kd,
-        feature_kd_weight=feature_kd_weight,
-        loss_fn=loss_fn,
-        eval_fn=eval_fn,
-        eval_every=eval_every,
-        patience=patience,
-        min_delta=min_delta,
-    )
-    use_ddp = _check_finetune_args(
-        model, train_data, steps, epochs, lr, weight_decay, optimizer, schedule, max_grad_norm, eval_fn,
-        eval_every, restore_best, teacher, distributed, seed,
+    cfg = _train_config(
+        config, steps=steps, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+        momentum=momentum, schedule=schedule, max_grad_norm=max_grad_norm, loss_fn=loss_fn, eval_fn=eval_fn,
+        eval_every=eval_every, patience=patience, min_delta=min_delta, restore_best=restore_best,
+        keep_zeros=keep_zeros, seed=seed,
     )  # fmt: skip
+    kd = _distill_config(
+        distill, teacher=teacher, alpha=kd_alpha, temperature=kd_temperature, feature_kd=feature_kd,
+        feature_kd_weight=feature_kd_weight,
+    )  # fmt: skip
+    return _run(model, train_data, cfg, kd, distributed, progress, console)
+
+
+def _train_config(config: Any, **given: Any) -> TrainConfig:
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"finetune: config must be a TrainConfig, got {type(config).__name__}")
+    return resolve(TrainConfig, config, "finetune", (), **given)
+
+
+def _distill_config(distill: Any, **given: Any) -> DistillConfig | None:
+    """``distill`` or the distillation keywords (``None``: no teacher, no distillation)."""
+    if distill is not None and not isinstance(distill, DistillConfig):
+        raise ConfigError(f"finetune: distill must be a DistillConfig, got {type(distill).__name__}")
+    if distill is None and given["teacher"] is None:
+        keywords = {"kd_alpha": "alpha", "kd_temperature": "temperature", "feature_kd": "feature_kd"}
+        for name, key in (keywords | {"feature_kd_weight": "feature_kd_weight"}).items():
+            if given[key] is not None:
+                raise ConfigError(f"{name} is set but there is no teacher: pass teacher=<dense model>")
+        return None
+    return resolve(DistillConfig, distill, "finetune", (), **given)
+
+
+def _run(
+    model: nn.Module,
+    train_data: Iterable,
+    cfg: TrainConfig,
+    kd: DistillConfig | None,
+    distributed: bool | None,
+    progress: bool,
+    console: Console | None,
+) -> FinetuneResult:
+    """The fine-tuning :func:`finetune` describes, with its options resolved."""
+    kd_args = _kd_args(kd)
+    teacher = kd_args["teacher"]
+    check_callback_args(
+        model, **kd_args, loss_fn=cfg.loss_fn, eval_fn=cfg.eval_fn, eval_every=cfg.eval_every,
+        patience=cfg.patience, min_delta=cfg.min_delta,
+    )  # fmt: skip
+    use_ddp = _check_finetune_args(model, train_data, cfg, teacher, distributed)
+    steps, epochs, seed, eval_fn = cfg.steps, cfg.epochs, cfg.seed, cfg.eval_fn
     start = time.perf_counter()
     info = dist_utils.init_distributed() if use_ddp else None
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
@@ -180,10 +225,9 @@ def finetune(
         raise ConfigError("train_data gave no batch: give it at least one (inputs, targets) batch")
 
     cb = PruneCallbacks(
-        model, teacher=teacher, kd_alpha=kd_alpha, kd_temperature=kd_temperature, feature_kd=feature_kd,
-        feature_kd_weight=feature_kd_weight, loss_fn=loss_fn, keep_zeros=keep_zeros, eval_fn=eval_fn,
-        eval_every=eval_every or per_epoch or total, patience=patience, min_delta=min_delta,
-        keep_best=restore_best,
+        model, **kd_args, loss_fn=cfg.loss_fn, keep_zeros=cfg.keep_zeros, eval_fn=eval_fn,
+        eval_every=cfg.eval_every or per_epoch or total, patience=cfg.patience, min_delta=cfg.min_delta,
+        keep_best=cfg.restore_best,
     )  # fmt: skip
     flags = [(module, module.training) for module in model.modules()]
     try:
@@ -192,14 +236,14 @@ def finetune(
             if seed is not None:
                 torch.manual_seed(seed + rank)
             net = dist_utils.wrap(model, info) if info is not None else model
-            opt = _make_optimizer(model, optimizer, float(lr), float(weight_decay), momentum)
-            sched = _cosine(opt, total) if schedule == "cosine" else None
+            opt = _make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+            sched = _cosine(opt, total) if cfg.schedule == "cosine" else None
             bar = _progress_bar(total, console) if progress and rank == 0 else None
             every = itertools.chain([first], batches)
-            losses = _loop(net, model, cb, opt, sched, every, steps, max_grad_norm, device, bar)
+            losses = _loop(net, model, cb, opt, sched, every, steps, cfg.max_grad_norm, device, bar)
         if eval_fn is not None and cb.history[-1].step != cb.step:
             cb.evaluate()
-        restored = restore_best and cb.restore_best()
+        restored = cfg.restore_best and cb.restore_best()
         if info is not None:
             dist_utils.broadcast_state(model)  # buffers (BatchNorm statistics) are per rank until here
             dist_utils.barrier()  # the group stays up: a new group later under torchrun could hang
@@ -222,6 +266,20 @@ def finetune(
         world_size=world,
         distilled=teacher is not None,
     )
+
+
+def _kd_args(kd: DistillConfig | None) -> dict[str, Any]:
+    """``kd`` as the distillation keywords of :class:`PruneCallbacks` (none: no teacher)."""
+    if kd is None:
+        return {"teacher": None, "kd_alpha": None, "kd_temperature": None, "feature_kd": None,
+                "feature_kd_weight": 1.0}  # fmt: skip
+    return {
+        "teacher": kd.teacher,
+        "kd_alpha": kd.alpha,
+        "kd_temperature": kd.temperature,
+        "feature_kd": None if kd.feature_kd is None else dict(kd.feature_kd),
+        "feature_kd_weight": kd.feature_kd_weight,
+    }
 
 
 def _cosine(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -322,42 +380,16 @@ def _to(value: Any, device: torch.device) -> Any:
 def _check_finetune_args(
     model: nn.Module,
     train_data: Iterable,
-    steps: object,
-    epochs: object,
-    lr: object,
-    weight_decay: object,
-    optimizer: str,
-    schedule: str,
-    max_grad_norm: object,
-    eval_fn: object,
-    eval_every: object,
-    restore_best: object,
+    cfg: TrainConfig,
     teacher: nn.Module | None,
     distributed: object,
-    seed: object,
 ) -> bool:
-    """Every check of :func:`finetune` that needs no forward pass; returns whether to use DDP."""
-    if (steps is None) == (epochs is None):
-        raise ConfigError("give exactly one of steps or epochs, e.g. finetune(model, data, epochs=3)")
-    _check_int("steps", steps)
-    _check_int("epochs", epochs)
+    """The checks of :func:`finetune` needing the model or data but no forward; returns whether to use DDP."""
     if isinstance(train_data, Iterator):
         raise ConfigError("train_data is a one-shot iterator: pass a DataLoader or a list of batches")
-    _check_args(model, train_data, 1, lr, weight_decay, optimizer, schedule)
-    if schedule == "cosine" and steps is None and _num_batches(train_data) is None:
+    _check_args(model, train_data, 1, cfg.lr, cfg.weight_decay, cfg.optimizer, cfg.schedule)
+    if cfg.schedule == "cosine" and cfg.steps is None and _num_batches(train_data) is None:
         raise ConfigError('schedule="cosine" with epochs needs data with len(): pass steps= instead')
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool)
-        or not isinstance(max_grad_norm, (int, float))
-        or not max_grad_norm > 0
-    ):
-        raise ConfigError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
-    if eval_every is not None and eval_fn is None:
-        raise ConfigError("eval_every is set but there is no eval_fn to run")
-    if not isinstance(restore_best, bool):
-        raise ConfigError(f"restore_best must be True or False, got {restore_best!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"seed must be an int or None, got {seed!r}")
     if distributed not in (None, True, False):
         raise ConfigError(f"distributed must be None (auto), True or False, got {distributed!r}")
     use_ddp = dist_utils.launched_with_torchrun() or dist_utils.is_distributed()
