@@ -116,6 +116,14 @@ InputShapeOpt = Annotated[
         help="Shape of the random example input; torchvision classifiers default to 1,3,224,224.",
     ),
 ]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of the random initialisation when MODEL is built from a spec (recorded in --json), so "
+        "every run builds the same weights.",
+    ),
+]
 
 
 def writable(param: typer.CallbackParam, value: Path | str | None) -> Path | str | None:
@@ -141,6 +149,38 @@ def writable(param: typer.CallbackParam, value: Path | str | None) -> Path | str
             f"cannot write {flag} {value}: {ancestor} is not writable ({err.strerror})"
         ) from None
     return value
+
+
+def new_output(param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Option callback for a model output (file or checkpoint directory): :func:`writable`, and its parent
+    directory must exist (a mistyped path is refused, never created)."""
+    writable(param, value)
+    if value is not None and not Path(os.path.abspath(value)).parent.is_dir():
+        flag, parent = "/".join(param.opts), Path(value).parent
+        raise ConfigError(f"cannot write {flag} {value}: {parent} does not exist; create it first")
+    return value
+
+
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".onnx", ".pksparse")
+
+
+def checkpoint_dir(param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Option callback for a checkpoint directory: :func:`new_output`, and no model-file suffix (``r18.pt``
+    as a directory name is a mistake: the command would make a directory there, not that file)."""
+    new_output(param, value)
+    if value is not None:
+        refuse_file_suffix("/".join(param.opts), Path(value))
+    return value
+
+
+def refuse_file_suffix(flag: str, out: Path) -> None:
+    """Raise ConfigError if a checkpoint directory ``out`` is named like a model file."""
+    if out.suffix.lower() in MODEL_FILE_SUFFIXES and not out.is_dir():
+        raise ConfigError(
+            f"{flag} {out} names a checkpoint directory, but {out.suffix} is a file suffix: this model is "
+            f"saved as a directory (safetensors + prunekit.json); drop the suffix, e.g. {flag} "
+            f"{out.with_suffix('')}"
+        )
 
 
 JsonOpt = Annotated[
@@ -191,7 +231,13 @@ class LoadedModel:
 
 
 def load_cli_model(
-    spec: str, *, arch: str | None, trust_pickle: bool, input_shape: str | None, needs_example: bool = True
+    spec: str,
+    *,
+    arch: str | None,
+    trust_pickle: bool,
+    input_shape: str | None,
+    needs_example: bool = True,
+    seed: int | None = None,
 ) -> LoadedModel:
     """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under.
 
@@ -212,7 +258,7 @@ def load_cli_model(
             f"--input-shape {input_shape} is {values:.3g} values ({4 * values / 2**30:,.0f} GiB as float32), "
             f"over the {MAX_INPUT_VALUES:.3g} allowed: give a smaller shape"
         )
-    net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    net = load_model(spec, arch=arch, trust_pickle=trust_pickle, seed=seed)
     if shape is None:
         try:
             shape = default_input_shape(arch or spec)

@@ -13,11 +13,13 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustPickleOpt,
     app,
+    checkpoint_dir,
     console,
     load_cli_model,
-    writable,
+    new_output,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -30,7 +32,7 @@ OutDirOpt = Annotated[
         help="Checkpoint directory to write.",
         file_okay=False,
         show_default=False,
-        callback=writable,
+        callback=checkpoint_dir,
     ),
 ]
 
@@ -46,7 +48,7 @@ def export(
             help="ONNX file to write.",
             dir_okay=False,
             show_default=False,
-            callback=writable,
+            callback=new_output,
         ),
     ],
     int8: Annotated[
@@ -68,6 +70,7 @@ def export(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Export MODEL to ONNX, verified against PyTorch with onnxruntime; optionally quantize it to INT8."""
     if int8 not in (None, "dynamic", "static"):
@@ -78,7 +81,7 @@ def export(
         raise ConfigError("--calib is only used with --int8 static")
     from prunekit.deploy import export_onnx, quantize_onnx
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
         loaded.model, loaded.example, onnx, verify=not no_verify, dynamic_batch=not static_batch
@@ -98,7 +101,7 @@ def export(
         quantized = quantize_onnx(onnx, int8_path, mode=int8, calibration=batches)
         data["int8"] = quantized.to_dict()
         console.print(f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)")
-    write_json(json_path, data)
+    write_json(json_path, data | {"seed": seed})
 
 
 def _calibration_batches(path: Path, example: Any) -> list[Any]:
@@ -136,11 +139,12 @@ def save(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory: safetensors weights + spec + structural plans."""
     from prunekit.deploy import save as save_checkpoint
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     if loaded.spec is None:
         raise ConfigError(
             "a pickled module has no spec to rebuild it from; save its state_dict and pass --arch"
@@ -153,7 +157,7 @@ def save(
         sparse=sparse,
         metadata={"input_shape": list(loaded.shape), "source": model},
     )
-    write_json(json_path, saved.to_dict())
+    write_json(json_path, saved.to_dict() | {"seed": seed})
     console.print(f"wrote {out}: {saved.weights_bytes:,} bytes of weights, {saved.params:,} parameters")
 
 
@@ -227,6 +231,7 @@ def bench(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
@@ -242,7 +247,8 @@ def bench(
     thread_counts = parse_input_shape(threads)
     specs = [model, *(vs or [])]
     models = [
-        load_cli_model(spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape) for spec in specs
+        load_cli_model(spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+        for spec in specs
     ]
     example = models[0].example
     if not isinstance(example, torch.Tensor):
@@ -266,7 +272,7 @@ def bench(
                         "speedup_vs_model": base / stats.median_ms,
                     }
                 )
-    write_json(json_path, {"rows": rows, "input_shape": list(example.shape[1:])})
+    write_json(json_path, {"rows": rows, "input_shape": list(example.shape[1:]), "seed": seed})
     table = Table(title="prunekit bench (median of timed runs)")
     for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", f"speedup vs {model}"):
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustPickleOpt,
     app,
     console,
@@ -55,6 +56,7 @@ def sensitivity(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Prune each prunable group of MODEL alone at each ratio and report how much the outputs change."""
     import torch
@@ -62,7 +64,7 @@ def sensitivity(
     from prunekit.structured.oracle import run_outputs
     from prunekit.structured.sensitivity import sensitivity as scan
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     ref = [
         o.double().flatten(1) if o.dim() > 1 else o.double()[None]
         for o in run_outputs(loaded.model, loaded.example)
@@ -87,7 +89,7 @@ def sensitivity(
         data["allocation"] = {str(k): v for k, v in result.allocate(allocate).items()}
     if plot is not None:
         result.plot(plot)
-    write_json(json_path, data)
+    write_json(json_path, data | {"seed": seed})
     table = Table(title=f"prunekit sensitivity {model} (output fidelity, 1.0 = unchanged)")
     table.add_column("group", justify="right")
     table.add_column("first member")

@@ -18,9 +18,9 @@ from prunekit.cli._common import (
     atomic_write,
     console,
     load_cli_model,
+    new_output,
     plural,
     save_state_dict,
-    writable,
     write_json,
 )
 from prunekit.models.data import DATA_HELP, load_batches
@@ -37,7 +37,7 @@ def sparsify(
             help="Where to write the sparsified state_dict (.safetensors, else torch.save).",
             dir_okay=False,
             show_default=False,
-            callback=writable,
+            callback=new_output,
         ),
     ],
     sparsity: Annotated[
@@ -70,7 +70,9 @@ def sparsify(
         list[str] | None,
         typer.Option("--exclude", metavar="NAME", help="Leave these layers dense (repeatable)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for --criterion random.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for --criterion random and a spec's random initialisation.")
+    ] = 0,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -86,7 +88,7 @@ def sparsify(
 
     batches = load_batches(data, batch_size) if data is not None else None
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False, seed=seed
     )
     net = loaded.model
     result = sparsify_model(
@@ -103,7 +105,7 @@ def sparsify(
     report = sparsity_report(net)
     remove_masks(net)
     atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
-    write_json(json_path, result.to_dict())
+    write_json(json_path, result.to_dict() | {"seed": seed})
     console.print(report)
     console.print(
         f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% "

@@ -13,12 +13,14 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustPickleOpt,
     app,
     before_after_table,
     console,
     load_cli_model,
-    writable,
+    new_output,
+    refuse_file_suffix,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -52,7 +54,7 @@ def prune(
             help="Checkpoint directory to write (safetensors + plan; `prunekit load DIR`), or a file in the "
             "model family's own format (FILE.pt for an ultralytics model, as `prunekit yolo prune`).",
             show_default=False,
-            callback=writable,
+            callback=new_output,
         ),
     ],
     ratio: RatioOpt = 0.5,
@@ -96,6 +98,7 @@ def prune(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -114,12 +117,13 @@ def prune(
             )
         result = file_format.prune(
             model, out, ratio=ratio, criterion=criterion, scope=scope or "local", ignore=ignore or None,
-            round_to=round_to, max_ratio=max_ratio,
+            round_to=round_to, max_ratio=max_ratio, seed=seed,
         )  # fmt: skip
-        write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
+        write_json(json_path, result.to_dict() | {"checkpoint": str(out), "seed": seed})
         console.print(before_after_table(f"prunekit prune {model}", result))
         console.print(f"wrote {out} ({file_format.name})")
         return None
+    refuse_file_suffix("--out", out)
     from prunekit.deploy import save
     from prunekit.recipe import load_recipe, run_recipe
     from prunekit.structured import prune as prune_model
@@ -128,7 +132,7 @@ def prune(
     target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
@@ -153,7 +157,7 @@ def prune(
         plan=[*loaded.plans, *plans],
         metadata={"input_shape": list(loaded.shape), "source": model},
     )
-    write_json(json_path, report | {"checkpoint": saved.to_dict()})
+    write_json(json_path, report | {"checkpoint": saved.to_dict(), "seed": seed})
     if plan_recipe is not None:
         console.print(
             f"ran recipe {recipe} ({plan_recipe.method}); wrote {out} (reload with `prunekit load {out}`)"
@@ -179,6 +183,7 @@ def check(
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
     compare_at: Annotated[
         str | None,
         typer.Option(
@@ -194,7 +199,7 @@ def check(
     """
     from prunekit.structured import check as check_model
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     report = check_model(
         loaded.model,
         loaded.example,
@@ -206,7 +211,7 @@ def check(
         max_ratio=max_ratio,
         compare_at=compare_at,
     )
-    write_json(json_path, report.to_dict())
+    write_json(json_path, report.to_dict() | {"seed": seed})
     if report.pinned:
         pinned = Table(title="pinned groups (never pruned)")
         for column in ("group", "width", "members", "why"):

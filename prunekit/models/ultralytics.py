@@ -87,6 +87,11 @@ def load_yolo(spec: str) -> nn.Module:
         return yolo.model.float().eval()
     if path.suffix != ".pt":
         raise ModelLoadError(f"ultralytics specs are NAME.yaml or a local .pt checkpoint, got {spec!r}")
+    return read_checkpoint(path).float().eval()
+
+
+def read_checkpoint(path: Path) -> nn.Module:
+    """The module an ultralytics ``.pt`` holds, in the dtype it was stored in (released weights are fp16)."""
     if not path.is_file():
         raise ModelLoadError(f"no such file: {path} (prunekit never downloads weights)")
     from ultralytics.nn.tasks import torch_safe_load
@@ -99,7 +104,7 @@ def load_yolo(spec: str) -> nn.Module:
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} is not an ultralytics checkpoint (no module under 'model' or 'ema')")
-    return model.float().eval()
+    return model
 
 
 def _output_module(spec: str) -> str | None:
@@ -406,18 +411,31 @@ def prune_to_file(
     out: str | os.PathLike,
     *,
     imgsz: int = 320,
-    half: bool = False,
+    half: bool | None = None,
     trainable: bool = True,
+    seed: int | None = None,
     **options: Any,
 ) -> PruneResult:
     """Load ``spec`` (``[ultralytics:]NAME.yaml`` or an ultralytics ``.pt``), :func:`prune_yolo` it with
     ``options`` (ratio, criterion, scope, ignore, round_to, max_ratio) and write ``out`` with
-    :func:`save_yolo`; ``out`` must end in ``.pt`` and is checked before anything is loaded."""
+    :func:`save_yolo`; ``out`` must end in ``.pt`` and is checked before anything is loaded.
+
+    ``half=None`` stores the weights in the input's dtype (fp16 for a released ``.pt``, fp32 for a yaml);
+    ``seed`` fixes a yaml's random initialisation (see :func:`~prunekit.models.spec.load_model`)."""
     if Path(out).suffix != ".pt":
         raise ConfigError(f"--out must name a .pt file (ultralytics' format), got {Path(out).name!r}")
-    model = load_yolo(spec.removeprefix("ultralytics:"))
+    name = spec.removeprefix("ultralytics:")
+    if Path(name).suffix == ".pt":
+        stored = read_checkpoint(Path(name))
+        half = next(stored.parameters()).dtype == torch.float16 if half is None else half
+        model = stored.float().eval()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = load_yolo(name)
     result = prune_yolo(model, imgsz=imgsz, trainable=trainable, **options)
-    save_yolo(model, out, plans=result.plan, half=half)
+    save_yolo(model, out, plans=result.plan, half=bool(half))
     return result
 
 
