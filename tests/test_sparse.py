@@ -547,3 +547,26 @@ def test_sparsify_refuses_a_non_module_and_a_target_the_loss_refuses() -> None:
     ):
         sparsify(model, 0.5, criterion="taylor", data=data)
     assert_unchanged(model, before)
+
+
+def test_an_interrupt_while_installing_masks_leaves_every_layer_as_it_was(monkeypatch):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    apply_masks(model, {"1": torch.ones(4, 4)})  # one layer already masked: its mask is combined
+    old_mask = get_mask(model[1]).clone()
+    params = [id(p) for p in model.parameters()]
+    real = parametrize.register_parametrization
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parametrize, "register_parametrization", interrupted)
+    masks = {name: torch.zeros(4 if name != "2" else 2, 4) for name in ("0", "1", "2")}
+    with pytest.raises(KeyboardInterrupt):
+        apply_masks(model, masks)
+    assert not is_masked(model[0]) and not is_masked(model[2])
+    assert torch.equal(get_mask(model[1]), old_mask)
+    assert [id(p) for p in model.parameters()] == params

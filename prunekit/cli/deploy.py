@@ -14,6 +14,7 @@ from prunekit.cli._common import (
     JsonOpt,
     ModelArg,
     SeedOpt,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     checkpoint_dir,
@@ -69,6 +70,7 @@ def export(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -81,7 +83,9 @@ def export(
         raise ConfigError("--calib is only used with --int8 static")
     from prunekit.deploy import export_onnx, quantize_onnx
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
+    )
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
         loaded.model, loaded.example, onnx, verify=not no_verify, dynamic_batch=not static_batch
@@ -100,7 +104,15 @@ def export(
         int8_path = onnx.with_suffix(".int8.onnx")
         quantized = quantize_onnx(onnx, int8_path, mode=int8, calibration=batches)
         data["int8"] = quantized.to_dict()
-        console.print(f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)")
+        console.print(
+            f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)"
+            + (
+                f"; INT8 vs fp32 on the calibration data: relative error {quantized.output_rel_err:.3f}, "
+                f"cosine {quantized.output_cosine:.4f}"
+                if quantized.output_rel_err is not None
+                else ""
+            )
+        )
     write_json(json_path, data | {"seed": seed})
 
 
@@ -138,13 +150,16 @@ def save(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory: safetensors weights + spec + structural plans."""
     from prunekit.deploy import save as save_checkpoint
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
+    )
     if loaded.spec is None:
         raise ConfigError(
             "a pickled module has no spec to rebuild it from; save its state_dict and pass --arch"
@@ -168,13 +183,16 @@ def load(
     ],
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Rebuild a checkpoint (spec, plans, weights checked by sha256), run it once, and describe it."""
     from prunekit.deploy import read_info
     from prunekit.measure import count_params
 
     info = read_info(checkpoint)
-    loaded = load_cli_model(str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape)
+    loaded = load_cli_model(
+        str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
+    )
     import torch
 
     from prunekit._inputs import call_model
@@ -230,6 +248,7 @@ def bench(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -247,7 +266,14 @@ def bench(
     thread_counts = parse_input_shape(threads)
     specs = [model, *(vs or [])]
     models = [
-        load_cli_model(spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+        load_cli_model(
+            spec,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            trust_code=trust_code,
+            seed=seed,
+        )
         for spec in specs
     ]
     example = models[0].example

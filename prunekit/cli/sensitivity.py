@@ -18,6 +18,7 @@ from prunekit.cli._common import (
     JsonOpt,
     ModelArg,
     SeedOpt,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -55,6 +56,7 @@ def sensitivity(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -64,7 +66,9 @@ def sensitivity(
     from prunekit.structured.oracle import run_outputs
     from prunekit.structured.sensitivity import sensitivity as scan
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
+    )
     ref = [
         o.double().flatten(1) if o.dim() > 1 else o.double()[None]
         for o in run_outputs(loaded.model, loaded.example)

@@ -7,15 +7,16 @@ from typing import Annotated
 
 import typer
 
+from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
     ArchOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     arch_hint,
-    atomic_write,
     console,
     load_cli_model,
     new_output,
@@ -76,6 +77,7 @@ def sparsify(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
@@ -88,7 +90,13 @@ def sparsify(
 
     batches = load_batches(data, batch_size) if data is not None else None
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False, seed=seed
+        model,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        input_shape=input_shape,
+        needs_example=False,
+        trust_code=trust_code,
+        seed=seed,
     )
     net = loaded.model
     result = sparsify_model(

@@ -14,6 +14,7 @@ from prunekit.cli._common import (
     JsonOpt,
     ModelArg,
     SeedOpt,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     before_after_table,
@@ -97,8 +98,16 @@ def prune(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
+        ),
+    ] = False,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -132,7 +141,9 @@ def prune(
     target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
+    )
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
@@ -148,6 +159,7 @@ def prune(
             max_ratio=max_ratio,
             target=target,
             data=batches,
+            verify="shapes" if no_verify else "exact",
         )
         plans, report = [result.plan], result.to_dict()
     saved = save(
@@ -182,6 +194,7 @@ def check(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
     compare_at: Annotated[
@@ -199,7 +212,9 @@ def check(
     """
     from prunekit.structured import check as check_model
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
+    )
     report = check_model(
         loaded.model,
         loaded.example,

@@ -26,6 +26,7 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs
 from prunekit._validate import names
+from prunekit.graph.shape_attrs import record_shape_attrs
 from prunekit.graph.trace import SlotRange, Tracer, trace
 
 
@@ -300,4 +301,5 @@ def build_groups(
     """
     prefixes = _module_prefixes(model, ignore)
     tr = trace(model, example_inputs)
+    record_shape_attrs(tr)
     return groups_from_trace(tr, prefixes)

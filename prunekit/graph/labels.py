@@ -96,8 +96,12 @@ def reshape_label(
     """Label of ``x.reshape(s_out)`` given the label of ``x`` (shape ``s_in``).
 
     Only the dim blocks that carry slots are materialised. Returns the new label and the "splits": blocks
-    where one labelled dim became several dims that all carry slots (e.g. C -> (heads, head_dim)), as lists
-    of output dims. Returns None when the shapes cannot be matched.
+    where dims carrying slots became several dims of size > 1 (e.g. C -> (heads, head_dim)), as lists of
+    output dims, whichever of them the slots now vary along. Returns None when the shapes cannot be matched.
+
+    >>> lab, splits = reshape_label(torch.arange(2).repeat_interleave(6).view(1, 12), [1, 12], [1, 2, 6])
+    >>> lab.shape, splits  # the slots vary along the first dim only, and the block is still a split
+    (torch.Size([1, 2, 1]), [[1, 2]])
     """
     blocks = _blocks(s_in, s_out)
     if blocks is None:
@@ -123,13 +127,8 @@ def reshape_label(
             k += 1
     lab = lab.reshape(full)
     lab = compress(lab, [d for bo in materialised for d in bo])
-    splits = [bo for bo in materialised if sum(lab.shape[d] > 1 for d in bo) >= 2]
+    splits = [bo for bo in materialised if len(bo) >= 2]
     return lab, splits
-
-
-def group_rows(label: torch.Tensor, dim: int) -> torch.Tensor:
-    """Rows of positions that share the same index along ``dim``: shape (size_along_dim, -1)."""
-    return label.movedim(dim, 0).reshape(label.shape[dim], -1)
 
 
 def numel(shape: list[int] | tuple[int, ...]) -> int:

@@ -1,7 +1,9 @@
 """Attention heads: the ``nn.MultiheadAttention`` rule and head-count attributes of attention modules.
 
 Heads are removed whole (q, k and v rows of a head and the matching ``out_proj`` columns together), so the
-softmax scale ``1/sqrt(head_dim)`` and ``head_dim`` never change; the residual width (``embed_dim``) stays.
+softmax scale ``1/sqrt(head_dim)`` and ``head_dim`` never change. The stream's channels (``in_proj`` columns,
+``out_proj`` rows) are linked to the modules around it; ``embed_dim`` follows them
+(:mod:`prunekit.graph.shape_attrs`).
 
 Head-count attributes are recognised by exact name (``HEAD_ATTRS``, ``KV_HEAD_ATTRS``, ``INNER_ATTRS``) on the
 module whose forward runs the attention, and only when their value equals the traced count, so code that

@@ -21,7 +21,7 @@ from prunekit.graph.heads import (
     record_view_heads,
     split_attr,
 )
-from prunekit.graph.labels import align, along, blank, compress, group_rows, reshape_label, varying
+from prunekit.graph.labels import align, along, blank, compress, reshape_label, varying
 from prunekit.graph.rules import (
     RULES,
     _resolve,
@@ -191,6 +191,55 @@ _VIEWS = set(_resolve("view") + _resolve("reshape"))
 _UNFLATTEN = set(_resolve("unflatten"))
 
 
+def _split_constraint(
+    tr: Tracer, L: torch.Tensor, sizes: list[int], block: list[int], adapt: int
+) -> torch.Tensor:
+    """A view split a labelled dim into ``block`` (sizes ``sizes``); only ``adapt`` may shrink.
+
+    The code's next view of the cut tensor keeps every other dim of the block at its size, so a cut must
+    remove the same offsets along ``adapt`` in every block of the others: positions sharing an index along
+    ``adapt`` (and along every dim outside the block) are united. Where the slots do not vary along
+    ``adapt`` at all (the dim was permuted before: after a channel shuffle the removed channels of one unit
+    lie in whole rows of the kept dims), no cut keeps that structure: the slots are pinned.
+    """
+    others = [d for d in block if d != adapt and L.shape[d] > 1]
+    if not others:  # the slots vary along the shrinking dim only: any cut keeps the view's layout
+        return L
+    if L.shape[adapt] == 1:
+        why = (
+            f"channel dim split into {sizes} after a reorder: the slots vary along a dim the code keeps "
+            f"at its size, not along the one that shrinks (size {sizes[block.index(adapt)]})"
+        )
+        tr.unite(L.reshape(1, -1), why)
+        tr.pin(L, why)
+        return L.amax(dim=others, keepdim=True)
+    rest = [d for d in range(L.dim()) if d not in others]
+    rows = L.permute(rest + others).reshape(-1, math.prod(L.shape[d] for d in others))
+    tr.unite(rows, "split dim carries slots")
+    tr.note(
+        L,
+        f"{tr.where()}: channel dim split into {sizes}; dim of size {sizes[block.index(adapt)]} shrinks, "
+        "the others are kept",
+    )
+    # every position sharing an index along `adapt` is now one unit: one slot per index is enough
+    # (keeps e.g. rotary embeddings along head_dim from meeting per-channel slots)
+    return L.amax(dim=others, keepdim=True)
+
+
+def _one_after_channels(L: torch.Tensor, s_in: list[int], s_out: list[int], req: list[int | None]) -> bool:
+    """Does a view/reshape/unflatten insert a size-1 dim right after a dim carrying slots, before other dims?
+
+    ``view(b, g, c // g, h, w)`` with ``c == g`` asks for a 1 the code computes from the width: the slots
+    must then stay. Trailing ones (``view(b, c, 1, 1)``) and ``unsqueeze`` are not ambiguous.
+    """
+    if s_out.count(1) <= s_in.count(1):
+        return False
+    for d in range(len(s_out) - 2):
+        if L.shape[d] > 1 and req[d + 1] == 1 and any(n > 1 for n in s_out[d + 2 :]):
+            return True
+    return False
+
+
 @rule("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
 def reshape(tr: Tracer, func, args, kwargs, out) -> None:
     x = args[0]
@@ -201,25 +250,18 @@ def reshape(tr: Tracer, func, args, kwargs, out) -> None:
         return pin_all(tr, func, args, kwargs, out)
     L, splits = res
     req = _requested(func, args, kwargs, x, out)
+    if _one_after_channels(L, list(x.shape), list(out.shape), req):
+        tr.pin(
+            L,
+            "view puts a size-1 dim after a channel dim (a split C -> (C, C // C) as in a channel "
+            "shuffle with one channel per group?): its size would not follow a cut",
+        )
     merge_heads(tr, lab(tr, x), list(x.shape), list(out.shape), req)
     for block in splits:
         by_attr = heads_dim(tr, req, block)  # view(b, n, self.num_heads, d): the heads dim shrinks
         adapt = next((d for d in block if req[d] == -1), by_attr if by_attr is not None else block[-1])
-        if L.shape[adapt] == 1:  # already collapsed by an earlier block of this view
-            continue
-        rows = group_rows(L, adapt)
-        tr.unite(rows, "split dim carries slots")
-        tr.note(
-            L,
-            f"{tr.where()}: channel dim split into {[out.shape[d] for d in block]}; "
-            f"dim of size {out.shape[adapt]} shrinks, the others are kept",
-        )
-        # every position sharing an index along `adapt` is now one unit: one slot per index is enough
-        # (keeps e.g. rotary embeddings along head_dim from meeting per-channel slots)
-        shape = [1] * L.dim()
-        shape[adapt] = L.shape[adapt]
-        L = rows.max(1).values.view(shape)
-        if by_attr is not None and adapt == by_attr:
+        L = _split_constraint(tr, L, [out.shape[d] for d in block], block, adapt)
+        if by_attr is not None and adapt == by_attr and L.shape[adapt] > 1:
             inner = math.prod(out.shape[d] for d in block if d > adapt)
             record_view_heads(tr, L.reshape(-1), inner)
     tr.set_label(out, L)

@@ -175,6 +175,10 @@ class Tracer:
             self.n_slots += size
         return ids
 
+    def allocated(self, t: torch.Tensor, dim: int) -> torch.Tensor | None:
+        """Slot ids of dim ``dim`` of parameter/buffer ``t`` if a rule asked for them, else None."""
+        return self._range_of.get((id(t), dim % t.dim())) if self.is_state(t) else None
+
     def vec(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """Slot of each index along ``dim`` of ``t``: its own slots for state tensors, else from its label."""
         if self.is_state(t):

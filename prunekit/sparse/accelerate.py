@@ -401,16 +401,16 @@ def accelerate(
                     if sparse is not None:
                         swaps[name] = sparse
             originals = {name: candidates[name] for name in swaps}
-            for name, sparse in swaps.items():
-                _set(model, name, sparse)
             try:
+                for name, sparse in swaps.items():
+                    _set(model, name, sparse)
                 close, diff, peak = _compare(call_model(model, example_inputs), reference, atol, rtol)
                 if not close:
                     raise ApplyError(
                         f"outputs changed by {diff:.2e} after swapping "
                         f"{len(swaps)} layer(s), over atol={atol:g}, rtol={rtol:g}; the model was restored"
                     )
-            except Exception:
+            except BaseException:  # interrupts too: never leave a half-swapped model
                 for name, module in originals.items():
                     _set(model, name, module)
                 raise

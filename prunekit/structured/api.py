@@ -28,8 +28,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
-from prunekit.structured.oracle import RTOL, compare, masked_reference, run_outputs
-from prunekit.structured.replay import Decisions
+from prunekit.structured.oracle import compare_with, reference_outputs
 from prunekit.structured.select import build_plan, choose_units
 
 
@@ -169,6 +168,7 @@ def prune(
     *,
     data: Any = None,
     loss_fn: Any = None,
+    verify: str = "exact",
 ) -> PruneResult:
     """Structurally prune ``model`` in place: channels, neurons and heads are physically removed.
 
@@ -178,11 +178,21 @@ def prune(
     read 0 in the result).
     ``target=prunekit.Target(macs=0.5 | params=0.4 | latency_ms=...)`` replaces ``ratio``: the ratio is
     searched (see :mod:`prunekit.structured.target`); ``PruneResult.target`` gives requested vs achieved.
+
+    What is verified before ``prune`` returns (else :class:`~prunekit.errors.ApplyError`, model rolled
+    back bit-exactly): every size attribute of a cut module matches its tensors, and the pruned model runs
+    on ``example_inputs`` with the original output shapes. ``verify="exact"`` (the default) also runs the
+    masked reference first (the model itself with the removed entries zeroed in place, then put back: no
+    copy) and requires the pruned outputs to equal it within the oracle's tolerance, with the same decision
+    replay as :func:`check`: one more forward. ``verify="shapes"`` skips that forward (huge models).
+
     ``scope=None`` means ``"local"`` for a ratio and ``"global"`` for a target search (as
     :func:`~prunekit.structured.target.prune_to_target` and ``prunekit prune --target-*``): one unit at a
     time across the whole model reaches a target more exactly than one ratio for every group.
     """
     eager_module(model, "prune")
+    if verify not in ("exact", "shapes"):
+        raise ConfigError(f"verify must be 'exact' or 'shapes', got {verify!r}")
     if target is not None:  # a prunekit.Target: search the ratio (prunekit/structured/target.py)
         from prunekit.structured.target import prune_to_target
 
@@ -198,6 +208,7 @@ def prune(
             data=data,
             loss_fn=loss_fn,
             measure=measure,
+            verify=verify,
         )
     t0 = time.perf_counter()
     plan, report = plan_prune(
@@ -216,7 +227,8 @@ def prune(
     params_before = count_params(model).total if measure else 0
     macs_before = count_macs(model, example_inputs) if measure else 0
     t2 = time.perf_counter()
-    apply(model, plan, example_inputs)
+    reference = reference_outputs(model, plan, example_inputs) if verify == "exact" else None
+    apply(model, plan, example_inputs, reference)
     t3 = time.perf_counter()
     params_after = count_params(model).total if measure else 0
     macs_after = count_macs(model, example_inputs) if measure else 0
@@ -318,17 +330,12 @@ def check(
         data=data,
         loss_fn=loss_fn,
     )
-    ref = masked_reference(model, plan)
-    decisions = Decisions(RTOL)
-    with decisions.recording():
-        ref_out = run_outputs(ref, example_inputs, compare_at)
-    del ref
+    reference = reference_outputs(model, plan, example_inputs, compare_at)
     params_before = count_params(model).total
     pruned = copy.deepcopy(model)
     macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
-    with decisions.replaying():
-        cmp = compare(run_outputs(pruned, example_inputs, compare_at, decisions.stack), ref_out)
+    cmp = compare_with(pruned, reference, example_inputs, compare_at)
     pinned = [
         {
             "id": g.id,
@@ -352,6 +359,6 @@ def check(
         list(report.rule_errors),
         plan,
         compare_at,
-        list(decisions.replayed),
+        list(reference.decisions.replayed),
         cmp.n_values,
     )

@@ -2,7 +2,8 @@
 
 Transactional: the old parameter/buffer objects and attribute values are kept; cutting builds new tensors.
 On any failure (a bad plan, a slicing error, the verification forward raising or changing an output shape)
-the old objects are put back — bit-exact — and :class:`~prunekit.errors.ApplyError` is raised.
+the old objects are put back — bit-exact — and :class:`~prunekit.errors.ApplyError` is raised; an interrupt
+(``KeyboardInterrupt``, ``SystemExit``) puts them back too and propagates unchanged.
 
 >>> import torch
 >>> from prunekit.plan import Plan
@@ -22,12 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, call_model, eval_scope
+from prunekit._inputs import ExampleInputs
 from prunekit._validate import eager_module
 from prunekit.errors import ApplyError, ConfigError, PlanError
-from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
+from prunekit.structured.consistency import mismatches
 from prunekit.structured.mha import CLASS_SWAPS
+from prunekit.structured.oracle import Reference, compare_with, run_outputs
+from prunekit.structured.plan_attrs import check_attrs
 
 
 def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Module, str, str]]]]:
@@ -75,6 +78,7 @@ def validate(
             if not len(keep):
                 raise PlanError(f"{name}: the plan would remove every index of dim {dim}")
             kept.setdefault(name, {})[dim] = keep
+    check_attrs(plan, model, modules)
     for mname, attrs in plan.attrs.items():
         if mname not in modules:
             raise PlanError(f"plan updates module {mname!r}, which the model does not have")
@@ -146,17 +150,30 @@ def _set_attr(module: nn.Module, attr: str, value: Any) -> None:
     setattr(_get_attr(module, owner) if owner else module, leaf, value)
 
 
-def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = None) -> nn.Module:
+def apply(
+    model: nn.Module,
+    plan: Plan,
+    example_inputs: ExampleInputs | None = None,
+    reference: Reference | None = None,
+) -> nn.Module:
     """Cut ``model`` in place according to ``plan``; verify with a forward on ``example_inputs`` if given.
 
+    Verification: every size attribute of the modules the plan touches must match their tensors
+    (:mod:`prunekit.structured.consistency`); with ``example_inputs`` the model runs once and its output
+    shapes must be the plan's; with ``reference`` (:func:`prunekit.structured.oracle.reference_outputs`,
+    taken from the model before the cut) its outputs must also equal the masked reference's within the
+    oracle's tolerance, decisions replayed as in :func:`prunekit.check`.
+
     Returns the model. Raises PlanError (model untouched) when the plan does not fit, ApplyError (model
-    restored bit-exactly) when cutting or the verification forward fails.
+    restored bit-exactly) when cutting or a verification fails.
     """
     eager_module(model, "apply")
     if not isinstance(plan, Plan):
         raise ConfigError(
             f"apply needs a prunekit.Plan, got {type(plan).__name__} (Plan.load(path) reads one)"
         )
+    if reference is not None and example_inputs is None:
+        raise ConfigError("apply: a reference needs the example inputs it was computed on")
     state = _state(model)
     modules = dict(model.named_modules())
     kept = validate(model, plan, state, modules)
@@ -184,16 +201,20 @@ def apply(model: nn.Module, plan: Plan, example_inputs: ExampleInputs | None = N
                 step = f"setting {mname}.{attr}"
                 undo_attrs.append((module, attr, _get_attr(module, attr)))
                 _set_attr(module, attr, new_value)
+        step = "consistency check"
+        _check_attrs(model, plan, state, modules)
         if example_inputs is not None:
             step = "verification forward"
-            _verify(model, plan, example_inputs)
-    except Exception as exc:
+            _verify(model, plan, example_inputs, reference)
+    except BaseException as exc:  # KeyboardInterrupt and SystemExit too: never leave a half-cut model
         if step.startswith("slicing "):  # name the group only on failure (a search over the plan)
             step = f"{step} ({_group_of(plan, step[len('slicing ') :])})"
         for module, attr, value in reversed(undo_attrs):
             _set_attr(module, attr, value)
         for module, local, kind, old in reversed(undo_tensors):
             _replace(module, local, kind, old)
+        if not isinstance(exc, Exception):
+            raise
         raise ApplyError(f"{step} failed ({type(exc).__name__}: {exc}); the model was restored") from exc
     return model
 
@@ -205,17 +226,38 @@ def _group_of(plan: Plan, name: str) -> str:
     return "no group"
 
 
-def _verify(model: nn.Module, plan: Plan, example_inputs: ExampleInputs) -> None:
+def _check_attrs(model: nn.Module, plan: Plan, state: dict, modules: dict) -> None:
+    """Raise unless every size attribute of the modules holding a cut tensor, or named by the plan, holds."""
+    name_of = {id(m): n for n, m in modules.items()}
+    touched = set(plan.attrs)
+    for name in plan.removals:
+        touched.update(name_of[id(m)] for m, _, _ in state[name][1] if id(m) in name_of)
+    stale = mismatches(model, sorted(touched))
+    if stale:
+        raise RuntimeError("module attributes contradict their tensors: " + "; ".join(stale[:5]))
+
+
+def _verify(model: nn.Module, plan: Plan, example_inputs: ExampleInputs, reference: Reference | None) -> None:
     stack: list[str] = [""]
     try:
-        with eval_scope(model, stack):
-            out = call_model(model, example_inputs)
+        if reference is None:
+            shapes = [list(t.shape) for t in run_outputs(model, example_inputs, None, stack)]
+        else:
+            stack = reference.decisions.stack
+            cmp = compare_with(model, reference, example_inputs)
+            shapes = [list(t.shape) for t in reference.outputs] if cmp.shapes_equal else None
     except Exception as exc:
         raise RuntimeError(f"in module {stack[-1] or '<model>'}: {exc}") from exc
-    shapes = [list(t.shape) for t in flatten_tensors(out)]
     expected = plan.output_shapes
-    changed = len(shapes) != len(expected) or any(
-        e is not None and s != e for s, e in zip(shapes, expected, strict=False)
-    )  # None: an output sized by the data (a detector's box count), free to change
-    if expected and changed:
-        raise RuntimeError(f"output shapes changed from {expected} to {shapes}")
+    if shapes is not None:
+        changed = len(shapes) != len(expected) or any(
+            e is not None and s != e for s, e in zip(shapes, expected, strict=False)
+        )  # None: an output sized by the data (a detector's box count), free to change
+        if expected and changed:
+            raise RuntimeError(f"output shapes changed from {expected} to {shapes}")
+    if reference is not None and not cmp.ok:
+        what = f"max_abs_err {cmp.max_abs_err:.3g} from" if cmp.shapes_equal else "output shapes differ from"
+        raise RuntimeError(
+            f"not exact: {what} the masked reference (tolerance {cmp.tolerance:.3g}); the cut does not "
+            "compute what the model computes with the removed entries zeroed"
+        )

@@ -1,13 +1,13 @@
-"""``nn.MultiheadAttention`` with whole heads removed.
+"""``nn.MultiheadAttention`` with whole heads removed, or its input/output stream cut.
 
 PyTorch's ``nn.MultiheadAttention`` assumes ``num_heads * head_dim == embed_dim``: the residual width and the
-attention width are one number. After heads are removed the attention width (``num_heads * head_dim``) is
-smaller than ``embed_dim`` (the residual stream, which stays). :class:`PrunedMultiheadAttention` is a subclass
+attention width are one number. After heads are removed, or channels of the stream (``embed_dim``: the
+``in_proj`` columns and ``out_proj`` rows), the two differ. :class:`PrunedMultiheadAttention` is a subclass
 with the same parameters, buffers, attributes and ``state_dict`` keys whose forward computes with
 ``num_heads`` heads of ``head_dim`` each, from plain ops (``linear``, ``view``,
 ``scaled_dot_product_attention``).
-:func:`prunekit.apply` turns an ``nn.MultiheadAttention`` whose ``num_heads`` changes into one (see
-``CLASS_SWAPS``); a saved plan replays the same way.
+:func:`prunekit.apply` turns an ``nn.MultiheadAttention`` whose ``num_heads`` or ``embed_dim`` changes into
+one (see ``CLASS_SWAPS``); a saved plan replays the same way.
 
 >>> mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
 >>> x = torch.randn(1, 5, 8)

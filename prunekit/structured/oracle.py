@@ -24,7 +24,9 @@ that agree within the tolerance are replayed from the reference into the pruned 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,21 +36,83 @@ from prunekit._inputs import ExampleInputs, call_model, eval_scope
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
+from prunekit.structured.replay import Decisions
 
 RTOL = 1e-4
+
+
+def _removed(model: nn.Module, plan: Plan) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
+    """(tensor, dim, indices) of every cut of ``plan``, on ``model``'s own tensors."""
+    state = dict(model.named_parameters(remove_duplicate=False))
+    state.update(dict(model.named_buffers(remove_duplicate=False)))
+    for name, dims in plan.removals.items():
+        t = state[name]
+        for dim, idx in dims.items():
+            yield t, dim, torch.as_tensor(idx, dtype=torch.long, device=t.device)
 
 
 def masked_reference(model: nn.Module, plan: Plan) -> nn.Module:
     """A deep copy of ``model`` (eval mode) with every entry the plan removes set to zero."""
     ref = copy.deepcopy(model).eval()
-    state = dict(ref.named_parameters(remove_duplicate=False))
-    state.update(dict(ref.named_buffers(remove_duplicate=False)))
     with torch.no_grad():
-        for name, dims in plan.removals.items():
-            t = state[name]
-            for dim, idx in dims.items():
-                t.index_fill_(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device), 0)
+        for t, dim, idx in _removed(ref, plan):
+            t.index_fill_(dim, idx, 0)
     return ref
+
+
+@contextlib.contextmanager
+def masked_in_place(model: nn.Module, plan: Plan) -> Iterator[nn.Module]:
+    """``model`` itself as the masked reference inside the block; every zeroed entry is put back bit-exactly.
+
+    No copy of the model: only the removed entries are saved (what the cut frees anyway).
+
+    >>> from prunekit.plan import Plan
+    >>> lin = torch.nn.Linear(2, 3)
+    >>> before = lin.weight.detach().clone()
+    >>> with masked_in_place(lin, Plan(removals={"weight": {0: [1]}}, signature={"weight": [3, 2]})):
+    ...     float(lin.weight.detach()[1].abs().sum())
+    0.0
+    >>> torch.equal(lin.weight.detach(), before)
+    True
+    """
+    saved = []
+    try:
+        with torch.no_grad():
+            for t, dim, idx in _removed(model, plan):
+                saved.append((t, dim, idx, t.index_select(dim, idx)))
+                t.index_fill_(dim, idx, 0)
+        yield model
+    finally:
+        with torch.no_grad():
+            for t, dim, idx, old in reversed(saved):  # reverse: entries cut along two dims end original
+                t.index_copy_(dim, idx, old)
+
+
+@dataclass
+class Reference:
+    """The masked reference's outputs on the example inputs, and the discrete decisions its forward took."""
+
+    outputs: list[torch.Tensor]
+    decisions: Decisions
+
+
+def reference_outputs(
+    model: nn.Module, plan: Plan, example_inputs: ExampleInputs, at: str | None = None
+) -> Reference:
+    """Run the masked reference of ``plan`` on ``example_inputs`` from ``model`` itself (masked in place)."""
+    decisions = Decisions(RTOL)
+    with masked_in_place(model, plan), decisions.recording():
+        outputs = [t.clone() for t in run_outputs(model, example_inputs, at)]  # outputs may alias state
+    return Reference(outputs, decisions)
+
+
+def compare_with(
+    model: nn.Module, reference: Reference, example_inputs: ExampleInputs, at: str | None = None
+) -> Comparison:
+    """Run the pruned ``model`` with ``reference``'s decisions replayed and compare with its outputs."""
+    with reference.decisions.replaying():
+        outputs = run_outputs(model, example_inputs, at, reference.decisions.stack)
+    return compare(outputs, reference.outputs)
 
 
 def run_outputs(

@@ -42,6 +42,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
+from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
 
 
@@ -151,6 +152,7 @@ def prune_to_target(
     data: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     measure: bool = True,
+    verify: str = "exact",
 ) -> Any:
     """Prune ``model`` in place to ``target``; returns a :class:`prunekit.structured.PruneResult` whose
     ``target`` dict has ``requested``, ``achieved``, ``before``, ``after``, ``ratio`` and ``evaluations``.
@@ -222,7 +224,8 @@ def prune_to_target(
     plan = cache[point][1]
     t1 = time.perf_counter()
     params_before, macs_before = _counts(model, example_inputs, measure)
-    apply(model, plan, example_inputs)
+    reference = reference_outputs(model, plan, example_inputs) if verify == "exact" else None
+    apply(model, plan, example_inputs, reference)
     params_after, macs_after = _counts(model, example_inputs, measure)
     after = (
         _measure(metric, model, example_inputs, latency_runs) if metric == "latency_ms" else cache[point][0]
