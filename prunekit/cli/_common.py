@@ -216,8 +216,17 @@ def main(
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bars (they show on stderr only when it is a terminal)."
+        ),
+    ] = False,
 ) -> None:
     """Prune trained PyTorch models: unstructured masks and exact structural removal, measured."""
+    from prunekit.progress import set_cli_default
+
+    set_cli_default(not quiet)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
     if not console.is_terminal and "COLUMNS" not in os.environ:
