@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +36,9 @@ PIPE_WIDTH = 160
 MAX_INPUT_VALUES = 2**31  # an example input above this (8 GiB as float32) is refused before loading
 
 
+INVOCATION: list[str] = []  # the arguments of the running command, for the reports that reproduce it
+
+
 class _OneLineErrors(TyperGroup):
     """Turn PruneError and click usage errors into ``error: <message>`` on stderr, exit 2, no traceback."""
 
@@ -46,6 +50,7 @@ class _OneLineErrors(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        INVOCATION[:] = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -329,8 +334,10 @@ def before_after_table(title: str, result: Any) -> Any:
 
 
 def write_json(path: Path | None, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` (if given), with the ``command`` that reproduces this run."""
     if path is not None:
-        write_text(path, json.dumps(data, indent=2) + "\n")
+        command = {"command": shlex.join(["prunekit", *INVOCATION])} if INVOCATION else {}
+        write_text(path, json.dumps(command | data, indent=2) + "\n")
 
 
 def save_state_dict(net: Any, path: Path, suffix: str) -> None:

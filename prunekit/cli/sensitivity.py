@@ -26,6 +26,7 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.errors import ConfigError
 
 
@@ -59,6 +60,7 @@ def sensitivity(
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Prune each prunable group of MODEL alone at each ratio and report how much the outputs change."""
     import torch
@@ -94,6 +96,7 @@ def sensitivity(
     if plot is not None:
         result.plot(plot)
     write_json(json_path, data | {"seed": seed})
+    write_report(report_dir, data)
     table = Table(title=f"prunekit sensitivity {model} (output fidelity, 1.0 = unchanged)")
     table.add_column("group", justify="right")
     table.add_column("first member")

@@ -24,6 +24,7 @@ from prunekit.cli._common import (
     save_state_dict,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.models.data import DATA_HELP, load_batches
 
 
@@ -79,6 +80,7 @@ def sparsify(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
 
@@ -114,6 +116,7 @@ def sparsify(
     remove_masks(net)
     atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
     write_json(json_path, result.to_dict() | {"seed": seed})
+    write_report(report_dir, result.to_dict())
     console.print(report)
     console.print(
         f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% "

@@ -24,6 +24,7 @@ from prunekit.cli._common import (
     refuse_file_suffix,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.errors import ConfigError
 from prunekit.models.data import DATA_HELP, load_batches
 
@@ -101,6 +102,7 @@ def prune(
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
+    report_dir: ReportOpt = None,
     no_verify: Annotated[
         bool,
         typer.Option(
@@ -129,6 +131,7 @@ def prune(
             round_to=round_to, max_ratio=max_ratio, seed=seed,
         )  # fmt: skip
         write_json(json_path, result.to_dict() | {"checkpoint": str(out), "seed": seed})
+        write_report(report_dir, result.to_dict())
         console.print(before_after_table(f"prunekit prune {model}", result))
         console.print(f"wrote {out} ({file_format.name})")
         return None
@@ -170,6 +173,7 @@ def prune(
         metadata={"input_shape": list(loaded.shape), "source": model},
     )
     write_json(json_path, report | {"checkpoint": saved.to_dict(), "seed": seed})
+    write_report(report_dir, report | {"checkpoint": saved.to_dict()})
     if plan_recipe is not None:
         console.print(
             f"ran recipe {recipe} ({plan_recipe.method}); wrote {out} (reload with `prunekit load {out}`)"
@@ -197,6 +201,7 @@ def check(
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
+    report_dir: ReportOpt = None,
     compare_at: Annotated[
         str | None,
         typer.Option(
@@ -227,6 +232,7 @@ def check(
         compare_at=compare_at,
     )
     write_json(json_path, report.to_dict() | {"seed": seed})
+    write_report(report_dir, report.to_dict())
     if report.pinned:
         pinned = Table(title="pinned groups (never pruned)")
         for column in ("group", "width", "members", "why"):
