@@ -8,6 +8,7 @@ The public verbs live here::
     pk.groups(model, x)                        # coupled channel groups, pinned parts and why
     pk.check(model, x, ratio=0.5)              # is a structural cut exact? (model untouched)
     pk.prune(model, x, ratio=0.5)              # structured: channels/neurons/heads physically removed
+    pk.prune(model, x, pk.PruneConfig(ratio=0.5, scope="global"))   # the same options as one config
     pk.apply(model, plan)                      # replay a saved Plan on a fresh copy of the architecture
     pk.prune(model, x, target=pk.Target(macs=0.5))       # search the ratio that meets a target
     pk.sensitivity(model, x, eval_fn)          # per-group accuracy-vs-ratio curves (model untouched)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from prunekit.config import PruneConfig, SparsifyConfig
 from prunekit.deploy import SavedCheckpoint, load, save
 from prunekit.errors import ApplyError, ConfigError, ExportError, ModelLoadError, PlanError, PruneError
 from prunekit.measure import (
@@ -53,8 +55,9 @@ from prunekit.sparse import (
     sparsify,
     sparsity_report,
 )
-from prunekit.sparse.accelerate import AccelerateResult, accelerate
+from prunekit.sparse.accelerate import AccelerateResult, accelerate, accelerated
 from prunekit.sparse.storage import load_sparse, save_sparse, sparse_size
+from prunekit.sparse.swap import decelerate
 from prunekit.structured import CheckReport, PruneResult, apply, check, groups, plan_prune, prune
 from prunekit.structured.layers import LayerPruneResult, prune_layers
 from prunekit.structured.sensitivity import SensitivityResult, sensitivity
@@ -94,6 +97,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "PruneCallbacks",
+    "PruneConfig",
     "PruneError",
     "PruneResult",
     "QuantizeResult",
@@ -101,18 +105,21 @@ __all__ = [
     "SavedCheckpoint",
     "SensitivityResult",
     "SizeInfo",
+    "SparsifyConfig",
     "SparsifyResult",
     "SparsityReport",
     "StructuredGradualPruner",
     "Target",
     "__version__",
     "accelerate",
+    "accelerated",
     "analyze",
     "apply",
     "check",
     "count_macs",
     "count_params",
     "cubic_sparsity",
+    "decelerate",
     "evaluate",
     "export_onnx",
     "finetune",

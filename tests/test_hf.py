@@ -80,7 +80,7 @@ def test_heads_and_ffn_pruned_exactly_and_config_follows(name):
     assert all(len(g.removed) == g.width // 2 for g in heads + ffn)
     counts = head_counts(model)  # LLaMA's attention keeps no head count (its views use -1)
     assert counts == [4] * len(counts) and (counts or name == "llama")
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     for field, value in EXPECTED_CONFIG[name].items():
         assert getattr(model.config, field) == value, field
     assert set(head_counts(model)) == ({2} if counts else set())
@@ -89,7 +89,7 @@ def test_heads_and_ffn_pruned_exactly_and_config_follows(name):
 def test_llama_gqa_drops_key_value_heads_with_their_query_heads_and_generates():
     model = load_model(spec("llama"))
     x = inputs("llama")
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     att = model.model.layers[0].self_attn
     assert (att.q_proj.out_features, att.k_proj.out_features, att.v_proj.out_features) == (16, 8, 8)
     assert att.o_proj.in_features == 16 and att.num_key_value_groups == 2
@@ -100,7 +100,7 @@ def test_llama_gqa_drops_key_value_heads_with_their_query_heads_and_generates():
 def test_gpt2_conv1d_and_split_size_follow_and_generate_works():
     model = load_model(spec("gpt2"))
     x = inputs("gpt2")
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     attn = model.transformer.h[0].attn
     assert (attn.split_size, attn.c_attn.nf, attn.c_proj.nx) == (16, 48, 16)
     assert model.transformer.h[0].mlp.c_fc.nf == 32
@@ -111,7 +111,7 @@ def test_hf_spec_save_load_round_trip_with_per_layer_widths(tmp_path):
     s = spec("bert")
     model = load_model(s)
     x = inputs("bert")
-    res = ps.prune(model, x, 0.5, ignore=["encoder.layer.1"], measure=False)  # layer 1 keeps its widths
+    res = ps.prune(model, x, ratio=0.5, ignore=["encoder.layer.1"], measure=False)  # layer 1 keeps its widths
     assert model.config.num_attention_heads == 4  # layers disagree: the config cannot say it ...
     assert res.plan.meta["per_layer_attrs"]["config.num_attention_heads"] == [2, 4]  # ... the plan does
     assert model.encoder.layer[0].attention.self.num_attention_heads == 2
@@ -137,7 +137,7 @@ def test_matmul_attention_merging_heads_by_attribute_updates_its_attributes(mode
     # MPNet adds one relative position bias (an Embedding with a column per head) in every layer: the heads
     # of both layers are one group; BERT's are one group per layer
     assert len(heads) == (1 if model_type == "mpnet" else 2)
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     att = [m for m in model.modules() if hasattr(m, "all_head_size")]
     assert [(a.num_attention_heads, a.all_head_size) for a in att] == [(2, 16)] * 2
     assert model.config.num_attention_heads == 2
@@ -156,7 +156,7 @@ def test_t5_relative_position_bias_follows_its_heads():
     x = {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
     rep = assert_exact(randomize(copy.deepcopy(model)), x, 0.5)
     assert sorted(g.width for g in rep.plan.groups) == [4, 4] + [64] * 4  # encoder / decoder self-attention
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     assert model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.embedding_dim == 2
     assert [b.layer[0].SelfAttention.n_heads for b in model.decoder.block] == [2, 2]
     assert [b.layer[1].EncDecAttention.n_heads for b in model.decoder.block] == [4, 4]

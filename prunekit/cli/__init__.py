@@ -7,6 +7,7 @@
     prunekit prune torchvision:resnet18 --ratio 0.5 --out out/r18
     prunekit check torchvision:mobilenet_v2 --ratio 0.5 --json check.json
     prunekit report check.json --out check-report
+    prunekit accelerate sparse-ckpt/ --out fast-ckpt/ --batch-sizes 1,8,32
 
 One module per command (or family of commands); each registers itself on the shared ``app``.
 """
@@ -14,6 +15,7 @@ One module per command (or family of commands); each registers itself on the sha
 from __future__ import annotations
 
 from prunekit.cli import (  # noqa: F401  (each registers its commands)
+    accelerate,
     analyze,
     demo,
     deploy,

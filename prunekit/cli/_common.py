@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 
 from prunekit._atomic import write_text
 from prunekit.errors import ConfigError, PruneError
+from prunekit.models.data import DATA_HELP
 
 try:  # recent typer carries its own copy of click, whose usage errors derive from TyperException
     from typer import TyperException as _UsageError
@@ -98,7 +99,8 @@ ModelArg = Annotated[
     typer.Argument(
         metavar="MODEL",
         help="A family spec (torchvision:NAME, timm:NAME, hf:CONFIG, ultralytics:NAME.yaml, ...), "
-        "module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint directory.",
+        "module.path:factory, a .pt/.pth/.bin/.safetensors/.pksparse file or a prunekit checkpoint "
+        "directory.",
         show_default=False,
     ),
 ]
@@ -206,6 +208,13 @@ JsonOpt = Annotated[
         callback=writable,
     ),
 ]
+CalibDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", metavar="DATA", help=f"Batches for data-driven criteria (taylor, wanda, ...): {DATA_HELP}."
+    ),
+]
+CalibBatchOpt = Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")]
 
 
 def _print_version(value: bool) -> None:

@@ -10,6 +10,8 @@ import typer
 from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
     ArchOpt,
+    CalibBatchOpt,
+    CalibDataOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
@@ -25,7 +27,7 @@ from prunekit.cli._common import (
     write_json,
 )
 from prunekit.cli.report import ReportOpt, write_report
-from prunekit.models.data import DATA_HELP, load_batches
+from prunekit.models.data import load_batches
 
 
 @app.command()
@@ -36,7 +38,10 @@ def sparsify(
         typer.Option(
             "--out",
             metavar="FILE",
-            help="Where to write the sparsified state_dict (.safetensors, else torch.save).",
+            help=(
+                "Where to write the sparsified state_dict: .pksparse is the compressed sparse format "
+                "(exact, a fraction of the dense size), .safetensors, else torch.save (both dense)."
+            ),
             dir_okay=False,
             show_default=False,
             callback=new_output,
@@ -58,13 +63,8 @@ def sparsify(
             "--criterion", help="magnitude, random, or with --data: taylor, hessian, wanda, sparsegpt."
         ),
     ] = "magnitude",
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", metavar="DATA", help=f"Calibration batches for data-driven criteria: {DATA_HELP}."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
+    data: CalibDataOpt = None,
+    batch_size: CalibBatchOpt = 32,
     include: Annotated[
         list[str] | None, typer.Option("--include", metavar="NAME", help="Only these layers (repeatable).")
     ] = None,
@@ -75,6 +75,10 @@ def sparsify(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed for --criterion random and a spec's random initialisation.")
     ] = 0,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail on a layer the pattern cannot fit instead of leaving it dense."),
+    ] = False,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -85,12 +89,21 @@ def sparsify(
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
 
     MODEL is loaded like in every command and run once on its example input (--input-shape, or the
-    model's default shape; a model with neither is not run).
+    model's default shape; a model with neither is not run). Layers the pattern cannot fit (e.g. 2:4 on a
+    3-channel first conv) stay dense and are listed, unless --strict. The table's sparsities are over
+    prunable weights (Linear / Conv), the summary's over the layers that were sparsified.
     """
+    from prunekit.config import SparsifyConfig
+    from prunekit.report.tables import format_bytes
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
+    from prunekit.sparse.storage import save_sparse
 
     batches = load_batches(data, batch_size) if data is not None else None
+    config = SparsifyConfig(
+        sparsity, pattern, criterion, scope, tuple(include) if include else None, tuple(exclude or ()), seed,
+        data=batches, strict=strict,
+    )  # fmt: skip
     loaded = load_cli_model(
         model,
         arch=arch,
@@ -101,25 +114,27 @@ def sparsify(
         seed=seed,
     )
     net = loaded.model
-    result = sparsify_model(
-        net,
-        sparsity,
-        pattern=pattern,
-        criterion=criterion,
-        scope=scope,
-        include=include or None,
-        exclude=exclude or None,
-        seed=seed,
-        data=batches,
-    )
+    result = sparsify_model(net, config)
     report = sparsity_report(net)
     remove_masks(net)
-    atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
+    if out.suffix == ".pksparse":
+        save_sparse(net, out)
+        written = f"the compressed sparse state_dict ({format_bytes(out.stat().st_size)})"
+    else:
+        atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
+        written = (
+            f"the dense state_dict ({format_bytes(out.stat().st_size)}; name it .pksparse for the "
+            "compressed sparse format)"
+        )
     write_json(json_path, result.to_dict() | {"seed": seed})
     write_report(report_dir, result.to_dict())
-    console.print(report)
+    console.print(report.table(notes={name: f"skipped: {why}" for name, why in result.skipped.items()}))
+    skipped = ""
+    if result.skipped:
+        skipped = f"; {plural(len(result.skipped), 'layer')} the pattern cannot fit left dense"
     console.print(
-        f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% "
-        f"({result.pruned:,} of {result.numel:,} weights in {plural(len(result.layers), 'layer')}); "
-        f"wrote the state_dict to {out} (load it with --arch {arch_hint(model, arch)})"
+        f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% of the sparsified layers' "
+        f"weights ({result.pruned:,} of {result.numel:,} in {plural(len(result.layers), 'layer')}{skipped}); "
+        f"{100 * report.sparsity:.2f}% of all prunable weights; "
+        f"wrote {written} to {out} (load it with --arch {arch_hint(model, arch)})"
     )

@@ -23,7 +23,15 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
-from prunekit.cli.structured import CriterionOpt, IgnoreOpt, MaxRatioOpt, RatioOpt, RoundToOpt, ScopeOpt
+from prunekit.cli.structured import (
+    CriterionOpt,
+    IgnoreOpt,
+    MaxRatioOpt,
+    RatioOpt,
+    RoundToOpt,
+    ScopeOpt,
+    prune_config,
+)
 
 yolo_app = typer.Typer(
     help="Ultralytics YOLO: prune exactly, save for YOLO(), fine-tune keeping the pruned arch."
@@ -56,7 +64,7 @@ def prune(
     ratio: RatioOpt = 0.3,
     imgsz: ImgszOpt = 320,
     criterion: CriterionOpt = "l2",
-    scope: ScopeOpt = "local",
+    scope: ScopeOpt = None,
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
@@ -85,10 +93,8 @@ def prune(
     `yolo train model=pruned.pt` / `YOLO("pruned.pt").train()` rebuilds the pruned model."""
     from prunekit.models.ultralytics import prune_to_file
 
-    result = prune_to_file(
-        model, out, imgsz=imgsz, half=half, trainable=not free, ratio=ratio, criterion=criterion,
-        scope=scope, ignore=ignore or None, round_to=round_to, max_ratio=max_ratio, seed=seed,
-    )  # fmt: skip
+    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
+    result = prune_to_file(model, out, config, imgsz=imgsz, half=half, trainable=not free, seed=seed)
     write_json(json_path, result.to_dict() | {"checkpoint": str(out), "seed": seed})
     console.print(before_after_table(f"prunekit yolo prune {model}", result))
     train = "`prunekit yolo finetune`" if free else "ultralytics' own train() or `prunekit yolo finetune`"
@@ -105,7 +111,7 @@ def check(
     """Prune a copy of MODEL, compare it with the masked reference (MODEL unchanged); exit 1 if inexact."""
     from prunekit.models.ultralytics import check_yolo, load_yolo
 
-    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio, imgsz=imgsz)
+    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio=ratio, imgsz=imgsz)
     write_json(json_path, report.to_dict())
     console.print(
         f"{'exact' if report.ok else 'NOT EXACT'}: max |err| {report.max_abs_err:.2e}, "

@@ -63,6 +63,7 @@ from prunekit.sparse.storage import (
     decode_sparse_state_dict,
     encode_sparse_state_dict,
 )
+from prunekit.sparse.swap import dense_form, kernel_choices, swap_kernels
 from prunekit.structured.apply import apply
 from prunekit.structured.layers import SkipBlock
 from prunekit.structured.plan_attrs import complete_size_attrs
@@ -277,7 +278,8 @@ def save(
     the checkpoint can only be loaded into a model you build: ``load(dir, model=...)``. ``metadata`` must be
     JSON-serialisable. ``sparse=True`` stores the weights in the compressed sparse encoding (exact with
     ``sparse_values="fp32"``; ``"fp16"`` or ``"int8"`` trade exactness for size) — the file is then typically
-    5–10× smaller for a 90%-sparse model.
+    5–10× smaller for a 90%-sparse model. A model run on sparse kernels (:func:`prunekit.accelerate`) is
+    saved with its dense weights and, under ``"accelerated"``, which layer ran which kernel.
 
     A local path in ``spec`` is stored absolute. Without ``spec``, an unpruned model built outside prunekit
     gets the spec its family infers (:func:`prunekit.models.record.recorded_spec`: torchvision, timm,
@@ -341,10 +343,11 @@ def save(
                 n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                 for n, t in weights.items()
             },
-            "params": count_params(model).to_dict(),
+            "params": count_params(dense_form(model)).to_dict(),
             "torch_version": torch.__version__,
             "prunekit_version": _prunekit_version(),
             "metadata": meta_json,
+            "accelerated": kernel_choices(model),
         }
         info["integrity"] = integrity_hash(info)
         (tmp / META_FILE).write_text(json.dumps(info, indent=1) + "\n")
@@ -456,6 +459,9 @@ def load(
     with ``trust_code=True``. The saved plans are applied to it, removed blocks are replaced by
     :class:`~prunekit.structured.layers.SkipBlock`, then the weights are loaded strictly (dtypes included)
     after their sha256 is checked. A given ``model`` is changed only once every plan is known to fit it.
+    Layers saved on sparse kernels run on the same kernels again
+    (:func:`~prunekit.sparse.swap.swap_kernels`, not re-timed: :func:`~prunekit.sparse.swap.decelerate`
+    gives the dense form, :func:`~prunekit.accelerate` decides afresh on this machine).
 
     >>> _ = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
     >>> load("/tmp/lin-ckpt", model=torch.nn.Linear(3, 2)).weight.shape
@@ -500,4 +506,11 @@ def load(
             if state[name].dtype != tensor.dtype:  # keep the saved dtype (and the Parameter object, for ties)
                 state[name].data = state[name].data.to(tensor.dtype)
     model.load_state_dict(full, strict=True)
+    accelerated = info.get("accelerated") or {}
+    if not isinstance(accelerated, dict):
+        raise ModelLoadError(f"{directory / META_FILE} is corrupt: bad 'accelerated' entry")
+    try:
+        swap_kernels(model, accelerated)
+    except ConfigError as err:
+        raise ModelLoadError(f"cannot load {directory}: {err}") from err
     return model.eval()

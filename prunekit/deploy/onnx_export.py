@@ -54,6 +54,7 @@ from prunekit.graph.trace import flatten_tensors
 from prunekit.measure.params import count_params
 from prunekit.progress import progress_bar
 from prunekit.sparse.masks import own_parametrized_class
+from prunekit.sparse.swap import dense_form
 
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 or newer
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -89,10 +90,13 @@ class ExportResult:
 def deployable(model: nn.Module) -> nn.Module:
     """``model`` itself if it has no masks; else a deep copy with every mask/parametrization baked in.
 
+    Sparse kernel modules (:func:`prunekit.accelerate`) are exported in their dense form.
+
     >>> layer = torch.nn.Linear(2, 2)
     >>> deployable(layer) is layer
     True
     """
+    model = dense_form(model)
     needs_copy = any(parametrize.is_parametrized(m) or _prune_hooks(m) for m in model.modules())
     if not needs_copy:
         return model
