@@ -20,6 +20,8 @@ The public verbs live here::
     pk.export_onnx(model, x, "m.onnx")         # verified with onnxruntime (needs the onnx extra)
     pk.quantize_onnx("m.onnx", "m.int8.onnx")  # INT8 (dynamic or static)
     pk.save(model, "out/", spec=..., plan=...) # safetensors + JSON plan, no pickle; pk.load("out/")
+    pk.save_pretrained(model, "hf/")           # a directory stock transformers loads (from_pretrained)
+    pk.save_sentence_transformer(emb, "st/")   # a directory SentenceTransformer(...) loads
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prunekit.config import PruneConfig, SparsifyConfig
 from prunekit.deploy import SavedCheckpoint, load, save
+from prunekit.deploy.pretrained import SavedPretrained, save_pretrained, save_sentence_transformer
 from prunekit.errors import ApplyError, ConfigError, ExportError, ModelLoadError, PlanError, PruneError
 from prunekit.measure import (
     LatencyStats,
@@ -103,6 +106,7 @@ __all__ = [
     "QuantizeResult",
     "Recipe",
     "SavedCheckpoint",
+    "SavedPretrained",
     "SensitivityResult",
     "SizeInfo",
     "SparsifyConfig",
@@ -141,6 +145,8 @@ __all__ = [
     "remove_masks",
     "run_recipe",
     "save",
+    "save_pretrained",
+    "save_sentence_transformer",
     "save_sparse",
     "sensitivity",
     "snip",

@@ -294,6 +294,11 @@ def test_cli_yolo_prune_and_check(tmp_path):
     checked = tmp_path / "check.json"
     result = runner.invoke(app, ["yolo", "check", "yolo11n.yaml", "--imgsz", "64", "--json", str(checked)])
     assert result.exit_code == 0 and json.loads(checked.read_text())["ok"] is True
+    rows = [r[2] for part in ("backbone", "head") for r in ultralytics.YOLO(str(out)).model.yaml[part]]
+    assert "Detect" in rows and not any(r.startswith("Prunekit") for r in rows)  # the default: stock names
+    more = tmp_path / "more.pt"
+    assert runner.invoke(app, [*args, "--prunekit-modules", "--out", str(more)]).exit_code == 0
+    assert ultralytics.YOLO(str(more)).model.yaml["head"][-1][2] == "PrunekitDetect"
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "pruned.onnx")])
     assert bad.exit_code == 2 and "must name a .pt file" in bad.output
     assert not (tmp_path / "pruned.onnx").exists()
@@ -319,6 +324,58 @@ def test_prune_yolo_takes_a_config_and_builds_its_result_like_prune(monkeypatch)
     assert meta["ultralytics"]["trainable"] is False and meta["config"]["ratio"] == 0.5
     with pytest.warns(DeprecationWarning, match="positional ratio"):
         prune_yolo(load_yolo("yolov8n.yaml"), 0.3, imgsz=IMGSZ, trainable=False)
+
+
+def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modules():
+    """Head hidden widths, C3k2 bottleneck widths: the yaml states them through Prunekit<Layer> rows, so the
+    yaml-trainable prune cuts within 10 % of the free prune's MACs; the built modules are ultralytics' own."""
+    from ultralytics.nn.modules import C3k2, Detect
+
+    from prunekit.models.yolo_yaml import rebuild, shape_mismatches
+
+    free = prune_yolo(load_yolo("yolo11n.yaml"), ratio=0.5, imgsz=IMGSZ, trainable=False)
+    model = load_yolo("yolo11n.yaml")
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, stock_modules=False)
+    assert res.macs_ratio <= 1.10 * free.macs_ratio
+    rows = model.yaml["backbone"] + model.yaml["head"]
+    assert rows[-1][2] == "PrunekitDetect" and rows[2][2] == "PrunekitC3k2"
+    assert shape_mismatches(model, model.yaml) == []
+    built = rebuild(model, model.yaml)
+    assert type(built.model[-1]) is Detect and type(built.model[2]) is C3k2  # stock classes get pickled
+    built.load_state_dict(model.state_dict())
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(built.eval()(x)[0], model.eval()(x)[0])  # same function, not only same shapes
+    stock = load_yolo("yolo11n.yaml")
+    prune_yolo(stock, ratio=0.5, imgsz=IMGSZ)  # the default: ultralytics' modules only
+    assert not any(r[2].startswith("Prunekit") for r in stock.yaml["backbone"] + stock.yaml["head"])
+    assert shape_mismatches(stock, stock.yaml) == []
+
+
+def test_prunekit_rows_load_without_prunekit_and_train_needs_its_names(tmp_path, digits):
+    """A checkpoint whose yaml has Prunekit<Layer> rows loads and predicts in a process that never imports
+    prunekit; train() there fails loudly on the unknown name (it never trains a dense model)."""
+    import subprocess
+    import sys
+
+    model = _digits_model()
+    prune_yolo(model, ratio=0.5, imgsz=IMGSZ, stock_modules=False)
+    assert model.yaml["head"][-1][2] == "PrunekitDetect"
+    path = save_yolo(model, tmp_path / "pruned.pt")
+    code = (
+        "import sys, torch, ultralytics\n"
+        f"y = ultralytics.YOLO({str(path)!r})\n"
+        f"y.model.eval()(torch.zeros(1, 3, {IMGSZ}, {IMGSZ}))\n"
+        "assert 'prunekit' not in sys.modules\n"
+        "try:\n"
+        f"    y.train(data={str(digits)!r}, epochs=1, imgsz={IMGSZ}, workers=0, device='cpu', plots=False,"
+        f" project={str(tmp_path)!r})\n"
+        "except KeyError as err:\n"
+        "    print('KEYERROR', err)\n"
+    )
+    env = {**__import__("os").environ, "YOLO_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "KEYERROR 'PrunekitDetect'" in proc.stdout
 
 
 def test_a_pruned_save_keeps_the_input_dtype_and_a_yaml_build_its_seed(tmp_path):

@@ -46,6 +46,7 @@ from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.params import count_params
 from prunekit.models.family import Family, FileFormat, register_family
 from prunekit.models.files import unsafe_globals
+from prunekit.models.yolo_modules import register
 from prunekit.models.yolo_yaml import checkpoint_yaml, trainable_plan
 from prunekit.plan import Plan
 from prunekit.structured import pipeline
@@ -63,6 +64,7 @@ def _ultralytics():
         import ultralytics
     except ImportError as err:
         raise ModelLoadError('ultralytics:NAME specs need ultralytics: pip install "prunekit[yolo]"') from err
+    register()  # the Prunekit<Layer> names a pruned checkpoint's yaml may use, for a later train()
     return ultralytics
 
 
@@ -236,8 +238,8 @@ class YamlTrainable:
     """Plan transform: keep whole every group whose cut ``model.yaml`` cannot state
     (:func:`~prunekit.models.yolo_yaml.trainable_plan`); ``yaml`` is then the yaml of the plan."""
 
-    def __init__(self, detector: nn.Module, finish: C2fAttrs) -> None:
-        self.detector, self.finish = detector, finish
+    def __init__(self, detector: nn.Module, finish: C2fAttrs, stock_modules: bool = True) -> None:
+        self.detector, self.finish, self.stock_modules = detector, finish, stock_modules
         self.yaml: dict | None = None
 
     def __call__(self, plan: Plan, scored: Scored) -> Plan:
@@ -246,7 +248,13 @@ class YamlTrainable:
 
         try:
             plan, self.yaml, kept = trainable_plan(
-                self.detector, HeadOutputs, scored.example_inputs, plan, scored.report, finish
+                self.detector,
+                HeadOutputs,
+                scored.example_inputs,
+                plan,
+                scored.report,
+                finish,
+                stock_modules=self.stock_modules,
             )
         except ValueError as err:
             raise ConfigError(
@@ -272,6 +280,7 @@ def prune_yolo(
     target: Any = None,
     data: Any = None,
     loss_fn: Any = None,
+    stock_modules: bool = True,
 ) -> PruneResult:
     """Prune an ultralytics model (or the model inside a ``YOLO`` object) in place; return the PruneResult.
 
@@ -285,8 +294,15 @@ def prune_yolo(
     ``trainable=True`` keeps to widths that ``model.yaml`` can state (multiples of 8, ``round_to`` defaults
     to 8; a few groups whose width ultralytics derives from another stay whole) and writes them into
     ``model.yaml``, so ultralytics' stock ``train()`` rebuilds the pruned model (see
-    :mod:`prunekit.models.yolo_yaml`). ``trainable=False`` prunes freely; a stock ``train()`` then fails
-    loudly and :func:`prunekit.models.yolo_train.finetune_yolo` fine-tunes it.
+    :mod:`prunekit.models.yolo_yaml`). ``stock_modules=True`` (the default) names only ultralytics' modules,
+    so ``yolo train`` in a process that never imports prunekit rebuilds it; widths ultralytics derives inside
+    a layer (head hidden convs, SPPF, bottlenecks) then stay whole. ``stock_modules=False`` cuts those too,
+    stated in ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved modules are
+    ultralytics' own, but a process that trains from that yaml must register the names first
+    (``load_yolo`` and ``prune_yolo`` do; else :func:`prunekit.models.yolo_modules.register`), and without
+    them its ``train()`` fails on the unknown name (never silently dense). ``trainable=False`` prunes
+    freely; a stock ``train()`` then fails loudly and :func:`prunekit.models.yolo_train.finetune_yolo`
+    fine-tunes it.
 
     >>> m = load_yolo("yolov8n.yaml")
     >>> round(prune_yolo(m, ratio=0.5, imgsz=64).params_ratio, 2), m.yaml["width_multiple"]
@@ -305,7 +321,7 @@ def prune_yolo(
     x = example_inputs(detector, imgsz)
     cfg = cfg.replace(ignore=_ignore(detector, cfg.ignore))
     finish = C2fAttrs(detector, imgsz, trainable)
-    yaml_step = YamlTrainable(detector, finish) if trainable else None
+    yaml_step = YamlTrainable(detector, finish, stock_modules) if trainable else None
     transforms: list[PlanTransform] = [finish] if yaml_step is None else [finish, yaml_step]
     if trainable and cfg.round_to is None:
         cfg = cfg.replace(round_to=8)
@@ -423,6 +439,7 @@ def prune_to_file(
     half: bool | None = None,
     trainable: bool = True,
     seed: int | None = None,
+    stock_modules: bool = True,
     **options: Any,
 ) -> PruneResult:
     """Load ``spec`` (``[ultralytics:]NAME.yaml`` or an ultralytics ``.pt``), :func:`prune_yolo` it with
@@ -443,7 +460,9 @@ def prune_to_file(
             if seed is not None:
                 torch.manual_seed(seed)
             model = load_yolo(name)
-    result = prune_yolo(model, config, imgsz=imgsz, trainable=trainable, **options)
+    result = prune_yolo(
+        model, config, imgsz=imgsz, trainable=trainable, stock_modules=stock_modules, **options
+    )
     save_yolo(model, out, plans=result.plan, half=bool(half))
     return result
 
