@@ -43,7 +43,7 @@ def canonical(weight: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def files(tmp_path):
-    """TinyNet saved as a state_dict and as a pickled module; output paths in a folder not yet made."""
+    """TinyNet saved as a state_dict and as a pickled module; the --json path in a folder not yet made."""
     source = tiny_model()
     with torch.no_grad():
         source.fc.weight.mul_(3)  # not what the factory builds: shows which weights were loaded
@@ -53,7 +53,7 @@ def files(tmp_path):
         "source": source,
         "sd": tmp_path / "tiny.pt",
         "pickle": tmp_path / "whole.pt",
-        "out": tmp_path / "results" / "sparse.pt",
+        "out": tmp_path / "sparse.pt",
         "json": tmp_path / "results" / "result.json",
     }
 
@@ -135,7 +135,7 @@ def test_error_paths_exit_2_with_one_line_and_write_nothing(case, files, tmp_pat
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
     assert snapshot(tmp_path) == before  # no --out, no --json, no folder, input files unchanged
-    assert not files["out"].parent.exists()
+    assert not files["out"].exists() and not files["json"].parent.exists()
 
 
 def test_demo_leaves_defaults_to_run_demo(monkeypatch):

@@ -235,3 +235,40 @@ def test_prune_output_under_a_regular_file_is_one_line_before_any_work(tmp_path,
         == f"error: cannot write {option} {blocker / 'x.json'}: {blocker} is a file, not a directory\n"
     )
     assert blocker.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["somefile"]
+
+
+@pytest.mark.parametrize(
+    ("command", "out", "message"),
+    [
+        ("prune", "p.pt", "--out {out} names a checkpoint directory, but .pt is a file suffix"),
+        (
+            "save",
+            "s.safetensors",
+            "--out {out} names a checkpoint directory, but .safetensors is a file suffix",
+        ),
+        ("prune", "nope/deeper/s", "cannot write --out {out}: {parent} does not exist; create it first"),
+        ("sparsify", "nope/s.pt", "cannot write --out {out}: {parent} does not exist; create it first"),
+    ],
+)
+def test_a_surprising_out_is_refused_in_one_line_and_nothing_is_made(tmp_path, command, out, message):
+    out = tmp_path / out
+    extra = ("--sparsity", "0.5") if command == "sparsify" else ()
+    result = invoke(command, TINY, "--input-shape", SHAPE, *extra, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: " + message.format(out=out, parent=out.parent))
+    assert result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_fixes_a_spec_s_random_init_and_is_recorded(tmp_path):
+    hashes, seeds = [], []
+    for run, seed in enumerate(("0", "0", "1")):
+        out, js = tmp_path / f"r{run}", tmp_path / f"r{run}.json"
+        args = ("save", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--out", out, "--json", js)
+        assert invoke(*args, "--seed", seed).exit_code == 0
+        hashes.append((out / "weights.safetensors").read_bytes())
+        seeds.append(json.loads(js.read_text())["seed"])
+    assert hashes[0] == hashes[1] != hashes[2] and seeds == [0, 0, 1]
+    js = tmp_path / "p.json"
+    args = ("prune", TINY, "--input-shape", SHAPE, "--out", tmp_path / "p", "--json", js)
+    assert invoke(*args).exit_code == 0 and json.loads(js.read_text())["seed"] == 0

@@ -165,7 +165,10 @@ def test_out_dir_has_models_and_tables(demo) -> None:
     out = root / "out" / "nested"  # created, parents included
     names = {"dense.safetensors", "sparse90.safetensors", "channels50.safetensors", "copy.safetensors"}
     names |= {"channels50.onnx", "channels50.int8.onnx", "results.md", "results.txt"}
+    names |= {"report.html", "report.md", "stages.png"}  # the figures --help promises
     assert names | {"results.json"} == {p.name for p in out.iterdir()}  # no temporary files left
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Accuracy vs latency" in page and "prunekit demo" in page
     assert json.loads((out / "results.json").read_text()) == json.loads((root / "demo.json").read_text())
     assert "| non-zero parameters |" in (out / "results.md").read_text()
     assert "compressed" in (out / "results.txt").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers_models import TINY_INPUT_SHAPE, TINY_PARAMS, TiedNet, TinyNet, tied_model, tiny_model
@@ -145,8 +147,39 @@ def test_checkpoint_dict_is_not_taken_for_a_state_dict(tmp_path):
 def test_garbage_file(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ModelLoadError, match=r"cannot read .*junk\.pt"):
+    with pytest.raises(ModelLoadError, match=r"junk\.pt is not a valid checkpoint"):
         load_model(str(path), arch=TINY)
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda data: data[: len(data) // 2], "its archive is truncated or damaged"),
+        (lambda data: bytes(range(256)) * 20, "neither a torch.save archive nor a pickle"),
+        (lambda data: b"\x80\x02" + bytes(range(256)) * 4, "its pickle data is damaged"),
+        (lambda data: b"", "it is empty"),
+    ],
+)
+def test_a_damaged_file_is_not_a_valid_checkpoint_and_never_advises_unsafe_loading(tmp_path, damage, why):
+    path = tmp_path / "w.pt"
+    torch.save(tiny_model().state_dict(), path)
+    path.write_bytes(damage(path.read_bytes()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's UserWarning suggesting weights_only=False must not show
+        with pytest.raises(ModelLoadError) as err:
+            load_model(str(path), arch=TINY)
+    assert str(err.value) == f"{path} is not a valid checkpoint: " + str(err.value).split(": ", 1)[1]
+    assert why in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_seed_makes_the_random_init_reproducible_and_leaves_the_global_state_alone():
+    state = torch.random.get_rng_state()
+    a, b = (load_model("torchvision:resnet18", seed=0).conv1.weight for _ in range(2))
+    c = load_model("torchvision:resnet18", seed=1).conv1.weight
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    d, e = (load_model(TINY, seed=3).fc.weight for _ in range(2))
+    assert torch.equal(d, e)
 
 
 def test_pickled_module_is_refused_without_trust(tmp_path):

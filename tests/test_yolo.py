@@ -376,3 +376,23 @@ def test_prunekit_rows_load_without_prunekit_and_train_needs_its_names(tmp_path,
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "KEYERROR 'PrunekitDetect'" in proc.stdout
+
+
+def test_a_pruned_save_keeps_the_input_dtype_and_a_yaml_build_its_seed(tmp_path):
+    from prunekit.models.ultralytics import prune_to_file
+
+    released = save_yolo(load_yolo("yolov8n.yaml"), tmp_path / "released.pt", half=True)  # fp16, as shipped
+    small = prune_to_file(str(released), tmp_path / "pruned.pt", ratio=0.3, imgsz=IMGSZ)
+    stored = torch.load(tmp_path / "pruned.pt", weights_only=False)["model"]
+    assert {p.dtype for p in stored.parameters()} == {torch.float16}
+    assert (tmp_path / "pruned.pt").stat().st_size < released.stat().st_size and small.params_ratio < 1
+    prune_to_file(str(released), tmp_path / "fp32.pt", ratio=0.3, imgsz=IMGSZ, half=False)
+    assert {p.dtype for p in torch.load(tmp_path / "fp32.pt", weights_only=False)["model"].parameters()} == {
+        torch.float32
+    }
+    weights = []
+    for run in range(2):
+        prune_to_file("yolov8n.yaml", tmp_path / f"y{run}.pt", ratio=0.3, imgsz=IMGSZ, seed=0)
+        weights.append(torch.load(tmp_path / f"y{run}.pt", weights_only=False)["model"].state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert {p.dtype for p in weights[0].values() if p.is_floating_point()} == {torch.float32}

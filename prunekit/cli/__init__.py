@@ -6,6 +6,7 @@
     prunekit sparsify torchvision:resnet18 --sparsity 0.9 --out resnet18-sparse.safetensors
     prunekit prune torchvision:resnet18 --ratio 0.5 --out out/r18
     prunekit check torchvision:mobilenet_v2 --ratio 0.5 --json check.json
+    prunekit report check.json --out check-report
     prunekit accelerate sparse-ckpt/ --out fast-ckpt/ --batch-sizes 1,8,32
 
 One module per command (or family of commands); each registers itself on the shared ``app``.
@@ -19,6 +20,7 @@ from prunekit.cli import (  # noqa: F401  (each registers its commands)
     demo,
     deploy,
     recover,
+    report,
     sensitivity,
     sparsify,
     structured,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -36,6 +37,9 @@ PIPE_WIDTH = 160
 MAX_INPUT_VALUES = 2**31  # an example input above this (8 GiB as float32) is refused before loading
 
 
+INVOCATION: list[str] = []  # the arguments of the running command, for the reports that reproduce it
+
+
 class _OneLineErrors(TyperGroup):
     """Turn PruneError and click usage errors into ``error: <message>`` on stderr, exit 2, no traceback."""
 
@@ -47,6 +51,7 @@ class _OneLineErrors(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        INVOCATION[:] = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -126,6 +131,14 @@ InputShapeOpt = Annotated[
         help="Shape of the random example input; torchvision classifiers default to 1,3,224,224.",
     ),
 ]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of the random initialisation when MODEL is built from a spec (recorded in --json), so "
+        "every run builds the same weights.",
+    ),
+]
 
 
 def writable(param: typer.CallbackParam, value: Path | str | None) -> Path | str | None:
@@ -151,6 +164,38 @@ def writable(param: typer.CallbackParam, value: Path | str | None) -> Path | str
             f"cannot write {flag} {value}: {ancestor} is not writable ({err.strerror})"
         ) from None
     return value
+
+
+def new_output(param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Option callback for a model output (file or checkpoint directory): :func:`writable`, and its parent
+    directory must exist (a mistyped path is refused, never created)."""
+    writable(param, value)
+    if value is not None and not Path(os.path.abspath(value)).parent.is_dir():
+        flag, parent = "/".join(param.opts), Path(value).parent
+        raise ConfigError(f"cannot write {flag} {value}: {parent} does not exist; create it first")
+    return value
+
+
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".onnx", ".pksparse")
+
+
+def checkpoint_dir(param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Option callback for a checkpoint directory: :func:`new_output`, and no model-file suffix (``r18.pt``
+    as a directory name is a mistake: the command would make a directory there, not that file)."""
+    new_output(param, value)
+    if value is not None:
+        refuse_file_suffix("/".join(param.opts), Path(value))
+    return value
+
+
+def refuse_file_suffix(flag: str, out: Path) -> None:
+    """Raise ConfigError if a checkpoint directory ``out`` is named like a model file."""
+    if out.suffix.lower() in MODEL_FILE_SUFFIXES and not out.is_dir():
+        raise ConfigError(
+            f"{flag} {out} names a checkpoint directory, but {out.suffix} is a file suffix: this model is "
+            f"saved as a directory (safetensors + prunekit.json); drop the suffix, e.g. {flag} "
+            f"{out.with_suffix('')}"
+        )
 
 
 JsonOpt = Annotated[
@@ -185,8 +230,17 @@ def main(
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bars (they show on stderr only when it is a terminal)."
+        ),
+    ] = False,
 ) -> None:
     """Prune trained PyTorch models: unstructured masks and exact structural removal, measured."""
+    from prunekit.progress import set_cli_default
+
+    set_cli_default(not quiet)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -207,7 +261,9 @@ class LoadedModel:
     plans: list[Any]  # structural plans already applied to it (a checkpoint directory's)
 
 
-def load_spec(spec: str, *, arch: str | None, trust_pickle: bool, trust_code: bool) -> Any:
+def load_spec(
+    spec: str, *, arch: str | None, trust_pickle: bool, trust_code: bool, seed: int | None = None
+) -> Any:
     """The model MODEL names; a checkpoint directory's own spec is built only if registered or trusted."""
     if (Path(spec) / "prunekit.json").is_file() and arch is None:
         from prunekit.deploy.checkpoint import load
@@ -215,7 +271,7 @@ def load_spec(spec: str, *, arch: str | None, trust_pickle: bool, trust_code: bo
         return load(spec, trust_code=trust_code)
     from prunekit.models.spec import load_model
 
-    return load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    return load_model(spec, arch=arch, trust_pickle=trust_pickle, seed=seed)
 
 
 def load_cli_model(
@@ -226,6 +282,7 @@ def load_cli_model(
     input_shape: str | None,
     needs_example: bool = True,
     trust_code: bool = False,
+    seed: int | None = None,
 ) -> LoadedModel:
     """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under.
 
@@ -245,7 +302,7 @@ def load_cli_model(
             f"--input-shape {input_shape} is {values:.3g} values ({4 * values / 2**30:,.0f} GiB as float32), "
             f"over the {MAX_INPUT_VALUES:.3g} allowed: give a smaller shape"
         )
-    net = load_spec(spec, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code)
+    net = load_spec(spec, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code, seed=seed)
     if shape is None:
         try:
             shape = default_input_shape(arch or spec)
@@ -286,8 +343,10 @@ def before_after_table(title: str, result: Any) -> Any:
 
 
 def write_json(path: Path | None, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` (if given), with the ``command`` that reproduces this run."""
     if path is not None:
-        write_text(path, json.dumps(data, indent=2) + "\n")
+        command = {"command": shlex.join(["prunekit", *INVOCATION])} if INVOCATION else {}
+        write_text(path, json.dumps(command | data, indent=2) + "\n")
 
 
 def save_state_dict(net: Any, path: Path, suffix: str) -> None:

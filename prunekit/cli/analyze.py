@@ -11,6 +11,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustCodeOpt,
     TrustPickleOpt,
     app,
@@ -36,17 +37,18 @@ def analyze(
         ),
     ] = None,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Per-layer parameters, non-zeros, sparsity and MACs of MODEL, plus its size and latency."""
     from prunekit.measure.profile import analyze as profile_model
     from prunekit.report.tables import profile_table, summary_table
 
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     net, example = loaded.model, loaded.example
     size_options = {} if zstd_level is None else {"zstd_level": zstd_level}
     profile = profile_model(net, example, latency=not no_latency, runs=runs, **size_options)
     console.print(profile_table(profile))
     console.print(summary_table(profile, title=model))
-    write_json(json_path, profile.to_dict())
+    write_json(json_path, profile.to_dict() | {"seed": seed})

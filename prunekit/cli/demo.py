@@ -8,15 +8,22 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._common import JsonOpt, app, console, writable
+from prunekit.cli.report import ReportOpt, write_report
 
 
 @app.command()
 def demo(
     out: Annotated[
         Path | None,
-        typer.Option("--out", metavar="DIR", help="Write the models and figures to DIR.", callback=writable),
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Write the models, the results tables and the figures (report.html, report.md) to DIR.",
+            callback=writable,
+        ),
     ] = None,
     json_path: JsonOpt = None,
+    report_dir: ReportOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="A small budget, for smoke tests.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs of the dense CNN.")] = None,
     finetune_epochs: Annotated[
@@ -40,4 +47,6 @@ def demo(
         epochs=epochs, finetune_epochs=finetune_epochs, sparsity=sparsity, seed=seed, threads=threads
     )
     options = {name: value for name, value in given.items() if value is not None}
-    run_demo(out=out, json_path=json_path, quick=quick, console=console, **options)
+    result = run_demo(out=out, json_path=json_path, quick=quick, console=console, **options)
+    if report_dir is not None:
+        write_report(report_dir, result.to_dict())

@@ -13,11 +13,14 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustCodeOpt,
     TrustPickleOpt,
     app,
+    checkpoint_dir,
     console,
     load_cli_model,
+    new_output,
     writable,
     write_json,
 )
@@ -31,7 +34,7 @@ OutDirOpt = Annotated[
         help="Checkpoint directory to write.",
         file_okay=False,
         show_default=False,
-        callback=writable,
+        callback=checkpoint_dir,
     ),
 ]
 
@@ -47,7 +50,7 @@ def export(
             help="ONNX file to write (with --int8 also FILE.int8.onnx); same as --format onnx --out FILE.",
             dir_okay=False,
             show_default=False,
-            callback=writable,
+            callback=new_output,
         ),
     ] = None,
     fmt: Annotated[
@@ -88,6 +91,7 @@ def export(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Export MODEL for a runtime (ONNX, OpenVINO, TFLite, NCNN), checked against PyTorch; optionally INT8."""
     if int8 not in (None, "dynamic", "static"):
@@ -107,7 +111,7 @@ def export(
     from prunekit.deploy import export_onnx, quantize_onnx
 
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
@@ -141,7 +145,7 @@ def export(
                 else ""
             )
         )
-    write_json(json_path, data)
+    write_json(json_path, data | {"seed": seed})
 
 
 def _export_runtime(
@@ -231,6 +235,7 @@ def save(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory (safetensors weights + spec + structural plans), or,
     with --format hf / sentence, as a directory stock transformers / sentence-transformers load."""
@@ -242,7 +247,7 @@ def save(
     if sparse and fmt != "prunekit":
         raise ConfigError("--sparse is for prunekit checkpoints; stock directories store dense weights")
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     if fmt != "prunekit":
         _save_stock(loaded, out, fmt, json_path)
@@ -259,7 +264,7 @@ def save(
         sparse=sparse,
         metadata={"input_shape": list(loaded.shape), "source": model},
     )
-    write_json(json_path, saved.to_dict())
+    write_json(json_path, saved.to_dict() | {"seed": seed})
     console.print(f"wrote {out}: {saved.weights_bytes:,} bytes of weights, {saved.params:,} parameters")
 
 
@@ -360,6 +365,7 @@ def bench(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
@@ -377,7 +383,12 @@ def bench(
     names = _runtime_names(runtime)
     models = [
         load_cli_model(
-            spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+            spec,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            trust_code=trust_code,
+            seed=seed,
         )
         for spec in specs
     ]
@@ -408,7 +419,7 @@ def bench(
                         "speedup_vs_model": base / stats.median_ms,
                     }
                 )
-    write_json(json_path, {"rows": rows, "input_shape": list(example.shape[1:])})
+    write_json(json_path, {"rows": rows, "input_shape": list(example.shape[1:]), "seed": seed})
     table = Table(title="prunekit bench (median of timed runs)")
     for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", f"speedup vs {model}"):
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -17,9 +17,9 @@ from prunekit.cli._common import (
     TrustCodeOpt,
     TrustPickleOpt,
     app,
+    checkpoint_dir,
     console,
     load_cli_model,
-    writable,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -34,7 +34,11 @@ def finetune(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", metavar="DIR", help="Checkpoint directory to write.", file_okay=False, callback=writable
+            "--out",
+            metavar="DIR",
+            help="Checkpoint directory to write.",
+            file_okay=False,
+            callback=checkpoint_dir,
         ),
     ],
     val_data: Annotated[
@@ -57,7 +61,9 @@ def finetune(
     keep_zeros: Annotated[
         bool, typer.Option("--keep-zeros", help="Zero weights stay zero (unstructured sparse models).")
     ] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and dropout.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for shuffling, dropout and a spec's random initialisation.")
+    ] = 0,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -76,7 +82,7 @@ def finetune(
     train = load_batches(data, batch_size, shuffle=True, seed=seed)
     val = load_batches(val_data, 512) if val_data is not None else None
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     if loaded.spec is None:
         raise ConfigError(
@@ -99,7 +105,7 @@ def finetune(
         plan=loaded.plans,
         metadata={"input_shape": list(loaded.shape), "source": model, "finetuned_on": data},
     )
-    write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict()})
+    write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict(), "seed": seed})
     metric = "" if result.final_metric is None else f", accuracy {100 * result.final_metric:.2f}%"
     console.print(f"fine-tuned {result.steps} steps{metric}; wrote {out}")
 

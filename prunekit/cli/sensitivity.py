@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustCodeOpt,
     TrustPickleOpt,
     app,
@@ -25,6 +26,7 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.errors import ConfigError
 
 
@@ -57,6 +59,8 @@ def sensitivity(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Prune each prunable group of MODEL alone at each ratio and report how much the outputs change."""
     import torch
@@ -65,7 +69,7 @@ def sensitivity(
     from prunekit.structured.sensitivity import sensitivity as scan
 
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     ref = [
         o.double().flatten(1) if o.dim() > 1 else o.double()[None]
@@ -91,7 +95,8 @@ def sensitivity(
         data["allocation"] = {str(k): v for k, v in result.allocate(allocate).items()}
     if plot is not None:
         result.plot(plot)
-    write_json(json_path, data)
+    write_json(json_path, data | {"seed": seed})
+    write_report(report_dir, data)
     table = Table(title=f"prunekit sensitivity {model} (output fidelity, 1.0 = unchanged)")
     table.add_column("group", justify="right")
     table.add_column("first member")

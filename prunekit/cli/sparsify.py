@@ -21,11 +21,12 @@ from prunekit.cli._common import (
     arch_hint,
     console,
     load_cli_model,
+    new_output,
     plural,
     save_state_dict,
-    writable,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.models.data import load_batches
 
 
@@ -43,7 +44,7 @@ def sparsify(
             ),
             dir_okay=False,
             show_default=False,
-            callback=writable,
+            callback=new_output,
         ),
     ],
     sparsity: Annotated[
@@ -71,7 +72,9 @@ def sparsify(
         list[str] | None,
         typer.Option("--exclude", metavar="NAME", help="Leave these layers dense (repeatable)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for --criterion random.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for --criterion random and a spec's random initialisation.")
+    ] = 0,
     strict: Annotated[
         bool,
         typer.Option("--strict", help="Fail on a layer the pattern cannot fit instead of leaving it dense."),
@@ -81,6 +84,7 @@ def sparsify(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
 
@@ -107,6 +111,7 @@ def sparsify(
         input_shape=input_shape,
         needs_example=False,
         trust_code=trust_code,
+        seed=seed,
     )
     net = loaded.model
     result = sparsify_model(net, config)
@@ -121,7 +126,8 @@ def sparsify(
             f"the dense state_dict ({format_bytes(out.stat().st_size)}; name it .pksparse for the "
             "compressed sparse format)"
         )
-    write_json(json_path, result.to_dict())
+    write_json(json_path, result.to_dict() | {"seed": seed})
+    write_report(report_dir, result.to_dict())
     console.print(report.table(notes={name: f"skipped: {why}" for name, why in result.skipped.items()}))
     skipped = ""
     if result.skipped:

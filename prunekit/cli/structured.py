@@ -15,15 +15,18 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
     TrustCodeOpt,
     TrustPickleOpt,
     app,
     before_after_table,
     console,
     load_cli_model,
-    writable,
+    new_output,
+    refuse_file_suffix,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.config import PruneConfig
 from prunekit.errors import ConfigError
 from prunekit.models.data import load_batches
@@ -78,7 +81,7 @@ def prune(
             help="Checkpoint directory to write (safetensors + plan; `prunekit load DIR`), or a file in the "
             "model family's own format (FILE.pt for an ultralytics model, as `prunekit yolo prune`).",
             show_default=False,
-            callback=writable,
+            callback=new_output,
         ),
     ],
     ratio: RatioOpt = 0.5,
@@ -112,6 +115,8 @@ def prune(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
+    report_dir: ReportOpt = None,
     no_verify: Annotated[
         bool,
         typer.Option(
@@ -139,11 +144,13 @@ def prune(
                 f"--target-* is not supported when writing {file_format.name}; use --ratio, or --out DIR "
                 "for a prunekit checkpoint"
             )
-        result = file_format.prune(model, out, config)
-        write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
+        result = file_format.prune(model, out, config, seed=seed)
+        write_json(json_path, result.to_dict() | {"checkpoint": str(out), "seed": seed})
+        write_report(report_dir, result.to_dict())
         console.print(before_after_table(f"prunekit prune {model}", result))
         console.print(f"wrote {out} ({file_format.name})")
         return None
+    refuse_file_suffix("--out", out)
     from prunekit.deploy import save
     from prunekit.recipe import load_recipe, run_recipe
     from prunekit.structured import prune as prune_model
@@ -151,7 +158,7 @@ def prune(
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
@@ -166,7 +173,8 @@ def prune(
         plan=[*loaded.plans, *plans],
         metadata={"input_shape": list(loaded.shape), "source": model},
     )
-    write_json(json_path, report | {"checkpoint": saved.to_dict()})
+    write_json(json_path, report | {"checkpoint": saved.to_dict(), "seed": seed})
+    write_report(report_dir, report | {"checkpoint": saved.to_dict()})
     if plan_recipe is not None:
         console.print(
             f"ran recipe {recipe} ({plan_recipe.method}); wrote {out} (reload with `prunekit load {out}`)"
@@ -193,6 +201,8 @@ def check(
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
+    report_dir: ReportOpt = None,
     compare_at: Annotated[
         str | None,
         typer.Option(
@@ -210,10 +220,11 @@ def check(
 
     config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
-    write_json(json_path, report.to_dict())
+    write_json(json_path, report.to_dict() | {"seed": seed})
+    write_report(report_dir, report.to_dict())
     if report.pinned:
         pinned = Table(title="pinned groups (never pruned)")
         for column in ("group", "width", "members", "why"):

@@ -14,7 +14,16 @@ from typing import Annotated
 
 import typer
 
-from prunekit.cli._common import JsonOpt, app, before_after_table, console, writable, write_json
+from prunekit.cli._common import (
+    JsonOpt,
+    SeedOpt,
+    app,
+    before_after_table,
+    console,
+    new_output,
+    writable,
+    write_json,
+)
 from prunekit.cli.structured import (
     CriterionOpt,
     IgnoreOpt,
@@ -50,7 +59,7 @@ def prune(
             metavar="FILE.pt",
             help="Ultralytics checkpoint to write.",
             dir_okay=False,
-            callback=writable,
+            callback=new_output,
         ),
     ],
     ratio: RatioOpt = 0.3,
@@ -61,8 +70,13 @@ def prune(
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
     half: Annotated[
-        bool, typer.Option("--half", help="Store fp16 weights, like ultralytics' releases.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--half/--fp32",
+            help="Store fp16 (like ultralytics' releases) or fp32 weights; default: MODEL's own dtype.",
+            show_default=False,
+        ),
+    ] = None,
     free: Annotated[
         bool,
         typer.Option(
@@ -82,6 +96,7 @@ def prune(
         ),
     ] = True,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Prune MODEL's channels (head outputs, classes, DFL bins kept); write an ultralytics checkpoint.
 
@@ -92,10 +107,16 @@ def prune(
 
     config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
     result = prune_to_file(
-        model, out, config, imgsz=imgsz, half=half, trainable=not free,
+        model,
+        out,
+        config,
+        imgsz=imgsz,
+        half=half,
+        trainable=not free,
         stock_modules=stock_modules,
+        seed=seed,
     )
-    write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
+    write_json(json_path, result.to_dict() | {"checkpoint": str(out), "seed": seed})
     console.print(before_after_table(f"prunekit yolo prune {model}", result))
     train = "`prunekit yolo finetune`" if free else "ultralytics' own train() or `prunekit yolo finetune`"
     console.print(f"wrote {out}: use it with ultralytics.YOLO({str(out)!r}); fine-tune with {train}")

@@ -40,6 +40,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import ParamCount, count_params
 from prunekit.measure.size import SizeInfo, model_size
 from prunekit.recover import accuracy
+from prunekit.report.page import build_report
 
 QUICK = {"epochs": 4, "finetune_epochs": 2, "latency_runs": 5, "latency_warmup": 1, "latency_rounds": 2}
 LATENCY_BATCHES = (1, 64)
@@ -236,6 +237,13 @@ def _save(out: Path, result: DemoResult, models: dict[str, nn.Module], onnx: lis
         path = out / row.path.name
         write_atomic(path, row.path.read_bytes())
         result.files[row.name] = str(path)
+    command = (
+        f"prunekit demo --out {out} --epochs {result.config.epochs} --finetune-epochs "
+        f"{result.config.finetune_epochs} --sparsity {result.config.sparsity} --seed {result.config.seed} "
+        f"--threads {result.config.threads}"
+    )
+    for path in build_report(result.to_dict(), out, command=command):  # the figures, as report.html/.md
+        result.files[path.stem + path.suffix.replace(".", "_")] = str(path)
     for key, filename in (("table_md", "results.md"), ("table_txt", "results.txt"), ("json", "results.json")):
         result.files[key] = str(out / filename)
     write_atomic(out / "results.md", table_markdown(result))

@@ -52,6 +52,7 @@ from prunekit.deploy.runtime import CPU, first_line, onnx_session, run_onnx
 from prunekit.errors import ConfigError, ExportError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.measure.params import count_params
+from prunekit.progress import progress_bar
 from prunekit.sparse.masks import own_parametrized_class
 from prunekit.sparse.swap import dense_form
 
@@ -356,10 +357,12 @@ def export_onnx(
                     )
         except Exception as err:
             raise ExportError(f"cannot export to ONNX: {_explain(err)}") from err
+        bar.advance()
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as err:
             raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(err)}") from err
+        bar.advance()
         if verify:
             return onnx.load(str(tmp)), *_verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
         return onnx.load(str(tmp)), None, []
@@ -367,7 +370,10 @@ def export_onnx(
     training = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        proto, max_err, sizes = atomic_write(path, write)
+        with progress_bar(
+            "onnx export, check, verify" if verify else "onnx export, check", 2 + verify
+        ) as bar:
+            proto, max_err, sizes = atomic_write(path, write)
     finally:
         for m, flag in training:
             m.training = flag

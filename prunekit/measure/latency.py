@@ -16,6 +16,7 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
 from prunekit.errors import ConfigError
+from prunekit.progress import track
 
 
 @dataclass
@@ -80,7 +81,7 @@ def measure_latency(
             for _ in range(warmup):
                 call_model(model, example_inputs)
             _sync()
-            for _ in range(runs):
+            for _ in track(range(runs), "latency"):
                 start = time.perf_counter()
                 call_model(model, example_inputs)
                 _sync()

@@ -8,6 +8,7 @@ Every failure is one :class:`~prunekit.errors.ModelLoadError` line naming the fi
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -53,13 +54,18 @@ def load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module:
 
 
 def _torch_load(path: Path, *, trust_pickle: bool) -> object:
-    """torch.load(weights_only=True); weights_only=False only if that fails and the user trusts the file."""
+    """torch.load(weights_only=True); weights_only=False only if that fails and the user trusts the file.
+
+    A file that is no checkpoint at all (truncated, random bytes) is "not a valid checkpoint"; torch's
+    warnings and messages that suggest ``weights_only=False`` are not passed on."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = unsafe_globals(path)
         if not unsafe:
-            raise ModelLoadError(f"cannot read {path}: {_first_line(err)}") from err
+            raise ModelLoadError(f"{path} is not a valid checkpoint: {_why_unreadable(path, err)}") from err
         if not trust_pickle:
             user_first = sorted(unsafe, key=lambda name: (name.split(".")[0] == "torch", name))
             raise ModelLoadError(
@@ -67,17 +73,37 @@ def _torch_load(path: Path, *, trust_pickle: bool) -> object:
                 "pass --trust-pickle only if you trust its source"
             ) from err
     except Exception as err:
-        raise ModelLoadError(f"cannot read {path}: {_first_line(err)}") from err
+        raise ModelLoadError(f"{path} is not a valid checkpoint: {_why_unreadable(path, err)}") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ModelLoadError(f"cannot unpickle {path}: {type(err).__name__}: {_first_line(err)}") from err
 
 
+def _why_unreadable(path: Path, err: BaseException) -> str:
+    """What is wrong with a file torch.load could not read, in words that do not suggest unsafe loading."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+    except OSError as read_err:
+        return f"it cannot be read ({read_err.strerror or type(read_err).__name__})"
+    if head == b"PK\x03\x04":  # a zip archive, as torch.save writes, whose end is missing or damaged
+        return "its archive is truncated or damaged"
+    if head[:1] == b"\x80":  # a pickle protocol-2+ header: the legacy (non-zip) torch.save format
+        return "its pickle data is damaged or not a state_dict"
+    if not head:
+        return "it is empty"
+    if isinstance(err, OSError):
+        return f"it cannot be read ({err.strerror or type(err).__name__})"
+    return "it is neither a torch.save archive nor a pickle (truncated or another format?)"
+
+
 def unsafe_globals(path: Path) -> list[str]:
     """Names of the Python objects a torch file would import when unpickled ([] if it cannot tell)."""
     try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:
         return []
 

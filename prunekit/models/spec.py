@@ -44,20 +44,34 @@ SPEC_FORMS = (
 )
 
 
-def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
+def load_model(
+    spec: str, *, arch: str | None = None, trust_pickle: bool = False, seed: int | None = None
+) -> nn.Module:
     """Build the model that ``spec`` names, in eval mode, on the CPU.
 
     ``arch`` (a family spec such as ``torchvision:NAME``, or ``module.path:factory``) builds the module that
     a state_dict file is loaded into (``strict=True``). ``trust_pickle=True`` allows unpickling a whole
-    module from a file.
+    module from a file. ``seed`` makes the random initialisation of a built architecture the same on every
+    call (torch's global random state is left as it was); ``None`` draws from the global random state.
 
     >>> load_model("torchvision:resnet18").fc.out_features
     1000
+    >>> a, b = (load_model("torchvision:resnet18", seed=0) for _ in range(2))
+    >>> torch.equal(a.fc.weight, b.fc.weight)
+    True
     >>> load_model("torchvision:alexnett")
     Traceback (most recent call last):
     ...
     prunekit.errors.ModelLoadError: unknown torchvision model 'alexnett'; close names: alexnet
     """
+    if seed is None:
+        return _load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _load_model(spec, arch=arch, trust_pickle=trust_pickle)
+
+
+def _load_model(spec: str, *, arch: str | None, trust_pickle: bool) -> nn.Module:
     family = family_of(spec)
     if family is not None:
         _reject_arch(spec, arch)

@@ -90,6 +90,11 @@ def load_yolo(spec: str) -> nn.Module:
         return yolo.model.float().eval()
     if path.suffix != ".pt":
         raise ModelLoadError(f"ultralytics specs are NAME.yaml or a local .pt checkpoint, got {spec!r}")
+    return read_checkpoint(path).float().eval()
+
+
+def read_checkpoint(path: Path) -> nn.Module:
+    """The module an ultralytics ``.pt`` holds, in the dtype it was stored in (released weights are fp16)."""
     if not path.is_file():
         raise ModelLoadError(f"no such file: {path} (prunekit never downloads weights)")
     from ultralytics.nn.tasks import torch_safe_load
@@ -102,7 +107,7 @@ def load_yolo(spec: str) -> nn.Module:
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} is not an ultralytics checkpoint (no module under 'model' or 'ema')")
-    return model.float().eval()
+    return model
 
 
 def _output_module(spec: str) -> str | None:
@@ -243,7 +248,12 @@ class YamlTrainable:
 
         try:
             plan, self.yaml, kept = trainable_plan(
-                self.detector, HeadOutputs, scored.example_inputs, plan, scored.report, finish,
+                self.detector,
+                HeadOutputs,
+                scored.example_inputs,
+                plan,
+                scored.report,
+                finish,
                 stock_modules=self.stock_modules,
             )
         except ValueError as err:
@@ -426,21 +436,34 @@ def prune_to_file(
     config: PruneConfig | None = None,
     *,
     imgsz: int = 320,
-    half: bool = False,
+    half: bool | None = None,
     trainable: bool = True,
+    seed: int | None = None,
     stock_modules: bool = True,
     **options: Any,
 ) -> PruneResult:
     """Load ``spec`` (``[ultralytics:]NAME.yaml`` or an ultralytics ``.pt``), :func:`prune_yolo` it with
     ``config`` or ``options`` (those of :class:`prunekit.PruneConfig`) and write ``out`` with
-    :func:`save_yolo`; ``out`` must end in ``.pt`` and is checked before anything is loaded."""
+    :func:`save_yolo`; ``out`` must end in ``.pt`` and is checked before anything is loaded.
+
+    ``half=None`` stores the weights in the input's dtype (fp16 for a released ``.pt``, fp32 for a yaml);
+    ``seed`` fixes a yaml's random initialisation (see :func:`~prunekit.models.spec.load_model`)."""
     if Path(out).suffix != ".pt":
         raise ConfigError(f"--out must name a .pt file (ultralytics' format), got {Path(out).name!r}")
-    model = load_yolo(spec.removeprefix("ultralytics:"))
+    name = spec.removeprefix("ultralytics:")
+    if Path(name).suffix == ".pt":
+        stored = read_checkpoint(Path(name))
+        half = next(stored.parameters()).dtype == torch.float16 if half is None else half
+        model = stored.float().eval()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = load_yolo(name)
     result = prune_yolo(
         model, config, imgsz=imgsz, trainable=trainable, stock_modules=stock_modules, **options
     )
-    save_yolo(model, out, plans=result.plan, half=half)
+    save_yolo(model, out, plans=result.plan, half=bool(half))
     return result
 
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from prunekit._inputs import call_model
 from prunekit.config import resolve
 from prunekit.errors import ConfigError
+from prunekit.progress import Bar, progress_bar
 from prunekit.recover import distributed as dist_utils
 from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
 from prunekit.recover.config import DistillConfig, TrainConfig
@@ -112,7 +112,7 @@ def finetune(
     keep_zeros: bool | None = None,
     distributed: bool | None = None,
     seed: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     console: Console | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``(inputs, targets)`` batches, ``steps`` or ``epochs`` (exactly one).
@@ -135,6 +135,9 @@ def finetune(
       :func:`~prunekit.recover.distributed.init_distributed`); the model and teacher move to the rank's
       device, each rank trains on its shard (``batch_size`` is per rank), rank 0 evaluates and prints, and
       all ranks end with rank 0's weights.
+    - ``progress``: a bar on stderr (steps, loss, metric, time remaining) and one line per epoch; ``None``
+      follows :func:`prunekit.progress.enabled` (the command line's terminal, ``PRUNEKIT_PROGRESS``);
+      ``console`` draws it on a rich console of the caller's instead (and shows it unless ``progress=False``).
     - ``seed`` seeds dropout and a loader without its own generator (``seed + rank``), the caller's RNG kept.
 
     The training options come as a :class:`~prunekit.recover.config.TrainConfig` (``config``) or as the
@@ -238,9 +241,17 @@ def _run(
             net = dist_utils.wrap(model, info) if info is not None else model
             opt = _make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
             sched = _cosine(opt, total) if cfg.schedule == "cosine" else None
-            bar = _progress_bar(total, console) if progress and rank == 0 else None
             every = itertools.chain([first], batches)
-            losses = _loop(net, model, cb, opt, sched, every, steps, cfg.max_grad_norm, device, bar)
+            show = True if progress is None and console is not None else progress  # a given console shows it
+            show = show if rank == 0 else False
+            with progress_bar(
+                "finetune", total, progress=show, console=console,
+                fields="loss {task.fields[loss]:.4f}  metric {task.fields[metric]}", loss=float("nan"),
+                metric="-",
+            ) as bar:  # fmt: skip
+                losses = _loop(
+                    net, model, cb, opt, sched, every, steps, cfg.max_grad_norm, device, bar, per_epoch
+                )
         if eval_fn is not None and cb.history[-1].step != cb.step:
             cb.evaluate()
         restored = cfg.restore_best and cb.restore_best()
@@ -289,21 +300,6 @@ def _cosine(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.
     )
 
 
-def _progress_bar(total: int | None, console: Console | None) -> Progress:
-    """A rich progress bar with one task: steps done (of ``total`` if known), loss, last/best metric."""
-    bar = Progress(
-        TextColumn("[bold]finetune[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  metric {task.fields[metric]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    bar.add_task("finetune", total=total, loss=float("nan"), metric="-")
-    return bar
-
-
 def _loop(
     net: nn.Module,
     model: nn.Module,
@@ -314,36 +310,33 @@ def _loop(
     steps: int | None,
     max_grad_norm: float | None,
     device: torch.device,
-    bar: Progress | None,
+    bar: Bar,
+    per_epoch: int | None,
 ) -> list[float]:
     """The training steps: ``net`` (the model, or its DDP wrapper) on each batch until ``steps`` or a stop."""
     losses: list[float] = []
     if cb.eval_fn is not None:
         cb.evaluate()  # step 0
-    if bar is not None:
-        bar.start()
     model.train()
-    try:
-        for batch in batches:
-            inputs, targets = _split(batch, device)
-            loss = cb.loss(call_model(net, inputs), targets, inputs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            stop = cb.after_step()
-            losses.append(cb.last["total"])
-            if bar is not None:
-                metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
-                bar.update(bar.task_ids[0], advance=1, loss=losses[-1], metric=metric)
-            if stop or (steps is not None and cb.step >= steps):
-                break
-    finally:
-        if bar is not None:
-            bar.stop()
+    for batch in batches:
+        inputs, targets = _split(batch, device)
+        loss = cb.loss(call_model(net, inputs), targets, inputs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        stop = cb.after_step()
+        losses.append(cb.last["total"])
+        metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
+        bar.advance(loss=losses[-1], metric=metric)
+        if per_epoch and cb.step % per_epoch == 0:
+            mean = sum(losses[-per_epoch:]) / len(losses[-per_epoch:])
+            bar.log(f"epoch {cb.step // per_epoch}: loss {mean:.4f}, metric {metric}")
+        if stop or (steps is not None and cb.step >= steps):
+            break
     return losses
 
 

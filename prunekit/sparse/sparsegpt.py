@@ -37,6 +37,7 @@ from torch import nn
 from prunekit._inputs import call_model, eval_mode
 from prunekit.criteria._data import batches
 from prunekit.errors import ConfigError
+from prunekit.progress import track
 from prunekit.sparse.patterns import Pattern, parse_pattern
 
 __all__ = ["check_sparsegpt_layer", "parse_pattern", "sparsegpt_layer", "sparsegpt_masks"]
@@ -196,7 +197,7 @@ def sparsegpt_masks(
     saved: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     try:
-        for name in names:
+        for name in track(names, "sparsegpt"):
             module = modules[name]
             h = layer_hessian(model, module, data)
             order = _column_order(module)

@@ -41,6 +41,7 @@ from prunekit.errors import ConfigError, PruneError
 from prunekit.graph.groups import Group, GroupReport
 from prunekit.measure.profile import evaluate
 from prunekit.plan import Plan
+from prunekit.progress import track
 from prunekit.structured import pipeline
 from prunekit.structured.select import build_plan, choose_units
 
@@ -191,7 +192,7 @@ def sensitivity(
     tensors.update(dict(work.named_buffers(remove_duplicate=False)))
     baseline = float(evaluate(work, eval_fn))
     curves = []
-    for g in report.prunable_groups:
+    for g in track(report.prunable_groups, "sensitivity"):
         one = _one_group(report, g)
         names = sorted({m.name for m in g.members})
         saved = {n: tensors[n].detach().clone() for n in names}

@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from prunekit.measure.latency import measure_latency
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
+from prunekit.progress import progress_bar
 from prunekit.structured.apply import apply
 from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored, run, select
 
@@ -54,21 +56,19 @@ def _measure(metric: str, model: nn.Module, x: ExampleInputs, runs: int) -> floa
 
 def _bisect(f: Callable[[Any], float], lo: Any, hi: Any, goal: float, integer: bool) -> Any:
     """Smallest point in [lo, hi] with f <= goal, assuming f falls with the point and f(hi) <= goal."""
-    if integer:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if f(mid) <= goal:
-                hi = mid
-            else:
-                lo = mid
+    total = max(1, math.ceil(math.log2(max(hi - lo, 2)))) if integer else 30
+    with progress_bar("target search", total) as bar:
+        if integer:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                hi, lo = (mid, lo) if f(mid) <= goal else (hi, mid)
+                bar.advance()
+            return hi
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            hi, lo = (mid, lo) if f(mid) <= goal else (hi, mid)
+            bar.advance()
         return hi
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if f(mid) <= goal:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 class TargetSearch:

@@ -190,4 +190,3 @@ def staged(target: Path) -> Iterator[Path]:
             os.replace(item, target.parent / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
