@@ -38,7 +38,7 @@ from prunekit.measure.latency import measure_latency
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored, run, select
 
 __all__ = ["Target", "TargetSearch", "prune_to_target", "search_target", "target_from_options"]
