@@ -586,3 +586,13 @@ def test_taylor_with_a_target_the_loss_refuses_is_one_line(target, shapes):
     with pytest.raises(ConfigError, match=rf"criterion 'taylor': cross_entropy .* {shapes}"):
         prune(net, torch.randn(2, 4), criterion="taylor", data=data)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_apply_is_the_function_and_its_module_is_cut() -> None:
+    from prunekit.structured.apply import apply as old_path_apply  # the former module path, kept one release
+
+    import prunekit
+    import prunekit.structured
+
+    assert prunekit.structured.apply is prunekit.apply is cut_mod.apply is old_path_apply
+    assert callable(prunekit.structured.apply) and cut_mod.__name__ == "prunekit.structured.cut"
