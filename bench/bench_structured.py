@@ -92,7 +92,7 @@ def _shape_kept(model: torch.nn.Module, x: torch.Tensor, shape: torch.Size) -> s
 
 def run_prunekit(name: str, size: int, memory: bool = True) -> dict:
     from prunekit.structured.api import plan_prune
-    from prunekit.structured.apply import apply
+    from prunekit.structured.cut import apply
 
     model, x = _build(name, size)
     with torch.no_grad():
@@ -147,7 +147,7 @@ def phase_times(name: str, size: int, repeats: int = 3) -> dict[str, float]:
     from prunekit.criteria import ScoreContext, get_criterion
     from prunekit.graph.groups import groups_from_trace
     from prunekit.graph.trace import trace
-    from prunekit.structured.apply import _verify, apply
+    from prunekit.structured.cut import _verify, apply
     from prunekit.structured.select import build_plan, choose_units
 
     best: dict[str, float] = {}

@@ -4,6 +4,7 @@ running a model on them: in eval mode, every module's training flag given back a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -105,3 +106,20 @@ def eval_scope(model: nn.Module, stack: list[str] | None = None) -> Iterator[Non
     finally:
         for h in handles:
             h.remove()
+
+
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    """All tensors in a nested output: tensors, tuples, lists, dicts, dataclasses, HF ModelOutput.
+
+    >>> [t.shape for t in flatten_tensors({"a": torch.zeros(2), "b": (torch.ones(1, 3), "text")})]
+    [torch.Size([2]), torch.Size([1, 3])]
+    """
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in flatten_tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in flatten_tensors(v)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in flatten_tensors(getattr(obj, f.name))]
+    return []

@@ -219,7 +219,7 @@ class SparsifyConfig(_Config):
     def __post_init__(self) -> None:
         from prunekit.criteria.scores import check_unstructured
         from prunekit.sparse.patterns import parse_pattern
-        from prunekit.sparse.sparsify import check_scope, check_sparsity, resolve_criterion
+        from prunekit.sparse.unstructured import check_scope, check_sparsity, resolve_criterion
 
         put = object.__setattr__
         pattern = parse_pattern(self.pattern)

@@ -1,6 +1,6 @@
 """A pruning plan: pure JSON data saying which units of which group go, and what that cuts.
 
-Deciding (criteria, ratios) and cutting (:func:`prunekit.structured.apply.apply`) meet only here. A plan
+Deciding (criteria, ratios) and cutting (:func:`prunekit.structured.apply`) meet only here. A plan
 holds the exact cuts (parameter/buffer name -> dim -> removed indices), the module attributes to update
 (old and new values), the original shapes of everything it touches (to refuse a model it does not fit) and
 the model's output shapes (checked after cutting). Plans replay on a fresh copy of the architecture.

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
 from prunekit.sparse import select_layers
-from prunekit.sparse.sparsify import Selector
+from prunekit.sparse.unstructured import Selector
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

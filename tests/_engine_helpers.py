@@ -8,7 +8,7 @@ from torch import nn
 
 from prunekit.structured import check
 from prunekit.structured.api import plan_prune
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.oracle import compare, masked_reference, run_outputs
 from prunekit.structured.randomize import randomize  # noqa: F401 (the tests import it from here)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -12,8 +11,9 @@ from torch import nn
 
 from prunekit.errors import PlanError
 from prunekit.plan import Plan
+from prunekit.structured import cut as cut_mod
 from prunekit.structured.api import plan_prune
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 
 
 def _net(width: int = 16) -> nn.Module:
@@ -125,7 +125,6 @@ def test_apply_refuses_what_is_not_a_plan_or_not_a_module():
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
 @pytest.mark.parametrize("at", ["_replace", "_set_attr"])
 def test_an_interrupt_mid_cut_restores_the_model_and_propagates(monkeypatch, interrupt, at):
-    apply_mod = importlib.import_module("prunekit.structured.apply")  # the package exports apply()
 
     x = torch.randn(1, 3, 6, 6)
     net = randomize(_net()).eval()
@@ -133,7 +132,7 @@ def test_an_interrupt_mid_cut_restores_the_model_and_propagates(monkeypatch, int
     want = net(x)
     before = dict(net.state_dict(keep_vars=True))
     calls = {"n": 0}
-    real = getattr(apply_mod, at)
+    real = getattr(cut_mod, at)
 
     def interrupted(*args):
         calls["n"] += 1
@@ -141,7 +140,7 @@ def test_an_interrupt_mid_cut_restores_the_model_and_propagates(monkeypatch, int
             raise interrupt()
         real(*args)
 
-    monkeypatch.setattr(apply_mod, at, interrupted)
+    monkeypatch.setattr(cut_mod, at, interrupted)
     with pytest.raises(interrupt):
         apply(net, plan, x)
     after = net.state_dict(keep_vars=True)

@@ -10,7 +10,7 @@ from _engine_helpers import randomize
 
 from prunekit.structured import check
 from prunekit.structured.api import plan_prune
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.oracle import compare, masked_reference, run_outputs
 from prunekit.structured.replay import Decisions
 

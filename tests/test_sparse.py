@@ -601,3 +601,15 @@ def test_nm_on_a_standard_cnn_skips_its_three_channel_stem() -> None:
     res = sparsify(model, pattern="2:4")
     assert res.skipped == {"conv1": "3 input channels, not a multiple of 4"}
     assert "fc" in res.layers and res.sparsity == pytest.approx(0.5)
+
+
+def test_sparsify_is_the_function_and_its_module_is_unstructured() -> None:
+    # the former module path, kept one release
+    from prunekit.sparse.sparsify import sparsify as old_path_sparsify
+
+    import prunekit
+    import prunekit.sparse
+    import prunekit.sparse.unstructured as unstructured
+
+    assert prunekit.sparse.sparsify is prunekit.sparsify is unstructured.sparsify is old_path_sparsify
+    assert callable(prunekit.sparse.sparsify)

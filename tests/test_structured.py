@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 
 import numpy as np
@@ -16,10 +15,9 @@ from torch import nn
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.plan import Plan
 from prunekit.structured import check, groups, prune
+from prunekit.structured import cut as cut_mod
 from prunekit.structured.api import plan_prune
-from prunekit.structured.apply import apply
-
-apply_mod = importlib.import_module("prunekit.structured.apply")
+from prunekit.structured.cut import apply
 
 
 def _state(model):
@@ -235,7 +233,7 @@ def test_fault_mid_apply_restores_the_model_bit_exactly(monkeypatch):
     params_before = {n: p for n, p in net.named_parameters()}
     attrs_before = (net.c1.out_channels, net.bn.num_features, net.fc.in_features)
     calls = {"n": 0}
-    real = apply_mod._set_attr
+    real = cut_mod._set_attr
 
     def flaky(module, attr, value):
         calls["n"] += 1
@@ -243,7 +241,7 @@ def test_fault_mid_apply_restores_the_model_bit_exactly(monkeypatch):
             raise RuntimeError("injected fault")
         real(module, attr, value)
 
-    monkeypatch.setattr(apply_mod, "_set_attr", flaky)
+    monkeypatch.setattr(cut_mod, "_set_attr", flaky)
     with pytest.raises(ApplyError, match=r"injected fault.*restored"):
         apply(net, plan, x)
     after = net.state_dict()
@@ -477,12 +475,11 @@ def test_failed_apply_on_an_rnn_leaves_it_computing_as_before(monkeypatch):
     model, x = randomize(Recurrent(nn.LSTM, num_layers=2)), torch.randn(2, 5, 6)
     with torch.no_grad():
         before = model(x)
-    apply_mod = importlib.import_module("prunekit.structured.apply")
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(apply_mod, "_verify", broken)
+    monkeypatch.setattr(cut_mod, "_verify", broken)
     with pytest.raises(ApplyError, match="injected"):
         prune(model, x, ratio=0.5, measure=False)
     with torch.no_grad():
@@ -589,3 +586,13 @@ def test_taylor_with_a_target_the_loss_refuses_is_one_line(target, shapes):
     with pytest.raises(ConfigError, match=rf"criterion 'taylor': cross_entropy .* {shapes}"):
         prune(net, torch.randn(2, 4), criterion="taylor", data=data)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_apply_is_the_function_and_its_module_is_cut() -> None:
+    from prunekit.structured.apply import apply as old_path_apply  # the former module path, kept one release
+
+    import prunekit
+    import prunekit.structured
+
+    assert prunekit.structured.apply is prunekit.apply is cut_mod.apply is old_path_apply
+    assert callable(prunekit.structured.apply) and cut_mod.__name__ == "prunekit.structured.cut"

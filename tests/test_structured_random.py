@@ -9,7 +9,6 @@ remove something.
 from __future__ import annotations
 
 import copy
-import importlib
 
 import pytest
 import torch
@@ -21,10 +20,10 @@ from torch import nn
 
 from prunekit.errors import ApplyError
 from prunekit.structured import check, prune
+from prunekit.structured import cut as cut_mod
 from prunekit.structured.api import plan_prune
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 
-apply_mod = importlib.import_module("prunekit.structured.apply")
 KINDS = ("residual", "cat", "split", "chunk", "shuffle", "grouped", "depthwise", "gn", "ln", "attn")
 SIZE = 6  # spatial size of the example input
 
@@ -188,7 +187,7 @@ def test_fault_mid_cut_leaves_the_model_bit_identical(monkeypatch, case, fail_at
     objects = dict(net.named_parameters())
     attrs = {n: dict(vars(m)) for n, m in net.named_modules()}
     calls = {"n": 0}
-    real = apply_mod._cut
+    real = cut_mod._cut
 
     def flaky(t, *rest):
         if calls["n"] == fail_at:
@@ -197,7 +196,7 @@ def test_fault_mid_cut_leaves_the_model_bit_identical(monkeypatch, case, fail_at
         return real(t, *rest)
 
     with monkeypatch.context() as mp:
-        mp.setattr(apply_mod, "_cut", flaky)
+        mp.setattr(cut_mod, "_cut", flaky)
         with pytest.raises(ApplyError, match=r"slicing .*\(group \d+\).*injected fault.*restored"):
             apply(net, plan, x)
     after = net.state_dict()
@@ -257,5 +256,5 @@ def test_cut_equals_a_plain_gather_on_every_dim_combination(shape, data) -> None
     for d in sorted(dims):
         keep = [i for i in range(shape[d]) if i not in dims[d]]
         want = want.index_select(d, torch.tensor(keep, dtype=torch.long))
-    kept = {d: apply_mod._kept(idx, shape[d]) for d, idx in dims.items()}
-    assert torch.equal(apply_mod._cut(t, kept), want)
+    kept = {d: cut_mod._kept(idx, shape[d]) for d, idx in dims.items()}
+    assert torch.equal(cut_mod._cut(t, kept), want)

@@ -17,7 +17,7 @@ import torchvision
 from _engine_helpers import assert_exact, randomize, zoo_case
 
 from prunekit.structured.api import plan_prune
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 
 FAST = [
     "resnet18",

@@ -28,7 +28,7 @@ from prunekit.models.ultralytics import (  # noqa: E402
 )
 from prunekit.models.yolo_data import make_digits_dataset  # noqa: E402
 from prunekit.models.yolo_train import finetune_yolo  # noqa: E402
-from prunekit.structured.apply import apply  # noqa: E402
+from prunekit.structured.cut import apply  # noqa: E402
 from prunekit.structured.oracle import run_outputs  # noqa: E402
 
 IMGSZ = 64

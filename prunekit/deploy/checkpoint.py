@@ -64,7 +64,7 @@ from prunekit.sparse.storage import (
     encode_sparse_state_dict,
 )
 from prunekit.sparse.swap import dense_form, kernel_choices, swap_kernels
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.layer_stack import removed_layers
 from prunekit.structured.layers import SkipBlock, skip_blocks
 from prunekit.structured.plan_attrs import complete_size_attrs
@@ -262,6 +262,52 @@ def _rebuild(
     raise error
 
 
+def _write_files(
+    tmp: Path,
+    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    spec: str | None,
+    plans: list[Plan],
+    blocks: dict[str, str],
+    meta_json: dict[str, Any],
+    sparse: bool,
+    sparse_values: str,
+) -> dict[str, Any]:
+    """Write the weights file and ``prunekit.json`` into ``tmp``; the metadata written."""
+    if sparse:
+        file, encoding = SPARSE_FILE, f"sparse-{sparse_values}"
+        (tmp / file).write_bytes(encode_sparse_state_dict(weights, values=sparse_values))
+    else:
+        file, encoding = WEIGHTS_FILE, "dense"
+        safetensors.torch.save_file(weights, str(tmp / file), metadata={"format": "pt"})
+    data = (tmp / file).read_bytes()
+    info = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "spec": spec,
+        "plans": [p.to_dict() for p in plans],
+        "skipped_blocks": blocks,
+        "weights": {
+            "file": file,
+            "encoding": encoding,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+        "tensors": {
+            n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            for n, t in weights.items()
+        },
+        "params": count_params(dense_form(model)).to_dict(),
+        "torch_version": torch.__version__,
+        "prunekit_version": _prunekit_version(),
+        "metadata": meta_json,
+        "accelerated": kernel_choices(model),
+    }
+    info["integrity"] = integrity_hash(info)
+    (tmp / META_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
 def save(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -322,38 +368,7 @@ def save(
             raise ConfigError(f"{err}; pass the plan(s) that pruned the model built by spec") from err
 
     def fill(tmp: Path) -> dict[str, Any]:
-        if sparse:
-            file, encoding = SPARSE_FILE, f"sparse-{sparse_values}"
-            (tmp / file).write_bytes(encode_sparse_state_dict(weights, values=sparse_values))
-        else:
-            file, encoding = WEIGHTS_FILE, "dense"
-            safetensors.torch.save_file(weights, str(tmp / file), metadata={"format": "pt"})
-        data = (tmp / file).read_bytes()
-        info = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "spec": spec,
-            "plans": [p.to_dict() for p in plans],
-            "skipped_blocks": blocks,
-            "weights": {
-                "file": file,
-                "encoding": encoding,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            },
-            "tensors": {
-                n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                for n, t in weights.items()
-            },
-            "params": count_params(dense_form(model)).to_dict(),
-            "torch_version": torch.__version__,
-            "prunekit_version": _prunekit_version(),
-            "metadata": meta_json,
-            "accelerated": kernel_choices(model),
-        }
-        info["integrity"] = integrity_hash(info)
-        (tmp / META_FILE).write_text(json.dumps(info, indent=1) + "\n")
-        return info
+        return _write_files(tmp, model, weights, spec, plans, blocks, meta_json, sparse, sparse_values)
 
     info = atomic_dir(directory, fill, replaceable=lambda d: not any(d.iterdir()) or _is_checkpoint(d))
     w = info["weights"]

@@ -47,10 +47,9 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from prunekit._atomic import atomic_write
-from prunekit._inputs import ExampleInputs, batch_size_of, call_model
+from prunekit._inputs import ExampleInputs, batch_size_of, call_model, flatten_tensors
 from prunekit.deploy.runtime import CPU, first_line, onnx_session, run_onnx
 from prunekit.errors import ConfigError, ExportError
-from prunekit.graph.trace import flatten_tensors
 from prunekit.measure.params import count_params
 from prunekit.progress import progress_bar
 from prunekit.sparse.masks import own_parametrized_class

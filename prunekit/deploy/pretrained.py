@@ -87,7 +87,7 @@ class SavedPretrained:
 
 
 def _transformers() -> Any:
-    from prunekit.models.hf import _transformers as load
+    from prunekit.models.hf import import_transformers as load
 
     return load()
 

@@ -148,13 +148,4 @@ def onnx_latency(
         start = time.perf_counter()
         session.run(None, arrays)
         times.append((time.perf_counter() - start) * 1000.0)
-    ms = np.asarray(times)
-    return LatencyStats(
-        median_ms=float(np.median(ms)),
-        p90_ms=float(np.percentile(ms, 90)),
-        mean_ms=float(ms.mean()),
-        runs=runs,
-        warmup=warmup,
-        batch_size=batch_size_of(inputs),
-        threads=used,
-    )
+    return LatencyStats.from_times(times, warmup=warmup, batch_size=batch_size_of(inputs), threads=used)

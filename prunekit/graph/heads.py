@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.graph.labels import _blocks, along
+from prunekit.graph.labels import along, reshape_blocks
 from prunekit.graph.trace import Tracer
 
 #: attributes holding the number of (query) heads of the module that runs the attention
@@ -63,14 +63,7 @@ def record_heads(
     if (heads < 0).all():
         return
     mname, module = current_module(tr)
-    n = len(heads)
-    for name in HEAD_ATTRS:
-        if _int_attr(module, name) == n:
-            tr.attr(mname, module, name, heads)
-    for name in INNER_ATTRS:
-        if _int_attr(module, name) == n * head_dim:
-            tr.attr(mname, module, name, heads.repeat_interleave(head_dim))
-    record_config(tr, CONFIG_HEAD_FIELDS, heads, n)
+    _record_head_attrs(tr, mname, module, HEAD_ATTRS, heads, head_dim)
     if kv_heads is not None:
         kv_heads = kv_heads.reshape(-1)
         for name in KV_HEAD_ATTRS:
@@ -79,19 +72,27 @@ def record_heads(
         record_config(tr, CONFIG_KV_FIELDS, kv_heads, len(kv_heads))
 
 
-def record_view_heads(tr: Tracer, heads: torch.Tensor, head_dim: int) -> None:
-    """A view sized by a head-count attribute: record every head attribute of that count (query or kv)."""
-    if (heads < 0).all():
-        return
-    mname, module = current_module(tr)
+def _record_head_attrs(
+    tr: Tracer, mname: str, module: nn.Module, names: tuple[str, ...], heads: torch.Tensor, head_dim: int
+) -> None:
+    """Record ``module``'s attributes in ``names`` equal to the head count, its inner-width attributes
+    (heads x ``head_dim``) and the model config's head-count fields."""
     n = len(heads)
-    for name in HEAD_ATTRS + KV_HEAD_ATTRS:
+    for name in names:
         if _int_attr(module, name) == n:
             tr.attr(mname, module, name, heads)
     for name in INNER_ATTRS:
         if _int_attr(module, name) == n * head_dim:
             tr.attr(mname, module, name, heads.repeat_interleave(head_dim))
     record_config(tr, CONFIG_HEAD_FIELDS, heads, n)
+
+
+def record_view_heads(tr: Tracer, heads: torch.Tensor, head_dim: int) -> None:
+    """A view sized by a head-count attribute: record every head attribute of that count (query or kv)."""
+    if (heads < 0).all():
+        return
+    mname, module = current_module(tr)
+    _record_head_attrs(tr, mname, module, HEAD_ATTRS + KV_HEAD_ATTRS, heads, head_dim)
 
 
 def split_attr(tr: Tracer, size: object) -> str | None:
@@ -130,7 +131,7 @@ def merge_heads(tr: Tracer, label: torch.Tensor, s_in: list[int], s_out: list[in
     if not any(_int_attr(module, name) is not None for name in HEAD_ATTRS):
         return
     inner = {_int_attr(module, name) for name in INNER_ATTRS} - {None}
-    for bi, bo in _blocks(s_in, s_out) or []:
+    for bi, bo in reshape_blocks(s_in, s_out) or []:
         carrying = [d for d in bi if label.shape[d] > 1]
         if len(bi) < 2 or len(bo) != 1 or not carrying or req[bo[0]] is None:
             continue

@@ -60,7 +60,7 @@ def along(label: torch.Tensor, dim: int, size: int) -> tuple[torch.Tensor, bool]
     return vec.expand(size).contiguous(), others
 
 
-def _blocks(s_in: list[int], s_out: list[int]) -> list[tuple[list[int], list[int]]] | None:
+def reshape_blocks(s_in: list[int], s_out: list[int]) -> list[tuple[list[int], list[int]]] | None:
     """Pair up groups of input and output dims (ignoring size-1 dims) that a reshape maps onto each other."""
     ins = [d for d, n in enumerate(s_in) if n != 1]
     outs = [d for d, n in enumerate(s_out) if n != 1]
@@ -103,7 +103,7 @@ def reshape_label(
     >>> lab.shape, splits  # the slots vary along the first dim only, and the block is still a split
     (torch.Size([1, 2, 1]), [[1, 2]])
     """
-    blocks = _blocks(s_in, s_out)
+    blocks = reshape_blocks(s_in, s_out)
     if blocks is None:
         return None
     lab = label.reshape([label.shape[d] for d in range(len(s_in)) if s_in[d] != 1])

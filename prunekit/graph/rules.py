@@ -27,7 +27,7 @@ RULES: dict[Any, Rule] = {}
 NO_OUTPUT_RULES: dict[Any, Rule] = {}
 
 
-def _resolve(name: str) -> list[Any]:
+def resolve_function(name: str) -> list[Any]:
     """The function objects named ``name`` in torch.nn.functional, torch and torch.Tensor (where present)."""
     found = []
     for src in (F, torch, torch.Tensor):
@@ -37,10 +37,13 @@ def _resolve(name: str) -> list[Any]:
     return found
 
 
+_resolve = resolve_function  # the former private name, kept for one release
+
+
 def rule(*names: str, objs: tuple = ()) -> Callable[[Rule], Rule]:
     def deco(fn: Rule) -> Rule:
         for name in names:
-            for f in _resolve(name):
+            for f in resolve_function(name):
                 RULES[f] = fn
         for f in objs:
             RULES[f] = fn
@@ -123,11 +126,11 @@ def on_call(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
 
 DATA_DEPENDENT: set[Any] = set()
 for _name in ("nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"):
-    DATA_DEPENDENT.update(_resolve(_name))
+    DATA_DEPENDENT.update(resolve_function(_name))
 #: custom ops (``torch.ops.NS.NAME``, by qualified name) whose output size follows values: box NMS
 DATA_DEPENDENT_OPS = {"torchvision::nms"}
-_WHERE = set(_resolve("where"))
-_GETITEM = set(_resolve("__getitem__"))
+_WHERE = set(resolve_function("where"))
+_GETITEM = set(resolve_function("__getitem__"))
 
 
 def where_indices(func: Any, args: tuple, kwargs: dict) -> bool:

@@ -14,12 +14,12 @@ from prunekit.graph.heads import CONFIG_FFN_FIELDS, record_config, record_heads,
 from prunekit.graph.labels import NO_SLOT, align, along, blank, compress, varying
 from prunekit.graph.rules import (
     NO_OUTPUT_RULES,
-    _resolve,
     arg,
     lab,
     outs,
     pin_all,
     pin_inputs,
+    resolve_function,
     rule,
 )
 from prunekit.graph.rules_shape import elementwise_label
@@ -192,7 +192,8 @@ def linear(tr: Tracer, func, args, kwargs, out) -> None:
 
 
 _GATE_COUNTS = (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1))
-_GATES = {f: n for name, n in _GATE_COUNTS for f in _resolve(name)}  # gate blocks stacked in the weight rows
+#: gate blocks stacked in the weight rows
+_GATES = {f: n for name, n in _GATE_COUNTS for f in resolve_function(name)}
 
 
 @rule("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -299,7 +300,7 @@ def matmul(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set_label(out, rep.reshape(*rep.shape, 1, 1) if nb else blank(nd))
 
 
-_RMATMUL = set(_resolve("__rmatmul__"))
+_RMATMUL = set(resolve_function("__rmatmul__"))
 
 
 @rule("addmm", "baddbmm", "addbmm")

@@ -24,13 +24,13 @@ from prunekit.graph.heads import (
 from prunekit.graph.labels import align, along, blank, compress, reshape_label, varying
 from prunekit.graph.rules import (
     RULES,
-    _resolve,
     arg,
     blank_all,
     lab,
     outs,
     pin_all,
     pin_inputs,
+    resolve_function,
     rule,
     set_all,
     where_indices,
@@ -135,9 +135,9 @@ def elementwise(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set_label(t, label if t.dim() == label.dim() else align(label, t.dim()))
 
 
-_FIRST_ONLY = set(_resolve("to") + _resolve("type_as"))
+_FIRST_ONLY = set(resolve_function("to") + resolve_function("type_as"))
 for _n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"):
-    _FIRST_ONLY.update(_resolve(_n))
+    _FIRST_ONLY.update(resolve_function(_n))
 
 
 @rule("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
@@ -187,8 +187,8 @@ def _requested(func, args, kwargs, x: torch.Tensor, out: torch.Tensor) -> list[i
     return req
 
 
-_VIEWS = set(_resolve("view") + _resolve("reshape"))
-_UNFLATTEN = set(_resolve("unflatten"))
+_VIEWS = set(resolve_function("view") + resolve_function("reshape"))
+_UNFLATTEN = set(resolve_function("unflatten"))
 
 
 def _split_constraint(
@@ -351,9 +351,9 @@ def split(tr: Tracer, func, args, kwargs, out) -> None:
         tr.set_label(t, L.narrow(dim, i * size, size))
 
 
-_UNBIND = set(_resolve("unbind"))
-_SPLIT = set(_resolve("split"))
-_CHUNK = set(_resolve("chunk"))
+_UNBIND = set(resolve_function("unbind"))
+_SPLIT = set(resolve_function("split"))
+_CHUNK = set(resolve_function("chunk"))
 
 
 def _index_dims(idx: Any, ndim: int) -> tuple[set[int], bool] | None:
@@ -410,7 +410,7 @@ def select_along(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set_label(out, L.select(dim, 0) if out.dim() < x.dim() else L)
 
 
-_RULES_SELECT_SCATTER = set(_resolve("select_scatter"))
+_RULES_SELECT_SCATTER = set(resolve_function("select_scatter"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,10 +440,10 @@ for _k in (1, 2, 3):
         "adaptive_max_pool{}d_with_indices",
         "fractional_max_pool{}d",
     ):
-        for _f in _resolve(_n.format(_k)):
+        for _f in resolve_function(_n.format(_k)):
             RULES[_f] = _spatial(_k)
 for _n in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"):
-    for _f in _resolve(_n):
+    for _f in resolve_function(_n):
         RULES[_f] = _spatial(None)
 
 
@@ -469,7 +469,7 @@ def roll(tr: Tracer, func, args, kwargs, out) -> None:
     tr.set_label(out, L)
 
 
-_ROLL = set(_resolve("roll"))
+_ROLL = set(resolve_function("roll"))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ with the reason). Union-find over the links happens later, in :mod:`prunekit.gra
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunekit._inputs import ExampleInputs, call_model, eval_scope
+from prunekit._inputs import ExampleInputs, call_model, eval_scope, flatten_tensors
 from prunekit.graph.labels import NO_SLOT, align, along, blank
 
 
@@ -71,19 +69,6 @@ def _op_name(func: Any) -> str:
     if name == "__get__":
         return f"Tensor.{getattr(getattr(func, '__self__', None), '__name__', 'attr')}"
     return name
-
-
-def flatten_tensors(obj: Any) -> list[torch.Tensor]:
-    """All tensors in a nested output: tensors, tuples, lists, dicts, dataclasses, HF ModelOutput."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in flatten_tensors(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in flatten_tensors(v)]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [t for f in dataclasses.fields(obj) for t in flatten_tensors(getattr(obj, f.name))]
-    return []
 
 
 @dataclass

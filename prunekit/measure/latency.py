@@ -34,6 +34,24 @@ class LatencyStats:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_times(cls, times_ms: list[float], *, warmup: int, batch_size: int, threads: int) -> LatencyStats:
+        """Median, 90th percentile and mean of the timed runs ``times_ms`` (milliseconds).
+
+        >>> LatencyStats.from_times([1.0, 2.0, 3.0], warmup=0, batch_size=1, threads=1).median_ms
+        2.0
+        """
+        ms = np.asarray(times_ms)
+        return cls(
+            median_ms=float(np.median(ms)),
+            p90_ms=float(np.percentile(ms, 90)),
+            mean_ms=float(ms.mean()),
+            runs=len(times_ms),
+            warmup=warmup,
+            batch_size=batch_size,
+            threads=threads,
+        )
+
 
 def _sync() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -88,13 +106,6 @@ def measure_latency(
                 times.append((time.perf_counter() - start) * 1000.0)
     finally:
         torch.set_num_threads(previous_threads)
-    ms = np.asarray(times)
-    return LatencyStats(
-        median_ms=float(np.median(ms)),
-        p90_ms=float(np.percentile(ms, 90)),
-        mean_ms=float(ms.mean()),
-        runs=runs,
-        warmup=warmup,
-        batch_size=batch_size_of(example_inputs),
-        threads=used_threads,
+    return LatencyStats.from_times(
+        times, warmup=warmup, batch_size=batch_size_of(example_inputs), threads=used_threads
     )

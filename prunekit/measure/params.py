@@ -38,7 +38,7 @@ class ParamCount:
         return {"total": self.total, "nonzero": self.nonzero, "sparsity": self.sparsity}
 
 
-def _pruning_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:
+def pruning_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:
     """The ``torch.nn.utils.prune`` methods attached to ``module`` (the way ``prune.remove`` finds them)."""
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
 
@@ -49,7 +49,7 @@ def _own_effective(module: nn.Module) -> Iterator[tuple[str, tuple[int, ...], to
     The identity key is made of the ``id`` of the stored Parameter(s), so a tensor tied between modules gives
     the same key everywhere.
     """
-    pruned = {hook._tensor_name: hook for hook in _pruning_hooks(module)}
+    pruned = {hook._tensor_name: hook for hook in pruning_hooks(module)}
     for name, param in module.named_parameters(recurse=False):
         if name.endswith("_orig") and name[: -len("_orig")] in pruned:
             continue  # yielded below as its effective tensor

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
-from prunekit.measure.params import _pruning_hooks, named_effective_parameters
+from prunekit.measure.params import named_effective_parameters, pruning_hooks
 
 DEFAULT_ZSTD_LEVEL = 9
 
@@ -53,7 +53,7 @@ def _mask_state_names(model: nn.Module) -> set[str]:
         if parametrize.is_parametrized(module):
             inner = f"{prefix}parametrizations."
             skip.update(name for name in state if name.startswith(inner))
-        for hook in _pruning_hooks(module):
+        for hook in pruning_hooks(module):
             skip.update({f"{prefix}{hook._tensor_name}_orig", f"{prefix}{hook._tensor_name}_mask"})
     return skip
 

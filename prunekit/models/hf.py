@@ -37,7 +37,8 @@ from prunekit.models.family import Family, register_family
 from prunekit.models.record import same_architecture
 
 
-def _transformers() -> Any:
+def import_transformers() -> Any:
+    """The ``transformers`` package, its logging quietened; :class:`ModelLoadError` when it is missing."""
     try:
         import transformers
     except ImportError as err:
@@ -82,7 +83,7 @@ def load_hf(spec: str) -> nn.Module:
     ...         '"architectures": ["GPT2LMHeadModel"]}').config.n_head
     2
     """
-    tf = _transformers()
+    tf = import_transformers()
     directory = Path(spec)
     if not spec.lstrip().startswith("{") and directory.is_dir():
         if not (directory / "config.json").is_file():
@@ -152,7 +153,7 @@ def infer_hf(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     if not type(model).__module__.startswith("transformers."):  # a model of transformers' own classes only
         return None
-    tf = _transformers()
+    tf = import_transformers()
     if not isinstance(model, tf.PreTrainedModel) or not isinstance(config, tf.PretrainedConfig):
         return None
     data = config.to_diff_dict()

@@ -59,7 +59,8 @@ DEFAULT_RATIO = 0.3  # prune_yolo's ratio when neither a ratio, a config nor a t
 _ARG_TYPES = (str, int, float, bool, type(None))
 
 
-def _ultralytics():
+def import_ultralytics() -> Any:
+    """The ``ultralytics`` package with prunekit's layers registered; ModelLoadError when it is missing."""
     try:
         import ultralytics
     except ImportError as err:
@@ -77,7 +78,7 @@ def load_yolo(spec: str) -> nn.Module:
     >>> type(load_yolo("yolo11n.yaml")).__name__
     'DetectionModel'
     """
-    ultralytics = _ultralytics()
+    ultralytics = import_ultralytics()
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
         try:
@@ -136,7 +137,7 @@ def _channels(model: nn.Module) -> int:
     return int(yaml.get("channels", 3)) if isinstance(yaml, dict) else 3
 
 
-def _detector(model: Any) -> nn.Module:
+def detector_of(model: Any) -> nn.Module:
     """The ultralytics nn.Module inside ``model`` (a ``YOLO`` object or the module itself)."""
     inner = getattr(model, "model", None)
     if isinstance(getattr(inner, "model", None), nn.Sequential):  # a YOLO object (itself an nn.Module)
@@ -158,7 +159,7 @@ def example_inputs(model: Any, imgsz: int = DEFAULT_IMGSZ) -> torch.Tensor:
     if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise ConfigError(f"imgsz must be a positive multiple of 32 (YOLO's largest stride), got {imgsz!r}")
     generator = torch.Generator().manual_seed(0)
-    return torch.rand((1, _channels(_detector(model)), imgsz, imgsz), generator=generator)
+    return torch.rand((1, _channels(detector_of(model)), imgsz, imgsz), generator=generator)
 
 
 def _without_feats(out: Any) -> Any:
@@ -316,7 +317,7 @@ def prune_yolo(
     )  # fmt: skip
     if config is None and ratio is None and cfg.target is None:
         cfg = cfg.replace(ratio=DEFAULT_RATIO)
-    detector = _detector(model)
+    detector = detector_of(model)
     _validate_common(detector)
     x = example_inputs(detector, imgsz)
     cfg = cfg.replace(ignore=_ignore(detector, cfg.ignore))
@@ -345,7 +346,7 @@ def check_yolo(
     True
     """
     cfg = resolve(PruneConfig, config, "check_yolo", "ratio", **options)
-    detector = _detector(model)
+    detector = detector_of(model)
     _validate_common(detector)
     cfg = cfg.replace(ignore=_ignore(detector, cfg.ignore))
     return check(HeadOutputs(detector), example_inputs(detector, imgsz), cfg)
@@ -357,7 +358,7 @@ def sync_c2f(model: nn.Module) -> nn.Module:
     >>> sync_c2f(load_yolo("yolov8n.yaml")).model[2].c
     16
     """
-    for module in _detector(model).modules():
+    for module in detector_of(model).modules():
         conv = getattr(getattr(module, "cv1", None), "conv", None)
         if (
             hasattr(module, "forward_split")
@@ -397,8 +398,8 @@ def save_yolo(
     >>> save_yolo(m, "/tmp/pruned-doc.pt", plans=res.plan).name
     'pruned-doc.pt'
     """
-    ultralytics = _ultralytics()
-    detector = _detector(model)
+    ultralytics = import_ultralytics()
+    detector = detector_of(model)
     plan_list = [plans] if isinstance(plans, Plan) else list(plans or [])
     if any(not isinstance(p, Plan) for p in plan_list):
         raise ConfigError("plans must be a prunekit Plan or a list of Plans")

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models.ultralytics import _detector, _ultralytics
+from prunekit.models.ultralytics import detector_of, import_ultralytics
 
 TASKS = ("detect", "segment", "pose", "obb", "classify")
 
@@ -71,7 +71,7 @@ def keep_arch_trainer(task: str = "detect") -> type:
     """
     if task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    _ultralytics()
+    import_ultralytics()
     from ultralytics.models import yolo
 
     base = {
@@ -97,7 +97,7 @@ def finetune_yolo(
 
     >>> finetune_yolo("pruned.pt", data="data.yaml", epochs=3, imgsz=160)  # doctest: +SKIP
     """
-    ultralytics = _ultralytics()
+    ultralytics = import_ultralytics()
     if "trainer" in train_args:
         raise ConfigError("finetune_yolo chooses the trainer itself; call YOLO.train for a custom trainer")
     if train_args.get("pretrained") is False:
@@ -113,6 +113,6 @@ def finetune_yolo(
         raise ConfigError(
             "fine-tune a model loaded from a checkpoint: save_yolo(model, 'pruned.pt') and pass 'pruned.pt'"
         )
-    _detector(yolo)
+    detector_of(yolo)
     yolo.train(trainer=keep_arch_trainer(yolo.task), **train_args)
     return yolo

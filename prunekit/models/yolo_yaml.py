@@ -36,7 +36,7 @@ from torch import nn
 from prunekit.graph.groups import GroupReport
 from prunekit.models.yolo_modules import HEADS, LAYERS, legacy_heads, needs_stated_head, register, stated_row
 from prunekit.plan import Plan
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.select import build_plan
 
 NOT_IN_YAML = "PrunedWidthsNotInYaml_FineTuneWith_prunekit_yolo_finetune"

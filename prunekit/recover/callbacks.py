@@ -40,7 +40,7 @@ from prunekit.measure.profile import evaluate
 from prunekit.recover import distributed
 from prunekit.recover.distill import FeatureKD, check_kd_args, kd_loss, logits_of
 from prunekit.sparse.masks import is_masked
-from prunekit.sparse.sparsify import PRUNABLE
+from prunekit.sparse.unstructured import PRUNABLE
 
 LossFn = Callable[[Any, Tensor], Tensor]
 EvalFn = Callable[[nn.Module], float]

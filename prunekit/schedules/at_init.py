@@ -24,7 +24,7 @@ from prunekit.errors import ConfigError
 from prunekit.schedules.masking import check_fraction
 from prunekit.sparse import apply_masks, get_mask, masks_from_scores, select_layers
 from prunekit.sparse.patterns import parse_pattern
-from prunekit.sparse.sparsify import LayerSparsity, Selector, SparsifyResult, check_layers, check_scope
+from prunekit.sparse.unstructured import LayerSparsity, Selector, SparsifyResult, check_layers, check_scope
 
 LossFn = Callable[[Any, Any], Tensor]
 """``loss_fn(model_output, targets) -> scalar tensor``; default cross-entropy."""

@@ -30,7 +30,7 @@ from torch import nn
 from prunekit.criteria import Criterion
 from prunekit.errors import ConfigError
 from prunekit.schedules.masking import ScoreFn, check_fraction, check_int, make_mask_set
-from prunekit.sparse.sparsify import Selector
+from prunekit.sparse.unstructured import Selector
 
 
 def cubic_sparsity(

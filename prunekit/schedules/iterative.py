@@ -24,7 +24,7 @@ from prunekit.criteria import Criterion
 from prunekit.errors import ConfigError
 from prunekit.measure import evaluate
 from prunekit.schedules.masking import ScoreFn, check_fraction, check_int, make_mask_set
-from prunekit.sparse.sparsify import Selector
+from prunekit.sparse.unstructured import Selector
 
 TrainFn = Callable[[nn.Module], Any]
 """Fine-tunes the model in place: ``train_fn(model)``; its return value is ignored."""

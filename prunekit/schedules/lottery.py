@@ -38,7 +38,7 @@ from prunekit.errors import ConfigError
 from prunekit.measure import evaluate
 from prunekit.schedules.masking import check_fraction, check_int, make_mask_set
 from prunekit.sparse.masks import Mask, own_parametrized_class
-from prunekit.sparse.sparsify import Selector
+from prunekit.sparse.unstructured import Selector
 
 
 class TrainRun:

@@ -34,7 +34,7 @@ from prunekit.sparse import (
     remove_masks,
     select_layers,
 )
-from prunekit.sparse.sparsify import Selector, check_layers, check_scope, resolve_criterion
+from prunekit.sparse.unstructured import Selector, check_layers, check_scope, resolve_criterion
 
 ScoreFn = Callable[[dict[str, nn.Module]], Mapping[str, Tensor]]
 """Deprecated custom scores: ``{name: layer}`` -> ``{name: weight-shaped score}``; register a

@@ -37,7 +37,7 @@ from prunekit.plan import Plan
 from prunekit.schedules.cubic import CubicSchedule
 from prunekit.schedules.masking import check_int
 from prunekit.structured import pipeline
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.select import build_plan, choose_units
 
 

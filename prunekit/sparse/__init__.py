@@ -14,16 +14,24 @@ Global sparsity: 24.06%
 
 from __future__ import annotations
 
+import sys
+
+from prunekit.sparse import unstructured as _unstructured
 from prunekit.sparse.masks import Mask, apply_masks, get_mask, is_masked, remove_masks
 from prunekit.sparse.patterns import Pattern, parse_pattern
 from prunekit.sparse.report import SparsityReport, SparsityRow, sparsity_report
-from prunekit.sparse.sparsify import (
+from prunekit.sparse.unstructured import (
     LayerSparsity,
     SparsifyResult,
     masks_from_scores,
     select_layers,
     sparsify,
 )
+
+# ``prunekit.sparse.sparsify`` is the function; the module defining it is ``prunekit.sparse.unstructured``.
+# Its former dotted path stays importable for one release
+# (``from prunekit.sparse.sparsify import Selector``).
+sys.modules.setdefault(f"{__name__}.sparsify", _unstructured)
 
 __all__ = [
     "LayerSparsity",

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.sparse.masks import get_mask
-from prunekit.sparse.sparsify import PRUNABLE
+from prunekit.sparse.unstructured import PRUNABLE
 
 
 @dataclass

@@ -29,7 +29,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured import pipeline
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.oracle import compare_with, reference_outputs
 from prunekit.structured.pipeline import PruneResult
 

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, call_model, eval_scope
+from prunekit._inputs import ExampleInputs, call_model, eval_scope, flatten_tensors
 from prunekit.errors import ConfigError
-from prunekit.graph.trace import flatten_tensors
 from prunekit.plan import Plan
 from prunekit.structured.replay import Decisions
 

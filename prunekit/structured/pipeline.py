@@ -46,7 +46,7 @@ from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
 

@@ -39,7 +39,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from prunekit.graph.rules import _resolve
+from prunekit.graph.rules import arg, resolve_function
 from prunekit.graph.trace import op_name
 
 #: calls that build a tensor from sizes or a template's dtype/shape, never from its values
@@ -47,12 +47,12 @@ _FACTORIES = {
     f
     for name in ("zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
                  "new_full", "new_tensor")
-    for f in _resolve(name)
+    for f in resolve_function(name)
 }  # fmt: skip
 
 
 def _paired(names: tuple[str, ...], dim_pos: int, default: int | None, keepdim_pos: int | None) -> dict:
-    return {f: (dim_pos, default, keepdim_pos) for name in names for f in _resolve(name)}
+    return {f: (dim_pos, default, keepdim_pos) for name in names for f in resolve_function(name)}
 
 
 #: (values, indices) results: position of the dim argument, its default, position of ``keepdim`` (None: the
@@ -67,15 +67,11 @@ _PAIRED: dict[Any, tuple[int, int | None, int | None]] = {
 }
 
 
-def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
-    return args[pos] if len(args) > pos else kwargs.get(name, default)
-
-
 def _regather(func: Any, args: tuple, kwargs: dict, out: Any, indices: torch.Tensor) -> Any:
     """``out`` of a paired call with ``indices`` replayed and its values gathered from this call's input."""
     dim_pos, default, keepdim_pos = _PAIRED[func]
-    dim = _arg(args, kwargs, dim_pos, "dim", default)
-    keep = keepdim_pos is None or bool(_arg(args, kwargs, keepdim_pos, "keepdim", False))
+    dim = arg(args, kwargs, dim_pos, "dim", default)
+    keep = keepdim_pos is None or bool(arg(args, kwargs, keepdim_pos, "keepdim", False))
     idx = indices if keep else indices.unsqueeze(dim)
     values = args[0].gather(dim, idx)
     return type(out)((values if keep else values.squeeze(dim), indices))

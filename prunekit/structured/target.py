@@ -40,7 +40,7 @@ from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.progress import progress_bar
-from prunekit.structured.apply import apply
+from prunekit.structured.cut import apply
 from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored, run, select
 
 __all__ = ["Target", "TargetSearch", "prune_to_target", "search_target", "target_from_options"]

@@ -316,7 +316,7 @@ def layer_scores(layers: Mapping[str, nn.Module], criterion: str = "magnitude", 
     torch.Size([2, 3])
     """
     warnings.warn(
-        "prunekit.sparse.sparsify.layer_scores is deprecated: use prunekit.criteria.scores.layer_scores",
+        "prunekit.sparse.unstructured.layer_scores is deprecated: use prunekit.criteria.scores.layer_scores",
         DeprecationWarning,
         stacklevel=2,
     )
