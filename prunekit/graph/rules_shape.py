@@ -35,6 +35,7 @@ from prunekit.graph.rules import (
     set_all,
     where_indices,
 )
+from prunekit.graph.stream import cut_site, site_input
 from prunekit.graph.trace import Tracer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,6 +517,8 @@ def reduce(tr: Tracer, func, args, kwargs, out) -> None:
         return elementwise(tr, func, args, kwargs, out)
     L = lab(tr, x)
     res = outs(out)
+    if tr.stream and site_input(func, args, kwargs) is x and cut_site(tr, x, []):
+        return tr.set_label(out, blank(x.dim()))
     name = getattr(func, "__name__", "")
     if name in ("norm", "normalize"):
         dim = arg(args, kwargs, 2, "dim", None if name == "norm" else 1)

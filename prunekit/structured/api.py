@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from prunekit.plan import Plan
 from prunekit.structured.apply import apply
 from prunekit.structured.oracle import compare_with, reference_outputs
 from prunekit.structured.select import build_plan, choose_units
+from prunekit.structured.stream import importance as stream_importance
+from prunekit.structured.stream import original_outputs, relative_error, stream_scores, verify_mode
 
 
 def _validate(
@@ -80,11 +83,14 @@ def plan_prune(
     *,
     data: Any = None,
     loss_fn: Any = None,
+    stream: bool | str = False,
 ) -> tuple[Plan, GroupReport]:
     """Decide what to remove without touching ``model``: returns the plan and the group report.
 
     Data-driven criteria (``"taylor"``, ``"hessian"``, ``"activation"``, ``"apoz"``, ``"wanda"``) read
     ``data`` (an iterable of batches: inputs or ``(inputs, target)``) and ``loss_fn(output, target)``.
+    ``stream=True`` also cuts LayerNorm/RMSNorm-ed residual streams, approximately, ranked on ``data``
+    (:mod:`prunekit.structured.stream`).
 
     >>> plan, rep = plan_prune(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2)),
     ...                        torch.zeros(1, 3), ratio=0.25)
@@ -95,9 +101,13 @@ def plan_prune(
         model, "plan_prune", ratio, scope, round_to, max_ratio, ignore, criterion, data, loss_fn
     )
     score_fn = get_criterion(criterion)
-    report = build_groups(model, example_inputs, ignore)
+    how = stream_importance(stream)
+    report = build_groups(model, example_inputs, ignore, stream=how is not None)
     ctx = ScoreContext.of(model, example_inputs, data=data, loss_fn=loss_fn)
-    scores = group_scores(report.prunable_groups, score_fn, ctx)
+    exact = [g for g in report.prunable_groups if not g.approximate]
+    scores = group_scores(exact, score_fn, ctx)
+    if how is not None:
+        scores.update(stream_scores(model, report, data, how))
     removed = choose_units(report, scores, float(ratio), scope, round_to, float(max_ratio))
     total = sum(g.width for g in report.prunable_groups)
     meta = {
@@ -109,6 +119,8 @@ def plan_prune(
         "target_units": round(ratio * total),
         "prunable_units": total,
     }
+    if how is not None:
+        meta["stream"] = how
     return build_plan(report, removed, meta), report
 
 
@@ -127,6 +139,8 @@ class PruneResult:
     target_units: int
     seconds: dict[str, float] = field(default_factory=dict)
     target: dict[str, Any] | None = None  # requested vs achieved, when pruned to a prunekit.Target
+    #: an approximate plan's measured output error against the original model, max|y - y0| / max|y0|
+    approx_error: float | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -150,6 +164,7 @@ class PruneResult:
             "target_units": self.target_units,
             "seconds": dict(self.seconds),
             "target": dict(self.target) if self.target is not None else None,
+            "approx_error": self.approx_error,
             "plan": self.plan.to_dict(),
         }
 
@@ -168,7 +183,8 @@ def prune(
     *,
     data: Any = None,
     loss_fn: Any = None,
-    verify: str = "exact",
+    verify: str | None = None,
+    stream: bool | str = False,
 ) -> PruneResult:
     """Structurally prune ``model`` in place: channels, neurons and heads are physically removed.
 
@@ -186,14 +202,20 @@ def prune(
     copy) and requires the pruned outputs to equal it within the oracle's tolerance, with the same decision
     replay as :func:`check`: one more forward. ``verify="shapes"`` skips that forward (huge models).
 
+    ``stream=True`` (or ``"random"``) also cuts LayerNorm/RMSNorm-ed residual streams, approximately, their
+    channels ranked on the calibration batches ``data`` (:mod:`prunekit.structured.stream`). Such a plan
+    is verified with ``verify="approximate"`` (its default): the output error against the original model
+    is measured and returned as ``PruneResult.approx_error``; ``verify="exact"`` is then a ConfigError.
+
     ``scope=None`` means ``"local"`` for a ratio and ``"global"`` for a target search (as
     :func:`~prunekit.structured.target.prune_to_target` and ``prunekit prune --target-*``): one unit at a
     time across the whole model reaches a target more exactly than one ratio for every group.
     """
     eager_module(model, "prune")
-    if verify not in ("exact", "shapes"):
-        raise ConfigError(f"verify must be 'exact' or 'shapes', got {verify!r}")
+    plain = verify_mode(verify, Plan())  # the value checked; with a stream cut the mode follows the plan
     if target is not None:  # a prunekit.Target: search the ratio (prunekit/structured/target.py)
+        if stream_importance(stream) is not None:
+            raise ConfigError("stream=True does not combine with target= yet: give a ratio")
         from prunekit.structured.target import prune_to_target
 
         return prune_to_target(
@@ -208,7 +230,7 @@ def prune(
             data=data,
             loss_fn=loss_fn,
             measure=measure,
-            verify=verify,
+            verify=plain,
         )
     t0 = time.perf_counter()
     plan, report = plan_prune(
@@ -222,13 +244,17 @@ def prune(
         max_ratio,
         data=data,
         loss_fn=loss_fn,
+        stream=stream,
     )
+    mode = verify_mode(verify, plan)
     t1 = time.perf_counter()
     params_before = count_params(model).total if measure else 0
     macs_before = count_macs(model, example_inputs) if measure else 0
     t2 = time.perf_counter()
-    reference = reference_outputs(model, plan, example_inputs) if verify == "exact" else None
+    reference = reference_outputs(model, plan, example_inputs) if mode == "exact" else None
+    original = original_outputs(model, example_inputs) if mode == "approximate" else None
     apply(model, plan, example_inputs, reference)
+    approx_error = relative_error(model, original, example_inputs) if original is not None else None
     t3 = time.perf_counter()
     params_after = count_params(model).total if measure else 0
     macs_after = count_macs(model, example_inputs) if measure else 0
@@ -244,6 +270,7 @@ def prune(
         plan.removed_units,
         int(plan.meta.get("target_units", 0)),
         {"plan": t1 - t0, "apply": t3 - t2, "measure": (t2 - t1) + (t4 - t3)},
+        approx_error=approx_error,
     )
 
 
@@ -267,10 +294,16 @@ class CheckReport:
     #: near-tie decisions the pruned run took from the reference (see prunekit.structured.replay)
     replayed: list[str] = field(default_factory=list)
     n_values: int = 0  #: output entries compared; 0 proves nothing (every compared output was empty)
+    #: "exact" (``ok``), "approximate" (a stream cut, compared with the original model) or "failed"
+    status: str = "failed"
+    rel_err: float = 0.0  #: max_abs_err / max|reference|
+
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "status": self.status,
+            "rel_err": self.rel_err,
             "compared_at": self.compared_at,
             "max_abs_err": self.max_abs_err,
             "tolerance": self.tolerance,
@@ -300,13 +333,16 @@ def check(
     data: Any = None,
     loss_fn: Any = None,
     compare_at: str | None = None,
+    stream: bool | str = False,
 ) -> CheckReport:
     """Prune a deep copy and compare it with the masked reference (see :mod:`prunekit.structured.oracle`).
 
     Discrete decisions (top-k, sort, NMS, comparisons) whose inputs agree within the tolerance take the
     reference's answer in the pruned run, so a near-tie flipped by rounding is no error; ``.replayed``
     names those that changed an answer (:mod:`prunekit.structured.replay`). ``compare_at`` names a
-    submodule whose outputs are compared instead of the model's.
+    submodule whose outputs are compared instead of the model's. ``stream=True`` (see :func:`prune`): a plan
+    that cuts a normalised stream is compared with the ORIGINAL model and reported as
+    ``status="approximate"`` with its ``rel_err``; ``ok`` stays False (``ok`` means exact).
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> check(net, torch.randn(2, 3)).ok
@@ -329,8 +365,13 @@ def check(
         max_ratio,
         data=data,
         loss_fn=loss_fn,
+        stream=stream,
     )
-    reference = reference_outputs(model, plan, example_inputs, compare_at)
+    approximate = bool(plan.approximate)
+    if approximate:
+        reference = original_outputs(model, example_inputs, compare_at)
+    else:
+        reference = reference_outputs(model, plan, example_inputs, compare_at)
     params_before = count_params(model).total
     pruned = copy.deepcopy(model)
     macs_before = count_macs(pruned, example_inputs)
@@ -345,8 +386,13 @@ def check(
         }
         for g in report.pinned_groups
     ]
+    rel_err = cmp.max_abs_err / max(cmp.ref_max_abs, 1e-30) if cmp.shapes_equal else float("inf")
+    if approximate:
+        status = "approximate" if cmp.shapes_equal and math.isfinite(rel_err) else "failed"
+    else:
+        status = "exact" if cmp.ok else "failed"
     return CheckReport(
-        cmp.ok,
+        cmp.ok and not approximate,
         cmp.max_abs_err,
         cmp.tolerance,
         cmp.shapes_equal,
@@ -361,4 +407,6 @@ def check(
         compare_at,
         list(reference.decisions.replayed),
         cmp.n_values,
+        status,
+        rel_err,
     )
