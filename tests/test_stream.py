@@ -160,3 +160,31 @@ def test_plan_round_trips_and_replays(tmp_path) -> None:
     pk.save(model, out, plan=res.plan)
     loaded = pk.load(out, model=_model())
     assert torch.equal(loaded(x), model(x))
+
+
+class Patches(nn.Module):
+    """A patch embedding reshaped by a width: ``self.hidden_dim`` (followed by the cut) or a literal int."""
+
+    def __init__(self, literal: bool) -> None:
+        super().__init__()
+        self.hidden_dim, self.literal = (None if literal else C), literal
+        self.conv = nn.Conv2d(3, C, 2, stride=2)
+        self.norm = nn.LayerNorm(C)
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = C if self.literal else self.hidden_dim
+        x = self.conv(x).reshape(x.shape[0], width, -1).permute(0, 2, 1)
+        return self.head(self.norm(x).mean(1))
+
+
+@pytest.mark.parametrize("literal", [False, True])
+def test_a_view_sized_by_the_width_follows_or_pins(literal: bool) -> None:
+    torch.manual_seed(0)
+    model = Patches(literal).eval()
+    x = torch.randn(2, 3, 8, 8)
+    pk.prune(model, x, ratio=0.25, stream=True, data=[torch.randn(4, 3, 8, 8)])
+    kept = C if literal else C - 8
+    assert model.conv.out_channels == kept and model.norm.normalized_shape == (kept,)
+    assert model.hidden_dim == (None if literal else kept)
+    assert model(x).shape == (2, 3)

@@ -14,6 +14,14 @@ statistics of a hand-written RMSNorm: Llama, T5). Every site is recorded in call
 (``Tracer.stream_sites``: the slots of its last dim, ``-1`` where none), so calibration forwards can
 measure each stream channel where the norms see it (:mod:`prunekit.structured.stream`).
 
+A view that sizes a stream dim with a Python int (``x.reshape(n, self.hidden_dim, -1)`` in torchvision's
+ViT) must follow the cut: the int is the running module's width attribute (by exact name,
+:data:`WIDTH_ATTRS`, and value), recorded as a plan attribute; an int read from a shape inside that module
+follows by itself; any other int pins the dim (:func:`sized_view`). A module that reads a width as an int
+and then splits channels with sizes given as plain ints (torchvision's Swin:
+``reshape(B, N, 3, num_heads, C // num_heads)``) may derive them from that width: the widths it read stay
+(:func:`derived_split`).
+
 >>> import torch
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
 >>> from prunekit.graph.groups import build_groups
@@ -31,10 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.graph.labels import align
+from prunekit.graph.labels import _blocks, align
 from prunekit.graph.trace import AttrRecord, Tracer
 
 REASON = "LayerNorm statistics over a cut width"
+#: attributes holding the residual width of the module that sizes a view with them
+WIDTH_ATTRS = ("hidden_dim", "hidden_size", "embed_dim", "d_model", "n_embd", "dim", "num_features")
 
 _NORMS = {F.layer_norm, torch.layer_norm, F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
 _MEANS = {torch.mean, torch.Tensor.mean}
@@ -79,3 +89,37 @@ def cut_site(tr: Tracer, x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and tuple(module.normalized_shape) == (x.shape[-1],):
         tr.attrs.append(AttrRecord(mname, "normalized_shape", channels, 1, x.shape[-1], shape=True))
     return True
+
+
+def sized_view(tr: Tracer, L: torch.Tensor, s_in: list[int], s_out: list[int], req: list) -> None:
+    """Stream mode, a view/reshape: record or pin every slot-carrying dim it sizes with a Python int.
+
+    Only dims passed through unchanged (one input dim onto one output dim) are looked at: splits and head
+    merges have their own rules.
+    """
+    mname = tr.module_stack[-1]
+    module = tr.model.get_submodule(mname) if mname else tr.model
+    for bi, bo in _blocks(s_in, s_out) or []:
+        d = bo[0]
+        if len(bi) != 1 or len(bo) != 1 or L.shape[d] == 1 or req[d] in (None, -1):
+            continue
+        if (mname, req[d]) in tr.shape_reads:  # read from a shape in this module: it follows the cut
+            continue
+        slots = L.reshape(-1) if L.numel() == L.shape[d] else None
+        names = [n for n in WIDTH_ATTRS if getattr(module, n, None) == req[d] and type(req[d]) is int]
+        if slots is not None and names:
+            for name in names:
+                tr.attr(mname, module, name, slots)
+        else:
+            tr.pin(L, f"a view sizes a stream dim with the Python int {req[d]}, which would not follow a cut")
+
+
+def derived_split(tr: Tracer) -> None:
+    """Stream mode, a view splitting channels with no size the code lets adapt (no -1, no head attribute):
+    pin every dim whose size the running module read as a Python int (the split sizes may derive from it)."""
+    mname = tr.module_stack[-1]
+    why = "its width was read as a Python int in a module that splits channels by plain ints"
+    for (module, _value), reads in tr.shape_reads.items():
+        if module == mname:
+            for slots in reads:
+                tr.pin(slots, why)
