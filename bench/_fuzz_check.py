@@ -121,8 +121,10 @@ def _mha_stale(m: nn.MultiheadAttention) -> list[str]:
         out.append("out_proj.in_features stale")
     if m.in_proj_weight is not None and m.in_proj_weight.shape[1] != m.embed_dim:
         out.append(f"embed_dim {m.embed_dim} vs in_proj_weight {tuple(m.in_proj_weight.shape)}")
-    if m.out_proj.weight.shape[0] != m.embed_dim:
-        out.append(f"embed_dim {m.embed_dim} vs out_proj.weight {tuple(m.out_proj.weight.shape)}")
+    # embed_dim is the query width torch's forward checks; the output width is out_proj's own (a cut may
+    # make them differ: the stream into the attention and the one out of it can be different groups)
+    if m.out_proj.out_features != m.out_proj.weight.shape[0]:
+        out.append("out_proj.out_features stale")
     return out
 
 

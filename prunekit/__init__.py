@@ -53,8 +53,9 @@ from prunekit.sparse import (
     sparsify,
     sparsity_report,
 )
-from prunekit.sparse.accelerate import AccelerateResult, accelerate
+from prunekit.sparse.accelerate import AccelerateResult, accelerate, accelerated
 from prunekit.sparse.storage import load_sparse, save_sparse, sparse_size
+from prunekit.sparse.swap import decelerate
 from prunekit.structured import CheckReport, PruneResult, apply, check, groups, plan_prune, prune
 from prunekit.structured.layers import LayerPruneResult, prune_layers
 from prunekit.structured.sensitivity import SensitivityResult, sensitivity
@@ -107,12 +108,14 @@ __all__ = [
     "Target",
     "__version__",
     "accelerate",
+    "accelerated",
     "analyze",
     "apply",
     "check",
     "count_macs",
     "count_params",
     "cubic_sparsity",
+    "decelerate",
     "evaluate",
     "export_onnx",
     "finetune",

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunekit._atomic import write_text
 from prunekit.errors import PlanError
 
 PLAN_VERSION = 1
@@ -108,18 +108,8 @@ class Plan:
             raise PlanError(f"malformed plan: {type(exc).__name__}: {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan as JSON (atomically: temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write the plan as JSON, atomically (:func:`prunekit._atomic.write_text`)."""
+        return write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:

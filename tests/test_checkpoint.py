@@ -14,7 +14,7 @@ from torch import nn
 
 import prunekit.deploy.checkpoint as ckpt
 from prunekit.demo.model import build_model
-from prunekit.deploy import load, read_info, save
+from prunekit.deploy import read_info, save
 from prunekit.errors import ConfigError, ModelLoadError, PlanError
 from prunekit.measure import count_params
 from prunekit.sparse import is_masked, sparsify
@@ -23,6 +23,11 @@ from prunekit.structured import prune
 torch.set_num_threads(1)
 DIGITS = "prunekit.demo.model:build_model"
 X = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def load(directory, **kwargs):
+    """The checkpoints here name factories of prunekit and of the tests (module:factory): trusted."""
+    return ckpt.load(directory, trust_code=True, **kwargs)
 
 
 def pruned_digits(*ratios: float):
@@ -154,6 +159,7 @@ def _edit_json(directory, **changes):
     path = directory / "prunekit.json"
     info = json.loads(path.read_text())
     info.update(changes)
+    info["integrity"] = ckpt.integrity_hash(info)  # a consistent edit: what the later checks must catch
     path.write_text(json.dumps(info))
 
 
@@ -269,3 +275,82 @@ def test_layer_pruned_and_channel_pruned_resnet_round_trips(tmp_path, order):
     again = load(tmp_path / "c")
     assert type(again.layer2[1]).__name__ == "SkipBlock"
     assert torch.equal(again(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("spec", ["sys:exit", "os:abort", "code:interact", "tempfile:mkdtemp"])
+def test_a_factory_spec_from_a_file_runs_only_with_trust_code(saved, tmp_path, spec):
+    target = tmp_path / "ck"
+    target.mkdir()
+    for f in saved.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    _edit_json(target, spec=spec)
+    with pytest.raises(ModelLoadError, match=r"prunekit.load\(dir, trust_code=True\) \(CLI: --trust-code\)"):
+        ckpt.load(target)
+
+
+def test_registered_family_specs_need_no_trust(tmp_path):
+    model = randomize(ckpt.load_model("torchvision:squeezenet1_0"), seed=2).eval()
+    save(model, tmp_path / "tv", spec="torchvision:squeezenet1_0")
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(ckpt.load(tmp_path / "tv")(x), model(x))
+    assert not ckpt.spec_runs_code("torchvision:squeezenet1_0") and ckpt.spec_runs_code(DIGITS)
+
+
+def test_a_hand_edited_description_is_refused(saved, tmp_path):
+    target = tmp_path / "ck"
+    target.mkdir()
+    for f in saved.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    info = json.loads((target / "prunekit.json").read_text())
+    info["plans"][0]["removals"] = {}  # not re-sealed
+    (target / "prunekit.json").write_text(json.dumps(info))
+    with pytest.raises(ModelLoadError, match=r"does not match its integrity hash"):
+        load(target)
+
+
+def test_plan_attrs_outside_the_allow_list_are_refused_even_when_sealed(saved, tmp_path):
+    target = tmp_path / "ck"
+    target.mkdir()
+    for f in saved.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    info = json.loads((target / "prunekit.json").read_text())
+    info["plans"][0]["attrs"]["conv1"]["padding_mode"] = ["zeros", "circular"]
+    _edit_json(target, plans=info["plans"])
+    with pytest.raises(PlanError, match=r"may not change conv1.padding_mode \(Conv2d\)"):
+        load(target)
+
+
+def test_load_into_a_given_model_leaves_it_untouched_when_a_later_plan_fails(tmp_path):
+    model, plans = pruned_digits(0.5, 0.5)
+    save(model, tmp_path / "ck", spec=DIGITS, plan=plans)
+    info = json.loads((tmp_path / "ck" / "prunekit.json").read_text())
+    name = next(iter(info["plans"][1]["signature"]))
+    info["plans"][1]["signature"][name][0] += 1  # plan 2 no longer fits what plan 1 leaves
+    _edit_json(tmp_path / "ck", plans=info["plans"])
+    given = build_model(0)
+    before = {n: (t, t.clone()) for n, t in given.state_dict(keep_vars=True).items()}
+    with pytest.raises(PlanError, match=r"plan 2 of"):
+        ckpt.load(tmp_path / "ck", model=given)
+    after = given.state_dict(keep_vars=True)
+    assert all(after[n] is t and torch.equal(t, copy) for n, (t, copy) in before.items())
+    assert given.conv1.out_channels == 32
+    given(X)
+
+
+def test_a_plan_missing_size_attributes_still_loads_with_true_attributes(tmp_path):
+    """Plans from older prunekit versions lack the size attributes of PReLU and tied holders."""
+    from prunekit.structured.consistency import mismatches
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    res = prune(net, x, ratio=0.5)
+    assert res.plan.attrs["1"] == {"num_parameters": [8, 4]}
+    with pytest.warns(UserWarning):  # no spec: load needs model=
+        save(net, tmp_path / "ck", plan=res.plan)
+    info = json.loads((tmp_path / "ck" / "prunekit.json").read_text())
+    del info["plans"][0]["attrs"]["1"]  # as an older prunekit wrote it
+    _edit_json(tmp_path / "ck", plans=info["plans"])
+    again = load(tmp_path / "ck", model=nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 4, 1)))
+    assert again[1].num_parameters == 4 and mismatches(again) == []
+    assert torch.equal(again(x), net(x))

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from prunekit.cli import app
+from prunekit.models.spec import load_model
 
 TINY = f"{tiny_model.__module__}:tiny_model"
 runner = CliRunner()
@@ -71,7 +72,7 @@ ERROR_CASES = {
     "unknown pattern": (["sparsify", "{sd}", "--arch", TINY, "--pattern", "foo"], "unknown pattern 'foo'"),
     "N:M not dividing a layer": (
         ["sparsify", "{sd}", "--arch", TINY, "--pattern", "3:7"],
-        "pattern 3:7 needs the input channels of layer 'conv1' (4) to be a multiple of 7",
+        "pattern 3:7 fits none of the selected layers (e.g. 'conv1': 4 input channels, not a multiple of 7)",
     ),
     "include matching nothing": (
         ["sparsify", "{sd}", "--arch", TINY, "--sparsity", "0.5", "--include", "nomatch"],
@@ -224,6 +225,35 @@ def test_sparsify_2_4_to_safetensors_keeps_two_of_every_four(files, tmp_path):
         groups = canonical(state[key]).reshape(-1, 4)
         assert ((groups == 0).sum(dim=1) == 2).all(), key
     TinyNet().load_state_dict(state, strict=True)
+
+
+def test_sparsify_to_pksparse_is_compressed_and_loads_back(tmp_path):
+    dense, packed = tmp_path / "sparse.safetensors", tmp_path / "sparse.pksparse"
+    result = invoke("sparsify", TINY, "--sparsity", "0.9", "--out", dense)
+    assert result.exit_code == 0, result.output
+    assert "name it .pksparse for the compressed sparse format" in " ".join(result.stdout.split())
+    result = invoke("sparsify", TINY, "--sparsity", "0.9", "--out", packed)
+    assert result.exit_code == 0, result.output
+    assert "compressed sparse state_dict" in " ".join(result.stdout.split())
+    assert packed.stat().st_size < 0.5 * dense.stat().st_size
+    state, expected = load_model(str(packed), arch=TINY).state_dict(), load_file(dense)
+    assert sorted(state) == sorted(expected)
+    assert all(torch.equal(state[key], expected[key]) for key in expected)
+
+
+def test_sparsify_lists_layers_the_pattern_cannot_fit_and_labels_its_figures(tmp_path):
+    out, report = tmp_path / "sparse.pt", tmp_path / "sparse.json"
+    result = invoke("sparsify", TINY, "--pattern", "2:8", "--out", out, "--json", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["skipped"] == {"conv1": "4 input channels, not a multiple of 8"}
+    text = " ".join(result.stdout.split())
+    assert "skipped: 4 input channels, not a multiple of 8" in text
+    # over the sparsified layers: 75 %; over all prunable weights (conv1's 288 dense): 1239 / 1600
+    assert "sparsity 75.00% of the sparsified layers' weights" in text
+    assert "61.50% of all prunable weights" in text
+    assert "all prunable weights" in text.split("2:8 local")[0]  # the table's footer says it too
+    strict = invoke("sparsify", TINY, "--pattern", "2:8", "--strict", "--out", tmp_path / "strict.pt")
+    assert strict.exit_code == 2 and "does not fit layer 'conv1'" in strict.output
 
 
 def test_sparsify_state_dict_with_arch_uses_the_file_weights(files):
@@ -469,3 +499,31 @@ def test_other_runtime_errors_are_not_dressed_as_memory_errors(monkeypatch):
     monkeypatch.setattr(spec, "check_forward", fail)
     result = invoke("analyze", TINY, "--input-shape", "1,4,8,8", "--no-latency")
     assert isinstance(result.exception, RuntimeError) and "out of memory" not in result.output
+
+
+def test_accelerate_tunes_over_batch_sizes_and_writes_a_checkpoint_that_loads_accelerated(
+    tmp_path, monkeypatch
+):
+    import prunekit as pk
+    import prunekit.sparse.accelerate as acc
+    from prunekit.sparse.kernels import SparseLinear
+
+    monkeypatch.setattr(
+        acc, "_time_once", lambda fn, x: 1.0 if getattr(fn, "kernel", "") == "csr-mm" else 9.0
+    )
+    out, report = tmp_path / "fast", tmp_path / "fast.json"
+    args = ["accelerate", TINY, "--input-shape", "1,4,8,8", "--out", out, "--json", report]
+    result = invoke(*args, "--batch-sizes", "1,8,32", "--min-sparsity", "0", "--runs", "2")
+    assert result.exit_code == 0, result.output
+    assert "batch 32" in result.stdout and "1 layer of 1 on sparse kernels" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["swapped"] == ["fc"] and data["batch_sizes"] == [1, 8, 32]
+    assert set(data["layers"][0]["timings"]) == {"1", "8", "32"}
+    assert json.loads((out / "prunekit.json").read_text())["accelerated"] == {"fc": "csr-mm"}
+    loaded = pk.load(out)
+    assert isinstance(loaded.fc, SparseLinear)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(loaded(x), tiny_model().eval()(x), atol=1e-5)
+    bad = invoke("accelerate", TINY, "--out", tmp_path / "bad", "--batch-sizes", "1,x")
+    assert bad.exit_code == 2 and "--batch-sizes takes comma-separated positive integers" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -82,12 +82,12 @@ def test_save_load_round_trip_and_sparse_encoding(tmp_path):
     assert (sparse_dir / "weights.pksparse").stat().st_size * 4 < (
         dense_dir / "weights.safetensors"
     ).stat().st_size
-    result = invoke("load", sparse_dir, "--json", js)
+    result = invoke("load", sparse_dir, "--json", js, "--trust-code")
     assert result.exit_code == 0, result.output
     data = json.loads(js.read_text())
     assert data["output_shapes"] == [[4, 10]] and data["spec"] == CNN
     x = torch.randn(3, 1, 8, 8)
-    assert torch.equal(load(sparse_dir)(x), load(dense_dir)(x))
+    assert torch.equal(load(sparse_dir, trust_code=True)(x), load(dense_dir, trust_code=True)(x))
 
 
 def test_load_of_a_non_checkpoint_is_one_line(tmp_path):
@@ -118,7 +118,7 @@ def test_finetune_trains_on_file_data_and_saves_a_checkpoint(tmp_path, digits):
     assert data["final_metric"] > 0.85
     s = load_splits()
     with torch.no_grad():
-        acc = (load(out)(s.x_test).argmax(1) == s.y_test).float().mean().item()
+        acc = (load(out, trust_code=True)(s.x_test).argmax(1) == s.y_test).float().mean().item()
     assert acc == pytest.approx(data["final_metric"], abs=1e-6)
 
 

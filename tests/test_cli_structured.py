@@ -26,7 +26,7 @@ def test_prune_writes_a_checkpoint_that_reloads_to_the_pruned_widths(tmp_path):
     result = invoke("prune", TINY, "--ratio", "0.5", "--input-shape", SHAPE, "--out", out, "--json", js)
     assert result.exit_code == 0, result.output
     data = json.loads(js.read_text())
-    model = load(out)
+    model = load(out, trust_code=True)
     # conv1 (8 channels) and conv2 (16) lose half; fc keeps its 10 outputs (model outputs keep shapes)
     assert (model.conv1.out_channels, model.bn.num_features, model.conv2.out_channels) == (4, 4, 8)
     assert model.fc.in_features == 8 and model.fc.out_features == 10
@@ -39,9 +39,11 @@ def test_prune_a_checkpoint_again_stacks_the_plans(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert invoke("prune", TINY, "--ratio", "0.5", "--input-shape", SHAPE, "--out", first).exit_code == 0
     # the input shape comes from the checkpoint
-    result = invoke("prune", first, "--ratio", "0.5", "--out", second)
+    refused = invoke("prune", first, "--ratio", "0.5", "--out", second)  # its spec is a module:factory
+    assert refused.exit_code == 2 and "--trust-code" in refused.output and not second.exists()
+    result = invoke("prune", first, "--ratio", "0.5", "--out", second, "--trust-code")
     assert result.exit_code == 0, result.output
-    again = load(second)
+    again = load(second, trust_code=True)
     assert again.conv2.out_channels == 4
     x = torch.randn(2, 4, 8, 8)
     assert again(x).shape == (2, 10)
@@ -95,7 +97,7 @@ def test_prune_to_a_macs_target_meets_it(tmp_path):
     data = json.loads(js.read_text())
     assert data["target"]["requested"] == 0.5 and data["target"]["met"] is True
     assert 0.4 < data["macs_ratio"] <= 0.5
-    assert load(tmp_path / "t")(torch.randn(2, 4, 8, 8)).shape == (2, 10)
+    assert load(tmp_path / "t", trust_code=True)(torch.randn(2, 4, 8, 8)).shape == (2, 10)
 
 
 def test_two_targets_are_refused(tmp_path):
@@ -113,7 +115,7 @@ def test_recipe_drives_prune_and_the_checkpoint_replays_it(tmp_path):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert json.loads(js.read_text())["recipe"]["criterion"] == "l1"
-    assert load(tmp_path / "r").conv2.out_channels == 8
+    assert load(tmp_path / "r", trust_code=True).conv2.out_channels == 8
 
 
 def test_bad_recipe_key_is_one_line(tmp_path):

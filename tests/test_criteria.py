@@ -347,3 +347,23 @@ def test_load_batches_from_files(tmp_path):
     assert data[0][0].shape == (32, 1, 8, 8) and data[0][1].dtype == torch.int64
     rep = check(net, torch.zeros(1, 1, 8, 8), 0.5, criterion="taylor", data=data)
     assert rep.ok and rep.removed_units > 0
+
+
+def test_fpgm_scores_attention_heads_and_embedding_columns():
+    """Groups with no output filter (heads, embedding columns) are judged on the weight slices they cut."""
+    from prunekit.structured import check
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(32, 16)
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, t):
+            x = self.emb(t)
+            return self.fc(self.mha(x, x, x, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    rep = check(Net().eval(), torch.randint(0, 32, (2, 5)), ratio=0.5, criterion="fpgm")
+    assert rep.ok and rep.removed_units > 0

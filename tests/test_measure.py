@@ -410,3 +410,28 @@ def test_count_macs_with_a_parameter_passed_straight_into_a_module():
     model = TokenIn()
     assert count_macs(model, torch.zeros(2, 3, 8)) == 2 * 8 * 8 + 2 * 3 * 8 * 8
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_dense_model_shows_no_weight_sparsity_and_labels_each_figure() -> None:
+    import io
+
+    from rich.console import Console
+
+    from prunekit.report.tables import profile_table, summary_table
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(288, 4))
+    with torch.no_grad():
+        model[3].weight[:2] = 0  # half of the Linear's 1152 weights
+    profile = analyze(model, torch.zeros(1, 3, 8, 8), latency=False)
+    rows = {row.name: row for row in profile.layers}
+    assert rows["1"].sparsity == 0.5 and rows["1"].weight_sparsity is None  # BN: its zero biases only
+    assert rows["0"].weight_sparsity == 0.0 and rows["3"].weight_sparsity == 0.5
+    assert profile.weight_sparsity == pytest.approx(576 / (216 + 1152))
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(profile_table(profile))
+    console.print(summary_table(profile))
+    text = console.export_text()
+    bn_line = next(line for line in text.splitlines() if "BatchNorm2d" in line)
+    assert "50.0%" not in bn_line and "Weight sparsity" in text
+    assert "42.1% of prunable weights" in text
+    assert "of all parameters zero" in text

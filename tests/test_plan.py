@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -37,7 +38,7 @@ def test_plan_round_trips_through_json_and_file(tmp_path):
     assert Plan.load(path) == plan
     assert plan.removals["0.weight"][0] == plan.removals["1.running_var"][0]
     assert len(plan.removals["0.weight"][0]) == 8 and plan.attrs["0"]["out_channels"] == [16, 8]
-    assert not list((tmp_path / "sub").glob(".plan-*"))  # no temp file left behind
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["plan.json"]  # no temp file left behind
 
 
 def test_plan_replays_on_a_fresh_copy_with_identical_outputs():
@@ -119,3 +120,49 @@ def test_apply_refuses_what_is_not_a_plan_or_not_a_module():
         apply(_net(), {"removals": {}})
     with pytest.raises(ConfigError, match=r"apply needs a torch\.nn\.Module as model"):
         apply(None, Plan())
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("at", ["_replace", "_set_attr"])
+def test_an_interrupt_mid_cut_restores_the_model_and_propagates(monkeypatch, interrupt, at):
+    apply_mod = importlib.import_module("prunekit.structured.apply")  # the package exports apply()
+
+    x = torch.randn(1, 3, 6, 6)
+    net = randomize(_net()).eval()
+    plan, _ = plan_prune(net, x, ratio=0.5)
+    want = net(x)
+    before = dict(net.state_dict(keep_vars=True))
+    calls = {"n": 0}
+    real = getattr(apply_mod, at)
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # some tensors (or attributes) already replaced
+            raise interrupt()
+        real(*args)
+
+    monkeypatch.setattr(apply_mod, at, interrupted)
+    with pytest.raises(interrupt):
+        apply(net, plan, x)
+    after = net.state_dict(keep_vars=True)
+    assert after.keys() == before.keys() and all(after[n] is t for n, t in before.items())
+    assert net[0].out_channels == 16 and net[1].num_features == 16
+    assert torch.equal(net(x), want)
+
+
+def test_plan_attrs_must_be_allowed_shrinking_ints_consistent_with_the_cut():
+    x = torch.randn(1, 3, 6, 6)
+    net = randomize(_net())
+    plan, _ = plan_prune(net, x, ratio=0.5)
+    cases = {
+        "padding_mode": (["zeros", "circular"], r"may not change 0.padding_mode \(Conv2d\): only"),
+        "out_channels": ([16, 9], r"sets 0.out_channels \(Conv2d\) to 9, but its tensors .* imply 8"),
+        "groups": ([1, 0], r"may only shrink an integer"),
+        "__class__": ([1, 1], r"not a public attribute name"),
+    }
+    for attr, (change, match) in cases.items():
+        bad = Plan.from_dict(plan.to_dict())
+        bad.attrs["0"][attr] = change
+        with pytest.raises(PlanError, match=match):
+            apply(net, bad)
+    assert net[0].out_channels == 16

@@ -381,7 +381,7 @@ def test_sparsity_report_lines_dict_and_table() -> None:
     console = Console(record=True, width=120)
     console.print(report)
     text = console.export_text()
-    assert "features.3.weight" in text and "ConvTranspose2d" in text and "global" in text
+    assert "features.3.weight" in text and "ConvTranspose2d" in text and "all prunable weights" in text
     assert json.loads(json.dumps(result.to_dict()))["layers"]["fc1"]["pruned"] == fc1
 
 
@@ -408,8 +408,12 @@ BAD = [
     ({"sparsity": 0.5, "pattern": "block:0x4"}, "block sides >= 1"),
     ({"sparsity": 0.3, "pattern": "2:4", "include": ["0"]}, "fixes sparsity at 0.5, got 0.3"),
     ({"pattern": "2:4", "scope": "global", "include": ["0"]}, "use scope='local'"),
-    ({"pattern": "2:4"}, "input channels of layer '2' (10) to be a multiple of 4"),
-    ({"sparsity": 0.5, "pattern": "block:2x4"}, "layer '2' (8x10) to be a multiple of 2x4"),
+    ({"pattern": "2:4", "strict": True}, "fit layer '2': 10 input channels, not a multiple of 4"),
+    (
+        {"sparsity": 0.5, "pattern": "block:2x4", "strict": True},
+        "fit layer '2': 2-D weight 8x10, not a multiple of 2x4",
+    ),
+    ({"pattern": "2:4", "include": ["2"]}, "pattern 2:4 fits none of the selected layers (e.g. '2': 10"),
     ({"sparsity": 0.5, "criterion": "l9"}, "unknown criterion 'l9'"),
     ({"sparsity": 0.5, "scope": "everywhere"}, "unknown scope 'everywhere'"),
     ({"sparsity": 0.5, "seed": 1.5}, "seed must be an int"),
@@ -439,7 +443,7 @@ def test_bad_input_leaves_existing_masks_untouched() -> None:
     sparsify(model, 0.5)
     before = snapshot(model)
     with pytest.raises(ConfigError, match="multiple of 4"):
-        sparsify(model, None, pattern="2:4")  # fails on the 3rd of 4 layers, after two would fit
+        sparsify(model, None, pattern="2:4", strict=True)  # fails on the 3rd of 4 layers, after two fit
     assert_unchanged(model, before)
     assert all(len(layer.parametrizations.weight) == 1 for layer in model)
 
@@ -547,3 +551,53 @@ def test_sparsify_refuses_a_non_module_and_a_target_the_loss_refuses() -> None:
     ):
         sparsify(model, 0.5, criterion="taylor", data=data)
     assert_unchanged(model, before)
+
+
+def test_an_interrupt_while_installing_masks_leaves_every_layer_as_it_was(monkeypatch):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    apply_masks(model, {"1": torch.ones(4, 4)})  # one layer already masked: its mask is combined
+    old_mask = get_mask(model[1]).clone()
+    params = [id(p) for p in model.parameters()]
+    real = parametrize.register_parametrization
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parametrize, "register_parametrization", interrupted)
+    masks = {name: torch.zeros(4 if name != "2" else 2, 4) for name in ("0", "1", "2")}
+    with pytest.raises(KeyboardInterrupt):
+        apply_masks(model, masks)
+    assert not is_masked(model[0]) and not is_masked(model[2])
+    assert torch.equal(get_mask(model[1]), old_mask)
+    assert [id(p) for p in model.parameters()] == params
+
+
+@pytest.mark.parametrize(
+    ("pattern", "sparsity", "why"),
+    [
+        ("2:4", None, "10 input channels, not a multiple of 4"),
+        ("block:2x4", 0.5, "2-D weight 8x10, not a multiple of 2x4"),
+    ],
+)
+def test_layers_the_pattern_cannot_fit_are_skipped_and_listed(pattern: str, sparsity, why: str) -> None:
+    model = four_layers()
+    before = model[2].weight.detach().clone()
+    res = sparsify(model, sparsity, pattern=pattern)
+    assert res.skipped == {"2": why}
+    assert sorted(res.layers) == ["0", "1", "3"]
+    assert res.to_dict()["skipped"] == {"2": why}
+    assert not is_masked(model[2]) and torch.equal(model[2].weight, before)
+    assert res.sparsity == pytest.approx(0.5)
+
+
+def test_nm_on_a_standard_cnn_skips_its_three_channel_stem() -> None:
+    from torchvision.models import resnet18
+
+    model = resnet18()
+    res = sparsify(model, pattern="2:4")
+    assert res.skipped == {"conv1": "3 input channels, not a multiple of 4"}
+    assert "fc" in res.layers and res.sparsity == pytest.approx(0.5)

@@ -260,3 +260,44 @@ def test_bad_arguments_leave_the_model_alone(kwargs: dict, message: str):
     with pytest.raises(ConfigError, match=message):
         accelerate(model, torch.randn(2, 32), **kwargs)
     assert [type(m) for m in model] == before
+
+
+def test_batch_sizes_swap_only_a_kernel_faster_at_every_size(monkeypatch):
+    def clock(fn, x) -> float:  # csr-linear: 5x faster at one row, slower at 32; csr-mm 1.25x at both
+        rows = x.shape[0]
+        kernel = getattr(fn, "kernel", None)
+        if kernel is None:
+            return 10.0
+        return {"csr-linear": 2.0 if rows == 1 else 12.0, "csr-mm": 8.0}.get(kernel, 50.0)
+
+    monkeypatch.setattr(acc, "_time_once", clock)
+    model = mlp()
+    remove_masks(model)
+    x = torch.randn(4, 32)
+    one = accelerate(model, x, runs=2, end_to_end=False, batch_sizes=[1])
+    assert one.swapped == ["0", "2"] and one.layers[0].chosen == "csr-linear"
+    acc.decelerate(model)
+    res = accelerate(model, x, runs=2, end_to_end=False, batch_sizes=[32, 1, 32])
+    row = res.layers[0]
+    assert res.batch_sizes == [1, 32] and row.chosen == "csr-mm"
+    assert row.timings == {
+        1: {"dense": 10.0, "csr-mm": 8.0, "csr-linear": 2.0},
+        32: {"dense": 10.0, "csr-mm": 8.0, "csr-linear": 12.0},
+    }
+    assert row.kernel_ms["csr-linear"] == pytest.approx((2.0 * 12.0) ** 0.5)
+    assert row.input_shape == [4, 32]  # the example's own shape
+    assert json.loads(json.dumps(res.to_dict()))["layers"][0]["timings"]["32"]["csr-linear"] == 12.0
+
+
+def test_batch_sizes_keep_dense_when_the_best_kernel_loses_at_one_size(monkeypatch):
+    def clock(fn, x) -> float:
+        kernel = getattr(fn, "kernel", None)
+        return 10.0 if kernel is None else (2.0 if x.shape[0] == 1 else 11.2)
+
+    monkeypatch.setattr(acc, "_time_once", clock)
+    model = mlp()
+    res = accelerate(model, torch.randn(4, 32), runs=2, end_to_end=False, batch_sizes=(1, 32))
+    assert res.swapped == []
+    assert "(geometric mean) but slower at batch 32" in res.layers[0].note
+    with pytest.raises(ConfigError, match="batch_sizes must be a non-empty list of ints >= 1"):
+        accelerate(model, torch.randn(4, 32), batch_sizes=[0])

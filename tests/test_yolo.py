@@ -11,6 +11,7 @@ import torch
 
 ultralytics = pytest.importorskip("ultralytics")
 
+from prunekit._atomic import umask  # noqa: E402
 from prunekit.deploy.checkpoint import load as pk_load  # noqa: E402
 from prunekit.deploy.checkpoint import save as pk_save  # noqa: E402
 from prunekit.errors import ConfigError, ModelLoadError  # noqa: E402
@@ -255,6 +256,7 @@ def test_prunekit_checkpoint_via_ultralytics_spec(tmp_path):
     x = example_inputs(model, IMGSZ)
     assert torch.equal(loaded(x)[0], model(x)[0]) and loaded.model[2].c == model.model[2].c
     saved = save_yolo(model, tmp_path / "p.pt")
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~umask()  # a plain file's mode, not a temp file's 0o600
     assert sum(p.numel() for p in load_model(f"ultralytics:{saved}").parameters()) == res.params_after
 
 

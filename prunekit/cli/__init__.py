@@ -6,13 +6,24 @@
     prunekit sparsify torchvision:resnet18 --sparsity 0.9 --out resnet18-sparse.safetensors
     prunekit prune torchvision:resnet18 --ratio 0.5 --out out/r18
     prunekit check torchvision:mobilenet_v2 --ratio 0.5 --json check.json
+    prunekit accelerate sparse-ckpt/ --out fast-ckpt/ --batch-sizes 1,8,32
 
 One module per command (or family of commands); each registers itself on the shared ``app``.
 """
 
 from __future__ import annotations
 
-from prunekit.cli import analyze, demo, deploy, recover, sensitivity, sparsify, structured, yolo  # noqa: F401  (each registers its commands)
+from prunekit.cli import (  # noqa: F401  (each registers its commands)
+    accelerate,
+    analyze,
+    demo,
+    deploy,
+    recover,
+    sensitivity,
+    sparsify,
+    structured,
+    yolo,
+)
 from prunekit.cli._common import app
 
 __all__ = ["app"]

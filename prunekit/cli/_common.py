@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from prunekit._atomic import write_text
 from prunekit.errors import ConfigError, PruneError
 
 try:  # recent typer carries its own copy of click, whose usage errors derive from TyperException
@@ -92,7 +93,8 @@ ModelArg = Annotated[
     typer.Argument(
         metavar="MODEL",
         help="A family spec (torchvision:NAME, timm:NAME, hf:CONFIG, ultralytics:NAME.yaml, ...), "
-        "module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint directory.",
+        "module.path:factory, a .pt/.pth/.bin/.safetensors/.pksparse file or a prunekit checkpoint "
+        "directory.",
         show_default=False,
     ),
 ]
@@ -106,6 +108,13 @@ TrustPickleOpt = Annotated[
     bool,
     typer.Option(
         "--trust-pickle", help="Allow unpickling a whole module from MODEL (runs code from the file)."
+    ),
+]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Allow a checkpoint directory's module.path:factory spec (imports and calls code it names).",
     ),
 ]
 InputShapeOpt = Annotated[
@@ -190,8 +199,25 @@ class LoadedModel:
     plans: list[Any]  # structural plans already applied to it (a checkpoint directory's)
 
 
+def load_spec(spec: str, *, arch: str | None, trust_pickle: bool, trust_code: bool) -> Any:
+    """The model MODEL names; a checkpoint directory's own spec is built only if registered or trusted."""
+    if (Path(spec) / "prunekit.json").is_file() and arch is None:
+        from prunekit.deploy.checkpoint import load
+
+        return load(spec, trust_code=trust_code)
+    from prunekit.models.spec import load_model
+
+    return load_model(spec, arch=arch, trust_pickle=trust_pickle)
+
+
 def load_cli_model(
-    spec: str, *, arch: str | None, trust_pickle: bool, input_shape: str | None, needs_example: bool = True
+    spec: str,
+    *,
+    arch: str | None,
+    trust_pickle: bool,
+    input_shape: str | None,
+    needs_example: bool = True,
+    trust_code: bool = False,
 ) -> LoadedModel:
     """Load MODEL, make its example input, run it once, and work out the spec + plans to save it under.
 
@@ -201,7 +227,6 @@ def load_cli_model(
         check_forward,
         default_input_shape,
         example_inputs_for,
-        load_model,
         parse_input_shape,
     )
 
@@ -212,7 +237,7 @@ def load_cli_model(
             f"--input-shape {input_shape} is {values:.3g} values ({4 * values / 2**30:,.0f} GiB as float32), "
             f"over the {MAX_INPUT_VALUES:.3g} allowed: give a smaller shape"
         )
-    net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    net = load_spec(spec, arch=arch, trust_pickle=trust_pickle, trust_code=trust_code)
     if shape is None:
         try:
             shape = default_input_shape(arch or spec)
@@ -252,28 +277,9 @@ def before_after_table(title: str, result: Any) -> Any:
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would (some writers use 0o600)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path: Path | None, data: dict) -> None:
     if path is not None:
-        text = json.dumps(data, indent=2) + "\n"
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+        write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_state_dict(net: Any, path: Path, suffix: str) -> None:

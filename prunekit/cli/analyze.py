@@ -11,6 +11,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -24,6 +25,7 @@ def analyze(
     model: ModelArg,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     input_shape: InputShapeOpt = None,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurement.")] = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs for the latency measurement.")] = 50,
@@ -39,7 +41,9 @@ def analyze(
     from prunekit.measure.profile import analyze as profile_model
     from prunekit.report.tables import profile_table, summary_table
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     net, example = loaded.model, loaded.example
     size_options = {} if zstd_level is None else {"zstd_level": zstd_level}
     profile = profile_model(net, example, latency=not no_latency, runs=runs, **size_options)

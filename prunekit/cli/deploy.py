@@ -13,6 +13,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -67,6 +68,7 @@ def export(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Export MODEL to ONNX, verified against PyTorch with onnxruntime; optionally quantize it to INT8."""
@@ -78,7 +80,9 @@ def export(
         raise ConfigError("--calib is only used with --int8 static")
     from prunekit.deploy import export_onnx, quantize_onnx
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
         loaded.model, loaded.example, onnx, verify=not no_verify, dynamic_batch=not static_batch
@@ -143,12 +147,15 @@ def save(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory: safetensors weights + spec + structural plans."""
     from prunekit.deploy import save as save_checkpoint
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     if loaded.spec is None:
         raise ConfigError(
             "a pickled module has no spec to rebuild it from; save its state_dict and pass --arch"
@@ -172,13 +179,16 @@ def load(
     ],
     input_shape: InputShapeOpt = None,
     json_path: JsonOpt = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Rebuild a checkpoint (spec, plans, weights checked by sha256), run it once, and describe it."""
     from prunekit.deploy import read_info
     from prunekit.measure import count_params
 
     info = read_info(checkpoint)
-    loaded = load_cli_model(str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape)
+    loaded = load_cli_model(
+        str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
+    )
     import torch
 
     from prunekit._inputs import call_model
@@ -234,6 +244,7 @@ def bench(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
@@ -250,7 +261,10 @@ def bench(
     thread_counts = parse_input_shape(threads)
     specs = [model, *(vs or [])]
     models = [
-        load_cli_model(spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape) for spec in specs
+        load_cli_model(
+            spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+        )
+        for spec in specs
     ]
     example = models[0].example
     if not isinstance(example, torch.Tensor):

@@ -13,6 +13,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -58,6 +59,7 @@ def finetune(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Fine-tune MODEL on --data and save it to --out; under torchrun every rank trains, rank 0 writes."""
@@ -71,14 +73,18 @@ def finetune(
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     train = load_batches(data, batch_size, shuffle=True, seed=seed)
     val = load_batches(val_data, 512) if val_data is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     if loaded.spec is None:
         raise ConfigError(
             "a pickled module cannot be saved without pickle; save its state_dict and pass --arch"
         )
     dense = None
     if teacher is not None:
-        dense = load_cli_model(teacher, arch=None, trust_pickle=False, input_shape=input_shape).model
+        dense = load_cli_model(
+            teacher, arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
+        ).model
     result = finetune_model(
         loaded.model,
         train,

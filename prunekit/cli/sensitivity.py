@@ -17,6 +17,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -54,6 +55,7 @@ def sensitivity(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Prune each prunable group of MODEL alone at each ratio and report how much the outputs change."""
@@ -62,7 +64,9 @@ def sensitivity(
     from prunekit.structured.oracle import run_outputs
     from prunekit.structured.sensitivity import sensitivity as scan
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     ref = [
         o.double().flatten(1) if o.dim() > 1 else o.double()[None]
         for o in run_outputs(loaded.model, loaded.example)

@@ -7,15 +7,16 @@ from typing import Annotated
 
 import typer
 
+from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
     ArchOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     arch_hint,
-    atomic_write,
     console,
     load_cli_model,
     plural,
@@ -34,7 +35,10 @@ def sparsify(
         typer.Option(
             "--out",
             metavar="FILE",
-            help="Where to write the sparsified state_dict (.safetensors, else torch.save).",
+            help=(
+                "Where to write the sparsified state_dict: .pksparse is the compressed sparse format "
+                "(exact, a fraction of the dense size), .safetensors, else torch.save (both dense)."
+            ),
             dir_okay=False,
             show_default=False,
             callback=writable,
@@ -71,22 +75,32 @@ def sparsify(
         typer.Option("--exclude", metavar="NAME", help="Leave these layers dense (repeatable)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --criterion random.")] = 0,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail on a layer the pattern cannot fit instead of leaving it dense."),
+    ] = False,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Zero weights of MODEL with masks, then write the result as a plain state_dict to --out.
 
     MODEL is loaded like in every command and run once on its example input (--input-shape, or the
-    model's default shape; a model with neither is not run).
+    model's default shape; a model with neither is not run). Layers the pattern cannot fit (e.g. 2:4 on a
+    3-channel first conv) stay dense and are listed, unless --strict. The table's sparsities are over
+    prunable weights (Linear / Conv), the summary's over the layers that were sparsified.
     """
+    from prunekit.report.tables import format_bytes
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
+    from prunekit.sparse.storage import save_sparse
 
     batches = load_batches(data, batch_size) if data is not None else None
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False,
+        trust_code=trust_code,
     )
     net = loaded.model
     result = sparsify_model(
@@ -99,14 +113,27 @@ def sparsify(
         exclude=exclude or None,
         seed=seed,
         data=batches,
+        strict=strict,
     )
     report = sparsity_report(net)
     remove_masks(net)
-    atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
+    if out.suffix == ".pksparse":
+        save_sparse(net, out)
+        written = f"the compressed sparse state_dict ({format_bytes(out.stat().st_size)})"
+    else:
+        atomic_write(out, lambda tmp: save_state_dict(net, tmp, out.suffix))
+        written = (
+            f"the dense state_dict ({format_bytes(out.stat().st_size)}; name it .pksparse for the "
+            "compressed sparse format)"
+        )
     write_json(json_path, result.to_dict())
-    console.print(report)
+    console.print(report.table(notes={name: f"skipped: {why}" for name, why in result.skipped.items()}))
+    skipped = ""
+    if result.skipped:
+        skipped = f"; {plural(len(result.skipped), 'layer')} the pattern cannot fit left dense"
     console.print(
-        f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% "
-        f"({result.pruned:,} of {result.numel:,} weights in {plural(len(result.layers), 'layer')}); "
-        f"wrote the state_dict to {out} (load it with --arch {arch_hint(model, arch)})"
+        f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% of the sparsified layers' "
+        f"weights ({result.pruned:,} of {result.numel:,} in {plural(len(result.layers), 'layer')}{skipped}); "
+        f"{100 * report.sparsity:.2f}% of all prunable weights; "
+        f"wrote {written} to {out} (load it with --arch {arch_hint(model, arch)})"
     )

@@ -13,6 +13,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     before_after_table,
@@ -95,6 +96,7 @@ def prune(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     no_verify: Annotated[
         bool,
@@ -135,7 +137,9 @@ def prune(
     target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
@@ -186,6 +190,7 @@ def check(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     compare_at: Annotated[
         str | None,
@@ -202,7 +207,9 @@ def check(
     """
     from prunekit.structured import check as check_model
 
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
+    )
     report = check_model(
         loaded.model,
         loaded.example,

@@ -19,7 +19,6 @@ import os
 import platform
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from prunekit._atomic import write_bytes
 from prunekit.demo.data import IMAGE_SHAPE, load_splits
 from prunekit.demo.model import build_model
 from prunekit.demo.onnx_rows import OnnxRow, export_rows, onnx_available
@@ -151,15 +151,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     >>> write_atomic(target, "hi"); target.read_text()
     'hi'
     """
-    payload = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:  # "x": never clobber; mode follows the umask like a normal file
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def measure_stage(model: nn.Module, ctx: DemoContext) -> dict[str, Any]:

@@ -14,13 +14,22 @@ and loads the weights strictly: the outputs are bit-identical to the saved model
 ``torch.load`` is never called. :func:`save` rebuilds the architecture the same way before writing, so a
 checkpoint that could not be loaded back is refused at save time, not discovered later.
 
-The directory is written atomically: into a temporary directory next to it, then renamed into place. An
-existing checkpoint is replaced; any other non-empty directory is refused.
+The directory is written atomically (:func:`prunekit._atomic.atomic_dir`): into a temporary directory next to
+it, then renamed into place; an existing checkpoint stays reachable until the new one is complete, and a
+crash between the two renames of a replacement is undone by the next save or load. Any other non-empty
+directory is refused.
+
+``prunekit.json`` carries an integrity hash over everything else in it (spec, plans, tensor list, weights
+hash): a hand-edited file is refused. The hash detects edits, not malice (anyone can recompute it), so what a
+file may ask for is limited too: a spec of a registered family (``torchvision:``, ``timm:``, ``hf:``,
+``ultralytics:``) is always built, a ``module.path:factory`` spec runs code the file chose and is built only
+with ``trust_code=True``; plans are validated in full (cuts and attribute changes,
+:mod:`prunekit.structured.plan_attrs`) before anything is cut.
 
 >>> from prunekit.demo.model import build_model
 >>> _ = save(build_model(1), "/tmp/ckpt", spec="prunekit.demo.model:build_model")
 >>> import torch; x = torch.randn(2, 1, 8, 8)
->>> torch.equal(load("/tmp/ckpt")(x), build_model(1).eval()(x))
+>>> torch.equal(load("/tmp/ckpt", trust_code=True)(x), build_model(1).eval()(x))
 True
 """
 
@@ -30,9 +39,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -44,6 +50,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from prunekit._atomic import atomic_dir, recover_dir
 from prunekit.errors import ConfigError, ModelLoadError, PlanError, PruneError
 from prunekit.measure.params import count_params
 from prunekit.measure.size import effective_state_dict
@@ -56,11 +63,14 @@ from prunekit.sparse.storage import (
     decode_sparse_state_dict,
     encode_sparse_state_dict,
 )
+from prunekit.sparse.swap import dense_form, kernel_choices, swap_kernels
 from prunekit.structured.apply import apply
 from prunekit.structured.layers import SkipBlock
+from prunekit.structured.plan_attrs import complete_size_attrs
 
 FORMAT = "prunekit-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the integrity hash; version 1 (without it) is still read
+READ_VERSIONS = (1, 2)
 WEIGHTS_FILE = "weights.safetensors"
 SPARSE_FILE = "weights.pksparse"
 META_FILE = "prunekit.json"
@@ -100,6 +110,34 @@ def _check_spec(spec: str | None) -> None:
             f"spec must be torchvision:NAME or module.path:factory (a file cannot rebuild a model), "
             f"got {spec!r}"
         )
+
+
+def spec_runs_code(spec: str) -> bool:
+    """True if building ``spec`` imports and calls a ``module.path:factory`` (code the spec chose).
+
+    Registered families (``LOADERS``: ``torchvision:NAME``, ``timm:NAME``, ...) build from their own code.
+
+    >>> spec_runs_code("torchvision:resnet18"), spec_runs_code("os:abort")
+    (False, True)
+    """
+    return spec.partition(":")[0] not in LOADERS
+
+
+def _check_trust(spec: str, directory: Path, trust_code: bool) -> None:
+    if trust_code or not spec_runs_code(spec):
+        return
+    raise ModelLoadError(
+        f"{directory} names its architecture {spec!r}, a module.path:factory: building it imports and calls "
+        "code the checkpoint file chose; call prunekit.load(dir, trust_code=True) (CLI: --trust-code) only "
+        "if you trust where the checkpoint came from, or build the unpruned model, load(dir, model=...)"
+    )
+
+
+def integrity_hash(info: Mapping[str, Any]) -> str:
+    """The sha256 over a checkpoint description's entries other than ``integrity`` (canonical JSON)."""
+    body = {k: v for k, v in info.items() if k != "integrity"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _plans(plan: Plan | Sequence[Plan] | None) -> list[Plan]:
@@ -173,7 +211,7 @@ def _apply_plans(
 ) -> nn.Module:
     for i, plan in enumerate(plans, start):
         try:
-            apply(model, plan)
+            apply(model, complete_size_attrs(plan, model))
         except PruneError as err:
             raise PlanError(f"plan {i + 1} of {source} does not fit {built_by}: {err}") from err
     return model
@@ -201,12 +239,12 @@ def _rebuild(
     source: str,
     built_by: str,
     what: str,
-) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+) -> tuple[nn.Module, dict[str, torch.Tensor], int]:
     """Build the architecture: plans, with the skipped blocks swapped in where the weights fit.
 
     Layer pruning and structural plans may have been done in any order; the blocks are skipped before plan
     ``k`` for the first ``k`` whose result holds exactly the saved tensors (any fitting order gives the same
-    modules and shapes, hence the same outputs).
+    modules and shapes, hence the same outputs). Returns the model, its full state dict and ``k``.
     """
     error: PruneError | None = None
     for k in range(len(plans) + 1) if blocks else [len(plans)]:
@@ -215,7 +253,7 @@ def _rebuild(
             _apply_plans(model, plans[:k], source, built_by)
             _skip(model, blocks, built_by)
             _apply_plans(model, plans[k:], source, built_by, start=k)
-            return model, _fit(weights, model, what)
+            return model, _fit(weights, model, what), k
         except (ModelLoadError, PlanError) as err:
             error = err
     assert error is not None
@@ -240,7 +278,8 @@ def save(
     the checkpoint can only be loaded into a model you build: ``load(dir, model=...)``. ``metadata`` must be
     JSON-serialisable. ``sparse=True`` stores the weights in the compressed sparse encoding (exact with
     ``sparse_values="fp32"``; ``"fp16"`` or ``"int8"`` trade exactness for size) — the file is then typically
-    5–10× smaller for a 90%-sparse model.
+    5–10× smaller for a 90%-sparse model. A model run on sparse kernels (:func:`prunekit.accelerate`) is
+    saved with its dense weights and, under ``"accelerated"``, which layer ran which kernel.
 
     A local path in ``spec`` is stored absolute. Without ``spec``, an unpruned model built outside prunekit
     gets the spec its family infers (:func:`prunekit.models.record.recorded_spec`: torchvision, timm,
@@ -280,9 +319,7 @@ def save(
         except (ModelLoadError, PlanError) as err:
             raise ConfigError(f"{err}; pass the plan(s) that pruned the model built by spec") from err
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    try:
+    def fill(tmp: Path) -> dict[str, Any]:
         if sparse:
             file, encoding = SPARSE_FILE, f"sparse-{sparse_values}"
             (tmp / file).write_bytes(encode_sparse_state_dict(weights, values=sparse_values))
@@ -290,46 +327,44 @@ def save(
             file, encoding = WEIGHTS_FILE, "dense"
             safetensors.torch.save_file(weights, str(tmp / file), metadata={"format": "pt"})
         data = (tmp / file).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
         info = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "spec": spec,
             "plans": [p.to_dict() for p in plans],
             "skipped_blocks": blocks,
-            "weights": {"file": file, "encoding": encoding, "bytes": len(data), "sha256": digest},
+            "weights": {
+                "file": file,
+                "encoding": encoding,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
             "tensors": {
                 n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                 for n, t in weights.items()
             },
-            "params": count_params(model).to_dict(),
+            "params": count_params(dense_form(model)).to_dict(),
             "torch_version": torch.__version__,
             "prunekit_version": _prunekit_version(),
             "metadata": meta_json,
+            "accelerated": kernel_choices(model),
         }
+        info["integrity"] = integrity_hash(info)
         (tmp / META_FILE).write_text(json.dumps(info, indent=1) + "\n")
-        _install(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return info
+
+    info = atomic_dir(directory, fill, replaceable=lambda d: not any(d.iterdir()) or _is_checkpoint(d))
+    w = info["weights"]
     return SavedCheckpoint(
-        str(directory), spec, len(plans), len(weights), info["params"]["total"], len(data), digest, meta_json
+        str(directory),
+        spec,
+        len(plans),
+        len(weights),
+        info["params"]["total"],
+        w["bytes"],
+        w["sha256"],
+        meta_json,
     )
-
-
-def _install(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``; an existing (checkpoint or empty) directory is moved aside first."""
-    if not directory.exists():
-        os.rename(tmp, directory)
-        return
-    old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(directory, old)
-    try:
-        os.rename(tmp, directory)
-    except BaseException:
-        os.rename(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_info(directory: str | os.PathLike) -> dict[str, Any]:
@@ -340,6 +375,7 @@ def read_info(directory: str | os.PathLike) -> dict[str, Any]:
     'prunekit-checkpoint'
     """
     directory = Path(directory)
+    recover_dir(directory)  # a replacement interrupted between its two renames leaves the old one aside
     if not directory.is_dir():
         raise ModelLoadError(f"no checkpoint directory {directory}")
     meta = directory / META_FILE
@@ -351,14 +387,18 @@ def read_info(directory: str | os.PathLike) -> dict[str, Any]:
         raise ModelLoadError(f"{meta} is corrupt: {err}") from err
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ModelLoadError(f"{meta} is not a prunekit checkpoint description (no format {FORMAT!r})")
-    if info.get("version") != FORMAT_VERSION:
+    if info.get("version") not in READ_VERSIONS:
         raise ModelLoadError(
             f"{meta} has checkpoint format version {info.get('version')!r}; "
-            f"this prunekit reads version {FORMAT_VERSION}"
+            f"this prunekit reads versions {', '.join(map(str, READ_VERSIONS))}"
         )
-    for key in ("spec", "plans", "weights", "tensors"):
+    for key in ("spec", "plans", "weights", "tensors", *(("integrity",) if info["version"] >= 2 else ())):
         if key not in info:
             raise ModelLoadError(f"{meta} is corrupt: the {key!r} entry is missing")
+    if "integrity" in info and info["integrity"] != integrity_hash(info):
+        raise ModelLoadError(f"{meta} does not match its integrity hash: the file is corrupt or was edited")
+    if info["spec"] is not None and not isinstance(info["spec"], str):
+        raise ModelLoadError(f"{meta} is corrupt: 'spec' is not a string")
     return info
 
 
@@ -396,14 +436,32 @@ def _read_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"cannot read {path}: {err}") from err
 
 
-def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> nn.Module:
+def _shadow(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are meta tensors: plans are tried on it for free."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = t.detach().to("meta")
+        memo[id(t)] = (
+            nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+        )
+    return copy.deepcopy(model, memo)
+
+
+def load(
+    directory: str | os.PathLike, *, model: nn.Module | None = None, trust_code: bool = False
+) -> nn.Module:
     """Rebuild a model saved with :func:`save`; it is returned in eval mode, on the CPU.
 
     The architecture comes from the saved spec, or from ``model`` (the *unpruned* architecture, built by you;
     required when the checkpoint has no spec, and changed in place unless blocks were removed by layer
-    pruning, in which case a copy is returned). The saved plans are applied to it, removed blocks are
-    replaced by :class:`~prunekit.structured.layers.SkipBlock`, then the weights are loaded strictly (dtypes
-    included) after their sha256 is checked.
+    pruning, in which case a copy is returned). A spec of a registered family (``torchvision:NAME``, ...) is
+    always built; a ``module.path:factory`` spec imports and calls code named by the file, so it is built only
+    with ``trust_code=True``. The saved plans are applied to it, removed blocks are replaced by
+    :class:`~prunekit.structured.layers.SkipBlock`, then the weights are loaded strictly (dtypes included)
+    after their sha256 is checked. A given ``model`` is changed only once every plan is known to fit it.
+    Layers saved on sparse kernels run on the same kernels again
+    (:func:`~prunekit.sparse.swap.swap_kernels`, not re-timed: :func:`~prunekit.sparse.swap.decelerate`
+    gives the dense form, :func:`~prunekit.accelerate` decides afresh on this machine).
 
     >>> _ = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
     >>> load("/tmp/lin-ckpt", model=torch.nn.Linear(3, 2)).weight.shape
@@ -422,22 +480,37 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> nn.
             f"{directory} was saved without a model spec; build the unpruned model yourself and call "
             "load(dir, model=...)"
         )
+    if model is None:
+        _check_trust(spec, directory, trust_code)
     built_by = "the given model" if model is not None else f"the model built by {spec!r}"
     blocks = info.get("skipped_blocks") or {}
     if not isinstance(blocks, dict) or not all(isinstance(v, str) for v in blocks.values()):
         raise ModelLoadError(f"{directory / META_FILE} is corrupt: bad 'skipped_blocks' entry")
-    given = model
-
-    def make() -> nn.Module:
-        if given is None:
-            return load_model(spec)
-        return copy.deepcopy(given) if blocks else given  # trials must not touch the given model
-
-    model, full = _rebuild(make, plans, blocks, weights, str(directory), built_by, f"cannot load {directory}")
+    what = f"cannot load {directory}"
+    if model is None:
+        model, full, _ = _rebuild(
+            lambda: load_model(spec), plans, blocks, weights, str(directory), built_by, what
+        )
+    else:  # find the order on meta-tensor copies; the given model is cut only once it is known to fit
+        given = model
+        _, _, k = _rebuild(lambda: _shadow(given), plans, blocks, weights, str(directory), built_by, what)
+        model = copy.deepcopy(given) if blocks else given
+        _apply_plans(model, plans[:k], str(directory), built_by)
+        if blocks:
+            _skip(model, blocks, built_by)
+        _apply_plans(model, plans[k:], str(directory), built_by, start=k)
+        full = _fit(weights, model, what)
     state = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, tensor in full.items():
             if state[name].dtype != tensor.dtype:  # keep the saved dtype (and the Parameter object, for ties)
                 state[name].data = state[name].data.to(tensor.dtype)
     model.load_state_dict(full, strict=True)
+    accelerated = info.get("accelerated") or {}
+    if not isinstance(accelerated, dict):
+        raise ModelLoadError(f"{directory / META_FILE} is corrupt: bad 'accelerated' entry")
+    try:
+        swap_kernels(model, accelerated)
+    except ConfigError as err:
+        raise ModelLoadError(f"cannot load {directory}: {err}") from err
     return model.eval()

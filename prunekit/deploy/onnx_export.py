@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -47,12 +46,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs, batch_size_of, call_model
 from prunekit.deploy.runtime import CPU, first_line, onnx_session, run_onnx
 from prunekit.errors import ConfigError, ExportError
 from prunekit.graph.trace import flatten_tensors
 from prunekit.measure.params import count_params
 from prunekit.sparse.masks import own_parametrized_class
+from prunekit.sparse.swap import dense_form
 
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 or newer
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -88,10 +89,13 @@ class ExportResult:
 def deployable(model: nn.Module) -> nn.Module:
     """``model`` itself if it has no masks; else a deep copy with every mask/parametrization baked in.
 
+    Sparse kernel modules (:func:`prunekit.accelerate`) are exported in their dense form.
+
     >>> layer = torch.nn.Linear(2, 2)
     >>> deployable(layer) is layer
     True
     """
+    model = dense_form(model)
     needs_copy = any(parametrize.is_parametrized(m) or _prune_hooks(m) for m in model.modules())
     if not needs_copy:
         return model
@@ -294,12 +298,8 @@ def export_onnx(
     if dynamic_batch and batch_size_of(example_inputs) == 1:
         export_inputs = _other_batch(example_inputs)
     args, kwargs = _args_kwargs(export_inputs)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    training = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
+
+    def write(tmp: Path) -> tuple[Any, float | None, list]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -320,14 +320,14 @@ def export_onnx(
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as err:
             raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(err)}") from err
-        proto = onnx.load(str(tmp))
-        max_err, sizes = None, []
         if verify:
-            max_err, sizes = _verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            return onnx.load(str(tmp)), *_verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
+        return onnx.load(str(tmp)), None, []
+
+    training = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        proto, max_err, sizes = atomic_write(path, write)
     finally:
         for m, flag in training:
             m.training = flag

@@ -21,10 +21,13 @@ from prunekit.graph.trace import Tracer
 Spec = tuple[str, int, int]
 
 
-def shape_attrs(module: nn.Module) -> dict[str, Spec]:
-    """The size attributes of ``module`` and the tensor dim each one states (empty for other classes)."""
+def shape_attrs(module: nn.Module, groups: int | None = None) -> dict[str, Spec]:
+    """The size attributes of ``module`` and the tensor dim each one states (empty for other classes).
+
+    ``groups`` overrides a conv's ``groups`` (the factor of its grouped dim), for a plan that changes it.
+    """
     if isinstance(module, nn.modules.conv._ConvNd):
-        g = module.groups
+        g = module.groups if groups is None else groups
         if module.transposed:  # weight (in, out / groups, *k)
             return {"in_channels": ("weight", 0, 1), "out_channels": ("weight", 1, g)}
         return {"out_channels": ("weight", 0, 1), "in_channels": ("weight", 1, g)}
@@ -44,6 +47,9 @@ def shape_attrs(module: nn.Module) -> dict[str, Spec]:
         return {"num_channels": ("weight", 0, 1)}
     if isinstance(module, nn.PReLU):
         return {"num_parameters": ("weight", 0, 1)}
+    if isinstance(module, nn.RNNBase):
+        sizes = {"input_size": ("weight_ih_l0", 1, 1)}
+        return sizes | ({} if module.proj_size else {"hidden_size": ("weight_hh_l0", 1, 1)})
     if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
         spec = ("in_proj_weight", 1, 1)
         return {"embed_dim": spec, "kdim": spec, "vdim": spec}

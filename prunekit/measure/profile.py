@@ -23,17 +23,22 @@ EvalFn = Callable[[nn.Module], float]
 
 @dataclass
 class LayerRow:
-    """One module's own parameters (total, non-zero) and own MACs; ``kind`` is its class name."""
+    """One module's own parameters (total, non-zero) and own MACs; ``kind`` is its class name.
+
+    ``weight_sparsity``: the fraction of zeros in the module's weight if it is a prunable layer (Linear,
+    Conv, ConvTranspose: what the sparsifier masks), else ``None``.
+    """
 
     name: str
     kind: str
     params: int
     nonzero: int
     macs: int
+    weight_sparsity: float | None = None
 
     @property
     def sparsity(self) -> float:
-        """Fraction of this module's own parameter entries that are zero."""
+        """Fraction of this module's own parameter entries that are zero (bias, norm weights included)."""
         return 1.0 - self.nonzero / self.params if self.params else 0.0
 
     def to_dict(self) -> dict:
@@ -43,13 +48,19 @@ class LayerRow:
             "params": self.params,
             "nonzero": self.nonzero,
             "sparsity": self.sparsity,
+            "weight_sparsity": self.weight_sparsity,
             "macs": self.macs,
         }
 
 
 @dataclass
 class ModelProfile:
-    """Everything :func:`analyze` measured. ``latency`` and ``accuracy`` are None when not requested."""
+    """Everything :func:`analyze` measured. ``latency`` and ``accuracy`` are None when not requested.
+
+    Two sparsities: ``params.sparsity`` is over all parameters (biases and norms included);
+    ``weight_sparsity`` is over the prunable weights only (Linear / Conv / ConvTranspose weights, each
+    shared weight once), the figure :func:`~prunekit.sparse.sparsity_report` gives.
+    """
 
     params: ParamCount
     macs: int
@@ -59,10 +70,12 @@ class ModelProfile:
     layers: list[LayerRow]
     latency: LatencyStats | None = None
     accuracy: float | None = None
+    weight_sparsity: float = 0.0
 
     def to_dict(self) -> dict:
         return {
             "params": self.params.to_dict(),
+            "weight_sparsity": self.weight_sparsity,
             "macs": self.macs,
             "size": self.size.to_dict(),
             "peak_memory_bytes": self.peak_memory_bytes,
@@ -114,9 +127,15 @@ def layer_rows(model: nn.Module, example_inputs: ExampleInputs) -> list[LayerRow
     >>> rows = layer_rows(nn.Sequential(nn.Linear(4, 2)), torch.zeros(1, 4))
     >>> [(r.name, r.kind, r.params, r.macs) for r in rows]
     [('0', 'Linear', 10, 8)]
+    >>> rows = layer_rows(nn.Sequential(nn.BatchNorm1d(4)), torch.zeros(2, 4))
+    >>> rows[0].sparsity, rows[0].weight_sparsity  # half its parameters (the biases) are zero
+    (0.5, None)
     """
+    from prunekit.sparse.report import sparsity_report
+
     params = params_by_module(model)
     macs = macs_by_module(model, example_inputs)
+    weights = {row.name: row.sparsity for row in sparsity_report(model).rows}
     rows = []
     for name, module in model.named_modules():
         if name not in params and name not in macs:
@@ -129,6 +148,7 @@ def layer_rows(model: nn.Module, example_inputs: ExampleInputs) -> list[LayerRow
                 params=count.total,
                 nonzero=count.nonzero,
                 macs=macs.get(name, 0),
+                weight_sparsity=weights.get(name),
             )
         )
     return rows
@@ -156,6 +176,8 @@ def analyze(
     >>> (p.params.total, p.macs, p.latency)
     (55, 150, None)
     """
+    from prunekit.sparse.report import sparsity_report
+
     check_timing_args(runs=runs, warmup=warmup, threads=threads)
     check_zstd_level(zstd_level)
     if eval_fn is not None and not callable(eval_fn):
@@ -171,4 +193,5 @@ def analyze(
         if latency
         else None,
         accuracy=evaluate(model, eval_fn) if eval_fn is not None else None,
+        weight_sparsity=sparsity_report(model).sparsity,
     )

@@ -17,7 +17,7 @@ from torch import nn
 from prunekit.errors import ModelLoadError
 from prunekit.models.family import is_code_spec, is_family_spec
 
-STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".pksparse")
 
 
 def is_file_spec(spec: str) -> bool:
@@ -34,6 +34,12 @@ def load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module:
     if path.suffix == ".safetensors":
         model = _build_arch(path, arch)
         _load_safetensors_into(model, path)
+        return model
+    if path.suffix == ".pksparse":
+        from prunekit.sparse.storage import load_sparse
+
+        model = _build_arch(path, arch)
+        _load_state_dict_into(model, load_sparse(path), path)
         return model
     obj = _torch_load(path, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):

@@ -7,6 +7,7 @@ A spec is one of::
     module.path:factory       a callable returning an nn.Module         mypkg.models:build_net
     path/to/file.pt           a state_dict (with arch=...) or, only with trust_pickle=True, a pickled module
     path/to/file.safetensors  a state_dict (with arch=...)
+    path/to/file.pksparse     a state_dict in prunekit's compressed sparse format (with arch=...)
     path/to/checkpoint/       a directory written by prunekit.save (spec + plans + safetensors weights)
 
 Prefixed forms are looked up by the text before the first ``:`` among the families registered with
@@ -38,7 +39,8 @@ from prunekit.models.torchvision import bare_name_hint
 
 # The forms every install has; messages list the registered families too.
 SPEC_FORMS = (
-    "torchvision:NAME, module.path:factory, a .pt/.pth/.bin/.safetensors file or a prunekit checkpoint dir"
+    "torchvision:NAME, module.path:factory, a .pt/.pth/.bin/.safetensors/.pksparse file or a prunekit "
+    "checkpoint dir"
 )
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._atomic import atomic_write
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
@@ -389,15 +389,7 @@ def save_yolo(
         "train_metrics": None,
         "prunekit": {"plans": [p.to_dict() for p in plan_list], "params": count_params(saved).total},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
     return path
 
 

@@ -100,8 +100,12 @@ def comparison_table(title: str, columns: Sequence[str], rows: Sequence[Sequence
 
 
 def profile_table(profile: ModelProfile, *, title: str = "Layers") -> Table:
-    """Per-layer table of a :class:`~prunekit.measure.ModelProfile`: own params, non-zero, sparsity, MACs, and
-    a total row (the layer rows add up to it).
+    """Per-layer table of a :class:`~prunekit.measure.ModelProfile`: own params, non-zero, weight sparsity,
+    MACs, and a total row (params, non-zero and MACs of the layer rows add up to it).
+
+    "Weight sparsity" is the zeros of a prunable layer's weight (Linear / Conv: what the sparsifier masks;
+    ``-`` for other modules, whose zero biases are no sparsity); the total row gives it over all prunable
+    weights.
 
     >>> import torch
     >>> from torch import nn
@@ -112,7 +116,7 @@ def profile_table(profile: ModelProfile, *, title: str = "Layers") -> Table:
     table = Table(title=title)
     table.add_column("Layer")
     table.add_column("Kind")
-    for column in ("Params", "Non-zero", "Sparsity", "MACs"):
+    for column in ("Params", "Non-zero", "Weight sparsity", "MACs"):
         table.add_column(column, justify="right")
     for i, row in enumerate(profile.layers):
         table.add_row(
@@ -120,7 +124,7 @@ def profile_table(profile: ModelProfile, *, title: str = "Layers") -> Table:
             row.kind,
             format_count(row.params),
             format_count(row.nonzero),
-            format_percent(row.sparsity),
+            _NONE if row.weight_sparsity is None else format_percent(row.weight_sparsity),
             format_count(row.macs),
             end_section=i == len(profile.layers) - 1,
         )
@@ -129,7 +133,7 @@ def profile_table(profile: ModelProfile, *, title: str = "Layers") -> Table:
         "",
         format_count(profile.params.total),
         format_count(profile.params.nonzero),
-        format_percent(profile.params.sparsity),
+        format_percent(profile.weight_sparsity),
         format_count(profile.macs),
         style="bold",
     )
@@ -143,7 +147,7 @@ def summary_table(profile: ModelProfile, *, title: str = "Model") -> Table:
     >>> from torch import nn
     >>> from prunekit.measure import analyze
     >>> summary_table(analyze(nn.Linear(10, 5), torch.zeros(3, 10), latency=False)).row_count
-    8
+    9
     """
     lat = profile.latency
     params = profile.params
@@ -157,8 +161,9 @@ def summary_table(profile: ModelProfile, *, title: str = "Model") -> Table:
         ("Parameters", format_count(params.total)),
         (
             "Non-zero parameters",
-            f"{format_count(params.nonzero)} ({format_percent(params.sparsity)} sparse)",
+            f"{format_count(params.nonzero)} ({format_percent(params.sparsity)} of all parameters zero)",
         ),
+        ("Weight sparsity", f"{format_percent(profile.weight_sparsity)} of prunable weights"),
         ("MACs", f"{format_count(profile.macs)} (batch {profile.batch_size})"),
         ("Size (safetensors)", format_bytes(profile.size.dense_bytes)),
         (f"Compressed ({profile.size.codec})", format_bytes(profile.size.compressed_bytes)),

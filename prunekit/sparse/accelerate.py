@@ -10,8 +10,19 @@ Per layer, on this machine, with the layer's real input (captured by a forward h
    dense by more than the tolerance, that raises, or that is over 4x slower on its warm-up call is dropped;
 3. swap the layer for the fastest kernel only if it beats dense by ``min_speedup`` (medians).
 
+With ``batch_sizes`` the example inputs are resized along dim 0 (their rows repeated or cut) and every
+layer is timed at each size; ``dense_ms`` / ``kernel_ms`` are then geometric means over the sizes and
+``timings`` has the medians per size. The rule: a kernel is a candidate only if it is at least as fast as
+dense at every size; the candidate with the best geometric-mean speedup is chosen if that speedup is
+>= ``min_speedup``. Tune for the batch sizes you will serve: a kernel that wins at batch 1 can lose at 32.
+
 A layer timed alone has its weight in cache; in a whole forward pass a dense weight is streamed from memory,
 which costs dense more than the smaller sparse weight, so these decisions lean towards dense.
+
+The swap is undone by :func:`~prunekit.sparse.swap.decelerate` (or use :func:`accelerated` as a context
+manager); a model with sparse kernels saves with :func:`prunekit.save` (its dense weights, and which layers
+ran which kernel: :func:`prunekit.load` swaps them back without re-timing), deep-copies, and exports to
+ONNX in its dense form.
 
 Then the whole model is run again and its outputs must match the dense run within ``atol + rtol * |ref|``;
 if not, every swap is undone and :class:`~prunekit.errors.ApplyError` is raised. Finally dense and sparse
@@ -30,9 +41,11 @@ end-to-end latencies are timed, interleaved (the dense side is the model as give
 
 from __future__ import annotations
 
+import contextlib
+import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunekit._inputs import ExampleInputs, call_model, eval_mode
+from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.latency import check_timing_args
 from prunekit.sparse.kernels import (
@@ -51,6 +64,7 @@ from prunekit.sparse.kernels import (
     block_size_for,
     conv_unsupported,
 )
+from prunekit.sparse.swap import decelerate, set_module
 
 FORMATS = ("csr", "bsr")
 SLOW_FACTOR = 4.0  # a kernel this many times slower than dense on its warm-up call is not timed further
@@ -58,7 +72,11 @@ SLOW_FACTOR = 4.0  # a kernel this many times slower than dense on its warm-up c
 
 @dataclass
 class LayerDecision:
-    """One layer: its sparsity, dense and per-kernel median times (ms; ``None`` = not timed), the choice."""
+    """One layer: its sparsity, dense and per-kernel times (ms; ``None`` = not timed), the choice.
+
+    ``dense_ms`` / ``kernel_ms``: medians, or their geometric mean over the batch sizes; ``timings``:
+    ``{batch size: {"dense": ms, kernel: ms}}``, the medians at each size.
+    """
 
     name: str
     kind: str
@@ -69,6 +87,7 @@ class LayerDecision:
     kernel_ms: dict[str, float | None] = field(default_factory=dict)
     chosen: str = "dense"
     note: str = ""
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -99,6 +118,7 @@ class AccelerateResult:
     max_abs_output: float
     dense_ms: float | None = None
     sparse_ms: float | None = None
+    batch_sizes: list[int] = field(default_factory=list)
 
     @property
     def swapped(self) -> list[str]:
@@ -211,10 +231,51 @@ def _time_once(fn: Callable[[Tensor], Tensor], x: Tensor) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def _geomean(values: Iterable[float]) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(max(v, 1e-9)) for v in values) / len(values))
+
+
+def _usable(
+    kernel: str, sparse: nn.Module, dense: Callable, inputs: Mapping[int, Tensor], atol: float, rtol: float
+) -> str | None:
+    """Why ``sparse`` is not timed further (``None`` if it is): it raises, differs, or is far slower."""
+    for x in inputs.values():
+        try:
+            out, reference = sparse(x), dense(x)
+            warm = min(_time_once(sparse, x) for _ in range(2))
+        except RuntimeError as err:
+            return f"{kernel}: {str(err).splitlines()[0]}"
+        if not torch.allclose(out, reference, atol=atol, rtol=rtol):
+            return f"{kernel}: output differs by {float((out - reference).abs().max()):.2e}"
+        if warm > SLOW_FACTOR * min(_time_once(dense, x) for _ in range(2)):
+            return f"{kernel}: over {SLOW_FACTOR:g}x slower on warm-up"
+    return None
+
+
+def _choose(row: LayerDecision, kernels: list[str], min_speedup: float) -> str | None:
+    """Set ``row.chosen`` by the rule of the module docstring; return a note on why no kernel was chosen."""
+    if not kernels:
+        return None
+    speedup = {k: row.dense_ms / row.kernel_ms[k] for k in kernels}
+    slower = {k: [b for b, t in row.timings.items() if t[k] > t["dense"]] for k in kernels}
+    fast = [k for k in kernels if not slower[k]]
+    best = max(fast or kernels, key=speedup.__getitem__)
+    if not fast and len(row.timings) > 1:
+        return (
+            f"best sparse kernel {best} is {speedup[best]:.2f}x dense (geometric mean) but slower at "
+            f"batch {', '.join(map(str, slower[best]))}"
+        )
+    if speedup[best] >= min_speedup:
+        row.chosen = best
+        return None
+    return f"best sparse kernel {best} is {speedup[best]:.2f}x dense, below min_speedup={min_speedup:g}"
+
+
 def _decide(
     name: str,
     module: nn.Module,
-    x: Tensor,
+    inputs: Mapping[int, Tensor],
     calls: int,
     formats: tuple[str, ...],
     runs: int,
@@ -222,57 +283,40 @@ def _decide(
     atol: float,
     rtol: float,
 ) -> tuple[LayerDecision, nn.Module | None]:
+    """Time dense and every usable kernel of one layer on its input at each batch size; choose."""
     weight = module.weight.detach()
     sparsity = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
-    row = LayerDecision(name, type(module).__name__, list(weight.shape), list(x.shape), sparsity, None)
+    first = next(iter(inputs.values()))
+    row = LayerDecision(name, type(module).__name__, list(weight.shape), list(first.shape), sparsity, None)
     dense = _dense_fn(module, weight)
-    reference = dense(x)
     notes = [f"called {calls} times; timed on the first call's input"] if calls > 1 else []
     try:
-        built, skipped = _kernels(module, weight, formats, x[..., 0].numel())
+        built, skipped = _kernels(module, weight, formats, min(x[..., 0].numel() for x in inputs.values()))
     except RuntimeError as err:
         built, skipped = {}, [f"sparse weight could not be built: {str(err).splitlines()[0]}"]
     notes += skipped
     fns: dict[str, Callable] = {"dense": dense}
-    warm = {"dense": min(_time_once(dense, x) for _ in range(2))}
     for kernel, sparse in built.items():
-        try:
-            out = sparse(x)
-            warm[kernel] = min(_time_once(sparse, x) for _ in range(2))
-        except RuntimeError as err:
-            row.kernel_ms[kernel] = None
-            notes.append(f"{kernel}: {str(err).splitlines()[0]}")
-            continue
-        if not torch.allclose(out, reference, atol=atol, rtol=rtol):
-            row.kernel_ms[kernel] = None
-            notes.append(f"{kernel}: output differs by {float((out - reference).abs().max()):.2e}")
-        elif warm[kernel] > SLOW_FACTOR * warm["dense"]:
-            row.kernel_ms[kernel] = warm[kernel]
-            notes.append(f"{kernel}: over {SLOW_FACTOR:g}x slower on warm-up, timed once")
-        else:
+        why = _usable(kernel, sparse, dense, inputs, atol, rtol)
+        if why is None:
             fns[kernel] = sparse
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for kernel, fn in fns.items():
-            times[kernel].append(_time_once(fn, x))
-    row.dense_ms = statistics.median(times.pop("dense"))
-    row.kernel_ms.update({k: statistics.median(v) for k, v in times.items()})
-    if times:
-        best = min(times, key=lambda k: row.kernel_ms[k])
-        if row.dense_ms >= min_speedup * row.kernel_ms[best]:
-            row.chosen = best
         else:
-            notes.append(
-                f"best sparse kernel {best} is {row.dense_ms / row.kernel_ms[best]:.2f}x dense, "
-                f"below min_speedup={min_speedup:g}"
-            )
+            row.kernel_ms[kernel] = None
+            notes.append(why)
+    for size, x in inputs.items():
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(runs):
+            for kernel, fn in fns.items():
+                times[kernel].append(_time_once(fn, x))
+        row.timings[size] = {k: statistics.median(v) for k, v in times.items()}
+    row.dense_ms = _geomean(t["dense"] for t in row.timings.values())
+    timed = [k for k in fns if k != "dense"]
+    row.kernel_ms.update({k: _geomean(t[k] for t in row.timings.values()) for k in timed})
+    why = _choose(row, timed, min_speedup)
+    if why:
+        notes.append(why)
     row.note = "; ".join(notes)
     return row, built.get(row.chosen)
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
 
 
 def _leaves(out: Any) -> list[Any]:
@@ -312,12 +356,41 @@ def _time_end_to_end(
     for i in range(runs + 2):  # two warm-up rounds
         for key, modules in states.items():
             for name, module in modules.items():
-                _set(model, name, module)
+                set_module(model, name, module)
             start = time.perf_counter()
             call_model(model, example_inputs)
             if i >= 2:
                 times[key].append((time.perf_counter() - start) * 1000.0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _check_batch_sizes(batch_sizes: Sequence[int] | None) -> tuple[int, ...]:
+    if batch_sizes is None:
+        return ()
+    sizes = tuple(batch_sizes)
+    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
+        raise ConfigError(f"batch_sizes must be a non-empty list of ints >= 1, got {batch_sizes!r}")
+    return tuple(sorted(set(sizes)))
+
+
+def at_batch(example_inputs: ExampleInputs, size: int) -> ExampleInputs:
+    """``example_inputs`` with every tensor's dim 0 resized to ``size`` (its rows repeated in turn, or cut).
+
+    >>> at_batch({"x": torch.arange(2.0)[:, None], "scale": 2.0}, 3)["x"].flatten().tolist()
+    [0.0, 1.0, 0.0]
+    """
+    batch = batch_size_of(example_inputs)
+
+    def resize(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch:
+            return value[torch.arange(size, device=value.device) % batch]
+        return value
+
+    if isinstance(example_inputs, Mapping):
+        return {key: resize(value) for key, value in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(resize(value) for value in example_inputs)
+    return resize(example_inputs)
 
 
 def accelerate(
@@ -333,6 +406,7 @@ def accelerate(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     end_to_end: bool = True,
+    batch_sizes: Sequence[int] | None = None,
 ) -> AccelerateResult:
     """Swap each sparse Linear (and Conv2d with ``convs=True``) for the fastest sparse kernel, where it pays.
 
@@ -340,7 +414,8 @@ def accelerate(
     ``torch.set_num_threads`` while measuring (restored after): decide with the thread count you will deploy
     with. ``runs`` timed calls per layer and kernel (and per side end to end). A layer is swapped only if
     dense time >= ``min_speedup`` x its best kernel's time. On CPU, unstructured CSR usually pays only above
-    ~80-90 % sparsity.
+    ~80-90 % sparsity. ``batch_sizes`` (e.g. ``(1, 8, 32)``): decide over these batch sizes, by the rule of
+    the module docstring, instead of the example's own batch only.
 
     >>> model = nn.Sequential(nn.Linear(256, 256))
     >>> with torch.no_grad():
@@ -351,6 +426,7 @@ def accelerate(
     """
     formats = _check_args(formats, min_sparsity, min_speedup, atol, rtol)
     check_timing_args(runs=runs, warmup=0, threads=threads)
+    sizes = _check_batch_sizes(batch_sizes)
     candidates = _candidates(model, convs)
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -358,61 +434,43 @@ def accelerate(
     try:
         with eval_mode(model), torch.no_grad():
             reference, seen = _capture_inputs(model, example_inputs, candidates)
+            at_size = {
+                size: _capture_inputs(model, at_batch(example_inputs, size), candidates)[1] for size in sizes
+            } or {batch_size_of(example_inputs): seen}
             layers, swaps = [], {}
             for name, module in candidates.items():
                 weight = module.weight.detach()
                 sparsity = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
-                kind, shape = type(module).__name__, list(weight.shape)
+                row = LayerDecision(name, type(module).__name__, list(weight.shape), None, sparsity, None)
                 if name not in seen:
-                    layers.append(
-                        LayerDecision(
-                            name, kind, shape, None, sparsity, None, note="not called by the example inputs"
-                        )
-                    )
+                    row.note = "not called by the example inputs"
                 elif sparsity < min_sparsity:
-                    layers.append(
-                        LayerDecision(
-                            name,
-                            kind,
-                            shape,
-                            list(seen[name][0].shape),
-                            sparsity,
-                            None,
-                            note=f"sparsity below min_sparsity={min_sparsity:g}",
-                        )
-                    )
+                    row.note = f"sparsity below min_sparsity={min_sparsity:g}"
                 elif weight.device.type != "cpu":
-                    layers.append(
-                        LayerDecision(
-                            name,
-                            kind,
-                            shape,
-                            list(seen[name][0].shape),
-                            sparsity,
-                            None,
-                            note=f"weight on {weight.device}; sparse kernels here are for CPU",
-                        )
-                    )
+                    row.note = f"weight on {weight.device}; sparse kernels here are for CPU"
                 else:
+                    inputs = {size: got[name][0] for size, got in at_size.items() if name in got}
                     row, sparse = _decide(
-                        name, module, seen[name][0], seen[name][1], formats, runs, min_speedup, atol, rtol
+                        name, module, inputs, seen[name][1], formats, runs, min_speedup, atol, rtol
                     )
-                    layers.append(row)
                     if sparse is not None:
                         swaps[name] = sparse
+                if name in seen:
+                    row.input_shape = list(seen[name][0].shape)
+                layers.append(row)
             originals = {name: candidates[name] for name in swaps}
-            for name, sparse in swaps.items():
-                _set(model, name, sparse)
             try:
+                for name, sparse in swaps.items():
+                    set_module(model, name, sparse)
                 close, diff, peak = _compare(call_model(model, example_inputs), reference, atol, rtol)
                 if not close:
                     raise ApplyError(
                         f"outputs changed by {diff:.2e} after swapping "
                         f"{len(swaps)} layer(s), over atol={atol:g}, rtol={rtol:g}; the model was restored"
                     )
-            except Exception:
+            except BaseException:  # interrupts too: never leave a half-swapped model
                 for name, module in originals.items():
-                    _set(model, name, module)
+                    set_module(model, name, module)
                 raise
             result = AccelerateResult(
                 layers,
@@ -422,6 +480,7 @@ def accelerate(
                 min_speedup,
                 diff,
                 peak,
+                batch_sizes=list(sizes),
             )
             if end_to_end:
                 ms = _time_end_to_end(model, example_inputs, {"dense": originals, "sparse": swaps}, runs)
@@ -429,3 +488,22 @@ def accelerate(
     finally:
         torch.set_num_threads(previous_threads)
     return result
+
+
+@contextlib.contextmanager
+def accelerated(
+    model: nn.Module, example_inputs: ExampleInputs, **options: Any
+) -> Iterator[AccelerateResult]:
+    """:func:`accelerate` ``model`` for the ``with`` block, then swap every sparse kernel back to dense.
+
+    >>> model = nn.Sequential(nn.Linear(64, 64))
+    >>> with accelerated(model, torch.randn(4, 64), runs=2, end_to_end=False) as res:
+    ...     _ = model(torch.randn(4, 64))
+    >>> type(model[0]).__name__
+    'Linear'
+    """
+    result = accelerate(model, example_inputs, **options)
+    try:
+        yield result
+    finally:
+        decelerate(model)

@@ -81,7 +81,42 @@ def block_size_for(weight: Tensor) -> int | None:
     return None
 
 
-class SparseLinear(nn.Module):
+class _DenseState(nn.Module):
+    """State dict, loading and deep copies of a sparse kernel module in its dense form.
+
+    ``state_dict()`` holds the dense ``weight`` / ``bias`` the module replaced (same names and shapes as the
+    ``nn.Linear`` / ``nn.Conv2d``), so a model with sparse kernels saves, loads and compares like the dense
+    model; ``load_state_dict`` turns a dense weight back into this module's layout. ``copy.deepcopy``
+    rebuilds the module from its dense form (``torch.sparse`` tensors have no deep copy).
+    """
+
+    def to_dense(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _rebuilt(self, dense: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        for name, tensor in self.to_dense().state_dict().items():
+            destination[prefix + name] = tensor  # a fresh dense copy: keep_vars has no variable to keep
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        dense = self.to_dense()
+        dense._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._buffers.update(self._rebuilt(dense)._buffers)
+
+    def __deepcopy__(self, memo: dict) -> nn.Module:
+        copied = self._rebuilt(self.to_dense())
+        copied.train(self.training)
+        memo[id(self)] = copied
+        return copied
+
+
+class SparseLinear(_DenseState):
     """A Linear layer whose weight is a ``torch.sparse`` CSR/BSR tensor; inputs of any leading shape.
 
     >>> layer = SparseLinear(torch.tensor([[0.0, 2.0], [1.0, 0.0]]), torch.tensor([0.5, 0.0]), "csr-linear")
@@ -118,6 +153,9 @@ class SparseLinear(nn.Module):
         """
         return cls(layer.weight, layer.bias, kernel)
 
+    def _rebuilt(self, dense: nn.Module) -> SparseLinear:
+        return SparseLinear(dense.weight, dense.bias, self.kernel, self.blocksize)
+
     def forward(self, input: Tensor) -> Tensor:  # named like nn.Linear's, for callers passing input=...
         lead = input.shape[:-1]
         rows = input.reshape(-1, self.in_features)
@@ -145,7 +183,7 @@ class SparseLinear(nn.Module):
         """
         weight = self.weight.to_dense()
         layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        layer.to(dtype=weight.dtype)
+        layer.to(dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             layer.weight.copy_(weight)
             if self.bias is not None:
@@ -176,7 +214,7 @@ def conv_unsupported(conv: nn.Conv2d) -> str | None:
     return None
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(_DenseState):
     """A Conv2d (groups=1, zero padding) run as im2col + one CSR x dense product.
 
     >>> conv = nn.Conv2d(3, 8, 3, padding=1)
@@ -192,6 +230,7 @@ class SparseConv2d(nn.Module):
             raise ConfigError(f"SparseConv2d cannot run this conv: {why}")
         self.kernel = "csr-im2col"
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.padding_mode = conv.padding_mode
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation = conv.padding, conv.dilation
         weight = conv.weight.detach().reshape(conv.out_channels, -1)
@@ -203,6 +242,35 @@ class SparseConv2d(nn.Module):
     def from_conv(cls, conv: nn.Conv2d) -> SparseConv2d:
         """Sparse copy of ``conv`` (its effective weight, masks applied)."""
         return cls(conv)
+
+    def _rebuilt(self, dense: nn.Module) -> SparseConv2d:
+        return SparseConv2d(dense)
+
+    def to_dense(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the same weights (the zeros written out).
+
+        >>> conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        >>> back = SparseConv2d.from_conv(conv).to_dense()
+        >>> torch.equal(back.weight, conv.weight), back.stride
+        (True, (2, 2))
+        """
+        weight = self.weight.to_dense()
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+        )
+        conv.to(dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            conv.weight.copy_(weight.reshape(conv.weight.shape))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias[:, 0])
+        return conv
 
     def _out_size(self, size: int, i: int) -> int:
         span = self.dilation[i] * (self.kernel_size[i] - 1) + 1

@@ -127,14 +127,16 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
                     weight = module.weight
                     new = mask.to(weight.device).ne(0).to(weight.dtype)
                     order = tuple(module._parameters)
-                    parametrize.register_parametrization(module, "weight", Mask(new, order))
                     done.append((module, None))
+                    parametrize.register_parametrization(module, "weight", Mask(new, order))
                 else:
                     done.append((module, old.clone()))
                     old.mul_(mask.to(old.device).ne(0).to(old.dtype))
-    except Exception:
+    except BaseException:  # interrupts too: every layer gets its old state back
         for module, old in reversed(done):
             if old is None:
+                if get_mask(module) is None:  # interrupted before the parametrization was registered
+                    continue
                 order = get_mask_module(module).param_order
                 own_parametrized_class(module)
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)

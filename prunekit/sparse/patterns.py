@@ -62,26 +62,36 @@ class Pattern:
         """The sparsity the pattern implies by itself (``1 - N/M`` for N:M), else ``None``."""
         return 1.0 - self.n / self.m if self.kind == "n:m" else None
 
+    def unfit(self, shape: tuple[int, ...]) -> str | None:
+        """Why a canonical ``(out, *kernel, in)`` weight shape cannot hold the pattern (``None`` if it can).
+
+        N:M groups run along the input channels, so those must be a multiple of M (as in NVIDIA's ASP);
+        blocks tile the 2-D ``out x (kernel * in)`` view, which both block sides must divide.
+
+        >>> parse_pattern("2:4").unfit((64, 7, 7, 3))
+        '3 input channels, not a multiple of 4'
+        >>> parse_pattern("block:4x4").unfit((8, 16)) is None
+        True
+        """
+        if self.kind == "n:m" and shape[-1] % self.m:
+            return f"{shape[-1]} input channels, not a multiple of {self.m}"
+        if self.kind == "block":
+            out, cols = shape[0], _numel(shape) // shape[0]
+            if out % self.rows or cols % self.cols:
+                return f"2-D weight {out}x{cols}, not a multiple of {self.rows}x{self.cols}"
+        return None
+
     def check(self, shape: tuple[int, ...], name: str) -> None:
         """Raise :class:`ConfigError` if a canonical ``(out, *kernel, in)`` shape cannot hold the pattern.
 
         >>> parse_pattern("2:4").check((8, 6), "fc")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        prunekit.errors.ConfigError: pattern 2:4 needs the input channels of layer 'fc' (6) to be...
+        prunekit.errors.ConfigError: pattern 2:4 does not fit layer 'fc': 6 input channels, not a multiple...
         """
-        if self.kind == "n:m" and shape[-1] % self.m:
-            raise ConfigError(
-                f"pattern {self} needs the input channels of layer {name!r} ({shape[-1]}) "
-                f"to be a multiple of {self.m}"
-            )
-        if self.kind == "block":
-            out, cols = shape[0], _numel(shape) // shape[0]
-            if out % self.rows or cols % self.cols:
-                raise ConfigError(
-                    f"pattern {self} needs the 2-D weight of layer {name!r} ({out}x{cols}) "
-                    f"to be a multiple of {self.rows}x{self.cols}: exclude it or pick another block size"
-                )
+        why = self.unfit(shape)
+        if why is not None:
+            raise ConfigError(f"pattern {self} does not fit layer {name!r}: {why}; exclude it")
 
 
 def parse_pattern(spec: str | Pattern) -> Pattern:

@@ -8,6 +8,7 @@ skipped. Biases, norms and embeddings are not counted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -86,21 +87,28 @@ class SparsityReport:
             "sparsity": self.sparsity,
         }
 
-    def table(self) -> Table:
-        """A rich table: one row per layer and a global footer.
+    def table(self, notes: Mapping[str, str] | None = None) -> Table:
+        """A rich table: one row per layer and a footer over all prunable weights of the report.
 
-        >>> from rich.console import Console
-        >>> Console(width=100).print(SparsityReport([]).table())  # doctest: +SKIP
+        ``notes`` (layer name -> text) fills a "Note" column, e.g. why :func:`~prunekit.sparse.sparsify`
+        skipped a layer.
+
+        >>> rep = SparsityReport([SparsityRow("fc", "Linear", (2, 2), 4, 1, False)])
+        >>> rep.table(notes={"fc": "skipped"}).columns[-1].header
+        'Note'
         """
-        table = Table(title="Sparsity", show_footer=True)
-        table.add_column("Layer", footer="global")
+        table = Table(title="Sparsity of prunable weights (Linear / Conv)", show_footer=True)
+        table.add_column("Layer", footer="all prunable weights")
         table.add_column("Kind")
         table.add_column("Shape")
         table.add_column("Weights", justify="right", footer=f"{self.numel:,}")
         table.add_column("Zeros", justify="right", footer=f"{self.zeros:,}")
         table.add_column("Sparsity", justify="right", footer=f"{100.0 * self.sparsity:.2f}%")
         table.add_column("Masked")
+        if notes:
+            table.add_column("Note")
         for row in self.rows:
+            note = [notes.get(row.name, "")] if notes else []
             table.add_row(
                 _param(row.name),
                 row.kind,
@@ -109,6 +117,7 @@ class SparsityReport:
                 f"{row.zeros:,}",
                 f"{100.0 * row.sparsity:.2f}%",
                 "yes" if row.masked else "no",
+                *note,
             )
         return table
 

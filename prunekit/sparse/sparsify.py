@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import torch
@@ -54,13 +54,18 @@ class LayerSparsity:
 
 @dataclass
 class SparsifyResult:
-    """What :func:`sparsify` did: the request, and the sparsity reached per layer and over the selection."""
+    """What :func:`sparsify` did: the request, and the sparsity reached per layer and over the selection.
+
+    ``layers`` are the layers masked; ``skipped`` maps each selected layer the pattern cannot fit to why
+    (they stay dense and are not counted in ``numel`` / ``sparsity``).
+    """
 
     pattern: str
     scope: str
     criterion: str
     requested: float
     layers: dict[str, LayerSparsity]
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def numel(self) -> int:
@@ -85,6 +90,7 @@ class SparsifyResult:
             "sparsity": self.sparsity,
             "numel": self.numel,
             "pruned": self.pruned,
+            "skipped": dict(self.skipped),
             "layers": {
                 name: {"numel": layer.numel, "pruned": layer.pruned, "sparsity": layer.sparsity}
                 for name, layer in self.layers.items()
@@ -104,6 +110,7 @@ def sparsify(
     seed: int = 0,
     data: Iterable | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
+    strict: bool = False,
 ) -> SparsifyResult:
     """Mask weights of the model's Linear / Conv / ConvTranspose layers in place.
 
@@ -123,6 +130,9 @@ def sparsify(
       together and prunes exactly ``sparsity`` of them (not allowed with N:M).
     - ``include`` / ``exclude``: module names or fnmatch globs (``"fc"``, ``"features.*"``) or module
       objects; a name also selects everything below it. Biases, norms and embeddings are never masked.
+    - A selected layer the pattern cannot fit (N:M: input channels not a multiple of M, as NVIDIA's ASP
+      skips them, e.g. a CNN's 3-channel first conv; block: a 2-D weight the block does not tile) is left
+      dense and listed in ``result.skipped``; ``strict=True`` raises :class:`ConfigError` instead.
 
     A layer that is already masked is scored on its masked weight and its mask only grows (old AND new).
 
@@ -140,6 +150,7 @@ def sparsify(
     loss_batches(model, criterion, data, loss_fn)
     names = select_layers(model, include, exclude)
     modules = dict(model.named_modules())
+    names, skipped = fitting_layers({name: modules[name] for name in names}, pat, strict)
     check_layers(model, {name: modules[name] for name in names}, pat)
 
     masks = crit.masks(model, names, target, pat, scope, data)
@@ -153,7 +164,7 @@ def sparsify(
     for name in names:
         mask = get_mask(modules[name])
         layers[name] = LayerSparsity(numel=mask.numel(), pruned=int((mask == 0).sum()))
-    return SparsifyResult(str(pat), scope, criterion_label(criterion), target, layers)
+    return SparsifyResult(str(pat), scope, criterion_label(criterion), target, layers, skipped)
 
 
 def resolve_criterion(criterion: object, seed: object) -> Criterion:
@@ -168,6 +179,38 @@ def resolve_criterion(criterion: object, seed: object) -> Criterion:
         raise ConfigError(f"seed must be an int, got {seed!r}")
     crit = get_criterion(criterion)
     return crit.seeded(seed) if isinstance(criterion, str) else crit
+
+
+
+def fitting_layers(
+    layers: Mapping[str, nn.Module], pattern: Pattern, strict: bool = False
+) -> tuple[list[str], dict[str, str]]:
+    """Split ``layers`` into the names ``pattern`` fits and ``{name: why}`` for those it does not.
+
+    ``strict=True`` raises :class:`ConfigError` on the first layer that does not fit; so does a selection
+    with no layer left.
+
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    >>> fitting_layers(dict(model.named_children()), parse_pattern("2:4"))
+    (['1'], {'0': '3 input channels, not a multiple of 4'})
+    """
+    names, skipped = [], {}
+    for name, module in layers.items():
+        check_maskable(module, name)
+        canonical = tuple(module.weight.shape[i] for i in layout(module))
+        if strict:
+            pattern.check(canonical, name)
+        why = pattern.unfit(canonical)
+        if why is None:
+            names.append(name)
+        else:
+            skipped[name] = why
+    if not names:
+        first = next(iter(skipped))
+        raise ConfigError(
+            f"pattern {pattern} fits none of the selected layers (e.g. {first!r}: {skipped[first]})"
+        )
+    return names, skipped
 
 
 def masks_from_scores(

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import struct
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch
 import zstandard
 from torch import Tensor, nn
 
+from prunekit._atomic import write_bytes
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.size import check_zstd_level, effective_state_dict
 
@@ -328,14 +328,7 @@ def save_sparse(
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give a file path for the sparse weights")
     data, result = _encode(_state_of(obj), values, scale, dense, zstd_level)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes(path, data)
     result.path = str(path)
     return result
 

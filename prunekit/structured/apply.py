@@ -2,7 +2,8 @@
 
 Transactional: the old parameter/buffer objects and attribute values are kept; cutting builds new tensors.
 On any failure (a bad plan, a slicing error, the verification forward raising or changing an output shape)
-the old objects are put back — bit-exact — and :class:`~prunekit.errors.ApplyError` is raised.
+the old objects are put back — bit-exact — and :class:`~prunekit.errors.ApplyError` is raised; an interrupt
+(``KeyboardInterrupt``, ``SystemExit``) puts them back too and propagates unchanged.
 
 >>> import torch
 >>> from prunekit.plan import Plan
@@ -29,6 +30,7 @@ from prunekit.plan import Plan
 from prunekit.structured.consistency import mismatches
 from prunekit.structured.mha import CLASS_SWAPS
 from prunekit.structured.oracle import Reference, compare_with, run_outputs
+from prunekit.structured.plan_attrs import check_attrs
 
 
 def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Module, str, str]]]]:
@@ -76,6 +78,7 @@ def validate(
             if not len(keep):
                 raise PlanError(f"{name}: the plan would remove every index of dim {dim}")
             kept.setdefault(name, {})[dim] = keep
+    check_attrs(plan, model, modules)
     for mname, attrs in plan.attrs.items():
         if mname not in modules:
             raise PlanError(f"plan updates module {mname!r}, which the model does not have")
@@ -206,13 +209,15 @@ def apply(
         if example_inputs is not None:
             step = "verification forward"
             _verify(model, plan, example_inputs, reference)
-    except Exception as exc:
+    except BaseException as exc:  # KeyboardInterrupt and SystemExit too: never leave a half-cut model
         if step.startswith("slicing "):  # name the group only on failure (a search over the plan)
             step = f"{step} ({_group_of(plan, step[len('slicing ') :])})"
         for module, attr, value in reversed(undo_attrs):
             _set_attr(module, attr, value)
         for module, local, kind, old in reversed(undo_tensors):
             _replace(module, local, kind, old)
+        if not isinstance(exc, Exception):
+            raise
         raise ApplyError(f"{step} failed ({type(exc).__name__}: {exc}); the model was restored") from exc
     return model
 

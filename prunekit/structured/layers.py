@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from prunekit._atomic import write_text
 from prunekit._inputs import ExampleInputs, call_model
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.macs import count_macs
@@ -174,10 +174,10 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Exampl
         new = [o.shape for o in run_outputs(model, example_inputs)]
         if new != shapes:
             raise ApplyError(f"output shapes changed from {shapes} to {new}")
-    except Exception as exc:
+    except BaseException as exc:  # interrupts too: the model is never left half-changed
         for n, old in reversed(done):
             _swap(model, n, old)
-        if isinstance(exc, ApplyError):
+        if isinstance(exc, ApplyError) or not isinstance(exc, Exception):
             raise
         raise ApplyError(f"removing blocks {names} broke the forward: {type(exc).__name__}: {exc}") from exc
     return model
@@ -249,17 +249,7 @@ class LayerPruneResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON (atomically); :func:`load_removed` reads the names back."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".layers-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text(path, json.dumps(self.to_dict(), indent=1))
 
 
 def load_removed(path: str | os.PathLike) -> list[str]:

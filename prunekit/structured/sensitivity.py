@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs
 from prunekit.criteria import GroupCriterion
 from prunekit.errors import ConfigError, PruneError
@@ -142,15 +142,11 @@ class SensitivityResult:
         ax.set_title(f"sensitivity ({self.criterion})")
         if len(self.curves) <= 12:
             ax.legend(fontsize=6)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sens-", suffix=path.suffix or ".png")
-        os.close(fd)
+        fmt = path.suffix.lstrip(".") or "png"
         try:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight")
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt))
         finally:
             plt.close(fig)
-            Path(tmp).unlink(missing_ok=True)
         return path
 
 
