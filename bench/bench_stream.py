@@ -134,7 +134,9 @@ def main() -> None:
                     "stream. Random weights; 2 calibration batches of 4 random inputs; the error is",
                     "`max|y - y0| / max|y0|` of the pruned model against the unpruned one on the example",
                     "batch (`PruneResult.approx_error`), stream channels ranked by mean x² at every norm",
-                    "input (activation) or at random (seeded). `bench/bench_stream.py`.",
+                    "input (activation) or at random (seeded). The error includes every group's cut (MLP,",
+                    "heads) at ratio 0.5 on random weights, hence its size; \"exact\": no stream was cut.",
+                    "`bench/bench_stream.py`.",
                 ]
             ),
             "",
