@@ -247,7 +247,7 @@ def _latency_model(name: str, ratio: float) -> tuple[torch.nn.Module, torch.Tens
 
         model = load_yolo("yolov8n.yaml")
         if ratio:
-            prune_yolo(model, ratio, imgsz=640, trainable=False)
+            prune_yolo(model, ratio=ratio, imgsz=640, trainable=False)
         return model, torch.randn(1, 3, 640, 640)
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)

@@ -33,8 +33,8 @@ def run_prunekit(path: Path, imgsz: int) -> dict:
     from prunekit.models.ultralytics import check_yolo, load_yolo, prune_yolo
 
     model = load_yolo(str(path))
-    rep = check_yolo(model, 0.5, imgsz=imgsz)
-    res = prune_yolo(model, 0.5, imgsz=imgsz, trainable=False)
+    rep = check_yolo(model, ratio=0.5, imgsz=imgsz)
+    res = prune_yolo(model, ratio=0.5, imgsz=imgsz, trainable=False)
     row = {
         "task": getattr(model, "task", None) or type(model).__name__,
         "exact": bool(rep.ok and not rep.rule_errors),
@@ -45,7 +45,7 @@ def run_prunekit(path: Path, imgsz: int) -> dict:
         "seconds": res.seconds["plan"] + res.seconds["apply"],
     }
     try:
-        row["yaml_macs"] = prune_yolo(load_yolo(str(path)), 0.5, imgsz=imgsz).macs_ratio
+        row["yaml_macs"] = prune_yolo(load_yolo(str(path)), ratio=0.5, imgsz=imgsz).macs_ratio
     except Exception as exc:  # a model whose yaml cannot state its pruned widths: reported, not fatal
         row["yaml_macs"] = None
         row["yaml_why"] = _first_line(exc)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     for ratio, trainable in ((r, t) for r in args.ratios for t in (False, True)):
         tag = f"pruned{round(ratio * 100)} {'yaml, stock train' if trainable else 'free, finetune_yolo'}"
         model = load_yolo(str(dense_ckpt))
-        res = prune_yolo(model, ratio, imgsz=args.imgsz, trainable=trainable)
+        res = prune_yolo(model, ratio=ratio, imgsz=args.imgsz, trainable=trainable)
         name = f"{tag.split()[0]}-{'yaml' if trainable else 'free'}"
         start = save_yolo(model, args.out / f"{name}.pt", plans=res.plan)
         no_ft = measure(start, data, args)

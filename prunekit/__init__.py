@@ -8,6 +8,7 @@ The public verbs live here::
     pk.groups(model, x)                        # coupled channel groups, pinned parts and why
     pk.check(model, x, ratio=0.5)              # is a structural cut exact? (model untouched)
     pk.prune(model, x, ratio=0.5)              # structured: channels/neurons/heads physically removed
+    pk.prune(model, x, pk.PruneConfig(ratio=0.5, scope="global"))   # the same options as one config
     pk.apply(model, plan)                      # replay a saved Plan on a fresh copy of the architecture
     pk.prune(model, x, target=pk.Target(macs=0.5))       # search the ratio that meets a target
     pk.sensitivity(model, x, eval_fn)          # per-group accuracy-vs-ratio curves (model untouched)
@@ -19,13 +20,17 @@ The public verbs live here::
     pk.export_onnx(model, x, "m.onnx")         # verified with onnxruntime (needs the onnx extra)
     pk.quantize_onnx("m.onnx", "m.int8.onnx")  # INT8 (dynamic or static)
     pk.save(model, "out/", spec=..., plan=...) # safetensors + JSON plan, no pickle; pk.load("out/")
+    pk.save_pretrained(model, "hf/")           # a directory stock transformers loads (from_pretrained)
+    pk.save_sentence_transformer(emb, "st/")   # a directory SentenceTransformer(...) loads
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from prunekit.config import PruneConfig, SparsifyConfig
 from prunekit.deploy import SavedCheckpoint, load, save
+from prunekit.deploy.pretrained import SavedPretrained, save_pretrained, save_sentence_transformer
 from prunekit.errors import ApplyError, ConfigError, ExportError, ModelLoadError, PlanError, PruneError
 from prunekit.measure import (
     LatencyStats,
@@ -95,13 +100,16 @@ __all__ = [
     "Plan",
     "PlanError",
     "PruneCallbacks",
+    "PruneConfig",
     "PruneError",
     "PruneResult",
     "QuantizeResult",
     "Recipe",
     "SavedCheckpoint",
+    "SavedPretrained",
     "SensitivityResult",
     "SizeInfo",
+    "SparsifyConfig",
     "SparsifyResult",
     "SparsityReport",
     "StructuredGradualPruner",
@@ -137,6 +145,8 @@ __all__ = [
     "remove_masks",
     "run_recipe",
     "save",
+    "save_pretrained",
+    "save_sentence_transformer",
     "save_sparse",
     "sensitivity",
     "snip",

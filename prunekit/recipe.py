@@ -3,7 +3,8 @@
     method: structured        # structured | unstructured | layers
     criterion: l2             # structured: a group criterion (l1, l2, ...); unstructured: magnitude | random
     scope: global             # local | global
-    ratio: 0.5                # structured: share of units; unstructured: sparsity; layers: share of blocks
+    ratio: 0.5                # structured: share of units; layers: share of blocks
+    # sparsity: 0.9           # unstructured, instead of ratio: share of weights masked
     # target: {macs: 0.5}     # structured only, instead of ratio: macs | params | latency_ms
     # n: 2                    # layers only, instead of ratio: number of blocks
     max_ratio: 0.9            # structured
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +40,14 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit.config import PruneConfig, SparsifyConfig
 from prunekit.errors import ConfigError
 
 METHODS = ("structured", "unstructured", "layers")
 SCHEDULES = ("one-shot", "iterative", "gradual")
 _TOP = {
-    "method", "criterion", "scope", "ratio", "target", "n", "max_ratio", "round_to", "ignore", "pattern",
-    "schedule", "finetune", "seed",
+    "method", "criterion", "scope", "ratio", "sparsity", "target", "n", "max_ratio", "round_to", "ignore",
+    "pattern", "schedule", "finetune", "seed",
 }  # fmt: skip
 _FINETUNE = {"steps", "epochs", "lr", "optimizer", "weight_decay", "momentum", "schedule", "max_grad_norm"}
 
@@ -69,6 +72,7 @@ class Recipe:
     criterion: str
     scope: str
     ratio: float | None = None
+    sparsity: float | None = None
     target: dict[str, float] | None = None
     n: int | None = None
     max_ratio: float = 0.9
@@ -78,6 +82,25 @@ class Recipe:
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     finetune: dict[str, Any] | None = None
     seed: int = 0
+
+    def prune_config(self, data: Iterable | None = None) -> PruneConfig:
+        """The :class:`prunekit.PruneConfig` of a structured recipe (``data``: calibration batches).
+
+        >>> recipe_from_dict({"method": "structured", "ratio": 0.25, "ignore": ["fc"]}).prune_config().ignore
+        ('fc',)
+        """
+        return PruneConfig(
+            ratio=self.ratio or 0.0, criterion=self.criterion, scope=self.scope, ignore=tuple(self.ignore),
+            round_to=self.round_to, max_ratio=self.max_ratio, target=self.target, data=data,
+        )  # fmt: skip
+
+    def sparsify_config(self) -> SparsifyConfig:
+        """The :class:`prunekit.SparsifyConfig` of an unstructured recipe.
+
+        >>> recipe_from_dict({"method": "unstructured", "sparsity": 0.5}).sparsify_config().sparsity
+        0.5
+        """
+        return SparsifyConfig(self.sparsity, self.pattern, self.criterion, self.scope, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as YAML/JSON data (unset keys left out), accepted back by :func:`recipe_from_dict`."""
@@ -121,8 +144,15 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
         raise ConfigError(f"{w}scope: must be local or global, got {scope!r}")
     seed = _num(data, "seed", w, low=0, high=2**32, integer=True) if "seed" in data else 0
     r = Recipe(method, criterion, scope, seed=seed)
-    given = [k for k in ("ratio", "target", "n") if k in data]
-    allowed = {"structured": ("ratio", "target"), "unstructured": ("ratio",), "layers": ("ratio", "n")}[
+    if method == "unstructured" and "ratio" in data and "sparsity" not in data:
+        warnings.warn(
+            f"{w}the amount of an unstructured recipe is 'sparsity'; 'ratio' is deprecated there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        data = {("sparsity" if k == "ratio" else k): v for k, v in data.items()}
+    given = [k for k in ("ratio", "sparsity", "target", "n") if k in data]
+    allowed = {"structured": ("ratio", "target"), "unstructured": ("sparsity",), "layers": ("ratio", "n")}[
         method
     ]
     for k in given:
@@ -134,6 +164,8 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
         )
     if "ratio" in data:
         r.ratio = float(_num(data, "ratio", w, low=0.0, high=0.999999))
+    if "sparsity" in data:
+        r.sparsity = float(_num(data, "sparsity", w, low=0.0, high=0.999999))
     if "n" in data:
         r.n = _num(data, "n", w, low=0, high=10**6, integer=True)
     if "target" in data:
@@ -317,19 +349,14 @@ def _unstructured(recipe: Recipe, model: nn.Module, train_data: Any, ft: dict, t
     from prunekit.schedules import GradualPruner, iterative_prune
     from prunekit.sparse import sparsify
 
-    s, kind = recipe.schedule, recipe.schedule.kind
-    common = {
-        "pattern": recipe.pattern,
-        "scope": recipe.scope,
-        "criterion": recipe.criterion,
-        "seed": recipe.seed,
-    }
+    s, kind, cfg = recipe.schedule, recipe.schedule.kind, recipe.sparsify_config()
     if kind == "one-shot":
-        return sparsify(model, recipe.ratio, **common).to_dict()
+        return sparsify(model, cfg).to_dict()
+    common = {"pattern": cfg.pattern, "scope": cfg.scope, "criterion": cfg.criterion, "seed": cfg.seed}
     if kind == "iterative":
-        return iterative_prune(model, tune, final_sparsity=recipe.ratio, steps=s.steps, **common).to_dict()
+        return iterative_prune(model, tune, final_sparsity=cfg.sparsity, steps=s.steps, **common).to_dict()
     pruner = GradualPruner(
-        model, recipe.ratio, start_step=s.start_step, end_step=s.end_step, frequency=s.frequency, **common
+        model, cfg.sparsity, start_step=s.start_step, end_step=s.end_step, frequency=s.frequency, **common
     )
     _train_loop(model, train_data, ft, pruner.step, s.end_step)
     return pruner.to_dict()
@@ -347,29 +374,25 @@ def _structured(
 ) -> dict:
     from prunekit.schedules.structured_gradual import StructuredGradualPruner
     from prunekit.structured import prune
-    from prunekit.structured.target import Target
 
-    s, kind = recipe.schedule, recipe.schedule.kind
-    common = {"criterion": recipe.criterion, "scope": recipe.scope, "ignore": recipe.ignore or None}
-    common.update(round_to=recipe.round_to, max_ratio=recipe.max_ratio)
+    s, kind, cfg = recipe.schedule, recipe.schedule.kind, recipe.prune_config(calib_data)
     if kind == "one-shot":
-        target = Target(**recipe.target) if recipe.target is not None else None
-        res = prune(model, x, ratio=recipe.ratio or 0.0, target=target, data=calib_data, **common)
+        res = prune(model, x, cfg)
         plans.append(res.plan)
         return res.to_dict()
     if kind == "iterative":  # each step removes the same share of what is left: (1 - r)^steps = 1 - ratio
         step_ratio = 1.0 - (1.0 - recipe.ratio) ** (1.0 / s.steps)
         steps = []
         for _ in range(s.steps):
-            res = prune(model, x, ratio=step_ratio, data=calib_data, **common)
+            res = prune(model, x, cfg.replace(ratio=step_ratio))
             plans.append(res.plan)
             steps.append(res.to_dict())
             tune(model)
         return {"steps": steps, "step_ratio": step_ratio}
-    common.pop("round_to")
     pruner = StructuredGradualPruner(
-        model, x, recipe.ratio, start_step=s.start_step, end_step=s.end_step, frequency=s.frequency, **common
-    )
+        model, x, recipe.ratio, start_step=s.start_step, end_step=s.end_step, frequency=s.frequency,
+        config=cfg.replace(round_to=None),
+    )  # fmt: skip
     _train_loop(model, train_data, ft, pruner.step, s.end_step)
     plan = pruner.finalize()
     plans.append(plan)

@@ -44,3 +44,19 @@ def zoo_case(name: str) -> tuple[dict, int]:
     if name in ("inception_v3", "googlenet"):
         return {"aux_logits": False, "init_weights": False}, 96 if name == "inception_v3" else 64
     return {}, 64
+
+
+def built_results(monkeypatch) -> list:
+    """The plan of every PruneResult built from now on in the test, in order (all go through
+    ``pipeline.make_result``)."""
+    from prunekit.structured import pipeline
+
+    built = []
+    make = pipeline.make_result
+
+    def counting(*args, **kwargs):
+        built.append(args[0])
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_result", counting)
+    return built

@@ -201,12 +201,12 @@ def test_data_criteria_without_data_raise_before_touching():
     before = [p.clone() for p in net.parameters()]
     for name in ("taylor", "hessian", "activation", "apoz", "wanda"):
         with pytest.raises(ConfigError, match="data-driven"):
-            plan_prune(net, torch.zeros(1, 3), 0.5, criterion=name)
+            plan_prune(net, torch.zeros(1, 3), ratio=0.5, criterion=name)
     for name in ("taylor", "hessian", "wanda", "sparsegpt"):
         with pytest.raises(ConfigError, match="data-driven"):
             sparsify(net, 0.5, criterion=name)
     with pytest.raises(ConfigError, match="needs a loss"):
-        plan_prune(net, torch.zeros(1, 3), 0.5, criterion="taylor", data=[X1])
+        plan_prune(net, torch.zeros(1, 3), ratio=0.5, criterion="taylor", data=[X1])
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert get_mask(net[0]) is None
 
@@ -345,7 +345,7 @@ def test_load_batches_from_files(tmp_path):
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
     data = load_batches("digits", batch_size=32, max_batches=2)
     assert data[0][0].shape == (32, 1, 8, 8) and data[0][1].dtype == torch.int64
-    rep = check(net, torch.zeros(1, 1, 8, 8), 0.5, criterion="taylor", data=data)
+    rep = check(net, torch.zeros(1, 1, 8, 8), ratio=0.5, criterion="taylor", data=data)
     assert rep.ok and rep.removed_units > 0
 
 

@@ -36,11 +36,11 @@ X = torch.randn(4, 6)
 
 
 def test_registered_criterion_works_in_prune_check_sparsify_and_gradual():
-    plan, _ = plan_prune(mlp(), X, 0.5, "toy_cube")
+    plan, _ = plan_prune(mlp(), X, ratio=0.5, criterion="toy_cube")
     assert plan.meta["criterion"] == "toy_cube"
-    assert check(mlp(), X, 0.5, "toy_cube").ok
+    assert check(mlp(), X, ratio=0.5, criterion="toy_cube").ok
     pruned = mlp()
-    res = prune(pruned, X, 0.5, "toy_cube")
+    res = prune(pruned, X, ratio=0.5, criterion="toy_cube")
     assert pruned[0].out_features == 6 and res.removed_units == 10
 
     sp = mlp()
@@ -66,7 +66,7 @@ def test_registered_criterion_works_in_prune_check_sparsify_and_gradual():
 
 def test_structured_toy_scores_pick_the_lowest_units():
     net = mlp()
-    plan, report = plan_prune(net, X, 0.5, "toy_cube")
+    plan, report = plan_prune(net, X, ratio=0.5, criterion="toy_cube")
     ctx = ScoreContext.of(net, X)
     for g in report.prunable_groups:
         s = ToyCube()(g, ctx)
@@ -86,7 +86,7 @@ def test_l1_and_magnitude_are_one_criterion_in_both_worlds():
             return {n: ctx.tensors[n].detach().abs() for n in names}
 
     net = mlp()
-    for g in plan_prune(net, X, 0.5)[1].prunable_groups:
+    for g in plan_prune(net, X, ratio=0.5)[1].prunable_groups:
         ctx = ScoreContext.of(net, X)
         assert torch.allclose(get_criterion("magnitude")(g, ctx), Abs()(g, ctx))
 
@@ -103,7 +103,7 @@ def test_index_criteria_and_sparsegpt_say_where_they_apply():
     with pytest.raises(ConfigError, match=r"'fpgm' scores whole channels.*prunekit.prune"):
         sparsify(mlp(), 0.5, criterion="fpgm")
     with pytest.raises(ConfigError, match=r"'sparsegpt' is a method.*prunekit.sparsify"):
-        plan_prune(mlp(), X, 0.5, "sparsegpt")
+        plan_prune(mlp(), X, ratio=0.5, criterion="sparsegpt")
     with pytest.raises(ConfigError, match=r"'sparsegpt' makes its own masks.*no schedule"):
         UnstructuredMasks(mlp(), criterion="sparsegpt", data=[X])
 
@@ -134,7 +134,7 @@ def test_bad_group_scores_raise_naming_the_criterion(bad, message):
     net = mlp()
     before = [p.clone() for p in net.parameters()]
     with pytest.raises(ConfigError, match=message):
-        prune(net, X, 0.5, "bad")
+        prune(net, X, ratio=0.5, criterion="bad")
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
@@ -218,7 +218,7 @@ Y = torch.tensor([0, 1, 0, 1])
 )
 def test_autograd_failures_are_one_prune_error_line(net, x, criterion, loss_fn, message):
     with pytest.raises(PruneError, match=message) as info:
-        prune(net, x, 0.5, criterion, data=[(x, Y)], loss_fn=loss_fn)
+        prune(net, x, ratio=0.5, criterion=criterion, data=[(x, Y)], loss_fn=loss_fn)
     assert "\n" not in str(info.value)
     with pytest.raises(PruneError, match=message):
         sparsify(net, 0.5, criterion=criterion, data=[(x, Y)], loss_fn=loss_fn)

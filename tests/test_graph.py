@@ -184,7 +184,7 @@ def test_functional_depthwise_conv_with_a_number_for_groups_is_pinned_not_broken
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), Blur(16), nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
     )
-    rep = check(model, torch.randn(1, 3, 16, 16), 0.5)
+    rep = check(model, torch.randn(1, 3, 16, 16), ratio=0.5)
     reasons = " ".join(r for p in rep.pinned for r in p["reasons"])
     assert rep.ok and "functional depthwise conv (groups=16" in reasons
     assert rep.macs_ratio < 0.9  # the 8 channels between the last two convs are still cut
@@ -208,4 +208,4 @@ def test_reading_a_parameters_shape_gives_its_kernel_dims_no_slots():
     x = torch.randn(1, 3, 15, 15)
     rep = build_groups(model, x)
     assert {m.dim for g in rep.groups for m in g.members if m.name.endswith("weight")} == {0, 1}
-    assert check(model, x, 0.5).ok
+    assert check(model, x, ratio=0.5).ok

@@ -104,7 +104,7 @@ def test_need_weights_and_kdim_pin_the_heads():
 def test_failed_apply_restores_the_multihead_attention_class():
     model = randomize(MHABlock()).eval()
     x = torch.randn(2, 5, 16)
-    plan, _ = ps.plan_prune(model, x, 0.5)
+    plan, _ = ps.plan_prune(model, x, ratio=0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ApplyError):
         ps.apply(model, plan, torch.randn(2, 5, 7))  # wrong input width: the verification forward fails
@@ -139,7 +139,7 @@ def test_view_sized_by_num_heads_keeps_working_after_the_cut():
 def test_pruned_multihead_attention_checkpoint_round_trip(tmp_path):
     model = mha_block_factory().eval()
     x = torch.randn(2, 5, 16)
-    res = ps.prune(model, x, 0.5, measure=False)
+    res = ps.prune(model, x, ratio=0.5, measure=False)
     save(model, tmp_path / "ck", spec="test_heads:mha_block_factory", plan=res.plan)
     back = load(tmp_path / "ck", trust_code=True)
     assert type(back.att) is PrunedMultiheadAttention and back.att.num_heads == 2

@@ -136,3 +136,32 @@ def test_errors_leave_model_untouched() -> None:
     with pytest.raises(ApplyError):  # removing the first Linear changes the shapes: rolled back
         remove_blocks(net, ["1", "0"], x)
     assert not any(isinstance(m, SkipBlock) for m in net.modules())
+
+
+def test_hf_layers_are_deleted_reindexed_config_follows_and_checkpoint_replays(tmp_path):
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    from prunekit.deploy.checkpoint import load, save
+    from prunekit.models.spec import load_model
+
+    cfg = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 100,
+           "architectures": ["Qwen2ForCausalLM"]}  # fmt: skip
+    spec = "hf:" + json.dumps(cfg)
+    model = load_model(spec)
+    assert isinstance(model, transformers.Qwen2ForCausalLM)
+    x = {"input_ids": torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))}
+    res = prune_layers(model, x, n=2)
+    assert len(res.removed) == 2 and not any(isinstance(m, SkipBlock) for m in model.modules())
+    assert model.config.num_hidden_layers == 2 and len(model.model.layers) == 2
+    assert len(model.config.layer_types) == 2
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+    assert all(k.startswith(("model.layers.0.", "model.layers.1.")) or ".layers." not in k
+               for k in model.state_dict())  # fmt: skip
+    out = model.generate(x["input_ids"][:1], max_new_tokens=3, do_sample=False)  # the cache has 2 layers
+    assert out.shape == (1, 10)
+    save(model, tmp_path / "ck", spec=spec)
+    back = load(tmp_path / "ck")
+    assert back.config.num_hidden_layers == 2
+    assert torch.equal(back(**x).logits, model(**x).logits)

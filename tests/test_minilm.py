@@ -66,3 +66,28 @@ def test_minilm_activation_global_pruning_and_layer_distillation():
     distill(student, dense, texts[:96], steps=6, batch_size=16, lr=2e-4, layers=True)
     after = fidelity(dense_emb, student.embed(sents))
     assert after.cosine_mean > before.cosine_mean and after.spearman > before.spearman
+
+
+def test_minilm_ffn_and_layers_pruned_save_as_sentence_transformers_and_reload_stock(tmp_path):
+    from prunekit.deploy.pretrained import save_sentence_transformer, stock_outputs
+    from prunekit.errors import ExportError
+    from prunekit.structured.layers import prune_layers
+
+    torch.set_num_threads(1)
+    sents = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()][:8]
+    emb = load_minilm()
+    x = emb.tokenize(sents[:4])
+    heads = [f"encoder.encoder.layer.{i}.attention" for i in range(6)]
+    ps.prune(emb, x, 0.5, ignore=[*heads, "encoder.pooler"], measure=False)
+    prune_layers(emb, x, n=2)
+    assert (emb.encoder.config.intermediate_size, emb.encoder.config.num_hidden_layers) == (768, 4)
+    saved = save_sentence_transformer(emb, tmp_path / "st", sentences=sents)
+    assert saved.config["num_hidden_layers"] == 4 and saved.max_abs_diff < 1e-6
+    out = stock_outputs(tmp_path / "st", sents)  # SentenceTransformer(dir).encode, no prunekit import
+    assert int(out["prunekit_imported"]) == 0
+    assert float((out["output"] - emb.embed(sents)).abs().max()) < 1e-5
+    # pruned heads: BERT sizes a head as hidden / heads, so no stock config states them; nothing is written
+    ps.prune(emb, x, 0.5, ignore=["encoder.pooler"], measure=False)
+    with pytest.raises(ExportError, match="sizes a head as hidden_size / num_attention_heads"):
+        save_sentence_transformer(emb, tmp_path / "heads", sentences=sents)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st"]

@@ -121,7 +121,7 @@ def test_gradual_iterative_unstructured_and_layers_recipes() -> None:
     res = run_recipe(recipe_from_dict(rec), net, X, train_data=TRAIN)
     assert len(res.result["steps"]) == 2 and len(res.finetune) == 2 and net[0].out_channels == 4
     net = _net()
-    res = run_recipe(recipe_from_dict({"method": "unstructured", "ratio": 0.8}), net, X)
+    res = run_recipe(recipe_from_dict({"method": "unstructured", "sparsity": 0.8}), net, X)
     assert res.result["sparsity"] == pytest.approx(0.8, abs=1e-3)
 
     class Res(nn.Module):

@@ -79,10 +79,10 @@ def test_detector_final_boxes_are_exact_once_near_ties_are_replayed():
 
     torch.manual_seed(0)
     model, x = randomize(load_model("torchvision:ssdlite320_mobilenet_v3_large")), torch.rand(1, 3, 96, 96)
-    rep = check(model, x, 0.5)
+    rep = check(model, x, ratio=0.5)
     assert rep.ok and rep.shapes_equal and rep.replayed and rep.to_dict()["replayed"] == rep.replayed
     assert {r.split(" (")[0] for r in rep.replayed} <= {"Tensor.topk", "Tensor.sort", "nms"}
-    plan, _ = plan_prune(model, x, 0.5)
+    plan, _ = plan_prune(model, x, ratio=0.5)
     pruned = copy.deepcopy(model)
     apply(pruned, plan, x)
     plain = compare(run_outputs(pruned, x), run_outputs(masked_reference(model, plan), x))

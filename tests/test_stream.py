@@ -188,3 +188,73 @@ def test_a_view_sized_by_the_width_follows_or_pins(literal: bool) -> None:
     assert model.conv.out_channels == kept and model.norm.normalized_shape == (kept,)
     assert model.hidden_dim == (None if literal else kept)
     assert model(x).shape == (2, 3)
+
+
+def test_config_carries_stream_and_checks_it() -> None:
+    cfg = pk.PruneConfig(ratio=0.25, stream=True, data=CALIB)
+    assert cfg.verify is None and pk.PruneConfig.from_dict(cfg.to_dict()) == cfg.replace(data=None)
+    with pytest.raises(ConfigError, match="stream must be"):
+        pk.PruneConfig(stream="pca")
+    with pytest.raises(ConfigError, match="does not combine with target"):
+        pk.PruneConfig(stream=True, target=pk.Target(macs=0.5))
+    with pytest.raises(ConfigError, match="verify must be"):
+        pk.PruneConfig(verify="fast")
+    by_config, by_keywords = _model(), _model()
+    res = pk.prune(by_config, _ids(), cfg)
+    assert res.plan == pk.prune(by_keywords, _ids(), ratio=0.25, stream=True, data=CALIB).plan
+    assert res.plan.meta["config"]["stream"] is True and res.approx_error is not None
+    with pytest.raises(ConfigError, match="conflicts"):
+        pk.prune(_model(), _ids(), cfg, stream="random")
+
+
+def test_verify_approximate_of_an_exact_plan_measures_the_error() -> None:
+    res = pk.prune(_model(), _ids(), ratio=0.25, verify="approximate")
+    assert res.plan.approximate == [] and 0 < res.approx_error < 10  # the MLP cut, against the original
+    shapes = pk.prune(_model(), _ids(), ratio=0.25, stream=True, data=CALIB, verify="shapes")
+    assert shapes.approx_error is None
+
+
+def test_a_plan_whose_normalized_shape_disagrees_with_the_cut_is_refused() -> None:
+    from prunekit.errors import PlanError
+
+    x = _ids()
+    plan, _ = pk.plan_prune(_model(), x, ratio=0.25, stream=True, data=CALIB)
+    assert plan.attrs["norm"]["normalized_shape"] == [[C], [C - 8]]
+    for wrong in ([[C], [C - 9]], [C, C - 8]):
+        bad = Plan.from_dict(plan.to_dict())
+        bad.attrs["norm"]["normalized_shape"] = wrong
+        model = _model()
+        with pytest.raises(PlanError, match=r"norm\.normalized_shape"):
+            apply(model, bad, x)
+        assert model.norm.normalized_shape == (C,)
+
+
+def stream_model() -> nn.Module:
+    """The CLI's model factory: a patch embedding sized by ``self.hidden_dim``."""
+    torch.manual_seed(0)
+    return Patches(literal=False).eval()
+
+
+def stream_calib() -> list[torch.Tensor]:
+    """The CLI's calibration batches."""
+    return [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))]
+
+
+def test_cli_prune_stream(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    args = ["prune", f"{__name__}:stream_model", "--input-shape", "2,3,8,8", "--ratio", "0.25"]
+    args += ["--data", f"{__name__}:stream_calib"]
+    reports = {}
+    for flags in ([], ["--stream"]):
+        out = tmp_path / f"ck{len(flags)}"
+        res = CliRunner().invoke(app, [*args, *flags, "--out", str(out), "--json", str(out) + ".json"])
+        assert res.exit_code == 0, res.output
+        reports[len(flags)] = json.loads((tmp_path / f"ck{len(flags)}.json").read_text())
+    assert reports[0]["approx_error"] is None and "approximate" not in reports[0]["plan"]["meta"]
+    assert reports[1]["approx_error"] > 0 and reports[1]["plan"]["meta"]["approximate"]
+    assert reports[1]["plan"]["attrs"]["norm"]["normalized_shape"] == [[C], [C - 8]]

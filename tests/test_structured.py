@@ -331,7 +331,7 @@ def test_hand_written_linear_x_at_weight_t_prunes_like_linear():
     x = torch.randn(3, 6)
     rep = assert_exact(randomize(copy.deepcopy(model)), x, 0.5)
     assert sorted(g.width for g in rep.plan.groups) == [12, 16]
-    prune(model, x, 0.5, measure=False)
+    prune(model, x, ratio=0.5, measure=False)
     assert [(m.in_features, m.out_features) for m in model[::2]] == [(6, 8), (8, 6), (6, 4)]
 
 
@@ -367,7 +367,7 @@ def test_outputs_sized_by_the_data_may_change_size_with_the_cut():
     # model, so apply's verification does not report "output shapes changed"
     torch.manual_seed(0)
     model, x = randomize(PostProcessed()), torch.randn(2, 3, 12, 12)
-    res = prune(model, x, 0.5, measure=False)
+    res = prune(model, x, ratio=0.5, measure=False)
     assert res.plan.output_shapes == [None] * 3  # once sizes follow values, no output size is checked
     assert Plan.from_dict(json.loads(json.dumps(res.plan.to_dict()))).output_shapes == [None] * 3
     assert model.body[0].out_channels == 8 and model(x)[0].shape == (2, 256)
@@ -376,13 +376,13 @@ def test_outputs_sized_by_the_data_may_change_size_with_the_cut():
 def test_check_compares_at_a_submodule_and_names_bad_ones():
     torch.manual_seed(0)
     model, x = randomize(PostProcessed()), torch.randn(2, 3, 12, 12)
-    rep = check(model, x, 0.5, compare_at="head")
+    rep = check(model, x, ratio=0.5, compare_at="head")
     assert rep.ok and rep.compared_at == "head" and rep.to_dict()["compared_at"] == "head"
     with pytest.raises(ConfigError, match="no submodule 'neck'"):
-        check(model, x, 0.5, compare_at="neck")
+        check(model, x, ratio=0.5, compare_at="neck")
     model.spare = nn.Linear(2, 2)  # registered, never called by forward
     with pytest.raises(ConfigError, match="was not called"):
-        check(model, x, 0.5, compare_at="spare")
+        check(model, x, ratio=0.5, compare_at="spare")
 
 
 def test_torchvision_detector_prunes_and_its_head_is_exact():
@@ -395,7 +395,7 @@ def test_torchvision_detector_prunes_and_its_head_is_exact():
     model, x = randomize(load_model("torchvision:ssdlite320_mobilenet_v3_large")), torch.rand(1, 3, 96, 96)
     rep = assert_exact(model, x, 0.5, compare_at="head")
     assert rep.macs_ratio < 0.5 and all(s is None for s in rep.plan.output_shapes)
-    prune(model, x, 0.5, measure=False)
+    prune(model, x, ratio=0.5, measure=False)
     assert set(model(x)[0]) == {"boxes", "scores", "labels"}
 
 
@@ -439,7 +439,7 @@ def test_rnn_hidden_units_are_removed_exactly(cell, kw):
     rep = assert_exact(model, x, 0.5)
     assert sorted(g.width for g in rep.plan.groups) == [12, 16]
     macs = count_macs(model, x)
-    prune(model, x, 0.5, measure=False)
+    prune(model, x, ratio=0.5, measure=False)
     assert (model.rnn.input_size, model.rnn.hidden_size) == (6, 8)
     assert model.fc.in_features == 8 * (2 if kw else 1) and model(x).shape == (2, 3)
     assert count_macs(model, x) < macs / 3
@@ -484,7 +484,7 @@ def test_failed_apply_on_an_rnn_leaves_it_computing_as_before(monkeypatch):
 
     monkeypatch.setattr(apply_mod, "_verify", broken)
     with pytest.raises(ApplyError, match="injected"):
-        prune(model, x, 0.5, measure=False)
+        prune(model, x, ratio=0.5, measure=False)
     with torch.no_grad():
         assert torch.equal(model(x), before) and model.rnn.hidden_size == 16
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import prunekit.graph.rules_shape as rules_shape
 from prunekit.cli import app
 from prunekit.errors import ApplyError, ConfigError
-from prunekit.structured import api, apply, check, plan_prune, prune
+from prunekit.structured import apply, check, pipeline, plan_prune, prune
 from prunekit.structured.consistency import mismatches
 from prunekit.structured.oracle import compare, masked_reference, run_outputs
 
@@ -165,8 +165,8 @@ def test_prune_rejects_an_unknown_verify() -> None:
 
 def test_cli_prune_no_verify(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    real = api.reference_outputs
-    monkeypatch.setattr(api, "reference_outputs", lambda *a, **k: seen.append(1) or real(*a, **k))
+    real = pipeline.reference_outputs
+    monkeypatch.setattr(pipeline, "reference_outputs", lambda *a, **k: seen.append(1) or real(*a, **k))
     for flags in ([], ["--no-verify"]):
         out = tmp_path / f"ck{len(flags)}"
         res = CliRunner().invoke(app, ["prune", TINY, "--input-shape", SHAPE, "--out", str(out), *flags])

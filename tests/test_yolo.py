@@ -5,6 +5,8 @@ Models are built from yaml (random weights) and run at small image sizes; data i
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +84,7 @@ def test_every_head_prunes_exactly_and_keeps_its_outputs(cfg):
     model = load_yolo(cfg)
     x = example_inputs(model, IMGSZ)
     shapes, widths = _shapes(model, x), _head_widths(model)
-    rep = check_yolo(model, 0.5, imgsz=IMGSZ)
+    rep = check_yolo(model, ratio=0.5, imgsz=IMGSZ)
     assert rep.ok and rep.shapes_equal and rep.rule_errors == []
     assert rep.max_abs_err <= 1e-4 * max(1.0, rep.tolerance)
     assert 0.2 < rep.macs_ratio < 0.35  # about (1 - 0.5)^2 of the convolutions' MACs
@@ -97,9 +99,9 @@ def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
     model = load_yolo("yolo11n.yaml")
     attn = model.model[10].m[0].attn
     widths = [p.shape for p in attn.parameters()]
-    rep = check_yolo(model, 0.5, imgsz=IMGSZ)
+    rep = check_yolo(model, ratio=0.5, imgsz=IMGSZ)
     assert rep.ok and "model.10.m.0.attn" in " ".join(r for p in rep.pinned for r in p["reasons"])
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, trainable=False)
     assert [p.shape for p in attn.parameters()] == widths and attn.num_heads == 2
     assert res.params_after < 0.35 * res.params_before
 
@@ -111,21 +113,21 @@ def test_rtdetr_yaml_builds_and_prunes_exactly_through_its_query_selection():
     assert type(model).__name__ == "RTDETRDetectionModel"
     x = example_inputs(model, IMGSZ)
     shapes = _shapes(model, x)
-    rep = check_yolo(model, 0.5, imgsz=IMGSZ)
+    rep = check_yolo(model, ratio=0.5, imgsz=IMGSZ)
     assert rep.ok and rep.shapes_equal and rep.rule_errors == [] and rep.macs_ratio < 0.8
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, trainable=False)
     assert res.params_after < 0.7 * res.params_before and _shapes(model, x) == shapes
 
 
 def test_classify_and_yolov8s_prune_exactly():
     for cfg, imgsz in (("yolov8n-cls.yaml", 64), ("yolov8s.yaml", 64)):
-        rep = check_yolo(load_yolo(cfg), 0.3, imgsz=imgsz)
+        rep = check_yolo(load_yolo(cfg), ratio=0.3, imgsz=imgsz)
         assert rep.ok and rep.shapes_equal and rep.params_ratio < 0.8, cfg
 
 
 def test_c2f_hidden_width_follows_the_plan():
     model = load_yolo("yolov8n.yaml")
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ)
     c2f = model.model[2]
     assert res.plan.attrs["model.2"]["c"] == [16, 8] and c2f.c == 8 == c2f.cv1.conv.out_channels // 2
     x = torch.rand(1, 16, 16, 16)[:, : c2f.cv1.conv.in_channels]
@@ -136,7 +138,7 @@ def test_pruned_checkpoint_round_trips_through_ultralytics(tmp_path, digits):
     from PIL import Image
 
     model = _digits_model()
-    res = prune_yolo(model, 0.3, imgsz=IMGSZ)
+    res = prune_yolo(model, ratio=0.3, imgsz=IMGSZ)
     path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
     yolo = ultralytics.YOLO(str(path))
     n_params = sum(p.numel() for p in yolo.model.parameters())
@@ -165,7 +167,7 @@ def test_yolo11_checkpoint_predicts_vals_and_exports(tmp_path, digits):
 
     torch.manual_seed(0)
     model = DetectionModel("yolo11n.yaml", nc=10, verbose=False).eval()
-    prune_yolo(model, 0.5, imgsz=IMGSZ)
+    prune_yolo(model, ratio=0.5, imgsz=IMGSZ)
     yolo = ultralytics.YOLO(str(save_yolo(model, tmp_path / "y11.pt", half=True)))
     assert next(yolo.model.parameters()).dtype == torch.float32  # ultralytics loads fp16 files as fp32
     pred = yolo.predict(np.zeros((IMGSZ, IMGSZ, 3), np.uint8), imgsz=IMGSZ, verbose=False, save=False)
@@ -186,7 +188,7 @@ def test_ultralytics_trainer_keeps_the_pruned_architecture(tmp_path, digits):
     feature distillation): the trained best.pt keeps exactly the pruned shapes."""
     model = _digits_model()
     dense = save_yolo(model, tmp_path / "dense.pt")
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, trainable=False)
     path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
     args = dict(data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False)
     with pytest.raises(ConfigError, match=r"existing ultralytics \.pt"):
@@ -209,7 +211,7 @@ def test_yaml_prune_keeps_whole_what_a_layer_derives_or_its_build_forward_reject
     from prunekit.models.yolo_yaml import shape_mismatches
 
     model = load_yolo(cfg)
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ)
     assert shape_mismatches(model, model.yaml) == []  # the stock trainer rebuilds exactly this model
     assert res.macs_ratio < 0.9 and res.plan.meta["ultralytics"]["kept_for_yaml"]
 
@@ -218,7 +220,7 @@ def test_stock_ultralytics_train_rebuilds_the_pruned_model(tmp_path, digits):
     """``YOLO("pruned.pt").train(data=...)`` with no prunekit trainer: the yaml in the checkpoint states the
     pruned widths, so ultralytics' own get_model builds the pruned network and loads every tensor."""
     model = _digits_model()
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ)
     assert res.params_ratio < 0.6 and model.yaml["width_multiple"] == 1.0
     path = save_yolo(model, tmp_path / "pruned.pt", plans=res.plan)
     args = dict(data=str(digits), imgsz=IMGSZ, batch=4, workers=0, plots=False, device="cpu", verbose=False)
@@ -238,7 +240,7 @@ def test_freely_pruned_model_refuses_stock_train_loudly(tmp_path, digits):
     from prunekit.models.yolo_yaml import NOT_IN_YAML
 
     model = _digits_model()
-    res = prune_yolo(model, 0.5, imgsz=IMGSZ, trainable=False)
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, trainable=False)
     path = save_yolo(model, tmp_path / "free.pt", plans=res.plan)
     yolo = ultralytics.YOLO(str(path))
     x = example_inputs(model, IMGSZ)
@@ -250,7 +252,7 @@ def test_freely_pruned_model_refuses_stock_train_loudly(tmp_path, digits):
 def test_prunekit_checkpoint_via_ultralytics_spec(tmp_path):
     model = load_model("ultralytics:yolov8n.yaml")
     assert example_inputs_for("ultralytics:yolov8n.yaml").shape == (1, 3, 640, 640)
-    res = prune_yolo(model, 0.3, imgsz=IMGSZ)
+    res = prune_yolo(model, ratio=0.3, imgsz=IMGSZ)
     pk_save(model, tmp_path / "ckpt", spec="ultralytics:yolov8n.yaml", plan=res.plan)
     loaded = pk_load(tmp_path / "ckpt")
     x = example_inputs(model, IMGSZ)
@@ -267,7 +269,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         load_model("ultralytics:yolov8n.onnx")
     model = load_yolo("yolov8n.yaml")
     with pytest.raises(ConfigError, match="multiple of 32"):
-        prune_yolo(model, 0.3, imgsz=50)
+        prune_yolo(model, ratio=0.3, imgsz=50)
     with pytest.raises(ConfigError, match=r"end in \.pt"):
         save_yolo(model, tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())
@@ -292,6 +294,85 @@ def test_cli_yolo_prune_and_check(tmp_path):
     checked = tmp_path / "check.json"
     result = runner.invoke(app, ["yolo", "check", "yolo11n.yaml", "--imgsz", "64", "--json", str(checked)])
     assert result.exit_code == 0 and json.loads(checked.read_text())["ok"] is True
+    rows = [r[2] for part in ("backbone", "head") for r in ultralytics.YOLO(str(out)).model.yaml[part]]
+    assert "Detect" in rows and not any(r.startswith("Prunekit") for r in rows)  # the default: stock names
+    more = tmp_path / "more.pt"
+    assert runner.invoke(app, [*args, "--prunekit-modules", "--out", str(more)]).exit_code == 0
+    assert ultralytics.YOLO(str(more)).model.yaml["head"][-1][2] == "PrunekitDetect"
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "pruned.onnx")])
     assert bad.exit_code == 2 and "must name a .pt file" in bad.output
     assert not (tmp_path / "pruned.onnx").exists()
+
+
+def test_prune_yolo_takes_a_config_and_builds_its_result_like_prune(monkeypatch):
+    from _engine_helpers import built_results
+
+    import prunekit as pk
+
+    built = built_results(monkeypatch)
+    base = load_yolo("yolov8n.yaml")  # random weights: both prune copies of one model
+    by_config = prune_yolo(copy.deepcopy(base), pk.PruneConfig(ratio=0.5), imgsz=IMGSZ, trainable=False)
+    by_keywords = prune_yolo(copy.deepcopy(base), ratio=0.5, imgsz=IMGSZ, trainable=False)
+    assert [by_config.plan, by_keywords.plan] == built
+    assert (
+        by_config.plan.removals == by_keywords.plan.removals
+        and by_config.plan.attrs == by_keywords.plan.attrs
+    )
+    generic = pk.prune(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), torch.zeros(1, 4))
+    assert set(by_config.to_dict()) == set(generic.to_dict())
+    meta = by_config.plan.meta
+    assert meta["ultralytics"]["trainable"] is False and meta["config"]["ratio"] == 0.5
+    with pytest.warns(DeprecationWarning, match="positional ratio"):
+        prune_yolo(load_yolo("yolov8n.yaml"), 0.3, imgsz=IMGSZ, trainable=False)
+
+
+def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modules():
+    """Head hidden widths, C3k2 bottleneck widths: the yaml states them through Prunekit<Layer> rows, so the
+    yaml-trainable prune cuts within 10 % of the free prune's MACs; the built modules are ultralytics' own."""
+    from ultralytics.nn.modules import C3k2, Detect
+
+    from prunekit.models.yolo_yaml import rebuild, shape_mismatches
+
+    free = prune_yolo(load_yolo("yolo11n.yaml"), ratio=0.5, imgsz=IMGSZ, trainable=False)
+    model = load_yolo("yolo11n.yaml")
+    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, stock_modules=False)
+    assert res.macs_ratio <= 1.10 * free.macs_ratio
+    rows = model.yaml["backbone"] + model.yaml["head"]
+    assert rows[-1][2] == "PrunekitDetect" and rows[2][2] == "PrunekitC3k2"
+    assert shape_mismatches(model, model.yaml) == []
+    built = rebuild(model, model.yaml)
+    assert type(built.model[-1]) is Detect and type(built.model[2]) is C3k2  # stock classes get pickled
+    built.load_state_dict(model.state_dict())
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(built.eval()(x)[0], model.eval()(x)[0])  # same function, not only same shapes
+    stock = load_yolo("yolo11n.yaml")
+    prune_yolo(stock, ratio=0.5, imgsz=IMGSZ)  # the default: ultralytics' modules only
+    assert not any(r[2].startswith("Prunekit") for r in stock.yaml["backbone"] + stock.yaml["head"])
+    assert shape_mismatches(stock, stock.yaml) == []
+
+
+def test_prunekit_rows_load_without_prunekit_and_train_needs_its_names(tmp_path, digits):
+    """A checkpoint whose yaml has Prunekit<Layer> rows loads and predicts in a process that never imports
+    prunekit; train() there fails loudly on the unknown name (it never trains a dense model)."""
+    import subprocess
+    import sys
+
+    model = _digits_model()
+    prune_yolo(model, ratio=0.5, imgsz=IMGSZ, stock_modules=False)
+    assert model.yaml["head"][-1][2] == "PrunekitDetect"
+    path = save_yolo(model, tmp_path / "pruned.pt")
+    code = (
+        "import sys, torch, ultralytics\n"
+        f"y = ultralytics.YOLO({str(path)!r})\n"
+        f"y.model.eval()(torch.zeros(1, 3, {IMGSZ}, {IMGSZ}))\n"
+        "assert 'prunekit' not in sys.modules\n"
+        "try:\n"
+        f"    y.train(data={str(digits)!r}, epochs=1, imgsz={IMGSZ}, workers=0, device='cpu', plots=False,"
+        f" project={str(tmp_path)!r})\n"
+        "except KeyError as err:\n"
+        "    print('KEYERROR', err)\n"
+    )
+    env = {**__import__("os").environ, "YOLO_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "KEYERROR 'PrunekitDetect'" in proc.stdout

@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from prunekit._atomic import write_text
 from prunekit.errors import ConfigError, PruneError
+from prunekit.models.data import DATA_HELP
 
 try:  # recent typer carries its own copy of click, whose usage errors derive from TyperException
     from typer import TyperException as _UsageError
@@ -162,6 +163,13 @@ JsonOpt = Annotated[
         callback=writable,
     ),
 ]
+CalibDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data", metavar="DATA", help=f"Batches for data-driven criteria (taylor, wanda, ...): {DATA_HELP}."
+    ),
+]
+CalibBatchOpt = Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")]
 
 
 def _print_version(value: bool) -> None:

@@ -144,18 +144,36 @@ def save(
     sparse: Annotated[
         bool, typer.Option("--sparse", help="Store weights as bitmask + values + zstd (for sparse models).")
     ] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="prunekit (a checkpoint), hf (a save_pretrained directory stock transformers loads) or "
+            "sentence (a directory SentenceTransformer loads).",
+        ),
+    ] = "prunekit",
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Save MODEL as a pickle-free checkpoint directory: safetensors weights + spec + structural plans."""
+    """Save MODEL as a pickle-free checkpoint directory (safetensors weights + spec + structural plans), or,
+    with --format hf / sentence, as a directory stock transformers / sentence-transformers load."""
     from prunekit.deploy import save as save_checkpoint
+    from prunekit.deploy.pretrained import FORMATS
 
+    if fmt not in ("prunekit", *FORMATS):
+        raise ConfigError(f"--format is prunekit, {', '.join(FORMATS)}; got {fmt!r}")
+    if sparse and fmt != "prunekit":
+        raise ConfigError("--sparse is for prunekit checkpoints; stock directories store dense weights")
     loaded = load_cli_model(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
     )
+    if fmt != "prunekit":
+        _save_stock(loaded, out, fmt, json_path)
+        return
     if loaded.spec is None:
         raise ConfigError(
             "a pickled module has no spec to rebuild it from; save its state_dict and pass --arch"
@@ -170,6 +188,21 @@ def save(
     )
     write_json(json_path, saved.to_dict())
     console.print(f"wrote {out}: {saved.weights_bytes:,} bytes of weights, {saved.params:,} parameters")
+
+
+def _save_stock(loaded: Any, out: Path, fmt: str, json_path: Path | None) -> None:
+    from prunekit.deploy.pretrained import save_pretrained, save_sentence_transformer
+
+    if fmt == "hf":
+        saved = save_pretrained(loaded.model, out, example_inputs=loaded.example)
+    else:
+        saved = save_sentence_transformer(loaded.model, out)
+    write_json(json_path, saved.to_dict())
+    fields = ", ".join(f"{k}={v}" for k, v in saved.config.items())
+    console.print(
+        f"wrote {out} ({fmt}: {saved.model_class}, {fields}); reloaded by stock tools, "
+        f"max |diff| {saved.max_abs_diff:.2g}"
+    )
 
 
 @app.command()

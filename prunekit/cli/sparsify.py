@@ -10,6 +10,8 @@ import typer
 from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
     ArchOpt,
+    CalibBatchOpt,
+    CalibDataOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
@@ -24,7 +26,7 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
-from prunekit.models.data import DATA_HELP, load_batches
+from prunekit.models.data import load_batches
 
 
 @app.command()
@@ -60,13 +62,8 @@ def sparsify(
             "--criterion", help="magnitude, random, or with --data: taylor, hessian, wanda, sparsegpt."
         ),
     ] = "magnitude",
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", metavar="DATA", help=f"Calibration batches for data-driven criteria: {DATA_HELP}."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
+    data: CalibDataOpt = None,
+    batch_size: CalibBatchOpt = 32,
     include: Annotated[
         list[str] | None, typer.Option("--include", metavar="NAME", help="Only these layers (repeatable).")
     ] = None,
@@ -92,29 +89,27 @@ def sparsify(
     3-channel first conv) stay dense and are listed, unless --strict. The table's sparsities are over
     prunable weights (Linear / Conv), the summary's over the layers that were sparsified.
     """
+    from prunekit.config import SparsifyConfig
     from prunekit.report.tables import format_bytes
     from prunekit.sparse import remove_masks, sparsity_report
     from prunekit.sparse import sparsify as sparsify_model
     from prunekit.sparse.storage import save_sparse
 
     batches = load_batches(data, batch_size) if data is not None else None
+    config = SparsifyConfig(
+        sparsity, pattern, criterion, scope, tuple(include) if include else None, tuple(exclude or ()), seed,
+        data=batches, strict=strict,
+    )  # fmt: skip
     loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, needs_example=False,
+        model,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        input_shape=input_shape,
+        needs_example=False,
         trust_code=trust_code,
     )
     net = loaded.model
-    result = sparsify_model(
-        net,
-        sparsity,
-        pattern=pattern,
-        criterion=criterion,
-        scope=scope,
-        include=include or None,
-        exclude=exclude or None,
-        seed=seed,
-        data=batches,
-        strict=strict,
-    )
+    result = sparsify_model(net, config)
     report = sparsity_report(net)
     remove_masks(net)
     if out.suffix == ".pksparse":

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from prunekit.cli._common import (
     ArchOpt,
+    CalibBatchOpt,
+    CalibDataOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
@@ -22,14 +24,21 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
+from prunekit.config import PruneConfig
 from prunekit.errors import ConfigError
-from prunekit.models.data import DATA_HELP, load_batches
+from prunekit.models.data import load_batches
 
 RatioOpt = Annotated[
     float, typer.Option("--ratio", help="Fraction of each group's channels to remove, in [0, 1).")
 ]
 CriterionOpt = Annotated[str, typer.Option("--criterion", help="Importance criterion: l1, l2, ...")]
-ScopeOpt = Annotated[str, typer.Option("--scope", help="local (per group) or global (ranked together).")]
+ScopeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scope",
+        help="local (per group) or global (ranked together); default: local, global with --target-*.",
+    ),
+]
 IgnoreOpt = Annotated[
     list[str] | None,
     typer.Option("--ignore", metavar="NAME", help="Module whose channels stay (repeatable)."),
@@ -40,6 +49,22 @@ RoundToOpt = Annotated[
 MaxRatioOpt = Annotated[
     float, typer.Option("--max-ratio", help="Never remove more than this fraction of any group.")
 ]
+
+
+def prune_config(
+    ratio: float,
+    criterion: str,
+    scope: str | None,
+    ignore: list[str] | None,
+    round_to: int | None,
+    max_ratio: float,
+    **more: Any,
+) -> PruneConfig:
+    """The :class:`prunekit.PruneConfig` of the shared structural options (``more``: target, data)."""
+    return PruneConfig(
+        ratio=ratio, criterion=criterion, scope=scope, ignore=tuple(ignore or ()), round_to=round_to,
+        max_ratio=max_ratio, **more,
+    )  # fmt: skip
 
 
 @app.command()
@@ -58,13 +83,7 @@ def prune(
     ],
     ratio: RatioOpt = 0.5,
     criterion: CriterionOpt = "l2",
-    scope: Annotated[
-        str | None,
-        typer.Option(
-            "--scope",
-            help="local (per group) or global (ranked together); default: local, global with --target-*.",
-        ),
-    ] = None,
+    scope: ScopeOpt = None,
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
@@ -77,13 +96,8 @@ def prune(
     target_latency_ms: Annotated[
         float | None, typer.Option("--target-latency-ms", help="Prune until latency (this CPU) is below.")
     ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", metavar="DATA", help=f"Batches for data-driven criteria (taylor, ...): {DATA_HELP}."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for file --data.")] = 32,
+    data: CalibDataOpt = None,
+    batch_size: CalibBatchOpt = 32,
     recipe: Annotated[
         Path | None,
         typer.Option(
@@ -105,6 +119,14 @@ def prune(
             help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
         ),
     ] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Also cut LayerNorm/RMSNorm-ed residual streams (approximate: ranked on --data, the output "
+            "error against MODEL is reported).",
+        ),
+    ] = False,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -113,18 +135,21 @@ def prune(
     fine-tuning.
     """
     from prunekit.models.spec import file_format_for
+    from prunekit.structured.target import target_from_options
 
+    target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
+    verify = "shapes" if no_verify else None
+    config = prune_config(
+        ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify, stream=stream
+    )
     file_format = file_format_for(model, out) if recipe is None and data is None else None
     if file_format is not None:
-        if (target_macs, target_params, target_latency_ms) != (None, None, None):
+        if target is not None:
             raise ConfigError(
                 f"--target-* is not supported when writing {file_format.name}; use --ratio, or --out DIR "
                 "for a prunekit checkpoint"
             )
-        result = file_format.prune(
-            model, out, ratio=ratio, criterion=criterion, scope=scope or "local", ignore=ignore or None,
-            round_to=round_to, max_ratio=max_ratio,
-        )  # fmt: skip
+        result = file_format.prune(model, out, config)
         write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
         console.print(before_after_table(f"prunekit prune {model}", result))
         console.print(f"wrote {out} ({file_format.name})")
@@ -132,9 +157,7 @@ def prune(
     from prunekit.deploy import save
     from prunekit.recipe import load_recipe, run_recipe
     from prunekit.structured import prune as prune_model
-    from prunekit.structured.target import target_from_options
 
-    target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
     loaded = load_cli_model(
@@ -144,19 +167,7 @@ def prune(
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
     else:
-        result = prune_model(
-            loaded.model,
-            loaded.example,
-            ratio=ratio,
-            criterion=criterion,
-            scope=scope,
-            ignore=ignore or None,
-            round_to=round_to,
-            max_ratio=max_ratio,
-            target=target,
-            data=batches,
-            verify="shapes" if no_verify else "exact",
-        )
+        result = prune_model(loaded.model, loaded.example, config.replace(data=batches))
         plans, report = [result.plan], result.to_dict()
     saved = save(
         loaded.model,
@@ -172,6 +183,10 @@ def prune(
         )
         return
     console.print(before_after_table(f"prunekit prune {model}", result))
+    if result.approx_error is not None:
+        console.print(
+            f"approximate cut ({'; '.join(result.plan.approximate)}): rel. error {result.approx_error:.3g}"
+        )
     console.print(
         f"removed {result.removed_units:,} channels in {result.n_pruned_groups} of {result.n_groups} groups; "
         f"wrote {out} (reload with `prunekit load {out}`)"
@@ -183,7 +198,7 @@ def check(
     model: ModelArg,
     ratio: RatioOpt = 0.5,
     criterion: CriterionOpt = "l2",
-    scope: ScopeOpt = "local",
+    scope: ScopeOpt = None,
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
@@ -207,20 +222,11 @@ def check(
     """
     from prunekit.structured import check as check_model
 
+    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
     loaded = load_cli_model(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
     )
-    report = check_model(
-        loaded.model,
-        loaded.example,
-        ratio=ratio,
-        criterion=criterion,
-        scope=scope,
-        ignore=ignore or None,
-        round_to=round_to,
-        max_ratio=max_ratio,
-        compare_at=compare_at,
-    )
+    report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
     write_json(json_path, report.to_dict())
     if report.pinned:
         pinned = Table(title="pinned groups (never pruned)")

@@ -4,6 +4,7 @@ prunekit yolo check yolov8n.yaml --ratio 0.5 --imgsz 320
 prunekit yolo prune yolov8n.pt --ratio 0.3 --out pruned.pt      # YOLO("pruned.pt"): val/predict/export/train
 prunekit yolo prune yolov8n.pt --ratio 0.3 --free --out p.pt    # more pruning; stock `yolo train` refuses it
 prunekit yolo finetune pruned.pt --data data.yaml --epochs 10   # ultralytics' trainer, pruned arch kept
+prunekit yolo scenes DIR --train 2000 --val 400 --imgsz 320     # the offline digits-on-photos benchmark
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._common import JsonOpt, app, before_after_table, console, writable, write_json
-from prunekit.cli.structured import CriterionOpt, IgnoreOpt, MaxRatioOpt, RatioOpt, RoundToOpt, ScopeOpt
+from prunekit.cli.structured import (
+    CriterionOpt,
+    IgnoreOpt,
+    MaxRatioOpt,
+    RatioOpt,
+    RoundToOpt,
+    ScopeOpt,
+    prune_config,
+)
 
 yolo_app = typer.Typer(
     help="Ultralytics YOLO: prune exactly, save for YOLO(), fine-tune keeping the pruned arch."
@@ -47,7 +56,7 @@ def prune(
     ratio: RatioOpt = 0.3,
     imgsz: ImgszOpt = 320,
     criterion: CriterionOpt = "l2",
-    scope: ScopeOpt = "local",
+    scope: ScopeOpt = None,
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
@@ -62,18 +71,30 @@ def prune(
             "the checkpoint and `prunekit yolo finetune` trains it.",
         ),
     ] = False,
+    stock_modules: Annotated[
+        bool,
+        typer.Option(
+            "--stock-modules/--prunekit-modules",
+            help="--stock-modules: name only ultralytics' modules in model.yaml, so `yolo train` works in a "
+            "process without prunekit (derived widths: head hidden convs, SPPF, ... stay whole). "
+            "--prunekit-modules cuts those too, in Prunekit<Layer> rows that a training process must "
+            "register first (prunekit.models.yolo_modules.register()).",
+        ),
+    ] = True,
     json_path: JsonOpt = None,
 ) -> None:
     """Prune MODEL's channels (head outputs, classes, DFL bins kept); write an ultralytics checkpoint.
 
     By default the pruned widths are written into the checkpoint's model.yaml, so ultralytics' own
-    `yolo train model=pruned.pt` / `YOLO("pruned.pt").train()` rebuilds the pruned model."""
+    `YOLO("pruned.pt").train()` (and `yolo train`) rebuilds the pruned model; --prunekit-modules cuts
+    more, for training processes that register prunekit's module names."""
     from prunekit.models.ultralytics import prune_to_file
 
+    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
     result = prune_to_file(
-        model, out, imgsz=imgsz, half=half, trainable=not free, ratio=ratio, criterion=criterion,
-        scope=scope, ignore=ignore or None, round_to=round_to, max_ratio=max_ratio,
-    )  # fmt: skip
+        model, out, config, imgsz=imgsz, half=half, trainable=not free,
+        stock_modules=stock_modules,
+    )
     write_json(json_path, result.to_dict() | {"checkpoint": str(out)})
     console.print(before_after_table(f"prunekit yolo prune {model}", result))
     train = "`prunekit yolo finetune`" if free else "ultralytics' own train() or `prunekit yolo finetune`"
@@ -90,7 +111,7 @@ def check(
     """Prune a copy of MODEL, compare it with the masked reference (MODEL unchanged); exit 1 if inexact."""
     from prunekit.models.ultralytics import check_yolo, load_yolo
 
-    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio, imgsz=imgsz)
+    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio=ratio, imgsz=imgsz)
     write_json(json_path, report.to_dict())
     console.print(
         f"{'exact' if report.ok else 'NOT EXACT'}: max |err| {report.max_abs_err:.2e}, "
@@ -134,3 +155,22 @@ def finetune(
     summary = {"best": str(yolo.trainer.best), "map50_95": float(box.map) if box is not None else None}
     write_json(json_path, summary)
     console.print(f"fine-tuned: {summary['best']} (mAP50-95 {summary['map50_95']})")
+
+
+@yolo_app.command("scenes")
+def scenes(
+    out: Annotated[
+        Path,
+        typer.Argument(metavar="DIR", help="New directory for the dataset (or one holding this very set)."),
+    ],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 2000,
+    val: Annotated[int, typer.Option("--val", help="Validation images.")] = 400,
+    imgsz: Annotated[int, typer.Option("--imgsz", help="Image side (multiple of 32).")] = 320,
+    max_objects: Annotated[int, typer.Option("--max-objects", help="Most digits per image.")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write the offline detection benchmark (real digit scans on real photographs) in ultralytics' layout."""
+    from prunekit.models.yolo_scenes import make_scenes_dataset
+
+    data = make_scenes_dataset(out, n_train=train, n_val=val, imgsz=imgsz, max_objects=max_objects, seed=seed)
+    console.print(f"dataset: {data}   (yolo train data={data})")

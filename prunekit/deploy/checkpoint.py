@@ -65,7 +65,8 @@ from prunekit.sparse.storage import (
 )
 from prunekit.sparse.swap import dense_form, kernel_choices, swap_kernels
 from prunekit.structured.apply import apply
-from prunekit.structured.layers import SkipBlock
+from prunekit.structured.layer_stack import removed_layers
+from prunekit.structured.layers import SkipBlock, skip_blocks
 from prunekit.structured.plan_attrs import complete_size_attrs
 
 FORMAT = "prunekit-checkpoint"
@@ -218,17 +219,18 @@ def _apply_plans(
 
 
 def _skipped_blocks(model: nn.Module) -> dict[str, str]:
-    """Blocks removed by layer pruning (:class:`SkipBlock`), by name, with the kind they replaced."""
-    return {name: m.replaced for name, m in model.named_modules() if isinstance(m, SkipBlock)}
+    """Blocks removed by layer pruning, by name, with the kind they replaced: :class:`SkipBlock` stand-ins
+    and the layers deleted from a Hugging Face layer stack (by their original names)."""
+    skipped = {name: m.replaced for name, m in model.named_modules() if isinstance(m, SkipBlock)}
+    return removed_layers(model) | skipped
 
 
 def _skip(model: nn.Module, blocks: Mapping[str, str], built_by: str) -> None:
     modules = dict(model.named_modules())
-    for name, kind in blocks.items():
+    for name in blocks:
         if not name or name not in modules:
             raise PlanError(f"{built_by} has no block {name!r} to skip")
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, SkipBlock(kind))
+    skip_blocks(model, blocks)
 
 
 def _rebuild(

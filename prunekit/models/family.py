@@ -36,10 +36,10 @@ class FileFormat:
     """A family's own output file, written by ``prunekit prune MODEL --out NAME<suffix>``.
 
     ``accepts(spec)`` tells which MODEL specs it can be written for (not only ``PREFIX:`` ones: an
-    ultralytics ``.pt`` or model ``.yaml`` too). ``prune(spec, out, **options)`` loads the model, prunes it
-    with the ``prunekit prune`` options (``ratio``, ``criterion``, ``scope``, ``ignore``, ``round_to``,
-    ``max_ratio``), applying whatever step the format needs on the plan, writes ``out`` and returns the
-    :class:`~prunekit.structured.api.PruneResult`.
+    ultralytics ``.pt`` or model ``.yaml`` too). ``prune(spec, out, config)`` loads the model, prunes it
+    with the ``prunekit prune`` options as a :class:`prunekit.PruneConfig`, applying whatever step the format
+    needs on the plan (a plan transform, :mod:`prunekit.structured.pipeline`), writes ``out`` and returns the
+    :class:`~prunekit.structured.pipeline.PruneResult`.
     """
 
     suffix: str

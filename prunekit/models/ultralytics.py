@@ -23,7 +23,7 @@ there (:mod:`prunekit.models.yolo_yaml`), so a stock ``train()`` rebuilds the pr
 :func:`prunekit.models.yolo_train.finetune_yolo` trains any pruned model without a rebuild.
 
 >>> m = load_yolo("yolov8n.yaml")
->>> res = prune_yolo(m, 0.5, imgsz=64)
+>>> res = prune_yolo(m, ratio=0.5, imgsz=64)
 >>> res.params_after < res.params_before, type(m).__name__
 (True, 'DetectionModel')
 """
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,18 +41,21 @@ import torch
 from torch import nn
 
 from prunekit._atomic import atomic_write
+from prunekit.config import PruneConfig, resolve
 from prunekit.errors import ConfigError, ModelLoadError
-from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.models.family import Family, FileFormat, register_family
 from prunekit.models.files import unsafe_globals
+from prunekit.models.yolo_modules import register
 from prunekit.models.yolo_yaml import checkpoint_yaml, trainable_plan
 from prunekit.plan import Plan
-from prunekit.structured.api import CheckReport, PruneResult, check, plan_prune
-from prunekit.structured.apply import apply
+from prunekit.structured import pipeline
+from prunekit.structured.api import CheckReport, check
+from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: never reach the network (weights, fonts, hub)
 DEFAULT_IMGSZ = 640
+DEFAULT_RATIO = 0.3  # prune_yolo's ratio when neither a ratio, a config nor a target is given
 _ARG_TYPES = (str, int, float, bool, type(None))
 
 
@@ -62,6 +64,7 @@ def _ultralytics():
         import ultralytics
     except ImportError as err:
         raise ModelLoadError('ultralytics:NAME specs need ultralytics: pip install "prunekit[yolo]"') from err
+    register()  # the Prunekit<Layer> names a pruned checkpoint's yaml may use, for a later train()
     return ultralytics
 
 
@@ -196,11 +199,11 @@ def _c2f_attrs(model: nn.Module, plan: Plan) -> dict[str, dict[str, list[int]]]:
     return attrs
 
 
-def _ignore(detector: nn.Module, ignore: Iterable[str | nn.Module] | None) -> list[str | nn.Module]:
+def _ignore(detector: nn.Module, ignore: Iterable[str | nn.Module]) -> tuple[str | nn.Module, ...]:
     """The user's ``ignore`` plus every ultralytics ``Attention`` module (kept whole, see the module doc)."""
     from ultralytics.nn.modules.block import Attention
 
-    return [*(ignore or []), *(m for m in detector.modules() if isinstance(m, Attention))]
+    return (*ignore, *(m for m in detector.modules() if isinstance(m, Attention)))
 
 
 def _validate_common(model: nn.Module) -> None:
@@ -211,107 +214,131 @@ def _validate_common(model: nn.Module) -> None:
         )
 
 
-def prune_yolo(
-    model: Any,
-    ratio: float = 0.3,
-    *,
-    imgsz: int = 320,
-    criterion: str = "l2",
-    scope: str = "local",
-    ignore: Iterable[str | nn.Module] | None = None,
-    round_to: int | None = None,
-    max_ratio: float = 0.9,
-    trainable: bool = True,
-) -> PruneResult:
-    """Prune an ultralytics model (or the model inside a ``YOLO`` object) in place; return the PruneResult.
+class C2fAttrs:
+    """Plan transform: ``c`` of every C2f-like module, and the ultralytics facts of the plan in its meta."""
 
-    Head outputs keep their shapes (classes, DFL bins, masks, keypoints, angles); the neck and backbone are
-    pruned by :func:`prunekit.structured.plan_prune` with these arguments. ``imgsz`` is the side of the
-    traced example image (any multiple of 32; the pruned model runs at every size). A ``YOLO`` object's
-    cached predictor is dropped so the next ``predict`` uses the pruned layers.
+    def __init__(self, detector: nn.Module, imgsz: int, trainable: bool) -> None:
+        self.detector, self.imgsz, self.trainable = detector, imgsz, trainable
 
-    ``trainable=True`` keeps to widths that ``model.yaml`` can state (multiples of 8, ``round_to`` defaults
-    to 8; a few groups whose width ultralytics derives from another stay whole) and writes them into
-    ``model.yaml``, so ultralytics' stock ``train()`` rebuilds the pruned model (see
-    :mod:`prunekit.models.yolo_yaml`). ``trainable=False`` prunes freely; a stock ``train()`` then fails
-    loudly and :func:`prunekit.models.yolo_train.finetune_yolo` fine-tunes it.
-
-    >>> m = load_yolo("yolov8n.yaml")
-    >>> round(prune_yolo(m, 0.5, imgsz=64).params_ratio, 2), m.yaml["width_multiple"]
-    (0.37, 1.0)
-    >>> round(prune_yolo(load_yolo("yolov8n.yaml"), 0.5, imgsz=64, trainable=False).params_ratio, 2)
-    0.25
-    """
-    detector = _detector(model)
-    _validate_common(detector)
-    x = example_inputs(detector, imgsz)
-    view = HeadOutputs(detector)
-    t0 = time.perf_counter()
-    if trainable and round_to is None:
-        round_to = 8
-    plan, report = plan_prune(
-        view,
-        x,
-        ratio,
-        criterion=criterion,
-        scope=scope,
-        ignore=_ignore(detector, ignore),
-        round_to=round_to,
-        max_ratio=max_ratio,
-    )
-
-    def finish(model: nn.Module, plan: Plan) -> Plan:
-        for name, attrs in _c2f_attrs(model, plan).items():
+    def __call__(self, plan: Plan, scored: Scored | None = None) -> Plan:
+        for name, attrs in _c2f_attrs(self.detector, plan).items():
             plan.attrs.setdefault(name, {}).update(attrs)
-        plan.meta["ultralytics"] = {"imgsz": imgsz, "task": getattr(model, "task", None)}
+        task = getattr(self.detector, "task", None)
+        plan.meta["ultralytics"] = {"imgsz": self.imgsz, "task": task, "trainable": self.trainable}
+        plan.meta["ultralytics"].setdefault("kept_for_yaml", [])
         return plan
 
-    plan = finish(detector, plan)
-    kept: list[int] = []
-    yaml = None
-    if trainable:
+
+class YamlTrainable:
+    """Plan transform: keep whole every group whose cut ``model.yaml`` cannot state
+    (:func:`~prunekit.models.yolo_yaml.trainable_plan`); ``yaml`` is then the yaml of the plan."""
+
+    def __init__(self, detector: nn.Module, finish: C2fAttrs, stock_modules: bool = True) -> None:
+        self.detector, self.finish, self.stock_modules = detector, finish, stock_modules
+        self.yaml: dict | None = None
+
+    def __call__(self, plan: Plan, scored: Scored) -> Plan:
+        def finish(model: nn.Module, plan: Plan) -> Plan:
+            return self.finish(plan)
+
         try:
-            plan, yaml, kept = trainable_plan(detector, HeadOutputs, x, plan, report, finish)
+            plan, self.yaml, kept = trainable_plan(
+                self.detector, HeadOutputs, scored.example_inputs, plan, scored.report, finish,
+                stock_modules=self.stock_modules,
+            )
         except ValueError as err:
             raise ConfigError(
                 f"cannot state this model's pruned widths in its yaml ({err}); prune with trainable=False "
                 "(`prunekit yolo prune --free`) and fine-tune with finetune_yolo"
             ) from err
-    plan.meta["ultralytics"]["trainable"] = trainable
-    plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
-    t1 = time.perf_counter()
-    params_before, macs_before = count_params(detector).total, count_macs(view, x)
-    t2 = time.perf_counter()
-    apply(view, plan, x)
-    t3 = time.perf_counter()
-    params_after, macs_after = count_params(detector).total, count_macs(view, x)
+        plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
+        return plan
+
+
+def prune_yolo(
+    model: Any,
+    config: PruneConfig | None = None,
+    *,
+    imgsz: int = 320,
+    trainable: bool = True,
+    ratio: float | None = None,
+    criterion: str | None = None,
+    scope: str | None = None,
+    ignore: Iterable[str | nn.Module] | None = None,
+    round_to: int | None = None,
+    max_ratio: float | None = None,
+    target: Any = None,
+    data: Any = None,
+    loss_fn: Any = None,
+    stock_modules: bool = True,
+) -> PruneResult:
+    """Prune an ultralytics model (or the model inside a ``YOLO`` object) in place; return the PruneResult.
+
+    Head outputs keep their shapes (classes, DFL bins, masks, keypoints, angles); the neck and backbone are
+    pruned by :func:`prunekit.prune`'s road (:mod:`prunekit.structured.pipeline`) with the options of a
+    :class:`prunekit.PruneConfig` (``config``, or keywords; ``ratio`` defaults to 0.3 here), this module's
+    plan transforms added. ``imgsz`` is the side of the traced example image (any multiple of 32; the
+    pruned model runs at every size). A ``YOLO`` object's cached predictor is dropped so the next
+    ``predict`` uses the pruned layers.
+
+    ``trainable=True`` keeps to widths that ``model.yaml`` can state (multiples of 8, ``round_to`` defaults
+    to 8; a few groups whose width ultralytics derives from another stay whole) and writes them into
+    ``model.yaml``, so ultralytics' stock ``train()`` rebuilds the pruned model (see
+    :mod:`prunekit.models.yolo_yaml`). ``stock_modules=True`` (the default) names only ultralytics' modules,
+    so ``yolo train`` in a process that never imports prunekit rebuilds it; widths ultralytics derives inside
+    a layer (head hidden convs, SPPF, bottlenecks) then stay whole. ``stock_modules=False`` cuts those too,
+    stated in ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved modules are
+    ultralytics' own, but a process that trains from that yaml must register the names first
+    (``load_yolo`` and ``prune_yolo`` do; else :func:`prunekit.models.yolo_modules.register`), and without
+    them its ``train()`` fails on the unknown name (never silently dense). ``trainable=False`` prunes
+    freely; a stock ``train()`` then fails loudly and :func:`prunekit.models.yolo_train.finetune_yolo`
+    fine-tunes it.
+
+    >>> m = load_yolo("yolov8n.yaml")
+    >>> round(prune_yolo(m, ratio=0.5, imgsz=64).params_ratio, 2), m.yaml["width_multiple"]
+    (0.37, 1.0)
+    >>> round(prune_yolo(load_yolo("yolov8n.yaml"), ratio=0.5, imgsz=64, trainable=False).params_ratio, 2)
+    0.25
+    """
+    cfg = resolve(
+        PruneConfig, config, "prune_yolo", "ratio", ratio=ratio, criterion=criterion, scope=scope,
+        ignore=ignore, round_to=round_to, max_ratio=max_ratio, target=target, data=data, loss_fn=loss_fn,
+    )  # fmt: skip
+    if config is None and ratio is None and cfg.target is None:
+        cfg = cfg.replace(ratio=DEFAULT_RATIO)
+    detector = _detector(model)
+    _validate_common(detector)
+    x = example_inputs(detector, imgsz)
+    cfg = cfg.replace(ignore=_ignore(detector, cfg.ignore))
+    finish = C2fAttrs(detector, imgsz, trainable)
+    yaml_step = YamlTrainable(detector, finish, stock_modules) if trainable else None
+    transforms: list[PlanTransform] = [finish] if yaml_step is None else [finish, yaml_step]
+    if trainable and cfg.round_to is None:
+        cfg = cfg.replace(round_to=8)
+    view = HeadOutputs(detector)
+    result = pipeline.run(detector, x, cfg, verb="prune_yolo", view=view, transforms=transforms)
+    yaml = yaml_step.yaml if yaml_step is not None else None
     detector.yaml = yaml if yaml is not None else checkpoint_yaml(detector)  # what the trainer rebuilds
     if hasattr(model, "predictor"):
         model.predictor = None
-    return PruneResult(
-        plan,
-        params_before,
-        params_after,
-        macs_before,
-        macs_after,
-        len(report.groups),
-        len(plan.groups),
-        plan.removed_units,
-        int(plan.meta.get("target_units", 0)),
-        {"plan": t1 - t0, "apply": t3 - t2, "measure": time.perf_counter() - t3 + (t2 - t1)},
-    )
+    return result
 
 
-def check_yolo(model: Any, ratio: float = 0.5, *, imgsz: int = 320, **kwargs: Any) -> CheckReport:
+def check_yolo(
+    model: Any, config: PruneConfig | None = None, *, imgsz: int = 320, **options: Any
+) -> CheckReport:
     """Prune a copy and compare it with the masked reference on all kept outputs; ``model`` is untouched.
 
-    >>> check_yolo(load_yolo("yolov8n.yaml"), 0.5, imgsz=64).ok
+    ``config`` / ``options`` as for :func:`prunekit.check` (``ratio`` defaults to 0.5).
+
+    >>> check_yolo(load_yolo("yolov8n.yaml"), ratio=0.5, imgsz=64).ok
     True
     """
+    cfg = resolve(PruneConfig, config, "check_yolo", "ratio", **options)
     detector = _detector(model)
     _validate_common(detector)
-    kwargs["ignore"] = _ignore(detector, kwargs.get("ignore"))
-    return check(HeadOutputs(detector), example_inputs(detector, imgsz), ratio, **kwargs)
+    cfg = cfg.replace(ignore=_ignore(detector, cfg.ignore))
+    return check(HeadOutputs(detector), example_inputs(detector, imgsz), cfg)
 
 
 def sync_c2f(model: nn.Module) -> nn.Module:
@@ -356,7 +383,7 @@ def save_yolo(
     like ultralytics' released weights, the default fp32 reloads bit-exactly). ``plans`` (JSON) are kept under
     ``"prunekit"``. The model itself is not changed; the file is written atomically (temp file + rename).
 
-    >>> m = load_yolo("yolov8n.yaml"); res = prune_yolo(m, 0.3, imgsz=64)
+    >>> m = load_yolo("yolov8n.yaml"); res = prune_yolo(m, ratio=0.3, imgsz=64)
     >>> save_yolo(m, "/tmp/pruned-doc.pt", plans=res.plan).name
     'pruned-doc.pt'
     """
@@ -396,19 +423,23 @@ def save_yolo(
 def prune_to_file(
     spec: str,
     out: str | os.PathLike,
+    config: PruneConfig | None = None,
     *,
     imgsz: int = 320,
     half: bool = False,
     trainable: bool = True,
+    stock_modules: bool = True,
     **options: Any,
 ) -> PruneResult:
     """Load ``spec`` (``[ultralytics:]NAME.yaml`` or an ultralytics ``.pt``), :func:`prune_yolo` it with
-    ``options`` (ratio, criterion, scope, ignore, round_to, max_ratio) and write ``out`` with
+    ``config`` or ``options`` (those of :class:`prunekit.PruneConfig`) and write ``out`` with
     :func:`save_yolo`; ``out`` must end in ``.pt`` and is checked before anything is loaded."""
     if Path(out).suffix != ".pt":
         raise ConfigError(f"--out must name a .pt file (ultralytics' format), got {Path(out).name!r}")
     model = load_yolo(spec.removeprefix("ultralytics:"))
-    result = prune_yolo(model, imgsz=imgsz, trainable=trainable, **options)
+    result = prune_yolo(
+        model, config, imgsz=imgsz, trainable=trainable, stock_modules=stock_modules, **options
+    )
     save_yolo(model, out, plans=result.plan, half=half)
     return result
 

@@ -29,7 +29,8 @@ from prunekit.errors import ConfigError
 DIGIT_NAMES = [str(d) for d in range(10)]
 
 
-def _digit_images() -> tuple[np.ndarray, np.ndarray]:
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 real 8x8 digit scans as floats in [0, 1], and their digits."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -110,11 +111,10 @@ def make_digits_dataset(
     from PIL import Image
 
     root = Path(root)
-    images, labels = _digit_images()
-    order = np.random.default_rng(seed).permutation(len(images))
-    cut = int(len(order) * 0.8)  # train and val draw from disjoint digit scans
-    splits = {"train": (order[:cut], n_train), "val": (order[cut:], n_val)}
-    for split, (pool, count) in splits.items():
+    images, labels = digit_images()
+    pools = split_digits(len(images), seed)
+    for split, count in (("train", n_train), ("val", n_val)):
+        pool = pools[split]
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, 1 if split == "train" else 2])
@@ -122,10 +122,21 @@ def make_digits_dataset(
             rgb, lines = _render(rng, images[pool], labels[pool], imgsz, max_digits)
             Image.fromarray(rgb).save(root / "images" / split / f"{i:06d}.png")
             (root / "labels" / split / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
+    return write_data_yaml(root, root.resolve())
+
+
+def split_digits(count: int, seed: int) -> dict[str, np.ndarray]:
+    """Indices of the digit scans each split draws from: 80 % train, 20 % val, disjoint."""
+    order = np.random.default_rng(seed).permutation(count)
+    cut = int(count * 0.8)
+    return {"train": order[:cut], "val": order[cut:]}
+
+
+def write_data_yaml(root: Path, path: Path) -> Path:
+    """Write ``root/data.yaml`` (ultralytics' dataset file; ``path`` is the dataset root it names)."""
     names = "\n".join(f"  {i}: '{n}'" for i, n in enumerate(DIGIT_NAMES))
     data = root / "data.yaml"
     data.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\n"
-        f"nc: {len(DIGIT_NAMES)}\nnames:\n{names}\n"
+        f"path: {path}\ntrain: images/train\nval: images/val\nnc: {len(DIGIT_NAMES)}\nnames:\n{names}\n"
     )
     return data

@@ -27,12 +27,14 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from prunekit.graph.groups import GroupReport
+from prunekit.models.yolo_modules import HEADS, LAYERS, legacy_heads, needs_stated_head, register, stated_row
 from prunekit.plan import Plan
 from prunekit.structured.apply import apply
 from prunekit.structured.select import build_plan
@@ -82,8 +84,11 @@ def _layer_widths(model: nn.Module, ch: int) -> dict[int, int]:
     return widths
 
 
-def pruned_yaml(model: nn.Module) -> dict:
+def pruned_yaml(model: nn.Module, stated: Iterable[int] = ()) -> dict:
     """A copy of ``model.yaml`` whose layer arguments state ``model``'s current (pruned) widths.
+
+    Layers whose index is in ``stated`` become ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`)
+    that state every conv width, derived ones included (where the layer type has such a row).
 
     >>> from prunekit.models.ultralytics import load_yolo
     >>> pruned_yaml(load_yolo("yolov8n.yaml"))["backbone"][0]
@@ -108,10 +113,29 @@ def pruned_yaml(model: nn.Module) -> dict:
                 _set_expansion(args, names, type(layer), (c + 0.5) / widths[i])
         if isinstance(layer, Segment) and len(args) > 2:
             args[2] = int(layer.proto.cv1.conv.out_channels)
+    _state_rows(yaml, model, set(stated))
     yaml.pop("scales", None)
     yaml.pop("scale", None)
     yaml["depth_multiple"] = yaml["width_multiple"] = 1.0
     return yaml
+
+
+def _state_rows(yaml: dict, model: nn.Module, stated: set[int]) -> None:
+    """Turn the rows of the ``stated`` layers into ``Prunekit<Layer>`` rows (in place); the head too when a
+    stated layer's stock row was what made the heads non-legacy."""
+    rows = yaml["backbone"] + yaml["head"]
+    legacy = legacy_heads(yaml)
+    if any(needs_stated_head(model.model[i]) for i in stated):
+        stated = stated | {len(rows) - 1}
+    for i in sorted(stated):
+        row = stated_row(model.model[i], rows[i], legacy)
+        if row is not None:
+            rows[i][:] = row
+
+
+def statable(model: nn.Module, layer: int) -> bool:
+    """Whether layer ``layer`` of ``model`` has a ``Prunekit<Layer>`` row."""
+    return type(model.model[layer]).__name__ in HEADS + LAYERS
 
 
 def _set_expansion(args: list, names: list[str], cls: type, e: float) -> None:
@@ -139,6 +163,7 @@ def rebuild(model: nn.Module, yaml: dict) -> nn.Module:
     """What ultralytics' trainer builds from ``yaml`` for this model's task and class count."""
     from ultralytics.utils import LOGGER
 
+    register()
     head = model.model[-1]
     nc = getattr(head, "nc", None) or yaml.get("nc")
     level = LOGGER.level
@@ -190,9 +215,13 @@ def trainable_plan(
     plan: Plan,
     report: GroupReport,
     finish: Any,
+    *,
+    stock_modules: bool = False,
 ) -> tuple[Plan, dict, list[int]]:
     """Shrink ``plan`` until a yaml rebuilds the pruned model exactly; return it, that yaml, the kept groups.
 
+    A layer the yaml's stock row cannot rebuild is first stated as a ``Prunekit<Layer>`` row (unless
+    ``stock_modules``); groups are kept whole only where that does not rebuild it either.
     ``make_view(model)`` gives the traced view the plan was made for and ``finish(model, plan)`` adds the plan
     entries the engine cannot derive (C2f's ``c``). ``model`` itself is not changed.
     """
@@ -202,18 +231,18 @@ def trainable_plan(
         for m in g.members:
             owner.setdefault((m.name, m.dim), set()).add(g.id)
     kept: list[int] = []
+    stated: set[int] = set()
     for _ in range(MAX_ROUNDS):
         trial_model = copy.deepcopy(model)
         apply(make_view(trial_model), plan, x)
-        yaml = pruned_yaml(trial_model)
-        try:
-            bad = shape_mismatches(trial_model, yaml)
-        except BuildError as err:  # every tensor of the layer that could not be built
-            if err.layer is None:
-                raise
-            prefix = f"model.{err.layer}."
-            state = trial_model.state_dict()
-            bad = [(k, list(range(t.dim()))) for k, t in state.items() if k.startswith(prefix)]
+        while True:
+            yaml = pruned_yaml(trial_model, stated)
+            bad = _mismatches(trial_model, yaml)
+            layers = {int(name.split(".")[1]) for name, _dims in bad if name.startswith("model.")}
+            new = set() if stock_modules else {i for i in layers - stated if statable(trial_model, i)}
+            if not new:
+                break
+            stated |= new
         if not bad:
             return plan, yaml, kept
         drop = _groups_to_keep(bad, owner, removed, trial_model)
@@ -224,6 +253,17 @@ def trainable_plan(
             kept.append(gid)
         plan = finish(model, build_plan(report, removed, plan.meta))
     raise ValueError(f"no yaml-expressible plan after {MAX_ROUNDS} rounds")
+
+
+def _mismatches(model: nn.Module, yaml: dict) -> list[tuple[str, list[int]]]:
+    """:func:`shape_mismatches`, with a layer ultralytics could not build reported as all its tensors."""
+    try:
+        return shape_mismatches(model, yaml)
+    except BuildError as err:
+        if err.layer is None:
+            raise
+        prefix = f"model.{err.layer}."
+        return [(k, list(range(t.dim()))) for k, t in model.state_dict().items() if k.startswith(prefix)]
 
 
 def _groups_to_keep(

@@ -30,15 +30,15 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit.config import PruneConfig, resolve
 from prunekit.criteria import GroupCriterion
 from prunekit.errors import ConfigError
-from prunekit.graph.groups import build_groups
 from prunekit.plan import Plan
 from prunekit.schedules.cubic import CubicSchedule
 from prunekit.schedules.masking import check_int
+from prunekit.structured import pipeline
 from prunekit.structured.apply import apply
 from prunekit.structured.select import build_plan, choose_units
-from prunekit.structured.target import score_groups
 
 
 class StructuredGradualPruner:
@@ -46,7 +46,9 @@ class StructuredGradualPruner:
 
     Steps as in :class:`prunekit.schedules.GradualPruner`: pruning after training steps ``start_step,
     start_step + frequency, ..., end_step``. ``criterion``/``scope``/``ignore``/``max_ratio`` as in
-    :func:`prunekit.prune`; ``data``/``loss_fn`` feed data-driven criteria, re-scored at every pruning step.
+    :func:`prunekit.prune` (or a :class:`prunekit.PruneConfig` as ``config``, its ratio replaced by the
+    schedule's; the scope is ``"global"`` unless given); ``data``/``loss_fn`` feed data-driven criteria,
+    re-scored at every pruning step.
 
     >>> net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
     >>> x = torch.randn(4, 6)
@@ -69,10 +71,11 @@ class StructuredGradualPruner:
         end_step: int,
         frequency: int,
         initial_ratio: float = 0.0,
-        criterion: str | GroupCriterion = "l2",
-        scope: str = "global",
+        config: PruneConfig | None = None,
+        criterion: str | GroupCriterion | None = None,
+        scope: str | None = None,
         ignore: Iterable[str | nn.Module] | None = None,
-        max_ratio: float = 0.9,
+        max_ratio: float | None = None,
         data: Any = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
     ) -> None:
@@ -87,17 +90,21 @@ class StructuredGradualPruner:
         self.final_ratio, self.initial_ratio = self.schedule.final, self.schedule.initial
         self.start_step, self.end_step = self.schedule.start_step, self.schedule.end_step
         self.frequency, self.n_steps = self.schedule.frequency, self.schedule.n_steps
-        if scope not in ("local", "global"):
-            raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
-        if not isinstance(max_ratio, (int, float)) or not 0.0 < float(max_ratio) <= 1.0:
-            raise ConfigError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
+        cfg = resolve(
+            PruneConfig, config, "StructuredGradualPruner", "ratio", criterion=criterion, scope=scope,
+            ignore=ignore, max_ratio=max_ratio, data=data, loss_fn=loss_fn,
+        )  # fmt: skip
+        if cfg.target is not None or cfg.round_to is not None:
+            raise ConfigError("StructuredGradualPruner follows its schedule: give no target or round_to")
+        #: the options; the ratio is the schedule's, and units are ranked globally unless ``scope`` says so
+        self.config = cfg.replace(ratio=self.final_ratio, scope=cfg.scope or "global")
         self.model = model
         self.example_inputs = example_inputs
-        self.criterion = criterion
-        self.scope = scope
-        self.max_ratio = float(max_ratio)
-        self.data, self.loss_fn = data, loss_fn  # for data-driven criteria (taylor, wanda, ...)
-        self.report = build_groups(model, example_inputs, ignore)
+        self.criterion = self.config.criterion
+        self.scope = self.config.scope
+        self.max_ratio = self.config.max_ratio
+        self.config = pipeline.with_names(self.config, model)
+        self.report = pipeline.trace(model, example_inputs, self.config, "StructuredGradualPruner")
         self.groups = {g.id: g for g in self.report.prunable_groups}
         self.total_units = sum(g.width for g in self.groups.values())
         self.removed: dict[int, list[int]] = {}
@@ -134,9 +141,7 @@ class StructuredGradualPruner:
         return tensors
 
     def _select(self, ratio: float) -> None:
-        scores = score_groups(
-            self.model, self.example_inputs, self.report, self.criterion, data=self.data, loss_fn=self.loss_fn
-        )
+        scores = pipeline.score(self.model, self.example_inputs, self.report, self.config)
         for gid, s in scores.items():  # units removed before rank first; every other score is > 0
             s = s.clamp_min(1e-30)
             s[self.removed.get(gid, [])] = 0.0
@@ -186,15 +191,7 @@ class StructuredGradualPruner:
 
     def plan(self) -> Plan:
         """The plan cutting the units removed so far."""
-        meta = {
-            "criterion": self.criterion if isinstance(self.criterion, str) else "custom",
-            "scope": self.scope,
-            "ratio": self.ratio_at(self.last_step),
-            "max_ratio": self.max_ratio,
-            "target_units": round(self.ratio_at(self.last_step) * self.total_units),
-            "prunable_units": self.total_units,
-            "schedule": "cubic",
-        }
+        meta = pipeline.plan_meta(self.config, self.report, self.ratio_at(self.last_step), schedule="cubic")
         return build_plan(self.report, self.removed, meta)
 
     def finalize(self) -> Plan:

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._validate import eager_module, loss_batches, real
+from prunekit.config import SparsifyConfig, resolve
 from prunekit.criteria import Criterion, ScoreContext, criterion_label, get_criterion
-from prunekit.criteria.scores import check_unstructured
 from prunekit.criteria.scores import layer_scores as criterion_scores
 from prunekit.errors import ConfigError
 from prunekit.sparse.masks import apply_masks, check_maskable, get_mask
@@ -100,19 +100,24 @@ class SparsifyResult:
 
 def sparsify(
     model: nn.Module,
-    sparsity: float | None = None,
+    sparsity: float | SparsifyConfig | None = None,
     *,
-    pattern: str | Pattern = "unstructured",
-    criterion: str | Criterion = "magnitude",
-    scope: str = "local",
+    config: SparsifyConfig | None = None,
+    pattern: str | Pattern | None = None,
+    criterion: str | Criterion | None = None,
+    scope: str | None = None,
     include: Iterable[Selector] | Selector | None = None,
     exclude: Iterable[Selector] | Selector | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     data: Iterable | None = None,
     loss_fn: Callable[..., Tensor] | None = None,
-    strict: bool = False,
+    strict: bool | None = None,
 ) -> SparsifyResult:
     """Mask weights of the model's Linear / Conv / ConvTranspose layers in place.
+
+    The options are those of :class:`prunekit.SparsifyConfig`, as ``config`` (or the second positional
+    argument: ``sparsify(model, SparsifyConfig(0.5))``) or as keywords; a keyword left at ``None`` takes the
+    config's default (unstructured, magnitude, local, seed 0, not strict).
 
     - ``pattern``: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``: sparsity is ``1 - N/M``, pass ``None`` or
       that value; groups of M run along input channels, see :mod:`prunekit.sparse.patterns`) or
@@ -141,16 +146,21 @@ def sparsify(
     >>> res.layers["0"].pruned, int((model[0].weight == 0).sum())
     (64, 64)
     """
+    if isinstance(sparsity, SparsifyConfig):
+        if config is not None:
+            raise ConfigError("sparsify: give one config (positionally or as config=), not both")
+        sparsity, config = None, sparsity
+    options = {"pattern": pattern, "criterion": criterion, "scope": scope, "include": include}
+    options |= {"exclude": exclude, "seed": seed, "data": data, "loss_fn": loss_fn, "strict": strict}
+    cfg = resolve(SparsifyConfig, config, "sparsify", "sparsity", sparsity=sparsity, **options)
     eager_module(model, "sparsify", masks_ok=True)
-    pat = parse_pattern(pattern)
-    target = check_sparsity(sparsity, pat)
-    check_scope(scope, pat)
-    crit = resolve_criterion(criterion, seed)
-    check_unstructured(crit, data)
+    pat, target, criterion, scope = parse_pattern(cfg.pattern), cfg.sparsity, cfg.criterion, cfg.scope
+    data, loss_fn = cfg.data, cfg.loss_fn
+    crit = resolve_criterion(criterion, cfg.seed)
     loss_batches(model, criterion, data, loss_fn)
-    names = select_layers(model, include, exclude)
+    names = select_layers(model, cfg.include, cfg.exclude or None)
     modules = dict(model.named_modules())
-    names, skipped = fitting_layers({name: modules[name] for name in names}, pat, strict)
+    names, skipped = fitting_layers({name: modules[name] for name in names}, pat, cfg.strict)
     check_layers(model, {name: modules[name] for name in names}, pat)
 
     masks = crit.masks(model, names, target, pat, scope, data)
@@ -179,7 +189,6 @@ def resolve_criterion(criterion: object, seed: object) -> Criterion:
         raise ConfigError(f"seed must be an int, got {seed!r}")
     crit = get_criterion(criterion)
     return crit.seeded(seed) if isinstance(criterion, str) else crit
-
 
 
 def fitting_layers(

@@ -5,8 +5,10 @@ A block is a *candidate* when, in one traced forward, (1) it is a child of an ``
 input tensor, and (4) inside its forward an addition takes that very input tensor as an operand: the block
 is ``y = g(x + f(x))`` (ResNet BasicBlock/Bottleneck without downsample, ViT encoder blocks, BERT layers,
 YOLO C2f bottlenecks with ``shortcut=True``). Candidates nested inside another candidate are dropped.
-Removing a candidate replaces it with :class:`SkipBlock` (returns its first input), so every output keeps
-its shape; when ``f(x) = 0`` (and ``g`` is the identity on ``x``, e.g. ReLU after ReLU) the removal is exact.
+Removing a candidate replaces it with :class:`SkipBlock` (returns its first input), or, for the layers of a
+Hugging Face model's layer stack, deletes it and re-indexes the rest with the config following
+(:mod:`prunekit.structured.layer_stack`), so every output keeps its shape; when ``f(x) = 0`` (and ``g`` is
+the identity on ``x``, e.g. ReLU after ReLU) the removal is exact.
 
 Scores (lower = removed first): ``1 - cos(x, block(x))`` per sample, averaged over calibration batches
 (ShortGPT's "block influence"), or, with ``eval_fn``, the metric drop when the block alone is skipped.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.measure.profile import evaluate
+from prunekit.structured.layer_stack import delete_layers, restore_layers, stack_of
 from prunekit.structured.oracle import run_outputs
 
 _ADDS = {
@@ -151,9 +154,44 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def skip_blocks(model: nn.Module, blocks: Mapping[str, str]) -> Callable[[], None]:
+    """Remove ``blocks`` ({name: class name}) in place, unverified; return a function that undoes it.
+
+    Layers of a Hugging Face layer stack are deleted and the rest re-indexed, with the config following
+    (:mod:`prunekit.structured.layer_stack`); any other block is replaced by :class:`SkipBlock`.
+    """
+    swapped: list[tuple[str, nn.Module]] = []
+    stacks: dict[str, list[int]] = {}
+    undo_stack: list[dict[str, Any]] = []
+
+    def undo() -> None:
+        for state in reversed(undo_stack):
+            restore_layers(model, state)
+        for name, old in reversed(swapped):
+            _swap(model, name, old)
+
+    try:
+        for name, kind in blocks.items():
+            stack = stack_of(model, name)
+            if stack is not None:
+                stacks.setdefault(stack, []).append(int(name.rpartition(".")[2]))
+            else:
+                swapped.append((name, _swap(model, name, SkipBlock(kind))))
+        for stack, positions in stacks.items():
+            undo_stack.append(delete_layers(model, stack, positions))
+    except BaseException:
+        undo()
+        raise
+    return undo
+
+
 def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: ExampleInputs) -> nn.Module:
-    """Replace the blocks ``names`` by :class:`SkipBlock` in place (transactional: verified by a forward that
-    must give the same output shapes; on failure everything is put back and ApplyError is raised).
+    """Remove the blocks ``names`` in place (transactional: verified by a forward that must give the same
+    output shapes; on failure everything is put back and ApplyError is raised).
+
+    A block is replaced by :class:`SkipBlock`, except the layers of a Hugging Face model's layer stack, which
+    are deleted: the remaining layers are re-indexed (``model.layers.0 ...``) and ``config.num_hidden_layers``
+    says the real count, so ``save_pretrained`` writes what stock transformers loads.
 
     >>> import torchvision
     >>> m = torchvision.models.resnet18()
@@ -167,16 +205,15 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Exampl
         if n not in modules or not n:
             raise ConfigError(f"no block named {n!r} in the model")
     shapes = [o.shape for o in run_outputs(model, example_inputs)]
-    done: list[tuple[str, nn.Module]] = []
+    undo: Callable[[], None] | None = None
     try:
-        for n in names:
-            done.append((n, _swap(model, n, SkipBlock(type(modules[n]).__name__))))
+        undo = skip_blocks(model, {n: type(modules[n]).__name__ for n in names})
         new = [o.shape for o in run_outputs(model, example_inputs)]
         if new != shapes:
             raise ApplyError(f"output shapes changed from {shapes} to {new}")
     except BaseException as exc:  # interrupts too: the model is never left half-changed
-        for n, old in reversed(done):
-            _swap(model, n, old)
+        if undo is not None:
+            undo()
         if isinstance(exc, ApplyError) or not isinstance(exc, Exception):
             raise
         raise ApplyError(f"removing blocks {names} broke the forward: {type(exc).__name__}: {exc}") from exc

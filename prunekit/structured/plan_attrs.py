@@ -64,12 +64,14 @@ def _check_change(mname: str, module: nn.Module, attr: str, change: list[Any]) -
     allowed = _allowed(module)
     if allowed is not None and attr not in allowed:
         raise PlanError(f"plan may not change {where} ({type(module).__name__}): only {', '.join(allowed)}")
-    if attr in SHAPES and all(isinstance(v, list) and len(v) == 1 for v in change):
-        change = [v[0] for v in change]
-    if len(change) != 2 or not all(type(v) is int for v in change) or not 1 <= change[1] <= change[0]:
+    values = (
+        [v[0] if isinstance(v, list) and len(v) == 1 else None for v in change] if attr in SHAPES else change
+    )
+    if len(values) != 2 or not all(type(v) is int for v in values) or not 1 <= values[1] <= values[0]:
+        form = "a one-dim shape ([old] -> [new])" if attr in SHAPES else "an integer width or count"
         raise PlanError(
-            f"plan changes {where} from {change[0]!r} to {change[-1]!r}; a plan may only shrink an integer "
-            "width or count (1 <= new <= old)"
+            f"plan changes {where} from {change[0]!r} to {change[-1]!r}; a plan may only shrink {form} "
+            "(1 <= new <= old)"
         )
 
 
@@ -81,12 +83,14 @@ def _size_after(t: torch.Tensor, dim: int, names: list[str], plan: Plan) -> int:
 
 def _check_sizes(mname: str, module: nn.Module, new: dict[str, int], plan: Plan, names: dict) -> None:
     specs = shape_attrs(module, groups=new.get("groups"))
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # its one-dim shape follows its weight
+        specs = {**specs, "normalized_shape": ("weight", 0, 1)}
     for attr, (local, dim, factor) in specs.items():
         t = module._parameters.get(local, module._buffers.get(local))
         if attr not in new or t is None or t.dim() <= dim:
             continue
         implied = _size_after(t, dim, names.get(id(t), []), plan) * factor
-        if new[attr] != implied:
+        if (new[attr][0] if attr in SHAPES else new[attr]) != implied:
             raise PlanError(
                 f"plan sets {mname}.{attr} ({type(module).__name__}) to {new[attr]}, but its tensors after "
                 f"the cut imply {implied}"

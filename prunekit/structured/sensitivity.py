@@ -35,13 +35,14 @@ from torch import nn
 
 from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs
-from prunekit.criteria import GroupCriterion
+from prunekit.config import PruneConfig
+from prunekit.criteria import GroupCriterion, criterion_label
 from prunekit.errors import ConfigError, PruneError
-from prunekit.graph.groups import Group, GroupReport, build_groups
+from prunekit.graph.groups import Group, GroupReport
 from prunekit.measure.profile import evaluate
 from prunekit.plan import Plan
+from prunekit.structured import pipeline
 from prunekit.structured.select import build_plan, choose_units
-from prunekit.structured.target import score_groups
 
 
 @dataclass
@@ -181,8 +182,9 @@ def sensitivity(
     ratios = _check_ratios(ratios)
     if not callable(eval_fn):
         raise ConfigError("eval_fn must be a callable eval_fn(model) -> float")
-    report = build_groups(model, example_inputs, ignore)
-    scores = score_groups(model, example_inputs, report, criterion, data=data, loss_fn=loss_fn)
+    cfg = PruneConfig(criterion=criterion, ignore=ignore, max_ratio=max_ratio, data=data, loss_fn=loss_fn)
+    scored = pipeline.traced(model, example_inputs, cfg, "sensitivity")
+    report, scores = scored.report, scored.scores
     with torch.no_grad():
         work = copy.deepcopy(model)
     tensors = dict(work.named_parameters(remove_duplicate=False))
@@ -211,8 +213,7 @@ def sensitivity(
                     tensors[n].copy_(saved[n])
         first = g.members[0]
         curves.append(GroupCurve(g.id, f"{first.name}[{first.dim}]", g.width, list(ratios), removed, metrics))
-    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
-    return SensitivityResult(baseline, list(ratios), name, curves)
+    return SensitivityResult(baseline, list(ratios), criterion_label(criterion), curves)
 
 
 def plan_from_ratios(
@@ -228,31 +229,33 @@ def plan_from_ratios(
     """A plan removing ``ratios[group_id]`` of each group's lowest-scoring units (groups not listed stay).
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> from prunekit.graph.groups import build_groups
     >>> gid = build_groups(net, torch.zeros(1, 4)).prunable_groups[0].id
     >>> plan_from_ratios(net, torch.zeros(1, 4), {gid: 0.25}).removed_units
     2
     """
-    report = build_groups(model, example_inputs, ignore)
+    cfg = PruneConfig(criterion=criterion, ignore=ignore, max_ratio=max_ratio, data=data, loss_fn=loss_fn)
+    cfg = pipeline.with_names(cfg, model)
+    report = pipeline.trace(model, example_inputs, cfg, "plan_from_ratios")
     by_id = {g.id: g for g in report.prunable_groups}
     for gid, r in ratios.items():
         if gid not in by_id:
             raise ConfigError(f"group {gid} is not a prunable group of this model: {sorted(by_id)}")
         if not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
             raise ConfigError(f"ratio of group {gid} must be in [0, 1), got {r!r}")
-    scores = score_groups(model, example_inputs, report, criterion, data=data, loss_fn=loss_fn)
+    scores = pipeline.score(model, example_inputs, report, cfg)
     removed: dict[int, list[int]] = {}
     for gid, r in ratios.items():
         g = by_id[gid]
         removed.update(
             choose_units(_one_group(report, g), {gid: scores[gid]}, float(r), "local", None, max_ratio)
         )
-    total = sum(g.width for g in report.prunable_groups)
-    meta = {
-        "criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
-        "scope": "per-group",
-        "group_ratios": {str(k): float(v) for k, v in ratios.items()},
-        "max_ratio": max_ratio,
-        "target_units": sum(round(float(r) * by_id[g].width) for g, r in ratios.items()),
-        "prunable_units": total,
-    }
+    meta = pipeline.plan_meta(
+        cfg,
+        report,
+        None,
+        scope="per-group",
+        group_ratios={str(k): float(v) for k, v in ratios.items()},
+        target_units=sum(round(float(r) * by_id[g].width) for g, r in ratios.items()),
+    )
     return build_plan(report, removed, meta)

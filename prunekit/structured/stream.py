@@ -33,6 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit._inputs import ExampleInputs, call_model, eval_mode
+from prunekit.config import VERIFY
 from prunekit.criteria._data import split_batch
 from prunekit.errors import ConfigError, PruneError
 from prunekit.graph.groups import GroupReport
@@ -133,7 +134,7 @@ def stream_scores(
 
 def verify_mode(verify: str | None, plan: Plan) -> str:
     """What ``prune`` checks for ``plan``: ``"exact"``, ``"approximate"`` or ``"shapes"`` (None: default)."""
-    if verify not in (None, "exact", "approximate", "shapes"):
+    if verify is not None and verify not in VERIFY:
         raise ConfigError(f"verify must be 'exact', 'approximate' or 'shapes', got {verify!r}")
     if verify is None:
         return "approximate" if plan.approximate else "exact"

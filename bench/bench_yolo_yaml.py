@@ -1,0 +1,96 @@
+"""How much the yaml-trainable prune (the default ``prune_yolo``, whose ``model.yaml`` ultralytics' stock
+``train()`` rebuilds) gives up against the free prune (``trainable=False``): MACs and params kept per model
+and ratio, random weights, 80 classes; also with ``stock_modules=True`` (a yaml naming only ultralytics'
+modules). Writes section ``yolo-yaml`` of docs/RESULTS.md.
+
+    .venv/bin/python bench/bench_yolo_yaml.py [--imgsz 320] [--threads 1] [--no-write] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from _common import common_args, finish, machine_line, markdown_table
+
+MODELS = ("yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml")
+RATIOS = (0.3, 0.5)
+
+
+def one(cfg: str, ratio: float, imgsz: int) -> dict:
+    from prunekit.models.ultralytics import load_yolo, prune_yolo
+
+    t0 = time.perf_counter()
+    free = prune_yolo(load_yolo(cfg), ratio, imgsz=imgsz, trainable=False)
+    model = load_yolo(cfg)
+    yaml = prune_yolo(model, ratio, imgsz=imgsz)
+    stock = prune_yolo(load_yolo(cfg), ratio, imgsz=imgsz, stock_modules=True)
+    stated = [row[2] for row in model.yaml["backbone"] + model.yaml["head"] if row[2].startswith("Prunekit")]
+    return {
+        "model": cfg.removesuffix(".yaml"),
+        "ratio": ratio,
+        "free_macs": free.macs_ratio,
+        "yaml_macs": yaml.macs_ratio,
+        "free_params": free.params_ratio,
+        "yaml_params": yaml.params_ratio,
+        "stock_macs": stock.macs_ratio,
+        "kept": len(yaml.plan.meta["ultralytics"]["kept_for_yaml"]),
+        "stated": ", ".join(sorted(set(stated))),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(parents=[common_args(quick="yolov8n at ratio 0.5 only, imgsz 128")])
+    ap.add_argument("--imgsz", type=int, default=320)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    models, ratios, imgsz = (MODELS[:1], RATIOS[1:], 128) if args.quick else (MODELS, RATIOS, args.imgsz)
+    rows = []
+    for cfg in models:
+        for ratio in ratios:
+            rows.append(one(cfg, ratio, imgsz))
+            print(rows[-1], flush=True)
+    header = ["model", "ratio", "MACs free", "MACs yaml", "yaml / free", "MACs stock-modules yaml"]
+    header += ["params free / yaml", "groups kept", "stated rows"]
+    table = markdown_table(
+        header,
+        [
+            [
+                r["model"],
+                r["ratio"],
+                f"{r['free_macs']:.3f}",
+                f"{r['yaml_macs']:.3f}",
+                f"{r['yaml_macs'] / r['free_macs']:.2f}",
+                f"{r['stock_macs']:.3f}",
+                f"{r['free_params']:.3f} / {r['yaml_params']:.3f}",
+                r["kept"],
+                r["stated"],
+            ]
+            for r in rows
+        ],
+        align="lrrrrrrrl",
+    )
+    import ultralytics
+
+    text = "\n".join(
+        [
+            "## YOLO: yaml-trainable prune vs free prune",
+            "",
+            f"Random weights, 80 classes, imgsz {imgsz}, L2 criterion, local scope; MACs kept (after/before)."
+            " *free*: `prune_yolo(..., trainable=False)`; *yaml*: the default, whose checkpoint ultralytics'"
+            " stock `train()` rebuilds (derived widths stated through `Prunekit<Layer>` rows);"
+            " *stock-modules*: `stock_modules=True`, a yaml naming only ultralytics' modules. *groups kept*:"
+            " groups the yaml could not state and so left whole. `bench/bench_yolo_yaml.py`.",
+            "",
+            *table,
+            "",
+            machine_line(args.threads, ultralytics=ultralytics.__version__),
+        ]
+    )
+    finish("yolo-yaml", text, args, write=not args.quick)
+
+
+if __name__ == "__main__":
+    main()
