@@ -171,7 +171,7 @@ def test_dynamic_batch_is_checked_with_another_batch_size(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"opset": 13}, "opset must be >= 18"),
+        ({"opset": 9}, "opset must be in 11.."),
         ({"atol": -1.0}, "rtol and atol must be >= 0"),
         ({"example_inputs": ([torch.zeros(1, 4)],)}, "nested list"),
         ({"example_inputs": "text"}, "must be a tensor, a tuple or a dict"),
@@ -185,4 +185,18 @@ def test_bad_arguments_fail_before_exporting(tmp_path, kwargs, match):
         args["path"] = tmp_path / "missing-dir" / "m.onnx"
     with pytest.raises(ConfigError, match=match):
         export_onnx(nn.Linear(4, 2), args.pop("example_inputs"), args.pop("path"), **args)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_opsets_below_18_use_the_torchscript_exporter(tmp_path, opset):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()).eval()
+    res = export_onnx(net, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", opset=opset)
+    assert res.opset == opset and res.exporter == "torch.onnx.export(dynamo=False)"
+    assert res.verified_batch_sizes == [1, 2] and res.max_abs_err < 1e-4
+
+
+def test_opset_above_the_newest_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"opset must be in 11\.\.\d+, got 99"):
+        export_onnx(nn.Linear(4, 2), torch.zeros(1, 4), tmp_path / "m.onnx", opset=99)
     assert leftovers(tmp_path) == []

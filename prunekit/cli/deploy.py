@@ -21,7 +21,7 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, ExportError
 
 OutDirOpt = Annotated[
     Path,
@@ -40,19 +40,37 @@ OutDirOpt = Annotated[
 def export(
     model: ModelArg,
     onnx: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--onnx",
             metavar="FILE",
-            help="ONNX file to write.",
+            help="ONNX file to write (with --int8 also FILE.int8.onnx); same as --format onnx --out FILE.",
             dir_okay=False,
             show_default=False,
             callback=writable,
         ),
-    ],
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="onnx, openvino (.xml + .bin), tflite, or ncnn (.param + .bin)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            help="File to write with --format (.onnx, .xml, .tflite, .param); with --int8: the INT8 model.",
+            dir_okay=False,
+            show_default=False,
+            callback=writable,
+        ),
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX opset, 11..23 (below 18: the TorchScript exporter).")
+    ] = None,
     int8: Annotated[
         str | None,
-        typer.Option("--int8", help="Also write FILE.int8.onnx: dynamic, or static (needs --calib)."),
+        typer.Option("--int8", help="INT8 model too: dynamic, or static (needs --calib)."),
     ] = None,
     calib: Annotated[
         Path | None,
@@ -71,13 +89,21 @@ def export(
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Export MODEL to ONNX, verified against PyTorch with onnxruntime; optionally quantize it to INT8."""
+    """Export MODEL for a runtime (ONNX, OpenVINO, TFLite, NCNN), checked against PyTorch; optionally INT8."""
     if int8 not in (None, "dynamic", "static"):
         raise ConfigError(f"--int8 must be dynamic or static, got {int8!r}")
     if int8 == "static" and calib is None:
         raise ConfigError("--int8 static needs --calib FILE with representative inputs")
     if calib is not None and int8 != "static":
         raise ConfigError("--calib is only used with --int8 static")
+    if (onnx is None) == (fmt is None and out is None):
+        raise ConfigError("give --onnx FILE, or --format FORMAT with --out FILE")
+    if fmt is not None or out is not None:
+        if fmt is None or out is None:
+            raise ConfigError("--format and --out go together")
+        _export_runtime(model, fmt, out, opset, int8, calib, input_shape, arch, trust_pickle, json_path)
+        return
+    assert onnx is not None
     from prunekit.deploy import export_onnx, quantize_onnx
 
     loaded = load_cli_model(
@@ -85,12 +111,17 @@ def export(
     )
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
-        loaded.model, loaded.example, onnx, verify=not no_verify, dynamic_batch=not static_batch
+        loaded.model,
+        loaded.example,
+        onnx,
+        verify=not no_verify,
+        dynamic_batch=not static_batch,
+        opset=opset,
     )
     data: dict[str, Any] = {"export": exported.to_dict()}
     console.print(
         f"wrote {onnx}: {exported.size_bytes:,} bytes, {exported.initializer_params:,} weights "
-        f"(model has {exported.model_params:,})"
+        f"(model has {exported.model_params:,}; opset {exported.opset}, {exported.exporter})"
         + (
             f"; onnxruntime matches PyTorch (max abs err {exported.max_abs_err:.1e})"
             if exported.verified
@@ -111,6 +142,48 @@ def export(
             )
         )
     write_json(json_path, data)
+
+
+def _export_runtime(
+    model: str,
+    fmt: str,
+    out: Path,
+    opset: int | None,
+    int8: str | None,
+    calib: Path | None,
+    input_shape: Any,
+    arch: str | None,
+    trust_pickle: bool,
+    json_path: Path | None,
+) -> None:
+    """``export --format``: convert with the runtime's converter, run it once, compare with PyTorch."""
+    import torch
+
+    from prunekit._inputs import call_model, eval_mode
+    from prunekit.deploy.runtimes import arrays, compare, runtime_for_format
+    from prunekit.graph.trace import flatten_tensors
+
+    runtime = runtime_for_format(fmt)
+    runtime.check_export_args(int8, calib)
+    runtime.require()
+    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    batches = _calibration_batches(calib, loaded.example) if calib is not None else None
+    artifact = runtime.export(loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches)
+    with eval_mode(loaded.model), torch.no_grad():
+        want = flatten_tensors(call_model(loaded.model, loaded.example))
+    got = runtime.load(artifact, threads=1).run(arrays(loaded.example))
+    agreement = compare(want, got, int8=int8 is not None, tolerance=runtime.tolerance)
+    if not agreement.ok:
+        for name in artifact.files:
+            Path(name).unlink(missing_ok=True)
+        raise ExportError(
+            f"{runtime.name} does not reproduce PyTorch ({agreement.summary()}); nothing written"
+        )
+    write_json(json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict()})
+    console.print(
+        f"wrote {', '.join(artifact.files)}: {artifact.size_bytes:,} bytes; "
+        f"{runtime.name} vs PyTorch: {agreement.summary()}"
+    )
 
 
 def _calibration_batches(path: Path, example: Any) -> list[Any]:
@@ -274,6 +347,14 @@ def bench(
     threads: Annotated[str, typer.Option("--threads", help="Comma-separated intra-op thread counts.")] = "1",
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per setting.")] = 30,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 5,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--runtime",
+            help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there; "
+            "speedups are against the first --vs (the dense model).",
+        ),
+    ] = None,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -283,7 +364,7 @@ def bench(
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
     Every model gets the same random input (the first model's shape, or --input-shape) with the batch
-    dimension replaced; ratios are against MODEL in the same run.
+    dimension replaced; ratios are against MODEL in the same run (with --runtime: against the first --vs).
     """
     import torch
 
@@ -293,6 +374,7 @@ def bench(
     sizes = parse_input_shape(batch_sizes)
     thread_counts = parse_input_shape(threads)
     specs = [model, *(vs or [])]
+    names = _runtime_names(runtime)
     models = [
         load_cli_model(
             spec, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code
@@ -302,6 +384,11 @@ def bench(
     example = models[0].example
     if not isinstance(example, torch.Tensor):
         raise ConfigError("bench times models that take one tensor; use prunekit.measure_latency for others")
+    if names:
+        _bench_runtimes(
+            names, specs, [m.model for m in models], example, sizes, thread_counts, runs, warmup, json_path
+        )
+        return
     rows = []
     for batch in sizes:
         x = example[:1].expand(batch, *example.shape[1:]).contiguous()
@@ -336,3 +423,72 @@ def bench(
             f"{row['speedup_vs_model']:.2f}x",
         )
     console.print(table)
+
+
+def _runtime_names(value: str | None) -> list[str]:
+    """The runtimes of ``--runtime``, each known and installed (else one error line naming the extra)."""
+    from prunekit.deploy.runtimes import get_runtime
+
+    names = [n.strip() for n in (value or "").split(",") if n.strip()]
+    for name in names:
+        get_runtime(name).require()
+    return names
+
+
+def _bench_runtimes(
+    names: list[str],
+    specs: list[str],
+    models: list[Any],
+    example: Any,
+    sizes: tuple[int, ...],
+    thread_counts: tuple[int, ...],
+    runs: int,
+    warmup: int,
+    json_path: Path | None,
+) -> None:
+    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs the dense model."""
+    import tempfile
+
+    from prunekit.deploy.runtimes.bench import bench_runtime
+
+    labels: dict[str, Any] = {}
+    for index, (spec, net) in enumerate(zip(specs, models, strict=True)):
+        labels[spec if spec not in labels else f"{spec} [{index}]"] = net
+    reference = list(labels)[1 if len(labels) > 1 else 0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as work:
+        for name in names:
+            for batch in sizes:
+                x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+                rows += bench_runtime(
+                    name,
+                    labels,
+                    x,
+                    work,
+                    reference=reference,
+                    threads=thread_counts,
+                    runs=runs,
+                    warmup=warmup,
+                )
+    write_json(json_path, {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:])})
+    table = Table(title=f"prunekit bench --runtime (median of timed runs; speedup = {reference} ms / ms)")
+    for column in ("runtime", "model", "batch", "threads", "median ms", "p90 ms", "speedup", "agreement"):
+        table.add_column(column, justify="left" if column in ("runtime", "model", "agreement") else "right")
+    for row in rows:
+        table.add_row(
+            row["runtime"],
+            row["model"],
+            str(row["batch_size"]),
+            str(row["threads"]),
+            f"{row['median_ms']:.2f}",
+            f"{row['p90_ms']:.2f}",
+            f"{row['speedup']:.2f}x",
+            _agreement_text(row["agreement"]),
+        )
+    console.print(table)
+
+
+def _agreement_text(agreement: dict) -> str:
+    from prunekit.deploy.runtimes import Agreement
+
+    return Agreement(**agreement).summary()

@@ -55,8 +55,11 @@ from prunekit.measure.params import count_params
 from prunekit.sparse.masks import own_parametrized_class
 from prunekit.sparse.swap import dense_form
 
-MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 or newer
+MIN_OPSET = 11  # the oldest opset edge converters still ask for
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 or newer; older ones use TorchScript
+MAX_OPSET = torch.onnx._constants.ONNX_MAX_OPSET
 EXPORTER = "torch.onnx.export(dynamo=True)"
+LEGACY_EXPORTER = "torch.onnx.export(dynamo=False)"
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.FLOAT16,
@@ -256,6 +259,37 @@ def _verify(
     return worst, sizes
 
 
+def _export_legacy(
+    module: nn.Module, example_inputs: ExampleInputs, path: Path, opset: int, dynamic_batch: bool
+) -> None:
+    """The TorchScript exporter, for opsets the torch.export-based one cannot emit (< 18).
+
+    Inputs are named after the dict keys (or ``input``, ``input_1``, ...); with ``dynamic_batch`` dim 0 of
+    every batched input and output is the ``batch`` axis.
+    """
+    args, kwargs = _args_kwargs(example_inputs)
+    size = batch_size_of(example_inputs)
+    named = list(kwargs.items()) or [(f"input_{i}" if i else "input", v) for i, v in enumerate(args)]
+    names = [n for n, v in named if isinstance(v, torch.Tensor)]
+    with torch.no_grad():
+        outputs = flatten_tensors(call_model(module, example_inputs))
+    out_names = [f"output_{i}" if i else "output" for i in range(len(outputs))]
+    tensors = [v for _, v in named if isinstance(v, torch.Tensor)] + list(outputs)
+    batched = dict(zip(names + out_names, tensors, strict=True))
+    axes = {n: {0: "batch"} for n, t in batched.items() if t.dim() > 0 and t.shape[0] == size}
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        kwargs=kwargs or None,
+        dynamo=False,
+        opset_version=opset,
+        input_names=names,
+        output_names=out_names,
+        dynamic_axes=axes if dynamic_batch else None,
+    )
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -272,7 +306,9 @@ def export_onnx(
     With ``verify`` every output of onnxruntime (CPU) must match PyTorch within ``rtol``/``atol`` on
     ``example_inputs`` and, with ``dynamic_batch``, on a batch one larger; otherwise :class:`ExportError`.
     The file is written atomically: on any failure no file is left at ``path``. ``opset=None`` lets the
-    exporter choose (opset 20 with torch 2.14).
+    exporter choose (opset 20 with torch 2.14). Opsets 18 and newer use the torch.export-based exporter;
+    11..17, which edge converters still ask for, use the TorchScript exporter (``dynamo=False``), which
+    torch marks deprecated; ``ExportResult.exporter`` says which one wrote the file.
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten())
     >>> res = export_onnx(net, torch.randn(2, 3, 8, 8), "/tmp/net.onnx")
@@ -281,8 +317,9 @@ def export_onnx(
     """
     start = time.perf_counter()
     _check_inputs(example_inputs)
-    if opset is not None and opset < MIN_OPSET:
-        raise ConfigError(f"opset must be >= {MIN_OPSET} for the torch.export-based exporter, got {opset}")
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
+    legacy = opset is not None and opset < DYNAMO_MIN_OPSET
     if rtol < 0 or atol < 0:
         raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
     path = Path(path)
@@ -303,17 +340,20 @@ def export_onnx(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(tmp),
-                    kwargs=kwargs or None,
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                    opset_version=opset,
-                    dynamic_shapes=_dynamic_shapes(export_inputs) if dynamic_batch else None,
-                )
+                if legacy:
+                    _export_legacy(module, example_inputs, tmp, opset, dynamic_batch)
+                else:
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(tmp),
+                        kwargs=kwargs or None,
+                        dynamo=True,
+                        external_data=False,
+                        verbose=False,
+                        opset_version=opset,
+                        dynamic_shapes=_dynamic_shapes(export_inputs) if dynamic_batch else None,
+                    )
         except Exception as err:
             raise ExportError(f"cannot export to ONNX: {_explain(err)}") from err
         try:
@@ -338,7 +378,7 @@ def export_onnx(
         initializer_params=_initializer_params(proto),
         model_params=count_params(model).total,
         opset=int(opset_used),
-        exporter=EXPORTER,
+        exporter=LEGACY_EXPORTER if legacy else EXPORTER,
         dynamic_batch=dynamic_batch,
         verified=verify,
         max_abs_err=max_err,

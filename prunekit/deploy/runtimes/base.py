@@ -1,0 +1,193 @@
+"""What every edge runtime provides: export a torch model to the runtime's format, load it, run it.
+
+A :class:`Runtime` is one file in this package (``onnxruntime.py``, ``openvino.py``, ...), registered by name
+in ``prunekit.deploy.runtimes``. Its third-party packages are imported inside its methods only, so the core
+never needs them; :meth:`Runtime.require` turns a missing package into one line naming the pip extra.
+
+Files are written atomically (:func:`staged`): into a temporary directory made next to the target, then
+moved into place with ``os.replace`` only after the whole conversion succeeded.
+
+>>> from prunekit.deploy.runtimes import get_runtime
+>>> rt = get_runtime("onnxruntime")
+>>> rt.name, rt.extra, rt.available()
+('onnxruntime', 'onnx', True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit._atomic import umask
+from prunekit._inputs import ExampleInputs
+from prunekit.errors import ConfigError, ExportError
+
+INT8_MODES = ("dynamic", "static")
+
+
+@dataclass
+class Artifact:
+    """What :meth:`Runtime.export` wrote: the file a runtime loads (``path``) and every file written."""
+
+    runtime: str
+    path: str
+    files: list[str]
+    int8: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(Path(f).stat().st_size for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "size_bytes": self.size_bytes}
+
+
+class Session(Protocol):
+    """A loaded model: ``run(inputs)`` takes numpy arrays (one per model input) and returns every output."""
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a runtime must be to PyTorch: fp32 by max-abs error relative to the output's scale
+    (max abs of the reference), INT8 by cosine similarity and top-1 agreement of the first output."""
+
+    fp32_rel: float = 1e-3
+    int8_cosine: float = 0.98
+    int8_top1: float = 0.9
+
+
+class Runtime(ABC):
+    """One edge runtime. Subclasses set ``name``, ``extra``, ``modules`` (importable names it needs),
+    ``suffix`` (of the file :meth:`export` writes) and ``int8_modes``, and implement the two methods."""
+
+    name: str = ""
+    extra: str = ""
+    modules: tuple[str, ...] = ()
+    suffix: str = ""
+    int8_modes: tuple[str, ...] = ()
+    tolerance: Tolerance = Tolerance()
+
+    def available(self) -> bool:
+        """Whether every package this runtime needs imports."""
+        try:
+            self.require()
+        except ExportError:
+            return False
+        return True
+
+    def require(self) -> None:
+        """Import the runtime's packages; :class:`ExportError` naming the extra if one is missing."""
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # a broken install raises more than ImportError
+                raise ExportError(
+                    f"runtime {self.name} needs {module}, which does not import ({type(err).__name__}: "
+                    f'{first_line(err)}): pip install "prunekit[{self.extra}]"'
+                ) from err
+
+    def check_export_args(self, int8: str | None, calibration: Any) -> None:
+        """Refuse an INT8 mode the runtime lacks, and static INT8 without calibration data."""
+        if int8 is not None and int8 not in INT8_MODES:
+            raise ConfigError(f"int8 must be None, 'dynamic' or 'static', got {int8!r}")
+        if int8 is not None and int8 not in self.int8_modes:
+            offered = ", ".join(self.int8_modes) or "none"
+            raise ConfigError(f"runtime {self.name} has no {int8} INT8 here (offered: {offered})")
+        if int8 == "static" and not calibration:
+            raise ConfigError(f"static INT8 for {self.name} needs calibration data (a list of input batches)")
+
+    @abstractmethod
+    def export(
+        self,
+        model: nn.Module,
+        example_inputs: ExampleInputs,
+        out_path: str | os.PathLike,
+        *,
+        opset: int | None = None,
+        int8: str | None = None,
+        calibration: Sequence[ExampleInputs] | None = None,
+    ) -> Artifact:
+        """Convert ``model`` (traced on ``example_inputs``) to this runtime's format at ``out_path``."""
+
+    @abstractmethod
+    def load(self, artifact: Artifact, threads: int | None = None) -> Session:
+        """A CPU session running ``artifact`` with ``threads`` threads (None: the runtime's default)."""
+
+
+def arrays(inputs: ExampleInputs) -> list[np.ndarray]:
+    """The tensors of ``inputs`` (a tensor, a tuple/list, or a dict in its order) as float numpy arrays.
+
+    >>> [a.shape for a in arrays((torch.zeros(1, 3), 2, torch.ones(1)))]
+    [(1, 3), (1,)]
+    """
+    values = list(inputs.values()) if isinstance(inputs, Mapping) else inputs
+    seq = [values] if isinstance(values, torch.Tensor) else list(values)
+    return [t.detach().cpu().contiguous().numpy() for t in seq if isinstance(t, torch.Tensor)]
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (its class name if it has none).
+
+    >>> first_line(ValueError("\\n  bad opset\\n  trace"))
+    'bad opset'
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def check_out_path(out_path: str | os.PathLike, suffix: str) -> Path:
+    """``out_path`` as a Path, refused unless it ends in ``suffix`` and its directory exists.
+
+    >>> check_out_path("/tmp/m.xml", ".xml").name
+    'm.xml'
+    """
+    path = Path(out_path)
+    if path.suffix != suffix:
+        raise ConfigError(f"the output file must end in {suffix}, got {path.name}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file path such as {path / ('model' + suffix)}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"directory {path.parent} does not exist")
+    return path
+
+
+@contextlib.contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A temporary directory next to ``target``; on success move each file in it to ``target``'s directory.
+
+    Only plain files directly inside it are moved (a sub-directory is scratch space), with ``os.replace``,
+    once the body finished; on any error the directory is removed and nothing is left next to ``target``.
+    Moved files get the permissions a plain ``open()`` gives.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with staged(d / "a.txt") as tmp:
+    ...     _ = (tmp / "a.txt").write_text("x")
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.txt']
+    """
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield tmp
+        mode = 0o666 & ~umask()
+        for item in sorted(p for p in tmp.iterdir() if p.is_file()):
+            os.chmod(item, mode)
+            os.replace(item, target.parent / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
