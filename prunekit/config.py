@@ -2,7 +2,7 @@
 
 - :class:`PruneConfig` (structured: channels, neurons, heads removed): ``ratio``, ``criterion``, ``scope``,
   ``ignore``, ``round_to``, ``max_ratio``, ``target``, ``data``, ``loss_fn``, ``measure``, ``latency_runs``,
-  ``verify``.
+  ``verify``, ``stream``.
   Taken by :func:`prunekit.prune`, :func:`prunekit.check`, :func:`prunekit.plan_prune`,
   :func:`~prunekit.structured.target.prune_to_target`, :func:`~prunekit.models.ultralytics.prune_yolo`,
   the recipes and the CLI.
@@ -37,7 +37,7 @@ from prunekit.errors import ConfigError
 
 C = TypeVar("C", "PruneConfig", "SparsifyConfig")
 SCOPES = ("local", "global")
-VERIFY = ("exact", "shapes")  # what prune checks after the cut (see prunekit.prune)
+VERIFY = ("exact", "approximate", "shapes")  # what prune checks after the cut (see prunekit.prune)
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,13 @@ class PruneConfig(_Config):
     - ``measure``: count params and MACs before and after (``False``: they read 0).
     - ``latency_runs``: timed runs per candidate of a ``Target(latency_ms=...)`` search.
     - ``verify``: ``"exact"`` compares the pruned model with the masked reference before returning;
-      ``"shapes"`` checks only sizes and output shapes (one forward fewer).
+      ``"approximate"`` measures its error against the original model (``PruneResult.approx_error``);
+      ``"shapes"`` checks only sizes and output shapes (one forward fewer); ``None``: ``"exact"`` for an
+      exact plan, ``"approximate"`` for one cutting a stream
+      (:func:`prunekit.structured.stream.verify_mode`).
+    - ``stream``: ``True`` (or ``"activation"``) / ``"random"`` also cuts LayerNorm/RMSNorm-ed residual
+      streams, approximately, ranked on ``data`` (or at random); ``False``: norms pin their streams
+      (:mod:`prunekit.structured.stream`). Not combined with ``target`` yet.
 
     >>> PruneConfig(ratio=1.0)
     Traceback (most recent call last):
@@ -166,7 +172,8 @@ class PruneConfig(_Config):
     loss_fn: Any = field(default=None, compare=False, repr=False)
     measure: bool = True
     latency_runs: int = 20
-    verify: str = "exact"
+    verify: str | None = None
+    stream: bool | str = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -181,8 +188,12 @@ class PruneConfig(_Config):
         if not isinstance(self.measure, bool):
             raise ConfigError(f"measure must be True or False, got {self.measure!r}")
         put(self, "latency_runs", integer(self.latency_runs, "latency_runs", 1))
-        if self.verify not in VERIFY:
-            raise ConfigError(f"verify must be 'exact' or 'shapes', got {self.verify!r}")
+        if self.verify is not None and self.verify not in VERIFY:
+            raise ConfigError(f"verify must be 'exact', 'approximate' or 'shapes', got {self.verify!r}")
+        from prunekit.structured.stream import importance  # prunekit.structured imports this module
+
+        if importance(self.stream) is not None and self.target is not None:
+            raise ConfigError("stream=True does not combine with target= yet: give a ratio")
 
     @property
     def effective_scope(self) -> str:

@@ -54,6 +54,11 @@ class Plan:
     def removed_units(self) -> int:
         return sum(len(g.removed) for g in self.groups)
 
+    @property
+    def approximate(self) -> list[str]:
+        """Why this plan's cut is not exact (empty: it is); see :mod:`prunekit.graph.stream`."""
+        return list(self.meta.get("approximate", []))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (dims become string keys)."""
         return {

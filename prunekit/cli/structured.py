@@ -124,6 +124,14 @@ def prune(
             help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
         ),
     ] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Also cut LayerNorm/RMSNorm-ed residual streams (approximate: ranked on --data, the output "
+            "error against MODEL is reported).",
+        ),
+    ] = False,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -135,8 +143,10 @@ def prune(
     from prunekit.structured.target import target_from_options
 
     target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
-    verify = "shapes" if no_verify else "exact"
-    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify)
+    verify = "shapes" if no_verify else None
+    config = prune_config(
+        ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify, stream=stream
+    )
     file_format = file_format_for(model, out) if recipe is None and data is None else None
     if file_format is not None:
         if target is not None:
@@ -181,6 +191,10 @@ def prune(
         )
         return
     console.print(before_after_table(f"prunekit prune {model}", result))
+    if result.approx_error is not None:
+        console.print(
+            f"approximate cut ({'; '.join(result.plan.approximate)}): rel. error {result.approx_error:.3g}"
+        )
     console.print(
         f"removed {result.removed_units:,} channels in {result.n_pruned_groups} of {result.n_groups} groups; "
         f"wrote {out} (reload with `prunekit load {out}`)"

@@ -65,6 +65,8 @@ class Group:
     unit_pinned: np.ndarray = field(repr=False)
     reasons: list[str] = field(default_factory=list)
     constraints: list[str] = field(default_factory=list)
+    #: why removing a unit changes the outputs beyond the oracle's tolerance (empty: exact; stream mode)
+    approximate: list[str] = field(default_factory=list)
 
     @property
     def pinned(self) -> bool:
@@ -85,6 +87,7 @@ class Group:
             "members": [m.to_dict() for m in self.members],
             "reasons": list(self.reasons),
             "constraints": list(self.constraints),
+            "approximate": list(self.approximate),
         }
 
 
@@ -100,6 +103,8 @@ class GroupReport:
     rule_errors: list[str] = field(default_factory=list)
     slot_unit: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
     slot_group: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: stream mode: slots of the normalised dim of every norm site, in call order (``Tracer.stream_sites``)
+    stream_sites: list[torch.Tensor] = field(repr=False, default_factory=list)
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -271,6 +276,12 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
         lst = notes_of.setdefault(int(comp_group[comp[int(slots[0])]]), [])
         if text not in lst and len(lst) < 6:
             lst.append(text)
+    approx_of: dict[int, list[str]] = {}
+    for slots, text in tr.approx:
+        for g in np.unique(comp_group[comp[slots.numpy()]]).tolist():
+            lst = approx_of.setdefault(g, [])
+            if text not in lst:
+                lst.append(text)
     groups = []
     for g in range(n_groups):
         comps = by_group[starts[g] : starts[g] + sizes[g]]
@@ -282,24 +293,38 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
                 pinned[comps].copy(),
                 reasons_of.get(g, []),
                 notes_of.get(g, []),
+                approx_of.get(g, []),
             )
         )
     signature = {m.name: tr.shapes[m.name] for g in groups for m in g.members}
     return GroupReport(
-        groups, tr.attrs, tr.output_shapes, signature, tr.n_calls, tr.rule_errors, slot_unit, slot_group
+        groups,
+        tr.attrs,
+        tr.output_shapes,
+        signature,
+        tr.n_calls,
+        tr.rule_errors,
+        slot_unit,
+        slot_group,
+        tr.stream_sites,
     )
 
 
 def build_groups(
-    model: nn.Module, example_inputs: ExampleInputs, ignore: Iterable[str | nn.Module] | None = None
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ignore: Iterable[str | nn.Module] | None = None,
+    stream: bool = False,
 ) -> GroupReport:
     """Trace ``model`` on ``example_inputs`` and group its coupled channels.
+
+    ``stream=True``: norms over channels are cut approximately, not pinned (:mod:`prunekit.graph.stream`).
 
     >>> rep = build_groups(torch.nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 8, 8))
     >>> rep.groups[0].pinned  # the output channels of the model's last layer are its output
     True
     """
     prefixes = _module_prefixes(model, ignore)
-    tr = trace(model, example_inputs)
+    tr = trace(model, example_inputs, stream)
     record_shape_attrs(tr)
     return groups_from_trace(tr, prefixes)

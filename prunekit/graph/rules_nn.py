@@ -23,6 +23,7 @@ from prunekit.graph.rules import (
     rule,
 )
 from prunekit.graph.rules_shape import elementwise_label
+from prunekit.graph.stream import cut_site, site_input
 from prunekit.graph.trace import Tracer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -56,6 +57,9 @@ def layer_norm(tr: Tracer, func, args, kwargs, out) -> None:
     x, shape = args[0], arg(args, kwargs, 1, "normalized_shape")
     k = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
     L = lab(tr, x)
+    weights = [w for w in (arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias")) if w is not None]
+    if tr.stream and site_input(func, args, kwargs) is x and cut_site(tr, x, weights):
+        return tr.set_label(out, L)
     why = "normalised over channels: its statistics depend on the channel count"
     if any(L.shape[d] > 1 for d in range(x.dim() - k, x.dim())):
         tr.pin(L, why)

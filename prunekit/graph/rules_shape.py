@@ -35,6 +35,7 @@ from prunekit.graph.rules import (
     set_all,
     where_indices,
 )
+from prunekit.graph.stream import cut_site, derived_split, site_input, sized_view
 from prunekit.graph.trace import Tracer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,9 +258,13 @@ def reshape(tr: Tracer, func, args, kwargs, out) -> None:
             "shuffle with one channel per group?): its size would not follow a cut",
         )
     merge_heads(tr, lab(tr, x), list(x.shape), list(out.shape), req)
+    if tr.stream:
+        sized_view(tr, L, list(x.shape), list(out.shape), req)
     for block in splits:
         by_attr = heads_dim(tr, req, block)  # view(b, n, self.num_heads, d): the heads dim shrinks
         adapt = next((d for d in block if req[d] == -1), by_attr if by_attr is not None else block[-1])
+        if tr.stream and by_attr is None and req[adapt] not in (None, -1):
+            derived_split(tr)
         L = _split_constraint(tr, L, [out.shape[d] for d in block], block, adapt)
         if by_attr is not None and adapt == by_attr and L.shape[adapt] > 1:
             inner = math.prod(out.shape[d] for d in block if d > adapt)
@@ -516,6 +521,8 @@ def reduce(tr: Tracer, func, args, kwargs, out) -> None:
         return elementwise(tr, func, args, kwargs, out)
     L = lab(tr, x)
     res = outs(out)
+    if tr.stream and site_input(func, args, kwargs) is x and cut_site(tr, x, []):
+        return tr.set_label(out, blank(x.dim()))
     name = getattr(func, "__name__", "")
     if name in ("norm", "normalize"):
         dim = arg(args, kwargs, 2, "dim", None if name == "norm" else 1)

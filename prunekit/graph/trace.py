@@ -45,6 +45,7 @@ class AttrRecord:
     divisor: int
     old: int
     shared: bool = False  # one attribute of several records (a model config): set only if all agree
+    shape: bool = False  # the attribute is a one-dim shape, ``(size,)`` (``LayerNorm.normalized_shape``)
 
 
 _OP_NAMES: dict[Any, str] = {}
@@ -76,6 +77,8 @@ class Tracer:
     """Trace state: slot ranges, labels of live tensors, links, pins and attribute records."""
 
     model: nn.Module
+    #: cut norms over a labelled last dim approximately instead of pinning (:mod:`prunekit.graph.stream`)
+    stream: bool = False
     names: dict[int, str] = field(default_factory=dict)
     kinds: dict[int, str] = field(default_factory=dict)
     shapes: dict[str, list[int]] = field(default_factory=dict)  # name -> shape, as traced
@@ -85,6 +88,10 @@ class Tracer:
     pins: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     notes: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    #: slots whose removal is approximate, and why (stream mode only)
+    approx: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    #: stream mode: the slots of the normalised dim of every norm site, in call order
+    stream_sites: list[torch.Tensor] = field(default_factory=list)
     attrs: list[AttrRecord] = field(default_factory=list)
     #: (module, int value) -> slot vectors of the shape dims read as that int inside that module
     shape_reads: dict[tuple[str, int], list[torch.Tensor]] = field(default_factory=dict)
@@ -235,6 +242,13 @@ class Tracer:
         if s.numel():
             self.notes.append((s[:1].clone(), text))
 
+    def approximate(self, slots: torch.Tensor, text: str) -> None:
+        """Removing any of ``slots`` changes the outputs beyond the oracle's tolerance (``text``: why)."""
+        s = slots.reshape(-1)
+        s = s[s >= 0]
+        if s.numel():
+            self.approx.append((s, text))
+
     def attr(
         self,
         module: str,
@@ -265,14 +279,17 @@ class _Mode(TorchFunctionMode):
         return out
 
 
-def trace(model: nn.Module, example_inputs: ExampleInputs) -> Tracer:
+def trace(model: nn.Module, example_inputs: ExampleInputs, stream: bool = False) -> Tracer:
     """Run ``model`` once (eval mode, no grad) on ``example_inputs`` and return the labelled trace.
+
+    ``stream=True`` cuts norms over channel slots approximately instead of pinning them
+    (:mod:`prunekit.graph.stream`).
 
     >>> tr = trace(torch.nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 8, 8))
     >>> tr.n_slots  # 3 input channels, 8 output channels, 8 bias entries
     19
     """
-    tracer = Tracer(model)
+    tracer = Tracer(model, stream)
     with eval_scope(model, tracer.module_stack), _Mode(tracer):
         out = call_model(model, example_inputs)
     tracer.op, tracer.module_stack = "output", [""]

@@ -12,6 +12,7 @@ options as keywords.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from prunekit.structured import pipeline
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import compare_with, reference_outputs
 from prunekit.structured.pipeline import PruneResult
+from prunekit.structured.stream import original_outputs
 
 __all__ = ["CheckReport", "PruneResult", "check", "groups", "plan_prune", "prune"]
 
@@ -73,6 +75,7 @@ def plan_prune(
     max_ratio: float | None = None,
     data: Any = None,
     loss_fn: Any = None,
+    stream: bool | str | None = None,
 ) -> tuple[Plan, GroupReport]:
     """Decide what to remove without touching ``model``: returns the plan and the group report.
 
@@ -80,6 +83,8 @@ def plan_prune(
     left at ``None`` takes the config's default). Data-driven criteria (``"taylor"``, ``"hessian"``,
     ``"activation"``, ``"apoz"``, ``"wanda"``) read ``data`` (an iterable of batches: inputs or
     ``(inputs, target)``) and ``loss_fn(output, target)``. A target is searched by :func:`prune` only.
+    ``stream=True`` also cuts LayerNorm/RMSNorm-ed residual streams, approximately, ranked on ``data``
+    (:mod:`prunekit.structured.stream`).
 
     >>> plan, rep = plan_prune(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2)),
     ...                        torch.zeros(1, 3), PruneConfig(ratio=0.25))
@@ -88,7 +93,7 @@ def plan_prune(
     """
     cfg = _ratio_config(
         "plan_prune", config, legacy, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
-        round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn,
+        round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn, stream=stream,
     )  # fmt: skip
     scored = pipeline.traced(model, example_inputs, cfg, "plan_prune")
     return pipeline.select(scored, cfg.ratio), scored.report
@@ -110,6 +115,7 @@ def prune(
     data: Any = None,
     loss_fn: Any = None,
     verify: str | None = None,
+    stream: bool | str | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place: channels, neurons and heads are physically removed.
 
@@ -132,6 +138,12 @@ def prune(
     copy) and requires the pruned outputs to equal it within the oracle's tolerance, with the same decision
     replay as :func:`check`: one more forward. ``verify="shapes"`` skips that forward (huge models).
 
+    ``stream=True`` (or ``"random"``) also cuts LayerNorm/RMSNorm-ed residual streams, approximately, their
+    channels ranked on the calibration batches ``data`` (:mod:`prunekit.structured.stream`). Such a plan
+    is verified with ``verify="approximate"`` (what ``verify=None``, the default, means for it): the output
+    error against the original model is measured and returned as ``PruneResult.approx_error``;
+    ``verify="exact"`` is then a ConfigError (model untouched).
+
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> prune(net, torch.zeros(1, 3), PruneConfig(ratio=0.25, measure=False)).removed_units
     2
@@ -140,7 +152,7 @@ def prune(
         PruneConfig, config, "prune", (*LEGACY_ORDER, "measure", "target"), legacy=legacy, ratio=ratio,
         criterion=criterion, scope=scope, ignore=ignore,
         round_to=round_to, max_ratio=max_ratio, measure=measure, target=target, data=data, loss_fn=loss_fn,
-        verify=verify,
+        verify=verify, stream=stream,
     )  # fmt: skip
     return pipeline.run(model, example_inputs, cfg)
 
@@ -165,10 +177,15 @@ class CheckReport:
     #: near-tie decisions the pruned run took from the reference (see prunekit.structured.replay)
     replayed: list[str] = field(default_factory=list)
     n_values: int = 0  #: output entries compared; 0 proves nothing (every compared output was empty)
+    #: "exact" (``ok``), "approximate" (a stream cut, compared with the original model) or "failed"
+    status: str = "failed"
+    rel_err: float = 0.0  #: max_abs_err / max|reference|
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "status": self.status,
+            "rel_err": self.rel_err,
             "compared_at": self.compared_at,
             "max_abs_err": self.max_abs_err,
             "tolerance": self.tolerance,
@@ -199,6 +216,7 @@ def check(
     data: Any = None,
     loss_fn: Any = None,
     compare_at: str | None = None,
+    stream: bool | str | None = None,
 ) -> CheckReport:
     """Prune a deep copy and compare it with the masked reference (see :mod:`prunekit.structured.oracle`).
 
@@ -206,7 +224,9 @@ def check(
     keywords). Discrete decisions (top-k, sort, NMS, comparisons) whose inputs agree within the tolerance
     take the reference's answer in the pruned run, so a near-tie flipped by rounding is no error;
     ``.replayed`` names those that changed an answer (:mod:`prunekit.structured.replay`). ``compare_at``
-    names a submodule whose outputs are compared instead of the model's.
+    names a submodule whose outputs are compared instead of the model's. ``stream=True`` (see :func:`prune`):
+    a plan that cuts a normalised stream is compared with the ORIGINAL model and reported as
+    ``status="approximate"`` with its ``rel_err``; ``ok`` stays False (``ok`` means exact).
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> check(net, torch.randn(2, 3)).ok
@@ -214,7 +234,7 @@ def check(
     """
     cfg = _ratio_config(
         "check", config, legacy, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
-        round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn,
+        round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn, stream=stream,
     )  # fmt: skip
     eager_module(model, "check")
     if compare_at is not None:
@@ -224,7 +244,11 @@ def check(
             raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
     scored = pipeline.traced(model, example_inputs, cfg, "check")
     plan, report = pipeline.select(scored, cfg.ratio), scored.report
-    reference = reference_outputs(model, plan, example_inputs, compare_at)
+    approximate = bool(plan.approximate)
+    if approximate:
+        reference = original_outputs(model, example_inputs, compare_at)
+    else:
+        reference = reference_outputs(model, plan, example_inputs, compare_at)
     params_before = count_params(model).total
     pruned = copy.deepcopy(model)
     macs_before = count_macs(pruned, example_inputs)
@@ -239,8 +263,13 @@ def check(
         }
         for g in report.pinned_groups
     ]
+    rel_err = cmp.max_abs_err / max(cmp.ref_max_abs, 1e-30) if cmp.shapes_equal else float("inf")
+    if approximate:
+        status = "approximate" if cmp.shapes_equal and math.isfinite(rel_err) else "failed"
+    else:
+        status = "exact" if cmp.ok else "failed"
     return CheckReport(
-        cmp.ok,
+        cmp.ok and not approximate,
         cmp.max_abs_err,
         cmp.tolerance,
         cmp.shapes_equal,
@@ -255,4 +284,6 @@ def check(
         compare_at,
         list(reference.decisions.replayed),
         cmp.n_values,
+        status,
+        rel_err,
     )

@@ -2,9 +2,9 @@
 
 A cut that leaves ``out_channels`` or ``embed_dim`` stale computes the right outputs but lies to every tool
 that reads the attribute (export, summaries, code that sizes a view by it). :func:`mismatches` compares every
-size attribute of :func:`prunekit.graph.shape_attrs.shape_attrs` (plus ``LayerNorm.normalized_shape``) with
-the module's tensors; :func:`prunekit.apply` runs it on the modules a plan touches, so a stale attribute is an
-:class:`~prunekit.errors.ApplyError` and the model is rolled back.
+size attribute of :func:`prunekit.graph.shape_attrs.shape_attrs` (plus ``normalized_shape`` of ``LayerNorm``
+and ``RMSNorm``) with the module's tensors; :func:`prunekit.apply` runs it on the modules a plan touches,
+so a stale attribute is an :class:`~prunekit.errors.ApplyError` and the model is rolled back.
 
 >>> lin = torch.nn.Linear(3, 4)
 >>> mismatches(lin)
@@ -35,7 +35,7 @@ def _module_mismatches(name: str, module: nn.Module) -> list[str]:
         if value != t.shape[dim] * factor:
             times = f" x {factor}" if factor > 1 else ""
             found.append(f"{where}.{attr} says {value}, {local} has {t.shape[dim]}{times} (dim {dim})")
-    if isinstance(module, nn.LayerNorm) and isinstance(module.weight, torch.Tensor):
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and isinstance(module.weight, torch.Tensor):
         if tuple(module.normalized_shape) != tuple(module.weight.shape):
             found.append(
                 f"{where}.normalized_shape says {tuple(module.normalized_shape)}, "

@@ -84,7 +84,7 @@ def validate(
             raise PlanError(f"plan updates module {mname!r}, which the model does not have")
         for attr, (old, _new) in attrs.items():
             cur = _get_attr(modules[mname], attr)
-            if cur != old:
+            if (list(cur) if isinstance(cur, tuple) else cur) != old:  # a shape attribute is a JSON list
                 raise PlanError(f"{mname}.{attr} is {cur!r}, the plan expects {old!r}")
     return kept
 
@@ -147,7 +147,10 @@ def _get_attr(module: nn.Module, attr: str) -> Any:
 
 def _set_attr(module: nn.Module, attr: str, value: Any) -> None:
     owner, _, leaf = attr.rpartition(".")
-    setattr(_get_attr(module, owner) if owner else module, leaf, value)
+    obj = _get_attr(module, owner) if owner else module
+    if isinstance(value, list) and isinstance(getattr(obj, leaf, None), tuple):  # a shape from JSON
+        value = tuple(value)
+    setattr(obj, leaf, value)
 
 
 def apply(

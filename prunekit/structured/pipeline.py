@@ -4,15 +4,18 @@ Every structural verb goes through these stages, each defined once here:
 
 - :func:`trace`: the model's coupled groups (:func:`prunekit.graph.groups.build_groups`) after the checks
   that need the model (:mod:`prunekit._validate`); ``ignore`` modules become their names.
-- :func:`score_groups`: one float64 score per unit of every prunable group (the criterion's loop).
+- :func:`score_groups`: one float64 score per unit of every prunable exact group (the criterion's loop);
+  :func:`score` adds the approximate (stream) groups of a ``stream=True`` config, ranked on its data
+  (:func:`prunekit.structured.stream.stream_scores`).
 - :func:`select`: the units a ratio removes (:func:`~prunekit.structured.select.choose_units`), the
   :class:`~prunekit.plan.Plan` with :func:`plan_meta`, then the plan transforms in order. A transform is
   ``transform(plan, scored) -> plan``: a family's own step on the plan (ultralytics: C2f's ``c`` and the
   widths its yaml can state, :mod:`prunekit.models.ultralytics`).
 - A :class:`~prunekit.config.Target` replaces ``select`` by its search
   (:func:`prunekit.structured.target.search`), which measures candidate plans, transforms included.
-- :func:`run`: apply (verified against the masked reference with ``verify="exact"``), measure, and
-  :func:`make_result`, the one builder of :class:`PruneResult`.
+- :func:`run`: apply (verified against the masked reference with ``verify="exact"``, measured against the
+  original model with ``verify="approximate"``: :func:`prunekit.structured.stream.verify_mode`), measure,
+  and :func:`make_result`, the one builder of :class:`PruneResult`.
 
 :func:`prunekit.plan_prune` stops after ``select``; :func:`prunekit.check` applies the same plan to a copy
 and compares it with the masked reference (:mod:`prunekit.structured.oracle`), which never sees this road.
@@ -49,6 +52,8 @@ from prunekit.plan import Plan
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
+from prunekit.structured.stream import importance as stream_importance
+from prunekit.structured.stream import original_outputs, relative_error, stream_scores, verify_mode
 
 
 @dataclass
@@ -86,24 +91,32 @@ def trace(model: nn.Module, example_inputs: ExampleInputs, config: PruneConfig, 
     """Check ``model`` for ``verb`` (eager module, no masks, a loss criterion's first batch) and group it."""
     eager_module(model, verb)
     loss_batches(model, config.criterion, config.data, config.loss_fn)
-    return build_groups(model, example_inputs, list(config.ignore) or None)
+    stream = stream_importance(config.stream) is not None
+    return build_groups(model, example_inputs, list(config.ignore) or None, stream=stream)
 
 
 def score_groups(report: GroupReport, ctx: ScoreContext, criterion: Any = "l2") -> dict[int, torch.Tensor]:
-    """One float64 score per unit of every prunable group of ``report``, keyed by group id.
+    """One float64 score per unit of every prunable group of ``report`` that is not approximate (a stream
+    group, which :func:`score` ranks on calibration data), keyed by group id.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     >>> rep = build_groups(net, torch.zeros(1, 3))
     >>> [s.shape[0] for s in score_groups(rep, ScoreContext.of(net, torch.zeros(1, 3))).values()]
     [4]
     """
-    return group_scores(report.prunable_groups, get_criterion(criterion), ctx)
+    exact = [g for g in report.prunable_groups if not g.approximate]
+    return group_scores(exact, get_criterion(criterion), ctx)
 
 
 def score(model: nn.Module, example_inputs: ExampleInputs, report: GroupReport, config: PruneConfig) -> dict:
-    """:func:`score_groups` with ``config``'s criterion, data and loss on ``model``'s current weights."""
+    """:func:`score_groups` with ``config``'s criterion, data and loss on ``model``'s current weights, and
+    the stream groups' scores of a ``stream`` config."""
     ctx = ScoreContext.of(model, example_inputs, data=config.data, loss_fn=config.loss_fn)
-    return score_groups(report, ctx, config.criterion)
+    scores = score_groups(report, ctx, config.criterion)
+    how = stream_importance(config.stream)
+    if how is not None:
+        scores.update(stream_scores(model, report, config.data, how))
+    return scores
 
 
 def traced(
@@ -137,6 +150,9 @@ def plan_meta(config: PruneConfig, report: GroupReport, ratio: float | None, **e
     }
     if config.target is not None:
         meta["target"] = config.target.to_dict()
+    how = stream_importance(config.stream)
+    if how is not None:
+        meta["stream"] = how
     meta.update(extra)
     return meta
 
@@ -168,6 +184,8 @@ class PruneResult:
     target_units: int
     seconds: dict[str, float] = field(default_factory=dict)
     target: dict[str, Any] | None = None  # requested vs achieved, when pruned to a prunekit.Target
+    #: an approximate plan's measured output error against the original model, max|y - y0| / max|y0|
+    approx_error: float | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -192,9 +210,10 @@ def make_result(
     after: tuple[int, int],
     seconds: dict[str, float],
     target: dict[str, Any] | None = None,
+    approx_error: float | None = None,
 ) -> PruneResult:
     """The :class:`PruneResult` of ``plan`` cut from a model of ``report``; ``before``/``after`` are
-    ``(params, MACs)``."""
+    ``(params, MACs)``; ``approx_error``: what ``verify="approximate"`` measured."""
     return PruneResult(
         plan,
         int(before[0]),
@@ -207,6 +226,7 @@ def make_result(
         int(plan.meta.get("target_units") or 0),
         seconds,
         target=target,
+        approx_error=approx_error,
     )
 
 
@@ -246,11 +266,14 @@ def run(
     t1 = time.perf_counter()
     before = counts(model, view, example_inputs, config.measure)
     t2 = time.perf_counter()
-    reference = reference_outputs(view, plan, example_inputs) if config.verify == "exact" else None
+    mode = verify_mode(config.verify, plan)
+    reference = reference_outputs(view, plan, example_inputs) if mode == "exact" else None
+    original = original_outputs(view, example_inputs) if mode == "approximate" else None
     apply(view, plan, example_inputs, reference)
+    approx_error = None if original is None else relative_error(view, original, example_inputs)
     t3 = time.perf_counter()
     after = counts(model, view, example_inputs, config.measure)
     info = search.info(view) if search is not None else None
     t4 = time.perf_counter()
     seconds = {"plan": t1 - t0, "apply": t3 - t2, "measure": (t2 - t1) + (t4 - t3)}
-    return make_result(plan, scored.report, before, after, seconds, info)
+    return make_result(plan, scored.report, before, after, seconds, info, approx_error)

@@ -4,7 +4,9 @@ A plan's ``attrs`` come from the tracer (every one is an integer width or count 
 but a plan read from a file may say anything. :func:`check_attrs` refuses, before anything is touched:
 
 - an attribute path with a private or dunder part (``_parameters``, ``__class__``);
-- a change that is not ``int -> int`` with ``1 <= new <= old`` (``padding_mode: zeros -> circular``);
+- a change that is not ``int -> int`` with ``1 <= new <= old`` (``padding_mode: zeros -> circular``), or,
+  for the one-dim shapes of :data:`SHAPES` (a norm's ``normalized_shape``, cut in stream mode),
+  ``[int] -> [int]`` likewise;
 - on torch's layers, an attribute that is neither one of their size attributes
   (:func:`prunekit.graph.shape_attrs.shape_attrs`, the table the trace records from) nor one of the counts
   in :data:`COUNTS`, and a size attribute whose new value disagrees with the shape its tensor will have
@@ -42,7 +44,11 @@ COUNTS: dict[type, tuple[str, ...]] = {
     nn.PReLU: (),
     nn.RNNBase: (),
     nn.MultiheadAttention: ("num_heads",),
+    nn.LayerNorm: ("normalized_shape",),
+    nn.RMSNorm: ("normalized_shape",),
 }
+#: attributes that are one-dim shapes, ``(size,)``: a plan states them as ``[[old], [new]]``
+SHAPES = ("normalized_shape",)
 
 
 def _allowed(module: nn.Module) -> tuple[str, ...] | None:
@@ -58,10 +64,14 @@ def _check_change(mname: str, module: nn.Module, attr: str, change: list[Any]) -
     allowed = _allowed(module)
     if allowed is not None and attr not in allowed:
         raise PlanError(f"plan may not change {where} ({type(module).__name__}): only {', '.join(allowed)}")
-    if len(change) != 2 or not all(type(v) is int for v in change) or not 1 <= change[1] <= change[0]:
+    values = (
+        [v[0] if isinstance(v, list) and len(v) == 1 else None for v in change] if attr in SHAPES else change
+    )
+    if len(values) != 2 or not all(type(v) is int for v in values) or not 1 <= values[1] <= values[0]:
+        form = "a one-dim shape ([old] -> [new])" if attr in SHAPES else "an integer width or count"
         raise PlanError(
-            f"plan changes {where} from {change[0]!r} to {change[-1]!r}; a plan may only shrink an integer "
-            "width or count (1 <= new <= old)"
+            f"plan changes {where} from {change[0]!r} to {change[-1]!r}; a plan may only shrink {form} "
+            "(1 <= new <= old)"
         )
 
 
@@ -73,12 +83,14 @@ def _size_after(t: torch.Tensor, dim: int, names: list[str], plan: Plan) -> int:
 
 def _check_sizes(mname: str, module: nn.Module, new: dict[str, int], plan: Plan, names: dict) -> None:
     specs = shape_attrs(module, groups=new.get("groups"))
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # its one-dim shape follows its weight
+        specs = {**specs, "normalized_shape": ("weight", 0, 1)}
     for attr, (local, dim, factor) in specs.items():
         t = module._parameters.get(local, module._buffers.get(local))
         if attr not in new or t is None or t.dim() <= dim:
             continue
         implied = _size_after(t, dim, names.get(id(t), []), plan) * factor
-        if new[attr] != implied:
+        if (new[attr][0] if attr in SHAPES else new[attr]) != implied:
             raise PlanError(
                 f"plan sets {mname}.{attr} ({type(module).__name__}) to {new[attr]}, but its tensors after "
                 f"the cut imply {implied}"

@@ -161,8 +161,12 @@ def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | 
         if prev is not None and prev[1] != new:
             raise ValueError(f"{rec.module}.{rec.attr}: inconsistent new values {prev[1]} and {new}")
         if new != rec.old:
-            attrs.setdefault(rec.module, {})[rec.attr] = [rec.old, new]
+            pair = [[rec.old], [new]] if getattr(rec, "shape", False) else [rec.old, new]
+            attrs.setdefault(rec.module, {})[rec.attr] = pair
     meta = dict(meta or {})
+    approx = sorted({why for gid, units in removed.items() if units for why in by_id[gid].approximate})
+    if approx:  # the plan cannot be exact: every check and replay says so (prunekit.structured.stream)
+        meta["approximate"] = approx
     for (module, attr), (old, values) in shared.items():
         if len(values) == 1 and old not in values:
             attrs.setdefault(module, {})[attr] = [old, values.pop()]
