@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from prunekit.structured.apply import apply
 from torch import nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.plan import Plan
+from prunekit.structured import apply
 from prunekit.structured.consistency import mismatches
 
 C, HEADS, VOCAB, SEQ = 32, 4, 50, 6
