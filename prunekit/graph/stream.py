@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.graph.labels import _blocks, align
+from prunekit.graph.labels import align, reshape_blocks
 from prunekit.graph.trace import AttrRecord, Tracer
 
 REASON = "LayerNorm statistics over a cut width"
@@ -99,7 +99,7 @@ def sized_view(tr: Tracer, L: torch.Tensor, s_in: list[int], s_out: list[int], r
     """
     mname = tr.module_stack[-1]
     module = tr.model.get_submodule(mname) if mname else tr.model
-    for bi, bo in _blocks(s_in, s_out) or []:
+    for bi, bo in reshape_blocks(s_in, s_out) or []:
         d = bo[0]
         if len(bi) != 1 or len(bo) != 1 or L.shape[d] == 1 or req[d] in (None, -1):
             continue
