@@ -191,7 +191,7 @@ def test_pruned_llama_save_pretrained_loads_in_stock_transformers_and_generates(
     cfg = {**CONFIGS["llama"], "num_hidden_layers": 3}
     model = load_model("hf:" + json.dumps(cfg))
     x = inputs("llama")
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     prune_layers(model, x, n=1)
     saved = save_pretrained(model, tmp_path / "hf", example_inputs=x)
     written = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -211,7 +211,7 @@ def test_pruned_vit_states_head_dim_and_loads_in_stock_transformers(tmp_path):
 
     model = load_model(spec("vit"))
     x = inputs("vit")
-    ps.prune(model, x, 0.5, measure=False)
+    ps.prune(model, x, ratio=0.5, measure=False)
     saved = save_pretrained(model, tmp_path / "hf")
     assert saved.changed == {"head_dim": [None, 8]}  # ViT reads config.head_dim, else hidden / heads
     with torch.no_grad():
@@ -226,7 +226,7 @@ def test_bert_ffn_and_layers_pruned_load_in_stock_transformers(tmp_path):
     model = load_model("hf:" + json.dumps({**CONFIGS["bert"], "num_hidden_layers": 3}))
     x = inputs("bert")
     heads = [f"encoder.layer.{i}.attention" for i in range(3)]
-    ps.prune(model, x, 0.5, ignore=heads, measure=False)
+    ps.prune(model, x, ratio=0.5, ignore=heads, measure=False)
     prune_layers(model, x, n=1)
     save_pretrained(model, tmp_path / "hf", example_inputs=x)
     written = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -249,7 +249,7 @@ def test_save_pretrained_refuses_what_a_config_cannot_state_and_writes_nothing(t
     from prunekit.errors import ExportError
 
     model = load_model(spec(name))
-    ps.prune(model, inputs(name), 0.5, ignore=ignore, measure=False)
+    ps.prune(model, inputs(name), ratio=0.5, ignore=ignore, measure=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = model.config.to_dict()
     with pytest.raises(ExportError, match=why) as err:

@@ -56,7 +56,7 @@ def test_minilm_activation_global_pruning_and_layer_distillation():
     student = copy_embedder(dense)
     x = student.tokenize(sents[:4])
     res = ps.prune(
-        student, x, 0.3, criterion="activation", scope="global", ignore=["encoder.pooler"], data=calib
+        student, x, ratio=0.3, criterion="activation", scope="global", ignore=["encoder.pooler"], data=calib
     )
     assert res.plan.removed_units == round(0.3 * (6 * (12 + 1536)))  # the global target, exactly
     ffn = [layer.intermediate.dense.out_features for layer in student.encoder.encoder.layer]
@@ -78,7 +78,7 @@ def test_minilm_ffn_and_layers_pruned_save_as_sentence_transformers_and_reload_s
     emb = load_minilm()
     x = emb.tokenize(sents[:4])
     heads = [f"encoder.encoder.layer.{i}.attention" for i in range(6)]
-    ps.prune(emb, x, 0.5, ignore=[*heads, "encoder.pooler"], measure=False)
+    ps.prune(emb, x, ratio=0.5, ignore=[*heads, "encoder.pooler"], measure=False)
     prune_layers(emb, x, n=2)
     assert (emb.encoder.config.intermediate_size, emb.encoder.config.num_hidden_layers) == (768, 4)
     saved = save_sentence_transformer(emb, tmp_path / "st", sentences=sents)
@@ -87,7 +87,7 @@ def test_minilm_ffn_and_layers_pruned_save_as_sentence_transformers_and_reload_s
     assert int(out["prunekit_imported"]) == 0
     assert float((out["output"] - emb.embed(sents)).abs().max()) < 1e-5
     # pruned heads: BERT sizes a head as hidden / heads, so no stock config states them; nothing is written
-    ps.prune(emb, x, 0.5, ignore=["encoder.pooler"], measure=False)
+    ps.prune(emb, x, ratio=0.5, ignore=["encoder.pooler"], measure=False)
     with pytest.raises(ExportError, match="sizes a head as hidden_size / num_attention_heads"):
         save_sentence_transformer(emb, tmp_path / "heads", sentences=sents)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st"]
