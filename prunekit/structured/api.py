@@ -29,10 +29,11 @@ from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
-from prunekit.structured import pipeline
+from prunekit.structured import pipeline, slicegpt
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import compare_with, reference_outputs
 from prunekit.structured.pipeline import PruneResult
+from prunekit.structured.stream import importance as stream_importance
 from prunekit.structured.stream import original_outputs
 
 __all__ = ["CheckReport", "PruneResult", "check", "groups", "plan_prune", "prune"]
@@ -95,6 +96,11 @@ def plan_prune(
         "plan_prune", config, legacy, ratio=ratio, criterion=criterion, scope=scope, ignore=ignore,
         round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn, stream=stream,
     )  # fmt: skip
+    if stream_importance(cfg.stream) == "slicegpt":
+        raise ConfigError(
+            "plan_prune leaves the model untouched, but stream='slicegpt' rotates its weights before the "
+            "cut: use prune (or check, on a copy)"
+        )
     scored = pipeline.traced(model, example_inputs, cfg, "plan_prune")
     return pipeline.select(scored, cfg.ratio), scored.report
 
@@ -242,17 +248,30 @@ def check(
             model.get_submodule(compare_at)
         except AttributeError:
             raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
+    original, sliced, transforms = None, None, []
+    if stream_importance(cfg.stream) == "slicegpt":  # a rotated copy; the reference is the model itself
+        original = original_outputs(model, example_inputs, compare_at)
+        params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
+        model = copy.deepcopy(model)
+        sliced = slicegpt.transform(model, cfg.data)
+        transforms = [sliced.into_plan]
     scored = pipeline.traced(model, example_inputs, cfg, "check")
-    plan, report = pipeline.select(scored, cfg.ratio), scored.report
+    plan, report = pipeline.select(scored, cfg.ratio, transforms), scored.report
     approximate = bool(plan.approximate)
-    if approximate:
+    if original is not None:
+        reference = original
+    elif approximate:
         reference = original_outputs(model, example_inputs, compare_at)
     else:
         reference = reference_outputs(model, plan, example_inputs, compare_at)
-    params_before = count_params(model).total
+    if sliced is None:
+        params_before = count_params(model).total
     pruned = copy.deepcopy(model)
-    macs_before = count_macs(pruned, example_inputs)
+    if sliced is None:
+        macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
+    if sliced is not None:
+        slicegpt.rescale(pruned, sliced.record)
     cmp = compare_with(pruned, reference, example_inputs, compare_at)
     pinned = [
         {

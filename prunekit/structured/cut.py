@@ -31,6 +31,7 @@ from prunekit.structured.consistency import mismatches
 from prunekit.structured.mha import CLASS_SWAPS
 from prunekit.structured.oracle import Reference, compare_with, run_outputs
 from prunekit.structured.plan_attrs import check_attrs
+from prunekit.structured.slicegpt import replay as replay_transform
 
 
 def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[tuple[nn.Module, str, str]]]]:
@@ -184,6 +185,9 @@ def apply(
     undo_attrs: list[tuple[nn.Module, str, Any]] = []
     step = "slicing"
     try:
+        step = "replaying the stream transform"
+        for module in replay_transform(model, plan.meta):
+            undo_attrs.append((module, "__class__", nn.LayerNorm))
         for name in plan.removals:
             step = f"slicing {name}"
             old, holders = state[name]

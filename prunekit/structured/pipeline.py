@@ -49,6 +49,7 @@ from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
+from prunekit.structured import slicegpt
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import reference_outputs
 from prunekit.structured.select import build_plan, choose_units
@@ -254,23 +255,38 @@ def run(
     """
     view = model if view is None else view
     t0 = time.perf_counter()
-    scored = traced(view, example_inputs, config, verb)
-    search = None
-    if config.target is None:
-        plan = select(scored, config.ratio, transforms)
-    else:
-        from prunekit.structured.target import search_target
+    sliced = None
+    if stream_importance(config.stream) == "slicegpt":  # the reference is the model before the rotation
+        original = original_outputs(view, example_inputs)
+        before = counts(model, view, example_inputs, config.measure)
+        sliced = slicegpt.transform(view, config.data)
+        transforms = [*transforms, sliced.into_plan]
+    try:
+        scored = traced(view, example_inputs, config, verb)
+        search = None
+        if config.target is None:
+            plan = select(scored, config.ratio, transforms)
+        else:
+            from prunekit.structured.target import search_target
 
-        search = search_target(scored, transforms)
-        plan = search.plan
-    t1 = time.perf_counter()
-    before = counts(model, view, example_inputs, config.measure)
-    t2 = time.perf_counter()
-    mode = verify_mode(config.verify, plan)
-    reference = reference_outputs(view, plan, example_inputs) if mode == "exact" else None
-    original = original_outputs(view, example_inputs) if mode == "approximate" else None
-    apply(view, plan, example_inputs, reference)
-    approx_error = None if original is None else relative_error(view, original, example_inputs)
+            search = search_target(scored, transforms)
+            plan = search.plan
+        t1 = time.perf_counter()
+        if sliced is None:
+            before = counts(model, view, example_inputs, config.measure)
+        t2 = time.perf_counter()
+        mode = verify_mode(config.verify, plan)
+        reference = reference_outputs(view, plan, example_inputs) if mode == "exact" else None
+        if sliced is None:
+            original = original_outputs(view, example_inputs) if mode == "approximate" else None
+        apply(view, plan, example_inputs, reference)
+    except BaseException:
+        if sliced is not None:  # apply restores its own cut; the rotation is undone here
+            sliced.undo()
+        raise
+    if sliced is not None:
+        slicegpt.rescale(view, sliced.record)
+    approx_error = None if mode != "approximate" else relative_error(view, original, example_inputs)
     t3 = time.perf_counter()
     after = counts(model, view, example_inputs, config.measure)
     info = search.info(view) if search is not None else None

@@ -41,18 +41,20 @@ from prunekit.graph.stream import site_input
 from prunekit.plan import Plan
 from prunekit.structured.oracle import Reference, compare_with, reference_outputs
 
-IMPORTANCE = ("activation", "random")
+IMPORTANCE = ("activation", "random", "slicegpt")
 
 
 def importance(stream: Any) -> str | None:
-    """The stream importance a ``stream=`` argument asks for: None (off), ``"activation"`` or ``"random"``."""
+    """The stream importance a ``stream=`` argument asks for: None (off), ``"activation"``, ``"random"`` or
+    ``"slicegpt"`` (the invariant transform first, then the activation ranking:
+    :mod:`prunekit.structured.slicegpt`)."""
     if stream is None or stream is False:
         return None
     if stream is True:
         return "activation"
     if isinstance(stream, str) and stream in IMPORTANCE:
         return stream
-    raise ConfigError(f"stream must be True, False, 'activation' or 'random', got {stream!r}")
+    raise ConfigError(f"stream must be True, False, 'activation', 'random' or 'slicegpt', got {stream!r}")
 
 
 class _Sites(TorchFunctionMode):
