@@ -153,7 +153,8 @@ class PruneConfig(_Config):
       exact plan, ``"approximate"`` for one cutting a stream
       (:func:`prunekit.structured.stream.verify_mode`).
     - ``stream``: ``True`` (or ``"activation"``) / ``"random"`` also cuts LayerNorm/RMSNorm-ed residual
-      streams, approximately, ranked on ``data`` (or at random); ``False``: norms pin their streams
+      streams, approximately, ranked on ``data`` (or at random); ``"slicegpt"`` first applies SliceGPT's
+      invariant transform (:mod:`prunekit.structured.slicegpt`); ``False``: norms pin their streams
       (:mod:`prunekit.structured.stream`). Not combined with ``target`` yet.
 
     >>> PruneConfig(ratio=1.0)
