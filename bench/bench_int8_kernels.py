@@ -8,11 +8,15 @@ on x86 without VNNI); ``reduce_range=True``, the default, removes that gap. The 
 trained 3 epochs, the same pruned to half its channels (no fine-tune), and torchvision's ResNet-18 and
 MobileNetV2 with random weights at 64x64 (calibrated and measured on random inputs).
 
-    .venv/bin/python bench/bench_int8_kernels.py   # one row per model and setting (~5 min on 2 cores)
+    .venv/bin/python bench/bench_int8_kernels.py             # every model and setting (~5 min, 2 cores)
+    .venv/bin/python bench/bench_int8_kernels.py --no-write  # print the table, leave docs/RESULTS.md
+
+The table is written as the ``int8-kernels`` section of ``--out`` (docs/RESULTS.md by default).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import tempfile
 from pathlib import Path
@@ -21,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torchvision
+from _common import common_args, finish, machine_line, markdown_table
 
 from prunekit.demo.data import load_splits, make_loaders
 from prunekit.demo.model import build_model
@@ -39,8 +44,10 @@ def outputs(path: Path, xs: list[np.ndarray], optimise: bool) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x})[0] for x in xs])
 
 
-def measure(name: str, fp32: Path, calibration: list[torch.Tensor], xs: list[np.ndarray]) -> None:
+def measure(name: str, fp32: Path, calibration: list[torch.Tensor], xs: list[np.ndarray]) -> list[list]:
+    """One row per (per_channel, reduce_range): the model, the setting, and the two relative errors."""
     ref = outputs(fp32, xs, optimise=True)
+    rows = []
     for per_channel, reduce_range in itertools.product((True, False), (False, True)):
         out = fp32.with_suffix(".int8.onnx")
         quantize_onnx(
@@ -52,14 +59,16 @@ def measure(name: str, fp32: Path, calibration: list[torch.Tensor], xs: list[np.
             reduce_range=reduce_range,
         )
         errs = [np.linalg.norm(outputs(out, xs, opt) - ref) / np.linalg.norm(ref) for opt in (True, False)]
-        print(
-            f"| {name} | {per_channel} | {reduce_range} | {errs[0]:.4f} | {errs[1]:.4f} |",
-            flush=True,
-        )
+        rows.append([name, per_channel, reduce_range, f"{errs[0]:.4f}", f"{errs[1]:.4f}"])
+        print(" | ".join(str(c) for c in rows[-1]), flush=True)
+    return rows
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[common_args(threads=1)])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows: list[list] = []
     work = Path(tempfile.mkdtemp(prefix="int8_kernels."))
     splits = load_splits()
     train_loader, test_loader = make_loaders(splits, batch_size=64)
@@ -70,15 +79,12 @@ def main() -> None:
     pruned = build_model(0)
     pruned.load_state_dict(dense.state_dict())
     prune(pruned.eval(), splits.x_test[:2], ratio=0.5)
-    print(
-        "| model | per_channel | reduce_range | kernel rel. err | reference rel. err |\n|---|---|---|---|---|"
-    )
     for name, file, model in (
         ("digits CNN", "dense", dense.eval()),
         ("digits CNN pruned 50%", "pruned", pruned),
     ):
         export_onnx(model, splits.x_test[:2], work / f"{file}.onnx")
-        measure(name, work / f"{file}.onnx", calibration, xs)
+        rows += measure(name, work / f"{file}.onnx", calibration, xs)
     g = torch.Generator().manual_seed(0)
     for name, ctor in (
         ("resnet18", torchvision.models.resnet18),
@@ -89,12 +95,23 @@ def main() -> None:
             ctor(num_classes=100).eval(), torch.randn(2, 3, 64, 64, generator=g), work / f"{name}.onnx"
         )
         calib = [torch.randn(8, 3, 64, 64, generator=g) for _ in range(8)]
-        measure(
+        rows += measure(
             name,
             work / f"{name}.onnx",
             calib,
             [torch.randn(16, 3, 64, 64, generator=g).numpy() for _ in range(4)],
         )
+    header = ["model", "per_channel", "reduce_range", "kernel rel. err", "reference rel. err"]
+    text = "\n".join(
+        [
+            "## Static INT8 in onnxruntime: integer kernels vs float reference, 8- vs 7-bit weights",
+            "",
+            machine_line(args.threads, onnxruntime=ort.__version__),
+            "",
+            *markdown_table(header, rows, align="lllrr"),
+        ]
+    )
+    finish("int8-kernels", text, args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ current umask (``0o666 & ~umask``, ``0o777 & ~umask``), and moved onto the targe
 which replaces a symlink at the target rather than following it. Any exception, ``KeyboardInterrupt``
 included, removes the temporary.
 
+Outputs that are several sibling files (OpenVINO's ``.xml`` + ``.bin``) are staged together in one
+temporary directory and moved file by file (:func:`atomic_files`).
+
 Replacing a directory takes two renames (old -> backup, new -> target). A crash between them leaves the
 target missing and the backup next to it; :func:`recover_dir` (called before every directory write and by
 readers that want it) puts the backup back. Temporaries and backups carry the writing process id in a
@@ -70,16 +73,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _finish_file(path: str | os.PathLike, mask: int) -> None:
+    """fsync one file and give it the mode a plain ``open()`` would (``0o666 & ~mask``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp and some writers (safetensors) create files 0o600
+    finally:
+        os.close(fd)
+
+
 def _finish_tree(root: Path, mask: int) -> None:
     """fsync every file and folder under ``root`` and give them the modes a plain write would."""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                os.fsync(fd)
-                os.fchmod(fd, 0o666 & ~mask)  # some writers (safetensors) create files 0o600
-            finally:
-                os.close(fd)
+            _finish_file(os.path.join(dirpath, name), mask)
         os.chmod(dirpath, 0o777 & ~mask)  # mkdtemp makes 0o700
         _fsync_dir(Path(dirpath))
 
@@ -98,12 +106,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], T]) -> T:
     tmp = Path(name)
     try:
         result = write(tmp)
-        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            os.fsync(fd)
-            os.fchmod(fd, 0o666 & ~umask())
-        finally:
-            os.close(fd)
+        _finish_file(tmp, umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -144,6 +147,37 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return result
+
+
+def atomic_files(path: str | os.PathLike, fill: Callable[[Path], T]) -> T:
+    """Call ``fill(tmp)`` on a fresh temporary directory next to ``path``, then move every plain file
+    directly inside it into ``path``'s directory, each with one ``os.replace``.
+
+    For outputs that are several sibling files (``model.xml`` + ``model.bin``): ``fill`` writes them under
+    their final names; a sub-directory of ``tmp`` is scratch space and is never moved. Any exception in
+    ``fill`` leaves ``path``'s directory as it was. Returns what ``fill`` returned.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = atomic_files(d / "a.txt", lambda tmp: [(tmp / n).write_text("x") for n in ("a.txt", "a.bin")])
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.bin', 'a.txt']
+    """
+    path = Path(path)
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
+    try:
+        result = fill(tmp)
+        mask = umask()
+        files = sorted(p for p in tmp.iterdir() if p.is_file() and not p.is_symlink())
+        for item in files:
+            _finish_file(item, mask)
+        for item in files:
+            os.replace(item, path.parent / item.name)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

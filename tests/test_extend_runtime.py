@@ -18,7 +18,6 @@ from prunekit.deploy.runtimes import (
     register_runtime,
     runtime_for_format,
 )
-from prunekit.deploy.runtimes.base import check_out_path, staged
 from prunekit.deploy.runtimes.bench import bench_runtime
 from prunekit.errors import ConfigError
 
@@ -28,11 +27,8 @@ class TorchScriptRuntime(Runtime):
 
     name, extra, suffix = "toyscript", "none", ".ts"
 
-    def export(self, model, example_inputs, out_path, *, opset=None, int8=None, calibration=None) -> Artifact:
-        self.check_export_args(int8, calibration)
-        path = check_out_path(out_path, self.suffix)
-        with staged(path) as tmp:
-            torch.jit.trace(model.eval(), example_inputs).save(str(tmp / path.name))
+    def _write(self, model, example_inputs, tmp, path, *, opset, int8, calibration) -> Artifact:
+        torch.jit.trace(model.eval(), example_inputs).save(str(tmp / path.name))
         return Artifact(self.name, str(path), [str(path)])
 
     def load(self, artifact: Artifact, threads: int | None = None):

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from prunekit._atomic import atomic_files
 from prunekit.cli import app
 from prunekit.deploy.runtimes import Tolerance, arrays, compare, get_runtime, runtime_for_format
-from prunekit.deploy.runtimes.base import staged
 from prunekit.errors import ConfigError, ExportError
 
 pytest.importorskip("onnxruntime", reason="the runtimes convert through ONNX: pip install 'prunekit[onnx]'")
@@ -66,10 +66,23 @@ def test_compare_judges_fp32_by_scaled_error_and_int8_by_cosine_and_top1():
     assert compare(ref, ref + ref).note == "2 outputs, PyTorch 1"
 
 
-def test_staged_leaves_nothing_when_the_body_fails(tmp_path):
-    with pytest.raises(RuntimeError), staged(tmp_path / "m.xml") as tmp:
+def test_staged_files_leave_nothing_when_the_writer_fails(tmp_path):
+    def half(tmp):
         (tmp / "m.xml").write_text("half")
         raise RuntimeError("converter died")
+
+    with pytest.raises(RuntimeError):
+        atomic_files(tmp_path / "m.xml", half)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failing_converter_leaves_nothing_next_to_the_target(tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("cannot trace this")
+
+    with pytest.raises(ExportError):
+        get_runtime("onnxruntime").export(Broken(), torch.randn(1, 3), tmp_path / "m.onnx")
     assert leftovers(tmp_path) == []
 
 

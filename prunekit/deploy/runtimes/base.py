@@ -4,8 +4,10 @@ A :class:`Runtime` is one file in this package (``onnxruntime.py``, ``openvino.p
 in ``prunekit.deploy.runtimes``. Its third-party packages are imported inside its methods only, so the core
 never needs them; :meth:`Runtime.require` turns a missing package into one line naming the pip extra.
 
-Files are written atomically (:func:`staged`): into a temporary directory made next to the target, then
-moved into place with ``os.replace`` only after the whole conversion succeeded.
+:meth:`Runtime.export` is the same for every runtime: check the INT8 arguments, import the packages, check the
+output path, then call the runtime's :meth:`Runtime._write` on a temporary directory made next to the
+target; its files are moved into place with ``os.replace`` only after the whole conversion succeeded
+(:func:`prunekit._atomic.atomic_files`).
 
 >>> from prunekit.deploy.runtimes import get_runtime
 >>> rt = get_runtime("onnxruntime")
@@ -15,13 +17,10 @@ moved into place with ``os.replace`` only after the whole conversion succeeded.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._atomic import umask
+from prunekit._atomic import atomic_files
 from prunekit._inputs import ExampleInputs
 from prunekit.errors import ConfigError, ExportError
 
@@ -73,7 +72,8 @@ class Tolerance:
 
 class Runtime(ABC):
     """One edge runtime. Subclasses set ``name``, ``extra``, ``modules`` (importable names it needs),
-    ``suffix`` (of the file :meth:`export` writes) and ``int8_modes``, and implement the two methods."""
+    ``suffix`` (of the file :meth:`export` writes) and ``int8_modes``, and implement :meth:`_write` and
+    :meth:`load`."""
 
     name: str = ""
     extra: str = ""
@@ -111,7 +111,6 @@ class Runtime(ABC):
         if int8 == "static" and not calibration:
             raise ConfigError(f"static INT8 for {self.name} needs calibration data (a list of input batches)")
 
-    @abstractmethod
     def export(
         self,
         model: nn.Module,
@@ -122,7 +121,33 @@ class Runtime(ABC):
         int8: str | None = None,
         calibration: Sequence[ExampleInputs] | None = None,
     ) -> Artifact:
-        """Convert ``model`` (traced on ``example_inputs``) to this runtime's format at ``out_path``."""
+        """Convert ``model`` (traced on ``example_inputs``) to this runtime's format at ``out_path``.
+
+        Refuses bad INT8 arguments, a missing package or a bad ``out_path`` before converting anything,
+        then runs :meth:`_write` in a temporary directory next to ``out_path``; nothing is left there if it
+        fails.
+        """
+        self.check_export_args(int8, calibration)
+        self.require()
+        path = check_out_path(out_path, self.suffix)
+        options = {"opset": opset, "int8": int8, "calibration": calibration}
+        return atomic_files(path, lambda tmp: self._write(model, example_inputs, tmp, path, **options))
+
+    @abstractmethod
+    def _write(
+        self,
+        model: nn.Module,
+        example_inputs: ExampleInputs,
+        tmp: Path,
+        path: Path,
+        *,
+        opset: int | None,
+        int8: str | None,
+        calibration: Sequence[ExampleInputs] | None,
+    ) -> Artifact:
+        """Write the files for ``path`` under their final names directly in ``tmp`` (a sub-directory of
+        ``tmp`` is scratch space); return the :class:`Artifact` naming them at their final place. The
+        arguments are already checked."""
 
     @abstractmethod
     def load(self, artifact: Artifact, threads: int | None = None) -> Session:
@@ -164,29 +189,3 @@ def check_out_path(out_path: str | os.PathLike, suffix: str) -> Path:
     if not path.parent.is_dir():
         raise ConfigError(f"directory {path.parent} does not exist")
     return path
-
-
-@contextlib.contextmanager
-def staged(target: Path) -> Iterator[Path]:
-    """A temporary directory next to ``target``; on success move each file in it to ``target``'s directory.
-
-    Only plain files directly inside it are moved (a sub-directory is scratch space), with ``os.replace``,
-    once the body finished; on any error the directory is removed and nothing is left next to ``target``.
-    Moved files get the permissions a plain ``open()`` gives.
-
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> with staged(d / "a.txt") as tmp:
-    ...     _ = (tmp / "a.txt").write_text("x")
-    >>> sorted(p.name for p in d.iterdir())
-    ['a.txt']
-    """
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        yield tmp
-        mode = 0o666 & ~umask()
-        for item in sorted(p for p in tmp.iterdir() if p.is_file()):
-            os.chmod(item, mode)
-            os.replace(item, target.parent / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs, eval_mode
 from prunekit.deploy.onnx_export import deployable
-from prunekit.deploy.runtimes.base import Artifact, Runtime, arrays, check_out_path, first_line, staged
+from prunekit.deploy.runtimes.base import Artifact, Runtime, arrays, first_line
 from prunekit.errors import ExportError
 
 
@@ -72,33 +72,30 @@ class LiteRT(Runtime):
     suffix = ".tflite"
     int8_modes = ("dynamic", "static")
 
-    def export(
+    def _write(
         self,
         model: nn.Module,
         example_inputs: ExampleInputs,
-        out_path: str | os.PathLike,
+        tmp: Path,
+        path: Path,
         *,
-        opset: int | None = None,
-        int8: str | None = None,
-        calibration: Sequence[ExampleInputs] | None = None,
+        opset: int | None,
+        int8: str | None,
+        calibration: Sequence[ExampleInputs] | None,
     ) -> Artifact:
-        self.check_export_args(int8, calibration)
-        self.require()
         import litert_torch
 
-        path = check_out_path(out_path, self.suffix)
         tensors = tuple(torch.from_numpy(a) for a in arrays(example_inputs))
         module = deployable(model)
-        with staged(path) as tmp:
-            (tmp / "work").mkdir()
-            fp32 = tmp / "work" / "fp32.tflite" if int8 else tmp / path.name
-            try:
-                with eval_mode(module), torch.no_grad():
-                    litert_torch.convert(module, tensors).export(str(fp32))
-            except Exception as err:
-                raise ExportError(f"litert-torch cannot convert the model: {first_line(err)}") from err
-            if int8 is not None:
-                _quantize(fp32, tmp / path.name, int8, calibration or [])
+        (tmp / "work").mkdir()
+        fp32 = tmp / "work" / "fp32.tflite" if int8 else tmp / path.name
+        try:
+            with eval_mode(module), torch.no_grad():
+                litert_torch.convert(module, tensors).export(str(fp32))
+        except Exception as err:
+            raise ExportError(f"litert-torch cannot convert the model: {first_line(err)}") from err
+        if int8 is not None:
+            _quantize(fp32, tmp / path.name, int8, calibration or [])
         return Artifact(self.name, str(path), [str(path)], int8, {"converter": "litert-torch"})
 
     def load(self, artifact: Artifact, threads: int | None = None) -> LiteRTSession:

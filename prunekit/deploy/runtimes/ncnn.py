@@ -10,7 +10,6 @@ N batch-1 runs. ncnn's INT8 needs its ``ncnn2table``/``ncnn2int8`` tools, which 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs, eval_mode
 from prunekit.deploy.onnx_export import deployable
-from prunekit.deploy.runtimes.base import Artifact, Runtime, arrays, check_out_path, first_line, staged
+from prunekit.deploy.runtimes.base import Artifact, Runtime, arrays, first_line
 from prunekit.errors import ExportError
 
 _BLOB = re.compile(r"^(in|out)\d+$")
@@ -111,30 +110,27 @@ class NCNN(Runtime):
     modules = ("onnx", "onnxruntime", "ncnn", "pnnx")
     suffix = ".param"
 
-    def export(
+    def _write(
         self,
         model: nn.Module,
         example_inputs: ExampleInputs,
-        out_path: str | os.PathLike,
+        tmp: Path,
+        path: Path,
         *,
-        opset: int | None = None,
-        int8: str | None = None,
-        calibration: Sequence[ExampleInputs] | None = None,
+        opset: int | None,
+        int8: str | None,
+        calibration: Sequence[ExampleInputs] | None,
     ) -> Artifact:
-        self.check_export_args(int8, calibration)
-        self.require()
-        path = check_out_path(out_path, self.suffix)
         tensors = tuple(torch.from_numpy(a) for a in arrays(example_inputs))
         module = deployable(model)
-        with staged(path) as tmp:
-            work = tmp / "work"
-            work.mkdir()
-            try:
-                with eval_mode(module), torch.no_grad():
-                    torch.jit.trace(module, tensors).save(str(work / "model.pt"))
-            except Exception as err:
-                raise ExportError(f"cannot trace the model for pnnx: {first_line(err)}") from err
-            _run_pnnx(work / "model.pt", tensors, tmp / path.name, tmp / path.with_suffix(".bin").name)
+        work = tmp / "work"
+        work.mkdir()
+        try:
+            with eval_mode(module), torch.no_grad():
+                torch.jit.trace(module, tensors).save(str(work / "model.pt"))
+        except Exception as err:
+            raise ExportError(f"cannot trace the model for pnnx: {first_line(err)}") from err
+        _run_pnnx(work / "model.pt", tensors, tmp / path.name, tmp / path.with_suffix(".bin").name)
         files = [str(path), str(path.with_suffix(".bin"))]
         return Artifact(self.name, str(path), files, None, {"converter": "pnnx"})
 

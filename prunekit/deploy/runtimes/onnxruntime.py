@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
-from prunekit.deploy.runtimes.base import Artifact, Runtime, check_out_path, staged
+from prunekit.deploy.runtimes.base import Artifact, Runtime
 
 
 class OnnxSession:
@@ -41,27 +40,24 @@ class OnnxRuntime(Runtime):
     suffix = ".onnx"
     int8_modes = ("dynamic", "static")
 
-    def export(
+    def _write(
         self,
         model: nn.Module,
         example_inputs: ExampleInputs,
-        out_path: str | os.PathLike,
+        tmp: Path,
+        path: Path,
         *,
-        opset: int | None = None,
-        int8: str | None = None,
-        calibration: Sequence[ExampleInputs] | None = None,
+        opset: int | None,
+        int8: str | None,
+        calibration: Sequence[ExampleInputs] | None,
     ) -> Artifact:
-        self.check_export_args(int8, calibration)
-        self.require()
-        path = check_out_path(out_path, self.suffix)
-        with staged(path) as tmp:
-            onnx_file, details = write_onnx(model, example_inputs, tmp, path.name, opset)
-            if int8 is not None:
-                from prunekit.deploy.quantize import quantize_onnx
+        onnx_file, details = write_onnx(model, example_inputs, tmp, path.name, opset)
+        if int8 is not None:
+            from prunekit.deploy.quantize import quantize_onnx
 
-                fp32 = onnx_file.rename(tmp / "work" / "fp32.onnx")
-                quantized = quantize_onnx(fp32, onnx_file, mode=int8, calibration=calibration)
-                details["int8"] = quantized.to_dict()
+            fp32 = onnx_file.rename(tmp / "work" / "fp32.onnx")
+            quantized = quantize_onnx(fp32, onnx_file, mode=int8, calibration=calibration)
+            details["int8"] = quantized.to_dict()
         return Artifact(self.name, str(path), [str(path)], int8, details)
 
     def load(self, artifact: Artifact, threads: int | None = None) -> OnnxSession:

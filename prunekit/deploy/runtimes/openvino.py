@@ -8,14 +8,14 @@ NNCF's post-training ``nncf.quantize`` with the calibration batches, when ``nncf
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
-from prunekit.deploy.runtimes.base import Artifact, Runtime, arrays, check_out_path, first_line, staged
+from prunekit.deploy.runtimes.base import Artifact, Runtime, arrays, first_line
 from prunekit.deploy.runtimes.onnxruntime import write_onnx
 from prunekit.errors import ExportError
 
@@ -46,32 +46,29 @@ class OpenVINO(Runtime):
     suffix = ".xml"
     int8_modes = ("static",)
 
-    def export(
+    def _write(
         self,
         model: nn.Module,
         example_inputs: ExampleInputs,
-        out_path: str | os.PathLike,
+        tmp: Path,
+        path: Path,
         *,
-        opset: int | None = None,
-        int8: str | None = None,
-        calibration: Sequence[ExampleInputs] | None = None,
+        opset: int | None,
+        int8: str | None,
+        calibration: Sequence[ExampleInputs] | None,
     ) -> Artifact:
-        self.check_export_args(int8, calibration)
-        self.require()
         import openvino as ov
 
-        path = check_out_path(out_path, self.suffix)
-        with staged(path) as tmp:
-            onnx_file, details = write_onnx(model, example_inputs, tmp / "work", "model.onnx", opset)
-            try:
-                converted = ov.convert_model(str(onnx_file))
-                if int8 is not None:
-                    converted = _nncf_quantize(converted, calibration or [])
-                ov.save_model(converted, str(tmp / path.name), compress_to_fp16=False)
-            except ExportError:
-                raise
-            except Exception as err:
-                raise ExportError(f"OpenVINO cannot convert the model: {first_line(err)}") from err
+        onnx_file, details = write_onnx(model, example_inputs, tmp / "work", "model.onnx", opset)
+        try:
+            converted = ov.convert_model(str(onnx_file))
+            if int8 is not None:
+                converted = _nncf_quantize(converted, calibration or [])
+            ov.save_model(converted, str(tmp / path.name), compress_to_fp16=False)
+        except ExportError:
+            raise
+        except Exception as err:
+            raise ExportError(f"OpenVINO cannot convert the model: {first_line(err)}") from err
         files = [str(path), str(path.with_suffix(".bin"))]
         return Artifact(self.name, str(path), files, int8, {"onnx": details})
 
