@@ -250,8 +250,15 @@ def check(
     console.print(
         f"{report.n_prunable_groups} of {report.n_groups} groups prunable; at ratio {ratio}: "
         f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict} "
-        f"(max abs err {report.max_abs_err:.2e}, tolerance {report.tolerance:.1e})"
+        f"(relative err {report.rel_err:.2e}, max abs err {report.max_abs_err:.2e}, tolerance "
+        f"{report.tolerance:.1e})"
     )
+    if report.tiny_outputs:
+        console.print(
+            "[yellow]the outputs are tiny[/yellow] (every max |output| < 1e-6: an untrained model?): "
+            "they were compared relative to their own scale, but such a model may leave channels unused; "
+            "check a trained model or compare a submodule with --compare-at"
+        )
     if report.ok and report.n_values == 0:
         console.print(
             "[yellow]every compared output was empty[/yellow] (a detector that kept no box above its score "

@@ -7,8 +7,13 @@ no shape, no code path). It computes with the full original widths. The pruned m
 reduced widths. Both run on the same example inputs under ``torch.no_grad()`` in eval mode; every output
 tensor (flattened from tuples/lists/dicts/dataclasses, in order) is compared.
 
-Pass criterion: ``max_abs_err <= rtol * max(1, max|ref|)`` with ``rtol = 1e-4`` (fp32), output shapes equal
-and no NaN/inf. With ``compare_at`` (``check(..., compare_at="head")``) the outputs of that submodule are
+Pass criterion, per output tensor and in float64: ``max|pruned - ref| <= rtol * max|ref| + atol`` with
+``rtol = 1e-4`` (fp32 rounding) and ``atol = 1e-30`` (an absolute epsilon that matters only for outputs that
+are exactly zero), output shapes equal and no NaN/inf. The tolerance follows each output's own scale: an
+untrained model whose outputs are ~1e-9 is judged as strictly as a trained one. ``rel_err`` is the largest
+``max|pruned - ref| / max|ref|`` over the outputs; outputs whose largest value is below ``TINY`` (1e-6) are
+flagged (``Comparison.tiny``), since fp32 models that small are usually untrained and may leave channels
+unexercised. With ``compare_at`` (``check(..., compare_at="head")``) the outputs of that submodule are
 compared instead of the model's. Discrete decisions (top-k, sort, argmax, comparisons, NMS) taken on inputs
 that agree within the tolerance are replayed from the reference into the pruned run
 (:mod:`prunekit.structured.replay`): a near-tie flipped by rounding is not an error.
@@ -38,6 +43,8 @@ from prunekit.plan import Plan
 from prunekit.structured.replay import Decisions
 
 RTOL = 1e-4
+ATOL = 1e-30  #: absolute epsilon for outputs that are exactly zero
+TINY = 1e-6  #: outputs whose largest magnitude is below this are flagged as too small to judge well
 
 
 def _removed(model: nn.Module, plan: Plan) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
@@ -147,9 +154,11 @@ class Comparison:
     ok: bool
     max_abs_err: float
     ref_max_abs: float
-    tolerance: float
+    tolerance: float  # the tolerance of the output with the largest err / tolerance
     shapes_equal: bool
     n_values: int = 0  # output entries compared (0: every output empty, e.g. a detector that kept no box)
+    rel_err: float = 0.0  # largest max|pruned - ref| / max|ref| over the outputs
+    tiny: bool = False  # every compared float output's largest magnitude is below TINY
 
 
 def compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: float = RTOL) -> Comparison:
@@ -158,16 +167,26 @@ def compare(pruned: list[torch.Tensor], reference: list[torch.Tensor], rtol: flo
         a.shape == b.shape for a, b in zip(pruned, reference, strict=False)
     )
     if not shapes_equal:
-        return Comparison(False, float("inf"), float("nan"), float("nan"), False)
-    err, ref_max, finite = 0.0, 0.0, True
+        return Comparison(False, float("inf"), float("nan"), float("nan"), False, rel_err=float("inf"))
+    err, ref_max, rel, tol, ok, finite, scales = 0.0, 0.0, 0.0, rtol, True, True, []
+    worst = -1.0
     for a, b in zip(pruned, reference, strict=True):
         if not a.is_floating_point():
-            err = max(err, 0.0 if torch.equal(a, b) else float("inf"))
+            exact = torch.equal(a, b)
+            ok, err = ok and exact, max(err, 0.0 if exact else float("inf"))
+            rel = max(rel, 0.0 if exact else float("inf"))
             continue
         a, b = a.double(), b.double()
         finite = finite and bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
-        if a.numel():
-            err = max(err, float((a - b).abs().max()))
-            ref_max = max(ref_max, float(b.abs().max()))
-    tol = rtol * max(1.0, ref_max)
-    return Comparison(finite and err <= tol, err, ref_max, tol, True, sum(b.numel() for b in reference))
+        if not a.numel():
+            continue
+        e, scale = float((a - b).abs().max()), float(b.abs().max())
+        t = rtol * scale + ATOL
+        ok = ok and e <= t
+        err, ref_max, scales = max(err, e), max(ref_max, scale), [*scales, scale]
+        rel = max(rel, e / scale if scale > 0 else (0.0 if e == 0 else float("inf")))
+        if e / t > worst:
+            worst, tol = e / t, t
+    tiny = bool(scales) and max(scales) < TINY
+    n = sum(b.numel() for b in reference)
+    return Comparison(finite and ok, err, ref_max, tol, True, n, rel, tiny)
