@@ -21,6 +21,7 @@ import torch  # noqa: F401  (the doctests below use it)
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit._keywords import keyword_only
 from prunekit._validate import eager_module, names
 from prunekit.config import PruneConfig, Target, resolve
 from prunekit.criteria import GroupCriterion
@@ -39,8 +40,9 @@ from prunekit.structured.stream import original_outputs
 __all__ = ["CheckReport", "PruneResult", "check", "groups", "plan_prune", "prune"]
 
 
+@keyword_only("ignore")
 def groups(
-    model: nn.Module, example_inputs: ExampleInputs, ignore: Iterable[str | nn.Module] | None = None
+    model: nn.Module, example_inputs: ExampleInputs, *, ignore: Iterable[str | nn.Module] | None = None
 ) -> GroupReport:
     """Inspect the coupled channel groups of ``model``: members, widths, constraints, pins and why.
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit._keywords import keyword_only
 from prunekit._validate import eager_module
 from prunekit.errors import ApplyError, ConfigError, PlanError
 from prunekit.plan import Plan
@@ -154,10 +155,12 @@ def _set_attr(module: nn.Module, attr: str, value: Any) -> None:
     setattr(obj, leaf, value)
 
 
+@keyword_only("reference")
 def apply(
     model: nn.Module,
     plan: Plan,
     example_inputs: ExampleInputs | None = None,
+    *,
     reference: Reference | None = None,
 ) -> nn.Module:
     """Cut ``model`` in place according to ``plan``; verify with a forward on ``example_inputs`` if given.

@@ -39,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from prunekit._atomic import write_text
 from prunekit._inputs import ExampleInputs, call_model
+from prunekit._keywords import keyword_only
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
@@ -300,9 +301,11 @@ def load_removed(path: str | os.PathLike) -> list[str]:
     return removed
 
 
+@keyword_only("n", "ratio", "data", "eval_fn")
 def prune_layers(
     model: nn.Module,
     example_inputs: ExampleInputs,
+    *,
     n: int | None = None,
     ratio: float | None = None,
     data: Iterable[ExampleInputs] | None = None,

@@ -279,7 +279,7 @@ def run(
         reference = reference_outputs(view, plan, example_inputs) if mode == "exact" else None
         if sliced is None:
             original = original_outputs(view, example_inputs) if mode == "approximate" else None
-        apply(view, plan, example_inputs, reference)
+        apply(view, plan, example_inputs, reference=reference)
     except BaseException:
         if sliced is not None:  # apply restores its own cut; the rotation is undone here
             sliced.undo()

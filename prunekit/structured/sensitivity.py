@@ -35,6 +35,7 @@ from torch import nn
 
 from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs
+from prunekit._keywords import keyword_only
 from prunekit.config import PruneConfig
 from prunekit.criteria import GroupCriterion, criterion_label
 from prunekit.errors import ConfigError, PruneError
@@ -163,10 +164,12 @@ def _check_ratios(ratios: Sequence[float]) -> list[float]:
     return sorted(set(out))
 
 
+@keyword_only("ratios", "criterion", "ignore", "max_ratio", "data", "loss_fn")
 def sensitivity(
     model: nn.Module,
     example_inputs: ExampleInputs,
     eval_fn: Callable[[nn.Module], float],
+    *,
     ratios: Sequence[float] = (0.25, 0.5, 0.75),
     criterion: str | GroupCriterion = "l2",
     ignore: Iterable[str | nn.Module] | None = None,
