@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from prunekit._atomic import atomic_dir, recover_dir
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError, ModelLoadError, PlanError, PruneError
 from prunekit.measure.params import count_params
 from prunekit.measure.size import effective_state_dict
@@ -78,7 +79,7 @@ META_FILE = "prunekit.json"
 
 
 @dataclass
-class SavedCheckpoint:
+class SavedCheckpoint(JsonData):
     """What :func:`save` wrote."""
 
     path: str
@@ -89,9 +90,6 @@ class SavedCheckpoint:
     weights_bytes: int
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _prunekit_version() -> str:

@@ -36,7 +36,7 @@ import re
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize, prune
 
 from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs, batch_size_of, call_model, flatten_tensors
+from prunekit._jsondata import JsonData
 from prunekit.deploy.runtime import CPU, first_line, onnx_session, run_onnx
 from prunekit.errors import ConfigError, ExportError
 from prunekit.measure.params import count_params
@@ -69,7 +70,7 @@ FLOAT_TYPES = {
 
 
 @dataclass
-class ExportResult:
+class ExportResult(JsonData):
     """What :func:`export_onnx` wrote and how well onnxruntime reproduced PyTorch on it."""
 
     path: str
@@ -84,9 +85,6 @@ class ExportResult:
     verified_batch_sizes: list[int] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def deployable(model: nn.Module) -> nn.Module:

@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from torch.nn.utils import parametrize
 
 from prunekit._atomic import atomic_dir
 from prunekit._inputs import ExampleInputs
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError, ExportError
 from prunekit.graph.heads import HEAD_DIM_ATTRS
 from prunekit.measure.params import count_params
@@ -70,7 +71,7 @@ FORMATS = ("hf", "sentence")
 
 
 @dataclass
-class SavedPretrained:
+class SavedPretrained(JsonData):
     """What :func:`save_pretrained` / :func:`save_sentence_transformer` wrote, and how close the reload is."""
 
     path: str
@@ -81,9 +82,6 @@ class SavedPretrained:
     layers: int = 0
     params: int = 0
     max_abs_diff: float = 0.0  # between the pruned model and the directory loaded back by the stock loader
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _transformers() -> Any:

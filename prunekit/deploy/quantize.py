@@ -46,7 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from prunekit._jsondata import JsonData
 from prunekit.deploy.runtime import feed_names, first_line, onnx_session
 from prunekit.errors import ConfigError, ExportError
 
@@ -75,7 +76,7 @@ CALIBRATE_METHODS = {
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeResult(JsonData):
     """Sizes before and after INT8 quantization, what the quantized graph is made of, and what it costs.
 
     ``output_rel_err`` (``||int8 - fp32|| / ||fp32||``, the largest over the model's outputs) and
@@ -105,8 +106,7 @@ class QuantizeResult:
         """``bytes_before / bytes_after`` (how many times smaller the file got)."""
         return self.bytes_before / self.bytes_after
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio}
+    _derived = ("ratio",)
 
 
 class _Batches(CalibrationDataReader):

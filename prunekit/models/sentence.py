@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit._inputs import ExampleInputs
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.models.family import Family, register_family
 
@@ -129,16 +130,13 @@ def _sentence_inputs(model: nn.Module, shape: tuple[int, ...]) -> ExampleInputs:
 
 
 @dataclass
-class Fidelity:
+class Fidelity(JsonData):
     """How close a pruned embedder stays to the dense one on the same sentences."""
 
     cosine_mean: float  # mean over sentences of cos(dense_i, pruned_i)
     cosine_min: float
     spearman: float  # Spearman correlation of all pairwise similarities (dense vs pruned)
     sentences: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def fidelity(dense: torch.Tensor, pruned: torch.Tensor) -> Fidelity:

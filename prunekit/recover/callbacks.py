@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from prunekit._inputs import call_model, eval_mode
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError
 from prunekit.measure.profile import evaluate
 from prunekit.recover import distributed
@@ -47,16 +48,13 @@ EvalFn = Callable[[nn.Module], float]
 
 
 @dataclass
-class EvalPoint:
+class EvalPoint(JsonData):
     """One evaluation: after ``step`` optimizer steps, ``metric`` (higher is better) and the mean training
     loss since the previous evaluation (``nan`` at step 0; averaged over ranks under DDP)."""
 
     step: int
     metric: float
     train_loss: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def cross_entropy(outputs: Any, targets: Tensor) -> Tensor:

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
+from prunekit._jsondata import JsonData
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.latency import check_timing_args
 from prunekit.sparse.kernels import (
@@ -71,7 +72,7 @@ SLOW_FACTOR = 4.0  # a kernel this many times slower than dense on its warm-up c
 
 
 @dataclass
-class LayerDecision:
+class LayerDecision(JsonData):
     """One layer: its sparsity, dense and per-kernel times (ms; ``None`` = not timed), the choice.
 
     ``dense_ms`` / ``kernel_ms``: medians, or their geometric mean over the batch sizes; ``timings``:
@@ -96,8 +97,7 @@ class LayerDecision:
             return 1.0
         return self.dense_ms / self.kernel_ms[self.chosen]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "speedup": self.speedup}
+    _derived = ("speedup",)
 
 
 @dataclass

@@ -38,7 +38,7 @@ import math
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ import zstandard
 from torch import Tensor, nn
 
 from prunekit._atomic import write_bytes
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.size import check_zstd_level, effective_state_dict
 
@@ -65,7 +66,7 @@ _LENGTHS = f"<{1 + len(_SECTIONS)}Q"  # byte lengths of the frames
 
 
 @dataclass
-class StorageResult:
+class StorageResult(JsonData):
     """Size of a sparse encoding against the dense safetensors file of the same tensors.
 
     ``dense_bytes``: safetensors bytes of the tensors as given (the dense fp32 file for an fp32 model);
@@ -96,8 +97,7 @@ class StorageResult:
         """Share of zeros among the weights stored as bitmask + values."""
         return 1.0 - self.nonzero / self.numel if self.numel else 0.0
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "ratio": self.ratio, "sparsity": self.sparsity}
+    _derived = ("ratio", "sparsity")
 
 
 def check_storage_options(*, values: str, scale: str, dense: str, zstd_level: int) -> None:

@@ -16,16 +16,17 @@ False
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from prunekit._jsondata import JsonData
 from prunekit.deploy.runtimes.base import Tolerance
 
 
 @dataclass
-class Agreement:
+class Agreement(JsonData):
     """The outcome of :func:`compare`; ``ok`` says whether it is within the tolerance, ``note`` why not."""
 
     ok: bool
@@ -43,9 +44,6 @@ class Agreement:
         if self.criterion == "fp32":
             return f"rel {self.rel_err:.0e}" + ("" if self.ok else " FAIL")
         return f"cos {self.cosine:.3f} top1 {self.top1:.2f}" + ("" if self.ok else " FAIL")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -21,7 +21,7 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,13 +31,14 @@ from torch import nn
 
 from prunekit._atomic import atomic_files
 from prunekit._inputs import ExampleInputs
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError, ExportError
 
 INT8_MODES = ("dynamic", "static")
 
 
 @dataclass
-class Artifact:
+class Artifact(JsonData):
     """What :meth:`Runtime.export` wrote: the file a runtime loads (``path``) and every file written."""
 
     runtime: str
@@ -50,8 +51,7 @@ class Artifact:
     def size_bytes(self) -> int:
         return sum(Path(f).stat().st_size for f in self.files)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "size_bytes": self.size_bytes}
+    _derived = ("size_bytes",)
 
 
 class Session(Protocol):
