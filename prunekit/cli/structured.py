@@ -1,4 +1,5 @@
-"""``prunekit prune`` and ``prunekit check``: exact structural pruning from the shell."""
+"""``prunekit prune`` and ``prunekit check``: structural pruning from the shell (exact, or approximate with
+``--stream``)."""
 
 from __future__ import annotations
 
@@ -201,6 +202,44 @@ def prune(
     )
 
 
+#: ``--stream KIND`` of ``check``: the ``stream=`` of :func:`prunekit.check` each kind asks for
+STREAM_KINDS = {"direct": "activation", "slicegpt": "slicegpt"}
+
+
+def stream_kind(value: str | None) -> str | None:
+    """Validate ``--stream``: one of :data:`STREAM_KINDS` (or None)."""
+    if value is not None and value not in STREAM_KINDS:
+        raise typer.BadParameter(
+            f"{value!r} is not a stream kind: give --stream {' or --stream '.join(STREAM_KINDS)}"
+        )
+    return value
+
+
+StreamKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stream",
+        metavar="KIND",
+        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (as prune --stream) "
+        "or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, torchvision ViT). "
+        "The result is approximate: its relative error against MODEL is reported.",
+        callback=stream_kind,
+    ),
+]
+
+
+def stream_options(stream: str | None, data: str | None, max_rel_err: float | None) -> None:
+    """Refuse ``check``'s stream options that cannot go together (ConfigError: one line, exit 2)."""
+    if stream is not None and data is None:
+        raise ConfigError(
+            f"--stream {stream} ranks the stream's channels on calibration data: pass --data DATA"
+        )
+    if max_rel_err is not None and stream is None:
+        raise ConfigError("--max-rel-err bounds an approximate check: it needs --stream direct|slicegpt")
+    if max_rel_err is not None and not max_rel_err >= 0:
+        raise ConfigError(f"--max-rel-err must be >= 0, got {max_rel_err}")
+
+
 @app.command()
 def check(
     model: ModelArg,
@@ -210,6 +249,17 @@ def check(
     ignore: IgnoreOpt = None,
     round_to: RoundToOpt = None,
     max_ratio: MaxRatioOpt = 0.9,
+    stream: StreamKindOpt = None,
+    data: CalibDataOpt = None,
+    batch_size: CalibBatchOpt = 32,
+    max_rel_err: Annotated[
+        float | None,
+        typer.Option(
+            "--max-rel-err",
+            metavar="X",
+            help="With --stream: exit 1 when the approximate result's relative error is above X.",
+        ),
+    ] = None,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -227,18 +277,32 @@ def check(
 ) -> None:
     """Report what can be pruned in MODEL, what is pinned and why, and whether the cut is exact.
 
-    MODEL is not changed and nothing but --json is written. Exit code 1 when the pruned copy does not match
-    the masked reference (please report it: it is a bug).
+    MODEL is not changed and nothing but --json is written. With --stream KIND --data DATA the residual
+    streams are cut too: such a cut is never exact; it is compared with MODEL itself and reported as
+    approximate, with its relative error max|y - y0| / max|y0|.
+
+    Exit codes:
+    0 exact, or approximate (its error at most --max-rel-err when that is given);
+    1 not exact (the pruned copy does not match the masked reference: please report it, it is a bug), an
+    approximate cut whose outputs changed shape or are not finite, or an error above --max-rel-err;
+    2 bad input (one error: line).
     """
     from prunekit.structured import check as check_model
 
-    config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
+    stream_options(stream, data, max_rel_err)
+    batches = load_batches(data, batch_size) if data is not None else None
+    config = prune_config(
+        ratio, criterion, scope, ignore, round_to, max_ratio, data=batches,
+        stream=STREAM_KINDS[stream] if stream is not None else False,
+    )  # fmt: skip
     loaded = load_cli_model(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
-    write_json(json_path, report.to_dict() | {"seed": seed})
-    write_report(report_dir, report.to_dict())
+    extra = {"stream": stream, "approximate": list(report.plan.approximate), "max_rel_err": max_rel_err}
+    extra["seed"] = seed
+    write_json(json_path, report.to_dict() | extra)
+    write_report(report_dir, report.to_dict() | extra)
     if report.pinned:
         pinned = Table(title="pinned groups (never pruned)")
         for column in ("group", "width", "members", "why"):
@@ -246,13 +310,39 @@ def check(
         for row in report.pinned:
             pinned.add_row(str(row["id"]), str(row["width"]), ", ".join(row["members"]), row["reasons"][0])
         console.print(pinned)
-    verdict = "[green]exact[/green]" if report.ok else "[red]NOT exact[/red]"
     console.print(
         f"{report.n_prunable_groups} of {report.n_groups} groups prunable; at ratio {ratio}: "
-        f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict} "
-        f"(relative err {report.rel_err:.2e}, max abs err {report.max_abs_err:.2e}, tolerance "
+        f"MACs x{report.macs_ratio:.3f}, params x{report.params_ratio:.3f}; {verdict(report, max_rel_err)}"
+    )
+    check_notes(report)
+    too_far = report.status == "approximate" and max_rel_err is not None and report.rel_err > max_rel_err
+    if report.status == "failed" or too_far:
+        raise typer.Exit(1)
+
+
+def verdict(report: Any, max_rel_err: float | None) -> str:
+    """What ``check`` says of ``report``: exact, approximate (its error against ``max_rel_err``) or not."""
+    if report.plan.approximate:
+        why = "; ".join(report.plan.approximate)
+        if report.status != "approximate":
+            return (
+                f"[red]failed[/red] (approximate cut, {why}: outputs differ in shape or are not finite, "
+                f"relative err {report.rel_err:.2e})"
+            )
+        bound = ""
+        if max_rel_err is not None:
+            above = report.rel_err > max_rel_err
+            bound = f", [red]above[/red] --max-rel-err {max_rel_err:g}" if above else f", <= {max_rel_err:g}"
+        return f"[yellow]approximate[/yellow] ({why}: relative err {report.rel_err:.2e} against MODEL{bound})"
+    word = "[green]exact[/green]" if report.ok else "[red]NOT exact[/red]"
+    return (
+        f"{word} (relative err {report.rel_err:.2e}, max abs err {report.max_abs_err:.2e}, tolerance "
         f"{report.tolerance:.1e})"
     )
+
+
+def check_notes(report: Any) -> None:
+    """The warnings ``check`` prints under its verdict (tiny or empty outputs, replayed decisions)."""
     if report.tiny_outputs:
         console.print(
             "[yellow]the outputs are tiny[/yellow] (every max |output| < 1e-6: an untrained model?): "
@@ -270,10 +360,8 @@ def check(
             f"{len(report.replayed)} near-tie decisions ({ops}) took the masked reference's answer: their "
             "inputs agreed within the tolerance (see --json 'replayed')"
         )
-    if not report.ok and report.compared_at is None and None in report.plan.output_shapes:
+    if report.status == "failed" and report.compared_at is None and None in report.plan.output_shapes:
         console.print(
             "the model's outputs are sized by the data (post-processing such as top-k or NMS): two equal "
             "networks may still keep different boxes; compare before it with --compare-at (e.g. its head)"
         )
-    if not report.ok:
-        raise typer.Exit(1)
