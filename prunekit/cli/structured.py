@@ -299,8 +299,8 @@ def check(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
     )
     report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
-    extra = {"stream": stream, "approximate": list(report.plan.approximate), "max_rel_err": max_rel_err}
-    extra["seed"] = seed
+    approximate = list(report.plan.approximate)
+    extra = {"stream": stream, "approximate": approximate, "max_rel_err": max_rel_err, "seed": seed}
     write_json(json_path, report.to_dict() | extra)
     write_report(report_dir, report.to_dict() | extra)
     if report.pinned:

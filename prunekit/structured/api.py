@@ -253,10 +253,10 @@ def check(
             model.get_submodule(compare_at)
         except AttributeError:
             raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
+    params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
     original, sliced, transforms = None, None, []
     if stream_importance(cfg.stream) == "slicegpt":  # a rotated copy; the reference is the model itself
         original = original_outputs(model, example_inputs, compare_at)
-        params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
         model = copy.deepcopy(model)
         sliced = slicegpt.transform(model, cfg.data)
         transforms = [sliced.into_plan]
@@ -269,11 +269,7 @@ def check(
         reference = original_outputs(model, example_inputs, compare_at)
     else:
         reference = reference_outputs(model, plan, example_inputs, compare_at)
-    if sliced is None:
-        params_before = count_params(model).total
     pruned = copy.deepcopy(model)
-    if sliced is None:
-        macs_before = count_macs(pruned, example_inputs)
     apply(pruned, plan, example_inputs)
     if sliced is not None:
         slicegpt.rescale(pruned, sliced.record)

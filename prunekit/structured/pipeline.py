@@ -258,7 +258,7 @@ def run(
     sliced = None
     if stream_importance(config.stream) == "slicegpt":  # the reference is the model before the rotation
         original = original_outputs(view, example_inputs)
-        before = counts(model, view, example_inputs, config.measure)
+        # the rotation leaves every shape as it was: the counts taken below are the dense model's
         sliced = slicegpt.transform(view, config.data)
         transforms = [*transforms, sliced.into_plan]
     try:
@@ -272,8 +272,7 @@ def run(
             search = search_target(scored, transforms)
             plan = search.plan
         t1 = time.perf_counter()
-        if sliced is None:
-            before = counts(model, view, example_inputs, config.measure)
+        before = counts(model, view, example_inputs, config.measure)
         t2 = time.perf_counter()
         mode = verify_mode(config.verify, plan)
         reference = reference_outputs(view, plan, example_inputs) if mode == "exact" else None
