@@ -7,13 +7,13 @@ rounding-level difference can flip a near-tie (RT-DETR ranks padded anchors whos
 equal), and everything after it then differs by O(1) although both networks are right.
 
 So the oracle records every decision of the reference's forward (:class:`Decisions`), and in the pruned
-model's forward the i-th decision is *replayed* — the reference's integer/boolean outputs are used — only
-when it is the same function and every tensor input equals the reference's input: floats within
-``rtol * max(1, max|reference input|)`` (an absolute floor, unlike the oracle's per-output scale), integers
-and booleans exactly. The pruned network then faced the same question, and the reference's answer is as
-right for it as its own. Values that come paired with indices (``topk``/``sort``/``max(dim)``/...) are re-gathered from the pruned run's own
-input at the replayed indices, so they stay the pruned network's numbers. A decision whose inputs differ
-beyond the tolerance is never replayed: that difference is real, and the comparison shows it. Nor is a
+model's forward the i-th decision is *replayed* — the reference's integer/boolean outputs are used — only when
+it is the same function and every tensor input equals the reference's input: floats within ``rtol * max(1,
+max|reference input|)`` (an absolute floor, unlike the oracle's per-output scale), integers and booleans
+exactly. The pruned network then faced the same question, and the reference's answer is as right for it as its
+own. Values that come paired with indices (``topk``/``sort``/``max(dim)``/...) are re-gathered from the pruned
+run's own input at the replayed indices, so they stay the pruned network's numbers. A decision whose inputs
+differ beyond the tolerance is never replayed: that difference is real, and the comparison shows it. Nor is a
 decision with other float outputs (no rule to recompute them), and once the two runs' sequences of decisions
 stop matching, nothing more is. The check report names every replay that changed an answer.
 
