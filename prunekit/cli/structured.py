@@ -10,19 +10,14 @@ import typer
 from rich.table import Table
 
 from prunekit.cli._common import (
-    ArchOpt,
     CalibBatchOpt,
     CalibDataOpt,
-    InputShapeOpt,
     JsonOpt,
-    ModelArg,
-    SeedOpt,
-    TrustCodeOpt,
-    TrustPickleOpt,
+    ModelSource,
     app,
     before_after_table,
     console,
-    load_cli_model,
+    model_command,
     new_output,
     refuse_file_suffix,
     write_json,
@@ -72,8 +67,9 @@ def prune_config(
 
 
 @app.command()
+@model_command
 def prune(
-    model: ModelArg,
+    source: ModelSource,
     out: Annotated[
         Path,
         typer.Option(
@@ -111,12 +107,7 @@ def prune(
             dir_okay=False,
         ),
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
     report_dir: ReportOpt = None,
     no_verify: Annotated[
         bool,
@@ -148,6 +139,7 @@ def prune(
     config = prune_config(
         ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify, stream=stream
     )
+    model, seed = source.spec, source.seed
     file_format = file_format_for(model, out) if recipe is None and data is None else None
     if file_format is not None:
         if target is not None:
@@ -168,9 +160,7 @@ def prune(
 
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
@@ -241,8 +231,9 @@ def stream_options(stream: str | None, data: str | None, max_rel_err: float | No
 
 
 @app.command()
+@model_command
 def check(
-    model: ModelArg,
+    source: ModelSource,
     ratio: RatioOpt = 0.5,
     criterion: CriterionOpt = "l2",
     scope: ScopeOpt = None,
@@ -260,12 +251,7 @@ def check(
             help="With --stream: exit 1 when the approximate result's relative error is above X.",
         ),
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
     report_dir: ReportOpt = None,
     compare_at: Annotated[
         str | None,
@@ -295,12 +281,10 @@ def check(
         ratio, criterion, scope, ignore, round_to, max_ratio, data=batches,
         stream=STREAM_KINDS[stream] if stream is not None else False,
     )  # fmt: skip
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
     approximate = list(report.plan.approximate)
-    extra = {"stream": stream, "approximate": approximate, "max_rel_err": max_rel_err, "seed": seed}
+    extra = {"stream": stream, "approximate": approximate, "max_rel_err": max_rel_err, "seed": source.seed}
     write_json(json_path, report.to_dict() | extra)
     write_report(report_dir, report.to_dict() | extra)
     if report.pinned:
