@@ -10,7 +10,9 @@ from prunekit.cli import app
 from prunekit.cli._common import ModelSource, model_command
 
 LOADING = ("--arch", "--trust-pickle", "--trust-code", "--input-shape", "--seed")
-COMMANDS = ("analyze", "accelerate", "export", "save", "finetune", "sensitivity", "sparsify", "prune", "check")
+COMMANDS = (
+    "analyze", "accelerate", "export", "save", "finetune", "sensitivity", "sparsify", "prune", "check",
+)  # fmt: skip
 
 
 def _options(command: str) -> dict[str, str]:

@@ -42,6 +42,29 @@ MAX_INPUT_VALUES = 2**31  # an example input above this (8 GiB as float32) is re
 INVOCATION: list[str] = []  # the arguments of the running command, for the reports that reproduce it
 
 
+#: Options whose value may be left out, and the value a bare one means (click has no such option in typer).
+OPTIONAL_VALUES = {"--stream": "direct"}
+
+
+def with_optional_values(args: Sequence[str]) -> list[str]:
+    """``args`` with the value of each bare :data:`OPTIONAL_VALUES` option written out.
+
+    An option is bare when it is the last argument or the next one is an option (starts with ``-``).
+
+    >>> with_optional_values(["prune", "m:f", "--stream", "--data", "d.pt"])
+    ['prune', 'm:f', '--stream', 'direct', '--data', 'd.pt']
+    >>> with_optional_values(["check", "m:f", "--stream", "slicegpt"])
+    ['check', 'm:f', '--stream', 'slicegpt']
+    """
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        bare = i + 1 == len(args) or args[i + 1].startswith("-")
+        if arg in OPTIONAL_VALUES and bare:
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 class _OneLineErrors(TyperGroup):
     """Turn PruneError and click usage errors into ``error: <message>`` on stderr, exit 2, no traceback."""
 
@@ -54,6 +77,7 @@ class _OneLineErrors(TyperGroup):
         **extra: Any,
     ) -> Any:
         INVOCATION[:] = list(sys.argv[1:] if args is None else args)
+        args = with_optional_values(INVOCATION)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -50,6 +50,32 @@ MaxRatioOpt = Annotated[
 ]
 
 
+#: ``--stream KIND`` of ``prune`` and ``check``: the ``stream=`` of :class:`prunekit.PruneConfig` per kind
+STREAM_KINDS = {"direct": "activation", "slicegpt": "slicegpt"}
+
+
+def stream_kind(value: str | None) -> str | None:
+    """Validate ``--stream``: one of :data:`STREAM_KINDS` (or None)."""
+    if value is not None and value not in STREAM_KINDS:
+        raise typer.BadParameter(
+            f"{value!r} is not a stream kind: give --stream {' or --stream '.join(STREAM_KINDS)}"
+        )
+    return value
+
+
+StreamKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stream",
+        metavar="[KIND]",
+        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (the default of a "
+        "bare --stream) or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, "
+        "torchvision ViT). The result is approximate: its relative error against MODEL is reported.",
+        callback=stream_kind,
+    ),
+]
+
+
 def prune_config(
     ratio: float,
     criterion: str,
@@ -116,14 +142,7 @@ def prune(
             help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
         ),
     ] = False,
-    stream: Annotated[
-        bool,
-        typer.Option(
-            "--stream",
-            help="Also cut LayerNorm/RMSNorm-ed residual streams (approximate: ranked on --data, the output "
-            "error against MODEL is reported).",
-        ),
-    ] = False,
+    stream: StreamKindOpt = None,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -136,9 +155,11 @@ def prune(
 
     target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
     verify = "shapes" if no_verify else None
+    stream_options(stream, data, None)
     config = prune_config(
-        ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify, stream=stream
-    )
+        ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify,
+        stream=STREAM_KINDS[stream] if stream is not None else False,
+    )  # fmt: skip
     model, seed = source.spec, source.seed
     file_format = file_format_for(model, out) if recipe is None and data is None else None
     if file_format is not None:
@@ -192,34 +213,8 @@ def prune(
     )
 
 
-#: ``--stream KIND`` of ``check``: the ``stream=`` of :func:`prunekit.check` each kind asks for
-STREAM_KINDS = {"direct": "activation", "slicegpt": "slicegpt"}
-
-
-def stream_kind(value: str | None) -> str | None:
-    """Validate ``--stream``: one of :data:`STREAM_KINDS` (or None)."""
-    if value is not None and value not in STREAM_KINDS:
-        raise typer.BadParameter(
-            f"{value!r} is not a stream kind: give --stream {' or --stream '.join(STREAM_KINDS)}"
-        )
-    return value
-
-
-StreamKindOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--stream",
-        metavar="KIND",
-        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (as prune --stream) "
-        "or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, torchvision ViT). "
-        "The result is approximate: its relative error against MODEL is reported.",
-        callback=stream_kind,
-    ),
-]
-
-
 def stream_options(stream: str | None, data: str | None, max_rel_err: float | None) -> None:
-    """Refuse ``check``'s stream options that cannot go together (ConfigError: one line, exit 2)."""
+    """Refuse stream options that cannot go together (ConfigError: one line, exit 2)."""
     if stream is not None and data is None:
         raise ConfigError(
             f"--stream {stream} ranks the stream's channels on calibration data: pass --data DATA"
