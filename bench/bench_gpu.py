@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_edge
 from _common import common_args, finish, machine_line, markdown_table
 
 import prunekit as pk
@@ -67,39 +68,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
 
 
-class FirstOutput(nn.Module):
-    """YOLO's eval forward returns (detections, raw head maps); the engine gets the detections tensor."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def build(name: str, ratio: float) -> tuple[nn.Module, torch.Tensor]:
-    """Model ``name`` (random weights), pruned at ``ratio`` unless it is 0, and its batch-1 input (CPU)."""
-    size = TRT_MODELS[name]
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, size, size)
-    if name.startswith("yolo"):
-        from prunekit.models.ultralytics import load_yolo, prune_yolo
-
-        model = load_yolo(f"{name}.yaml")
-        for m in model.modules():  # ultralytics' export settings: a fixed-shape, export-friendly head
-            if type(m).__name__ == "Detect":
-                m.export, m.format = True, "onnx"
-        if ratio:
-            prune_yolo(model, ratio, imgsz=size)
-        return FirstOutput(model).eval(), x
-    import torchvision
-
-    model = torchvision.models.get_model(name, weights=None).eval()
-    if ratio:
-        pk.prune(model, x, ratio=ratio, round_to=8)
-    return model, x
+def build(name: str, ratio: float) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """Dense ``name`` (random weights), a copy pruned at ``ratio``, and the batch-1 input (CPU)."""
+    return bench_edge.build(name, ratio, TRT_MODELS[name])
 
 
 # --- TensorRT -----------------------------------------------------------------------------------------
@@ -171,8 +142,8 @@ def measure_trt(name: str, ratio: float, precision: str, runs: int) -> dict:
     """One TensorRT record: engine latency of ``name`` at ``ratio`` in ``precision``."""
     from prunekit.deploy import export_onnx
 
-    model, x = build(name, ratio)
-    dense, _ = build(name, 0.0) if ratio else (model, x)
+    dense, pruned, x = build(name, ratio)
+    model = pruned if ratio else dense
     record: dict[str, Any] = {"part": "tensorrt", "model": name, "ratio": ratio, "precision": precision}
     record["macs_reduction"] = pk.count_macs(dense, x) / pk.count_macs(model, x)
     with torch.no_grad():
