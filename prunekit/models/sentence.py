@@ -19,6 +19,7 @@ torch.Size([1, 384])
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -240,8 +241,6 @@ _DOC_MODULES = (
 
 
 def _sentences(doc: str) -> list[str]:
-    import re
-
     out = []
     for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
         n = len(s.split())
@@ -274,6 +273,129 @@ def unlabeled_text(limit: int | None = None) -> list[str]:
         out += _sentences(topics[key])
     out = list(dict.fromkeys(out))
     return out[:limit] if limit is not None else out
+
+
+#: bumped when the corpus builder changes: part of the cache key, so a new rule never reads an old cache
+CORPUS_VERSION = 1
+_DOC_SUFFIXES = (".rst", ".md", ".txt")
+_LICENCE = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE|AUTHORS)", re.IGNORECASE)
+_DOCSTRING = re.compile(r'"""(.*?)"""', re.DOTALL)
+_MARKUP = re.compile(r"``|`|\*\*|:[a-z]+:|\[\d+\]|https?://\S+")
+_MAX_FILE = 400_000  # bytes: generated tables and vendored bundles above this are skipped
+
+
+def _key(sentence: str) -> str:
+    """Case- and punctuation-free form of a sentence: equal keys are exact duplicates."""
+    return " ".join(re.findall(r"[a-z0-9]+", sentence.lower()))
+
+
+def _mostly_letters(sentence: str) -> bool:
+    letters = sum(c.isalpha() or c == " " for c in sentence)
+    return letters >= 0.9 * len(sentence)
+
+
+def _package_files(root: Path) -> list[Path]:
+    """Every documentation file (``.rst``/``.md``/``.txt``, licences, ``METADATA``) and Python source file
+    under ``root`` (a site-packages directory), sorted by path."""
+    files = []
+    for path in root.rglob("*"):
+        name = path.name
+        wanted = name.endswith(_DOC_SUFFIXES + (".py",)) or name == "METADATA" or bool(_LICENCE.match(name))
+        if wanted and path.is_file() and path.stat().st_size <= _MAX_FILE:
+            files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _file_text(path: Path) -> str:
+    """The prose of one file: a Python file's triple-quoted strings, a document's text, markup removed."""
+    text = path.read_text(encoding="utf-8", errors="ignore")
+    if path.suffix == ".py":
+        text = "\n\n".join(_DOCSTRING.findall(text))
+    return _MARKUP.sub("", text)
+
+
+def _near_duplicate(words: frozenset[str], references: list[frozenset[str]]) -> bool:
+    """True when the word set overlaps one of ``references`` by Jaccard >= 0.8 (near-exact copies)."""
+    return any(len(words & ref) >= 0.8 * len(words | ref) for ref in references)
+
+
+def _site_packages() -> Path:
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def package_corpus(
+    limit: int | None = None,
+    *,
+    exclude: Sequence[str] = (),
+    max_sentences: int = 200_000,
+    seed: int = 0,
+    root: str | Path | None = None,
+    cache: str | Path | None = None,
+) -> list[str]:
+    """A large offline English corpus for distillation: the prose shipped with the installed packages.
+
+    Sources, in sorted path order under ``root`` (default: this interpreter's site-packages): the
+    triple-quoted strings (docstrings) of every Python file, every ``.rst``/``.md``/``.txt`` document, every
+    licence/notice file and every ``METADATA`` (package descriptions), files over 400 kB skipped; then the
+    standard-library text of :func:`unlabeled_text`. The text is split into sentences (6-40 words, a
+    capital first and a full stop last, no code characters, at least 90 % letters and spaces), exact
+    duplicates (case and punctuation ignored) dropped, and every sentence whose words overlap one of
+    ``exclude`` (the evaluation sentences) by Jaccard >= 0.8, or that equals one, removed. The rest is
+    shuffled with ``seed`` and cut to ``max_sentences``; ``limit`` takes the first ones of that.
+
+    The result is a pure function of the files and the arguments; it is cached as one UTF-8 line per
+    sentence in ``cache`` (default ``$XDG_CACHE_HOME/prunekit`` or ``~/.cache/prunekit``) under a name
+    hashing the installed distributions (name and version), the arguments and :data:`CORPUS_VERSION`. On
+    this project's environment (229 site-packages entries: torch, transformers, scipy, sympy, networkx, ...;
+    about 65 s to build on a shared 2-core machine) it holds 112,149 sentences, 2.37 M all-MiniLM-L6-v2
+    word-piece tokens with [CLS]/[SEP] (docs/RESULTS.md, section ``minilm-compress``).
+
+    >>> sents = package_corpus(100)  # doctest: +SKIP
+    >>> len(sents), len(set(sents))  # doctest: +SKIP
+    (100, 100)
+    """
+    import hashlib
+    import json
+    import random
+    from importlib import metadata
+
+    from prunekit._atomic import write_text
+
+    base = Path(root) if root is not None else _site_packages()
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions(path=[str(base)]))
+    excluded = sorted(_key(s) for s in exclude)
+    stamp = json.dumps([CORPUS_VERSION, str(base), dists, excluded, max_sentences, seed])
+    name = f"corpus-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.txt"
+    folder = Path(cache) if cache is not None else _cache_dir()
+    path = folder / name
+    if path.is_file():
+        out = path.read_text(encoding="utf-8").splitlines()
+        return out[:limit] if limit is not None else out
+    seen = set(excluded)
+    refs = [frozenset(k.split()) for k in excluded]
+    out = []
+    texts = (_file_text(p) for p in _package_files(base))
+    for doc in (*texts, *unlabeled_text()):
+        for s in _sentences(doc):
+            k = _key(s)
+            if k in seen or not _mostly_letters(s):
+                continue
+            seen.add(k)
+            if not _near_duplicate(frozenset(k.split()), refs):
+                out.append(s)
+    random.Random(seed).shuffle(out)
+    out = out[:max_sentences]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(s + "\n" for s in out))
+    return out[:limit] if limit is not None else out
+
+
+def _cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunekit"
 
 
 def copy_embedder(embedder: SentenceEmbedder) -> SentenceEmbedder:

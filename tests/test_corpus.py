@@ -1,0 +1,63 @@
+"""The offline distillation corpus built from the installed packages' prose: deterministic, disjoint from
+the evaluation sentences, large."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunekit.models.sentence import _key, package_corpus
+
+SENTENCES = Path(__file__).resolve().parents[1] / "bench" / "data" / "sentences.txt"
+EVAL = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()]
+
+
+def _fake_site(root: Path) -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text(
+        '"""The first module explains what the package does for its users.\n\n'
+        'It also says which options change the default behaviour of the tool."""\n'
+        'def f():\n    """Return the value that the caller asked for in the request."""\n'
+    )
+    (root / "pkg" / "README.md").write_text(
+        "This document describes how to install the package on a new machine. "
+        f"{EVAL[0]} {EVAL[1].upper()} x = f(a, b) is not a sentence.\n"
+        "The first module explains what the package does for its users!\n"
+    )
+    (root / "LICENSE.txt").write_text("Permission is hereby granted to use this software for any purpose.\n")
+    return root
+
+
+def test_corpus_is_deterministic_and_drops_eval_sentences_and_duplicates(tmp_path):
+    root = _fake_site(tmp_path / "site")
+    a = package_corpus(root=root, exclude=EVAL, cache=tmp_path / "a")
+    b = package_corpus(root=root, exclude=EVAL, cache=tmp_path / "b")  # built again, not read back
+    assert a == b and len(a) == len(set(a))
+    assert "This document describes how to install the package on a new machine." in a
+    assert "Permission is hereby granted to use this software for any purpose." in a
+    assert "Return the value that the caller asked for in the request." in a
+    keys = {_key(s) for s in a}
+    assert not keys & {_key(s) for s in EVAL}  # the eval sentences in README.md are gone, upper-cased too
+    assert not any("=" in s for s in a)
+    assert package_corpus(root=root, exclude=EVAL, cache=tmp_path / "a") == a  # the cache gives the same
+    assert package_corpus(2, root=root, exclude=EVAL, cache=tmp_path / "a") == a[:2]
+    other = package_corpus(root=root, exclude=EVAL, cache=tmp_path / "c", seed=1)
+    assert sorted(other) == sorted(a)  # another seed: the same sentences in another order
+
+
+def test_corpus_near_copies_of_eval_sentences_are_removed(tmp_path):
+    words = EVAL[2].rstrip(".").split()
+    near = " ".join(words[:-1] + ["today."])  # one word of the eval sentence changed
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "notes.txt").write_text(near + " Another ordinary sentence about files and folders stays here.")
+    out = package_corpus(root=root, exclude=EVAL, cache=tmp_path / "cache")
+    assert len(words) >= 10  # 13 shared words of 15: Jaccard 0.87
+    assert near not in out
+    assert "Another ordinary sentence about files and folders stays here." in out
+
+
+def test_installed_packages_corpus_is_large_and_disjoint_from_eval(tmp_path):
+    out = package_corpus(exclude=EVAL, cache=tmp_path)
+    assert len(out) > 50_000 and len(out) == len(set(out))
+    eval_keys = {_key(s) for s in EVAL}
+    assert not any(_key(s) in eval_keys for s in out)
