@@ -46,7 +46,7 @@ def test_corpus_is_deterministic_and_drops_eval_sentences_and_duplicates(tmp_pat
 
 def test_corpus_near_copies_of_eval_sentences_are_removed(tmp_path):
     words = EVAL[2].rstrip(".").split()
-    near = " ".join(words[:-1] + ["today."])  # one word of the eval sentence changed
+    near = " ".join([*words[:-1], "today."])  # one word of the eval sentence changed
     root = tmp_path / "site"
     root.mkdir()
     (root / "notes.txt").write_text(near + " Another ordinary sentence about files and folders stays here.")

@@ -300,7 +300,7 @@ def _package_files(root: Path) -> list[Path]:
     files = []
     for path in root.rglob("*"):
         name = path.name
-        wanted = name.endswith(_DOC_SUFFIXES + (".py",)) or name == "METADATA" or bool(_LICENCE.match(name))
+        wanted = name.endswith((*_DOC_SUFFIXES, ".py")) or name == "METADATA" or bool(_LICENCE.match(name))
         if wanted and path.is_file() and path.stat().st_size <= _MAX_FILE:
             files.append(path)
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
