@@ -320,7 +320,22 @@ def _sentence_transformer(encoder_dir: Path, embedder: nn.Module) -> Any:
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     width = int(embedder.encoder.get_input_embeddings().embedding_dim)
-    modules = [Transformer(str(encoder_dir)), Pooling(width, pooling_mode="mean"), Normalize()]
+    modules = [Transformer(str(encoder_dir)), Pooling(width, pooling_mode="mean")]
+    proj = getattr(embedder, "projection", None)
+    if proj is not None:  # SentenceEmbedder.projection: a Dense module with no activation
+        from sentence_transformers.base.modules import Dense
+
+        bias = proj.bias.detach().clone() if proj.bias is not None else None
+        dense = Dense(
+            proj.in_features,
+            proj.out_features,
+            bias=bias is not None,
+            activation_function=nn.Identity(),
+            init_weight=proj.weight.detach().clone(),
+            init_bias=bias,
+        )
+        modules.append(dense)  # fmt: skip
+    modules.append(Normalize())
     st = SentenceTransformer(modules=modules, device="cpu")
     st.max_seq_length = embedder.max_length
     return st

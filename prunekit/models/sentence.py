@@ -47,16 +47,26 @@ class SentenceEmbedder(nn.Module):
     [1.0, 1.0]
     """
 
-    def __init__(self, encoder: nn.Module, tokenizer: Any = None, max_length: int = 128) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any = None,
+        max_length: int = 128,
+        projection: nn.Linear | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.max_length = max_length
+        #: optional linear map of the pooled vector before normalisation (sentence-transformers ``Dense``)
+        self.projection = projection
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
         return F.normalize(pooled, dim=-1)
 
     def tokenize(self, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -212,6 +222,154 @@ def distill(
         **kd,
     )
     return list(res.losses)
+
+
+def add_projection(embedder: SentenceEmbedder) -> SentenceEmbedder:
+    """Give ``embedder`` an identity projection of its pooled vector (no bias), in place; returns it.
+
+    The embedding is unchanged, but it is no longer the encoder's residual stream itself: the stream (the
+    hidden size) becomes prunable (``prunekit.prune(..., stream=True)``), the projection's input columns
+    going with it, while the embedding keeps its width and stays comparable with the dense model's. After
+    the cut the projection's columns are the kept stream channels (:func:`stream_channels`); distillation
+    trains it like any weight. It saves as a sentence-transformers ``Dense`` module.
+
+    >>> from prunekit.models.hf import load_hf
+    >>> enc = load_hf('{"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, '
+    ...               '"num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 50}')
+    >>> ids = torch.randint(0, 50, (2, 5)); x = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+    >>> emb = SentenceEmbedder(enc).eval(); before = emb(**x)
+    >>> torch.equal(add_projection(emb)(**x), before)
+    True
+    """
+    if embedder.projection is not None:
+        raise ConfigError("this SentenceEmbedder already has a projection")
+    width = int(embedder.encoder.get_input_embeddings().embedding_dim)
+    proj = nn.Linear(width, width, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(width))
+    embedder.projection = proj
+    return embedder
+
+
+def stream_channels(embedder: SentenceEmbedder) -> torch.Tensor:
+    """Which dense stream channel each kept channel is, read off a projection still a column selection
+    (:func:`add_projection`, then a stream cut; before any training)."""
+    proj = embedder.projection
+    w = proj.weight.detach() if proj is not None else None
+    if w is None or not bool(((w == 0) | (w == 1)).all()) or not bool((w.sum(0) == 1).all()):
+        raise ConfigError("stream_channels needs the untrained identity projection of add_projection")
+    return w.argmax(0)
+
+
+def distill_layerwise(
+    student: SentenceEmbedder,
+    teacher: SentenceEmbedder,
+    texts: Sequence[str],
+    *,
+    steps: int = 100,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    layer_weight: float = 1.0,
+    channels: torch.Tensor | None = None,
+    seed: int = 0,
+) -> list[float]:
+    """Layer-wise distillation of a pruned ``student`` (heads, FFN, hidden size, layers) from ``teacher``.
+
+    Loss per batch: ``1 - cos`` of the embeddings, plus ``layer_weight`` times the mean over the
+    student's kept layers of (MSE + ``1 - cos`` per token, padding excluded) between the layer's output
+    and the teacher's output of the same layer (a layer removed by :func:`prunekit.prune_layers` is a
+    placeholder at its index, so kept layer ``i`` answers for teacher layers up to ``i``). With a cut
+    stream, ``channels`` (from :func:`stream_channels`) picks the teacher's channels the student kept.
+    Batches of ``batch_size`` texts cycle through ``texts`` in a ``seed``-shuffled order, grouped by length
+    within windows of 32 batches (less padding); AdamW, linear
+    warm-up over 5 % of the steps then cosine decay, gradients clipped at 1; the student runs in eval mode
+    (no dropout) and is left in eval mode. Returns the per-step losses.
+    """
+    import math
+
+    from prunekit.structured.layers import SkipBlock
+
+    tok = teacher if teacher.tokenizer is not None else student
+    layers = _layer_stack(student)
+    kept = [i for i, layer in enumerate(layers) if not isinstance(layer, SkipBlock)]
+    teacher_layers = _layer_stack(teacher)
+    batches = _length_batches(texts, steps, batch_size, seed)
+    caught: dict[str, dict[int, torch.Tensor]] = {"s": {}, "t": {}}
+
+    def hook(side: str, i: int) -> Any:
+        def fn(module: nn.Module, args: Any, out: Any) -> None:
+            caught[side][i] = out[0] if isinstance(out, tuple) else out
+
+        return fn
+
+    handles = [layers[i].register_forward_hook(hook("s", i)) for i in kept]
+    handles += [teacher_layers[i].register_forward_hook(hook("t", i)) for i in kept]
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / (steps - warm))),
+    )
+    student.eval()
+    teacher.eval()
+    losses = []
+    try:
+        for step in range(steps):
+            enc = tok.tokenize(batches[step])
+            mask = enc["attention_mask"].unsqueeze(-1).to(torch.float32)
+            with torch.no_grad():
+                target = teacher(**enc)
+            out = student(**enc)
+            loss = (1 - (out * target).sum(-1)).mean()
+            if layer_weight and kept:
+                terms = []
+                for i in kept:
+                    s, t = caught["s"][i], caught["t"][i]
+                    if channels is not None:
+                        t = t[..., channels]
+                    mse = (((s - t) ** 2) * mask).sum() / (mask.sum() * s.shape[-1])
+                    cos = ((1 - F.cosine_similarity(s, t, dim=-1)) * mask[..., 0]).sum() / mask.sum()
+                    terms.append(mse + cos)
+                loss = loss + layer_weight * torch.stack(terms).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    finally:
+        for h in handles:
+            h.remove()
+        student.eval()
+    return losses
+
+
+def _length_batches(texts: Sequence[str], steps: int, batch_size: int, seed: int) -> list[list[str]]:
+    """``steps`` batches cycling through ``texts`` in a seeded order; each window of 32 batches is sorted by
+    length before it is split, and the batches are then shuffled (similar lengths share a batch)."""
+    import random
+
+    if not texts:
+        raise ConfigError("distillation needs at least one text")
+    rng = random.Random(seed)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    picks = [texts[order[k % len(order)]] for k in range(steps * batch_size)]
+    window = 32 * batch_size
+    batches = []
+    for w in range(0, len(picks), window):
+        chunk = sorted(picks[w : w + window], key=len)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _layer_stack(embedder: SentenceEmbedder) -> nn.ModuleList:
+    stack = getattr(getattr(embedder.encoder, "encoder", None), "layer", None)
+    if not isinstance(stack, nn.ModuleList):
+        raise ConfigError("layer-wise distillation needs a BERT-style encoder.encoder.layer stack")
+    return stack
 
 
 def _layer_outputs(embedder: SentenceEmbedder) -> list[str]:
