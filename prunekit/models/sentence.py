@@ -309,7 +309,9 @@ def distill_layerwise(
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / (steps - warm))),
+        lambda k: (
+            (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / max(1, steps - warm)))
+        ),
     )
     student.eval()
     teacher.eval()

