@@ -31,7 +31,14 @@ from prunekit.progress import Bar, progress_bar
 from prunekit.recover import distributed as dist_utils
 from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
 from prunekit.recover.config import DistillConfig, TrainConfig
-from prunekit.recover.train import _check_args, _device_of, _make_optimizer, _num_batches, cosine_schedule
+from prunekit.recover.train import (
+    _check_args,
+    _device_of,
+    _make_optimizer,
+    _num_batches,
+    cosine_schedule,
+    optimizer_step,
+)
 
 
 @dataclass
@@ -340,13 +347,7 @@ def _loop(
     for batch in batches:
         inputs, targets = _split(batch, device)
         loss = cb.loss(call_model(net, inputs), targets, inputs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
-        if sched is not None:
-            sched.step()
+        optimizer_step(model, loss, opt, sched, max_grad_norm=max_grad_norm)
         stop = cb.after_step()
         losses.append(cb.last["total"])
         metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
