@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from prunekit._inputs import call_model
+from prunekit._inputs import call_model, to_device
 from prunekit.config import resolve
 from prunekit.errors import ConfigError
 from prunekit.progress import Bar, progress_bar
@@ -377,17 +377,7 @@ def _batches(data: Iterable, epochs: int | None) -> Iterator:
 def _split(batch: Any, device: torch.device) -> tuple[Any, Any]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ConfigError(f"every batch must be an (inputs, targets) pair, got {type(batch).__name__}")
-    return _to(batch[0], device), _to(batch[1], device)
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    return value
+    return to_device(batch[0], device), to_device(batch[1], device)
 
 
 def _check_finetune_args(
