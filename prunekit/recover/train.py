@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn import functional as F
 
+from prunekit._inputs import eval_mode
 from prunekit.errors import ConfigError
 
 EpochCallback = Callable[[int, float], None]
@@ -242,18 +243,13 @@ def accuracy(model: nn.Module, loader: Iterable) -> float:
     >>> accuracy(model, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))])
     0.5
     """
-    flags = {module: module.training for module in model.modules()}
     device = _device_of(model)
     correct, count = 0, 0
-    model.eval()
-    try:
+    with eval_mode(model):
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
             correct += int((model(inputs).argmax(dim=1) == targets).sum())
             count += len(targets)
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
     if count == 0:
         raise ConfigError("the evaluation loader is empty: give it at least one batch")
     return correct / count
