@@ -142,19 +142,24 @@ def train_dense(model: nn.Module, ctx: DemoContext) -> nn.Module:
     1
     """
     cfg = ctx.config
-    losses = train(
-        model,
-        ctx.train_loader(),
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        schedule="cosine",
-        progress=ctx.progress,
-        seed=cfg.seed,
-        console=ctx.console,
-    )
+    losses = _train(model, ctx, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ctx.note(epochs=cfg.epochs, train_loss=losses)
     return model
+
+
+def _train(model: nn.Module, ctx: DemoContext, **options: Any) -> list[float]:
+    """:func:`prunekit.recover.train` as every demo stage runs it: on the stage's seeded training loader,
+    AdamW with the cosine schedule, seeded by ``config.seed``, printing to ``ctx.console``; ``options`` add
+    the epochs, learning rate, ... of the stage. Returns the mean loss of each epoch."""
+    return train(
+        model,
+        ctx.train_loader(),
+        schedule="cosine",
+        progress=ctx.progress,
+        seed=ctx.config.seed,
+        console=ctx.console,
+        **options,
+    )
 
 
 def _finetune(model: nn.Module, ctx: DemoContext) -> list[float]:
@@ -162,16 +167,7 @@ def _finetune(model: nn.Module, ctx: DemoContext) -> list[float]:
     cfg = ctx.config
     if not cfg.finetune_epochs:
         return []
-    return train(
-        model,
-        ctx.train_loader(),
-        epochs=cfg.finetune_epochs,
-        lr=cfg.finetune_lr,
-        schedule="cosine",
-        progress=ctx.progress,
-        seed=cfg.seed,
-        console=ctx.console,
-    )
+    return _train(model, ctx, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
 
 
 def _prune_then_finetune(
