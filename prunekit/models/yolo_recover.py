@@ -123,7 +123,7 @@ class SparsityTraining:
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:
             raise ConfigError(f"penalty must be one of {', '.join(PENALTIES)}, got {self.penalty!r}")
-        self.schedule  # validates strength, warmup and decay
+        StrengthSchedule(self.strength, self.warmup, self.decay)  # validates strength, warmup and decay
 
     @property
     def schedule(self) -> StrengthSchedule:
@@ -199,7 +199,8 @@ class CoupledPenalty:
             members = []
             for m in g.members:
                 owner, _, leaf = m.name.rpartition(".")
-                if penalty == "bn_l1" and not (leaf == "weight" and isinstance(modules.get(owner), BATCH_NORMS)):
+                is_scale = leaf == "weight" and isinstance(modules.get(owner), BATCH_NORMS)
+                if penalty == "bn_l1" and not is_scale:
                     continue
                 index = torch.as_tensor(m.index, dtype=torch.long)
                 units = torch.as_tensor(m.units, dtype=torch.long)
@@ -234,7 +235,7 @@ class CoupledPenalty:
 
 
 class _AtomicPath(type(Path())):  # type: ignore[misc]
-    """A path whose ``write_bytes`` is atomic (temporary file, then rename): ultralytics' checkpoint writes."""
+    """A path whose ``write_bytes`` is atomic (temporary file, then rename), for ultralytics' checkpoints."""
 
     def write_bytes(self, data: Any) -> int:  # type: ignore[override]
         write_bytes(Path(str(self)), bytes(data))
@@ -252,7 +253,8 @@ class _Recovery:
         self.penalty: CoupledPenalty | None = None
         self.pruner: Any = None
         self.pruned: Path | None = None  # the physically cut checkpoint of a gradual run
-        self.sparsity_log: list[tuple[int, float, float]] = []  # (batch, strength, penalty) per optimizer step
+        #: ``(batch, strength, penalty)`` at every optimizer step with a penalty
+        self.sparsity_log: list[tuple[int, float, float]] = []
         self._batches = 0
         self._total = 1
         self.add_callback("on_train_start", _on_train_start)
@@ -282,7 +284,7 @@ class _Recovery:
         return super().save_model()
 
     def final_eval(self) -> None:
-        """Ultralytics' final evaluation of ``best.pt``; the optimizer-stripped copies are written atomically."""
+        """Ultralytics' final validation of ``best.pt``, its optimizer-stripped copies written atomically."""
         from ultralytics.utils import RANK
         from ultralytics.utils.torch_utils import strip_optimizer
 
@@ -451,8 +453,8 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
     method = data.get("method", "sparsity")
     if method not in METHODS:
         raise ConfigError(f"{source}: method must be one of {', '.join(METHODS)}, got {method!r}")
-    sparsity = SparsityTraining(**_known(data.get("sparsity", {}), tuple(f.name for f in fields(SparsityTraining)),
-                                         f"{source} sparsity"))  # fmt: skip
+    sparsity_keys = tuple(f.name for f in fields(SparsityTraining))
+    sparsity = SparsityTraining(**_known(data.get("sparsity", {}), sparsity_keys, f"{source} sparsity"))
     gradual_keys = tuple(f.name for f in fields(GradualPruning) if f.name != "ratio")
     gradual_opts = _known(data.get("gradual", {}), gradual_keys, f"{source} gradual")
     ratio = _fraction(data.get("ratio", 0.5), "ratio", high=0.95)
@@ -461,7 +463,9 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
         criterion = CRITERION_FOR[sparsity.penalty] if method == "sparsity" else "l2"
     if not isinstance(criterion, str):
         raise ConfigError(f"{source}: criterion must be a name, got {criterion!r}")
-    gradual = GradualPruning(ratio=ratio, criterion=criterion, **gradual_opts) if method == "gradual" else None
+    gradual = None
+    if method == "gradual":
+        gradual = GradualPruning(ratio=ratio, criterion=criterion, **gradual_opts)
     imgsz = data.get("imgsz", 320)
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise ConfigError(f"{source}: imgsz must be a positive multiple of 32, got {imgsz!r}")
@@ -514,9 +518,12 @@ def check_data_yaml(path: str | os.PathLike) -> Path:
     for split in ("train", "val"):
         for entry in data[split] if isinstance(data[split], list) else [data[split]]:
             where = root / str(entry)
-            images = (
-                [where] if where.is_file() else [p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-            ) if where.exists() else []  # fmt: skip
+            if where.is_file():  # a list of image paths
+                images = [line for line in where.read_text().splitlines() if line.strip()]
+            elif where.is_dir():
+                images = [p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            else:
+                images = []
             if not images:
                 raise ConfigError(f"{path}: the {split} split {where} has no images")
     return path
@@ -613,12 +620,14 @@ def run_recipe(
         return yolo
 
     if recipe.method == "gradual":
-        yolo = stage("gradual", recovery_trainer(gradual=recipe.gradual), max(1, recipe.gradual_epochs), recipe.kd)
+        trainer = recovery_trainer(gradual=recipe.gradual)
+        yolo = stage("gradual", trainer, max(1, recipe.gradual_epochs), recipe.kd)
         current = yolo.trainer.pruned
         plans.append(yolo.trainer.prunekit_plan)
     else:
         if recipe.method == "sparsity" and recipe.sparsity_epochs:
-            yolo = stage("sparsity", recovery_trainer(sparsity=recipe.sparsity), recipe.sparsity_epochs, recipe.kd)
+            trainer = recovery_trainer(sparsity=recipe.sparsity)
+            yolo = stage("sparsity", trainer, recipe.sparsity_epochs, recipe.kd)
             current = Path(yolo.trainer.last)
         t0 = time.perf_counter()
         detector = read_checkpoint(current).float().eval()
