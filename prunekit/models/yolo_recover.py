@@ -175,8 +175,8 @@ class CoupledPenalty:
 
     >>> from prunekit.models.ultralytics import load_yolo
     >>> pen = CoupledPenalty(load_yolo("yolov8n.yaml"), "bn_l1", imgsz=64)
-    >>> round(pen().item())  # all BN scales start at 1: the number of prunable channels
-    1904
+    >>> round(pen().item())  # every BN scale starts at 1; all 5,296 of YOLOv8n's are in prunable groups
+    5296
     """
 
     def __init__(self, detector: nn.Module, penalty: str = "group_lasso", *, imgsz: int = 64) -> None:
@@ -257,9 +257,12 @@ class _Recovery:
         self.sparsity_log: list[tuple[int, float, float]] = []
         self._batches = 0
         self._total = 1
-        self.add_callback("on_train_start", _on_train_start)
-        self.add_callback("on_train_batch_end", _on_batch_end)
-        self.add_callback("on_train_end", _on_train_end)
+        for event, callback in (
+            ("on_train_start", _on_train_start),
+            ("on_train_batch_end", _on_batch_end),
+            ("on_train_end", _on_train_end),
+        ):  # first, so every other callback sees the removed units at zero and the pruned checkpoint
+            self.callbacks[event].insert(0, callback)
 
     def _imgsz(self) -> int:
         imgsz = self.args.imgsz
@@ -390,8 +393,10 @@ def recovery_trainer(
 # the recipe: sparsity training | gradual | one-shot  ->  fine-tuning (+ distillation)
 
 METHODS = ("sparsity", "gradual", "oneshot")
+#: ultralytics train arguments a recipe's ``train`` may set (shared by all its training stages)
 TRAIN_KEYS = ("batch", "workers", "device", "lr0", "lrf", "optimizer", "warmup_epochs", "seed", "patience",
-              "close_mosaic", "mosaic", "amp", "cos_lr", "dis")  # fmt: skip
+              "close_mosaic", "mosaic", "amp", "cos_lr", "dis", "nbs", "momentum", "weight_decay",
+              "deterministic")  # fmt: skip
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -440,7 +445,7 @@ def _known(data: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
 def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
     """Validate a recipe mapping (unknown keys and out-of-range values are ConfigErrors naming ``source``).
 
-    >>> r = recipe_from_dict({"data": "d.yaml", "method": "gradual", "gradual": {"ratio": 0.4}})
+    >>> r = recipe_from_dict({"data": "d.yaml", "method": "gradual", "ratio": 0.4, "gradual": {"steps": 8}})
     >>> r.method, r.gradual.ratio, r.criterion
     ('gradual', 0.4, 'l2')
     """
@@ -455,7 +460,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
         raise ConfigError(f"{source}: method must be one of {', '.join(METHODS)}, got {method!r}")
     sparsity_keys = tuple(f.name for f in fields(SparsityTraining))
     sparsity = SparsityTraining(**_known(data.get("sparsity", {}), sparsity_keys, f"{source} sparsity"))
-    gradual_keys = tuple(f.name for f in fields(GradualPruning) if f.name != "ratio")
+    gradual_keys = tuple(f.name for f in fields(GradualPruning) if f.name not in ("ratio", "criterion"))
     gradual_opts = _known(data.get("gradual", {}), gradual_keys, f"{source} gradual")
     ratio = _fraction(data.get("ratio", 0.5), "ratio", high=0.95)
     criterion = data.get("criterion")
