@@ -270,17 +270,30 @@ class _Recovery:
         return max(32, side // 32 * 32)
 
     def optimizer_step(self) -> None:
+        """Ultralytics' step (unscale, clip the task gradient to norm 10, step, EMA update) with the penalty's
+        gradient added after the clip: like weight decay, the regulariser is not shrunk by a loss spike."""
         sparsity = self.prunekit_sparsity
-        if sparsity is not None:
-            if self.penalty is None:
-                self.penalty = CoupledPenalty(_student(self.model), sparsity.penalty, imgsz=self._imgsz())
-            lam = sparsity.schedule.at(self._batches / self._total)
-            if lam > 0:
-                value = self.penalty()
-                scale = lam * self.batch_size * self.accumulate  # per mean image loss, see the module doc
-                self.scaler.scale(value * scale).backward()
-                self.sparsity_log.append((self._batches, lam, float(value.detach())))
-        super().optimizer_step()
+        if sparsity is None:
+            return super().optimizer_step()
+        if self.penalty is None:
+            self.penalty = CoupledPenalty(_student(self.model), sparsity.penalty, imgsz=self._imgsz())
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(),
+            max_norm=10.0,
+            **({"foreach": False} if self.device.type == "npu" else {}),
+        )
+        lam = sparsity.schedule.at(self._batches / self._total)
+        if lam > 0:
+            value = self.penalty()
+            (value * (lam * self.batch_size * self.accumulate)).backward()  # per mean image loss (module doc)
+            self.sparsity_log.append((self._batches, lam, float(value.detach())))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model)
+        return None
 
     def save_model(self) -> bool:
         self.last, self.best = _AtomicPath(self.last), _AtomicPath(self.best)
@@ -438,7 +451,7 @@ def _known(data: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(map(str, data)) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown {where} key(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
     return data
 
 
@@ -459,9 +472,9 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
     if method not in METHODS:
         raise ConfigError(f"{source}: method must be one of {', '.join(METHODS)}, got {method!r}")
     sparsity_keys = tuple(f.name for f in fields(SparsityTraining))
-    sparsity = SparsityTraining(**_known(data.get("sparsity", {}), sparsity_keys, f"{source} sparsity"))
+    sparsity = SparsityTraining(**_known(data.get("sparsity", {}), sparsity_keys, f"{source} (sparsity)"))
     gradual_keys = tuple(f.name for f in fields(GradualPruning) if f.name not in ("ratio", "criterion"))
-    gradual_opts = _known(data.get("gradual", {}), gradual_keys, f"{source} gradual")
+    gradual_opts = _known(data.get("gradual", {}), gradual_keys, f"{source} (gradual)")
     ratio = _fraction(data.get("ratio", 0.5), "ratio", high=0.95)
     criterion = data.get("criterion")
     if criterion is None:
@@ -474,7 +487,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
     imgsz = data.get("imgsz", 320)
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise ConfigError(f"{source}: imgsz must be a positive multiple of 32, got {imgsz!r}")
-    train = dict(_known(data.get("train", {}), TRAIN_KEYS, f"{source} train"))
+    train = dict(_known(data.get("train", {}), TRAIN_KEYS, f"{source} (train)"))
     for key in ("kd", "trainable"):
         if not isinstance(data.get(key, False), bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {data[key]!r}")
