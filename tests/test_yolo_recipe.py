@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,7 +141,7 @@ def test_gradual_pruning_with_distillation_zeroes_groups_then_cuts_them(scenes, 
             for name, dims in plan.removals.items():
                 for dim, idx in dims.items():
                     assert not tensors[name].index_select(int(dim), torch.tensor(idx)).any(), name
-        seen.append((trainer._batches, pruner.removed_units()))
+        seen.append((trainer.batches_done, pruner.removed_units()))
 
     yolo = ultralytics.YOLO(str(dense))
     yolo.add_callback("on_train_batch_end", check)
@@ -149,10 +150,7 @@ def test_gradual_pruning_with_distillation_zeroes_groups_then_cuts_them(scenes, 
     yolo.train(trainer=recovery_trainer(gradual=gradual), **args)
     trainer = yolo.trainer
     assert "dis_loss" in trainer.loss_names
-    assert trainer.pruner.history[1:] == [
-        (2, trainer.pruner.history[1][1]),
-        (4, trainer.pruner.removed_units()),
-    ]
+    assert [step for step, _ in trainer.pruner.history] == [0, 2, 4]  # 4 batches, 2 pruning steps
     assert [b for b, _ in seen] == [2, 3, 4] and seen[0][1] < seen[-1][1]  # units grow, masks hold between
 
     plan = trainer.prunekit_plan
@@ -200,8 +198,29 @@ def test_recipe_runs_sparsity_prune_finetune_with_kd_from_the_cli(scenes, dense,
     )
     ckpt = torch.load(out, weights_only=False)
     assert ckpt["prunekit"]["plans"][0]["meta"]["criterion"] == "bn_scale"
-    finetune = ultralytics.YOLO(str(out)).model.yaml  # the yaml states the cut: stock `yolo train` keeps it
-    assert finetune["width_multiple"] == 1.0
+    from ultralytics.nn.tasks import DetectionModel
+
+    rebuilt = DetectionModel(yolo.model.yaml, nc=10, verbose=False)  # what stock `yolo train` rebuilds
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in yolo.model.parameters()]
+    for stage in ("sparsity", "finetune"):  # both training stages distilled from the dense input
+        header = (Path(summary["runs"][stage]) / "results.csv").read_text().splitlines()[0]
+        assert "train/dis_loss" in header, stage
+
+
+def test_recipe_gradual_without_finetuning_writes_the_cut_checkpoint(scenes, dense, tmp_path):
+    from prunekit.models.yolo_recover import run_recipe
+
+    recipe = recipe_from_dict(
+        {"data": str(scenes), "method": "gradual", "ratio": 0.3, "imgsz": IMGSZ, "gradual_epochs": 1,
+         "finetune_epochs": 0, "gradual": {"end": 1.0, "steps": 1},
+         "train": {"batch": 4, "nbs": 4, "workers": 0, "optimizer": "SGD", "warmup_epochs": 0}}
+    )  # fmt: skip
+    result = run_recipe(dense, tmp_path / "g.pt", recipe)
+    assert set(result.seconds) == {"gradual"} and result.map50_95 is not None
+    pruned = load_yolo(str(tmp_path / "g.pt"))
+    assert sum(p.numel() for p in pruned.parameters()) == result.params_after < result.params_before
+    ckpt = torch.load(tmp_path / "g.pt", weights_only=False)
+    assert ckpt["prunekit"]["plans"][0]["meta"]["schedule"] == "cubic"
 
 
 def test_recipe_bad_input_is_one_error_line_and_leaves_the_files(scenes, dense, tmp_path):

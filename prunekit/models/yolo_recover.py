@@ -255,8 +255,8 @@ class _Recovery:
         self.pruned: Path | None = None  # the physically cut checkpoint of a gradual run
         #: ``(batch, strength, penalty)`` at every optimizer step with a penalty
         self.sparsity_log: list[tuple[int, float, float]] = []
-        self._batches = 0
-        self._total = 1
+        self.batches_done = 0  #: training batches run so far (the schedules' clock)
+        self.batches_total = 1  #: batches of the whole run (epochs * batches per epoch), set at the start
         for event, callback in (
             ("on_train_start", _on_train_start),
             ("on_train_batch_end", _on_batch_end),
@@ -283,11 +283,11 @@ class _Recovery:
             max_norm=10.0,
             **({"foreach": False} if self.device.type == "npu" else {}),
         )
-        lam = sparsity.schedule.at(self._batches / self._total)
+        lam = sparsity.schedule.at(self.batches_done / self.batches_total)
         if lam > 0:
             value = self.penalty()
             (value * (lam * self.batch_size * self.accumulate)).backward()  # per mean image loss (module doc)
-            self.sparsity_log.append((self._batches, lam, float(value.detach())))
+            self.sparsity_log.append((self.batches_done, lam, float(value.detach())))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
@@ -323,8 +323,8 @@ class _Recovery:
 
 
 def _on_train_start(trainer: Any) -> None:
-    trainer._total = max(1, trainer.epochs * len(trainer.train_loader))
-    trainer._batches = 0
+    trainer.batches_total = max(1, trainer.epochs * len(trainer.train_loader))
+    trainer.batches_done = 0
     gradual = trainer.prunekit_gradual
     if gradual is None:
         return
@@ -332,7 +332,7 @@ def _on_train_start(trainer: Any) -> None:
 
     student = _student(trainer.model)
     x = example_inputs(student, trainer._imgsz()).to(next(student.parameters()).device)
-    start, end, frequency = gradual.schedule(trainer._total)
+    start, end, frequency = gradual.schedule(trainer.batches_total)
     was_training = student.training
     student.eval()
     try:
@@ -352,7 +352,7 @@ def _ema_student(trainer: Any) -> nn.Module | None:
 
 
 def _on_batch_end(trainer: Any) -> None:
-    trainer._batches += 1
+    trainer.batches_done += 1
     if trainer.pruner is None:
         return
     trainer.pruner.step()  # re-zeroes the removed units (and removes more at a pruning step)
