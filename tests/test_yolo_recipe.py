@@ -87,6 +87,24 @@ def test_strength_schedule_warms_up_holds_and_decays():
         SparsityTraining(penalty="l0")
 
 
+def test_gradual_schedule_in_batches_and_no_resume():
+    from types import SimpleNamespace
+
+    from prunekit.models.yolo_recover import _on_train_start
+
+    assert GradualPruning(end=1.0, steps=2).schedule(4) == (0, 4, 2)
+    assert GradualPruning().schedule(100) == (0, 72, 18)  # 4 steps of 18 batches, ending by 75 %
+    assert GradualPruning(start=0.5, end=0.6, steps=8).schedule(10) == (5, 6, 1)  # fewer batches than steps
+    with pytest.raises(ConfigError, match=r"start .* must come before end"):
+        GradualPruning(start=0.8, end=0.5)
+    resumed = SimpleNamespace(
+        start_epoch=1, train_loader=[0, 0], prunekit_gradual=GradualPruning(), args=SimpleNamespace(time=None)
+    )
+    with pytest.raises(ConfigError, match="without resume="):
+        _on_train_start(resumed)
+    assert resumed.batches_done == 2  # a resumed sparsity run continues its strength schedule
+
+
 def test_sparsity_training_drives_the_regularised_scales_and_group_norms_down(scenes, dense, tmp_path):
     """Same seed, data and steps: with the penalty, the penalised quantity ends lower than without it; an
     interrupted checkpoint write leaves the previous last.pt whole."""

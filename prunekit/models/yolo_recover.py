@@ -255,14 +255,20 @@ class _Recovery:
         self.pruned: Path | None = None  # the physically cut checkpoint of a gradual run
         #: ``(batch, strength, penalty)`` at every optimizer step with a penalty
         self.sparsity_log: list[tuple[int, float, float]] = []
-        self.batches_done = 0  #: training batches run so far (the schedules' clock)
-        self.batches_total = 1  #: batches of the whole run (epochs * batches per epoch), set at the start
+        self.batches_done = 0  #: training batches run so far, resumed epochs included (the schedules' clock)
         for event, callback in (
             ("on_train_start", _on_train_start),
             ("on_train_batch_end", _on_batch_end),
             ("on_train_end", _on_train_end),
         ):  # first, so every other callback sees the removed units at zero and the pruned checkpoint
             self.callbacks[event].insert(0, callback)
+
+    @property
+    def batches_total(self) -> int:
+        """Batches of the whole run: ``epochs * batches per epoch`` (``epochs`` as the trainer has it now:
+        a ``time=`` run re-estimates it every epoch)."""
+        loader = getattr(self, "train_loader", None)
+        return max(1, self.epochs * len(loader)) if loader is not None else 1
 
     def _imgsz(self) -> int:
         imgsz = self.args.imgsz
@@ -323,11 +329,16 @@ class _Recovery:
 
 
 def _on_train_start(trainer: Any) -> None:
-    trainer.batches_total = max(1, trainer.epochs * len(trainer.train_loader))
-    trainer.batches_done = 0
+    trainer.batches_done = trainer.start_epoch * len(trainer.train_loader)
     gradual = trainer.prunekit_gradual
     if gradual is None:
         return
+    if trainer.start_epoch or trainer.args.time:
+        raise ConfigError(
+            "gradual pruning needs the whole run in one go with a fixed number of epochs (its removed units "
+            "are not in ultralytics' checkpoint): start it again without resume= / time=, or fine-tune "
+            "weights/last.pt"
+        )
     from prunekit.schedules.structured_gradual import StructuredGradualPruner
 
     student = _student(trainer.model)
@@ -559,9 +570,9 @@ def check_detector(path: str | os.PathLike) -> nn.Module:
     except ModelLoadError as err:
         raise ConfigError(str(err)) from err
     import_ultralytics()
-    from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
+    from ultralytics.nn.tasks import DetectionModel
 
-    if type(model) is not DetectionModel or isinstance(model, (SegmentationModel, PoseModel, OBBModel)):
+    if type(model) is not DetectionModel:  # not its subclasses (segment, pose, obb, RT-DETR, world)
         raise ConfigError(f"{path} is not a detector ({type(model).__name__}); the recipe trains detectors")
     return model
 
