@@ -277,4 +277,7 @@ def test_recipe_bad_input_is_one_error_line_and_leaves_the_files(scenes, dense, 
     recipe.write_text(good)
     mixed = ["yolo", "prune", str(dense), "--recipe", str(recipe), "--ratio", "0.4", "--out", str(out)]
     result = CliRunner().invoke(app, mixed)
-    assert result.exit_code == 2 and "pruning options belong in the recipe" in result.output
+    assert (
+        result.exit_code == 2
+        and "pruning options belong in the recipe, not on the command line (--ratio)" in result.output
+    )

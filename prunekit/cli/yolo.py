@@ -53,6 +53,7 @@ ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Side of the traced examp
 
 @yolo_app.command("prune")
 def prune(
+    ctx: typer.Context,
     model: YoloModelArg,
     out: Annotated[
         Path,
@@ -104,7 +105,8 @@ def prune(
             metavar="RECIPE.yaml",
             help="Recover while pruning, in ultralytics' trainer: sparsity training (or gradual pruning), "
             "the cut, fine-tuning, optional distillation from MODEL (a dense detector .pt). The recipe "
-            "holds every pruning option; see docs/ARCHITECTURE.md 'YOLO recovery recipe'.",
+            "holds every pruning and training option (docs/YOLO.md, 'Recovery inside ultralytics' "
+            "trainer').",
             dir_okay=False,
         ),
     ] = None,
@@ -119,10 +121,14 @@ def prune(
     from prunekit.models.ultralytics import prune_to_file
 
     if recipe is not None:
-        given = (ratio, criterion, scope, ignore, round_to, max_ratio, half, free, stock_modules)
-        if given != (0.3, "l2", None, None, None, 0.9, None, False, True):
+        options = ("ratio", "imgsz", "criterion", "scope", "ignore", "round_to", "max_ratio", "half", "free",
+                   "stock_modules", "seed")  # fmt: skip
+        # by name: recent typer carries its own copy of click (and of its ParameterSource enum)
+        given = [n for n in options if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise ConfigError(
-                "with --recipe, the pruning options belong in the recipe, not on the command line"
+                f"with --recipe, the pruning options belong in the recipe, not on the command line ({flags})"
             )
         _run_recipe(model, out, recipe, json_path)
         return

@@ -23,8 +23,9 @@ trainer's own seams (``optimizer_step``, ``save_model``, ``final_eval`` and call
   ``weights/pruned.pt`` (:func:`~prunekit.models.ultralytics.save_yolo`, the plan inside), a normal pruned
   checkpoint that ``YOLO("pruned.pt")`` and ``yolo val`` use and :func:`~prunekit.models.yolo_train.
   finetune_yolo` fine-tunes (its widths are free, so ``model.yaml`` does not state them).
-- **atomic checkpoints**: ``last.pt``/``best.pt`` (every epoch, and the optimizer-stripped final copies) are
-  written to a temporary file and renamed, so an interrupted run leaves the last good checkpoint.
+- **atomic checkpoints**: ``last.pt``/``best.pt``/``epochN.pt`` (every epoch, and the optimizer-stripped
+  final copies) are written to a temporary file and renamed, so an interrupted run leaves the last good
+  checkpoint.
 
     from ultralytics import YOLO
     trainer = recovery_trainer(gradual=GradualPruning(ratio=0.5))
@@ -302,7 +303,7 @@ class _Recovery:
         return None
 
     def save_model(self) -> bool:
-        self.last, self.best = _AtomicPath(self.last), _AtomicPath(self.best)
+        self.wdir, self.last, self.best = map(_AtomicPath, (self.wdir, self.last, self.best))  # epochN.pt too
         return super().save_model()
 
     def final_eval(self) -> None:
