@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from prunekit._atomic import atomic_write, write_bytes
 from prunekit.config import PruneConfig
+from prunekit.criteria import get_criterion
 from prunekit.errors import ConfigError, ModelLoadError
 from prunekit.measure.params import count_params
 from prunekit.models.ultralytics import (
@@ -493,6 +494,11 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
         criterion = CRITERION_FOR[sparsity.penalty] if method == "sparsity" else "l2"
     if not isinstance(criterion, str):
         raise ConfigError(f"{source}: criterion must be a name, got {criterion!r}")
+    if get_criterion(criterion).needs_data:  # unknown names raise here, before any training
+        raise ConfigError(
+            f"{source}: criterion {criterion!r} needs calibration data; the recipe cuts with a data-free one "
+            "(l2, l1, bn_scale, fpgm, ...)"
+        )
     gradual = None
     if method == "gradual":
         gradual = GradualPruning(ratio=ratio, criterion=criterion, **gradual_opts)
