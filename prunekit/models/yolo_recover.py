@@ -5,8 +5,9 @@ training, atomic checkpoints; distillation (``distill_model``) works with both.
 task's ultralytics trainer, training the given model without a yaml rebuild) that adds, through the
 trainer's own seams (``optimizer_step``, ``save_model``, ``final_eval`` and callbacks):
 
-- **sparsity training** (:class:`SparsityTraining`): before every optimizer step, the gradient of
-  ``lam_t * penalty`` is added to the task loss's. ``penalty="group_lasso"`` is
+- **sparsity training** (:class:`SparsityTraining`): at every optimizer step the gradient of
+  ``lam_t * penalty`` is added to the task loss's, after ultralytics' clip of the latter to norm 10 (like
+  weight decay, the regulariser is not shrunk by a loss spike). ``penalty="group_lasso"`` is
   ``sum_g sum_i ||unit i of group g||_2`` over prunekit's coupled groups (a unit is every entry the cut of
   channel ``i`` removes: the conv filter, its BN entries, the next convs' input slices);
   ``penalty="bn_l1"`` is ``sum |gamma|`` over the BatchNorm scales in those groups (network slimming). Only
