@@ -12,7 +12,8 @@ Shapes: a stream cut of ``k/12`` keeps ``384 (1 - k/12)`` channels, ``12 (1 - k/
 ``hidden_size = heads * 32`` and stock ``BertModel`` rebuilds the model. The configuration per target is
 chosen by measured latency: every (k, layers) shape is timed as a randomly initialised BertModel of that
 shape (the pruned model's shapes), interleaved with the dense model; among the shapes at or above the target
-speedup (and, from 2x on, at most 0.6 of the dense params) the widest is taken, then the deepest. The peer
+speedup, within 1.35x of it (and, from 2x on, at most 0.6 of the dense params), the one whose pruned,
+undistilled copy stays closest to the dense embeddings of 64 held-out corpus sentences is taken. The peer
 (no stream cut) keeps the chosen layer count and takes the smallest heads + FFN ratio ``k/12`` reaching the
 target, timed on real pruned copies.
 """
@@ -111,12 +112,21 @@ def search(dense, x, ks, depths, runs, rounds, th) -> list[dict]:
     return out
 
 
-def choose(shapes: list[dict], target: float) -> dict:
+def candidates(shapes: list[dict], target: float) -> list[dict]:
+    """The shapes reaching ``target`` (params capped from 2x on) within 1.35x of it (all of them if none
+    is that close; the fastest alone if none reaches it)."""
     cap = PARAMS_CAP if target >= 2 else 1.0
     ok = [s for s in shapes if s["speedup"] >= target and s["params_ratio"] <= cap]
-    if not ok:  # no shape reaches it: the fastest one, reported as missed
-        return max(shapes, key=lambda s: s["speedup"])
-    return min(ok, key=lambda s: (s["k"], -s["layers"]))
+    if not ok:
+        return [max(shapes, key=lambda s: s["speedup"])]
+    return [s for s in ok if s["speedup"] <= 1.35 * target] or ok
+
+
+def proxy(dense, x, calib, held: list[str], held_emb: torch.Tensor, k: int, layers: int) -> float:
+    """Mean cosine to the dense embeddings of held-out corpus sentences (never the evaluation ones) of the
+    pruned, undistilled shape: what picks the shape per target."""
+    student = build(dense, x, calib, k, layers, stream=True)[0]
+    return fidelity(held_emb, student.embed(held)).cosine_mean
 
 
 def _calib(dense, texts: list[str]) -> list[dict]:
@@ -218,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
     dense_emb = dense.embed(sents)
     x = dense.tokenize(sents[:8])
     calib = _calib(dense, texts)
-    train = texts[64:]  # the first 64 are the activation statistics
+    train = texts[128:]  # the first 64 give the activation statistics, the next 64 the shape choice
     targets = (2.0,) if args.quick else TARGETS
     settings = [args.quick, args.steps, args.lr, args.runs, args.rounds, th, args.train_threads, len(texts)]
     cache = _load_cache("quick" if args.quick else "full", json.dumps(settings), args.fresh)
@@ -226,8 +236,18 @@ def run(args: argparse.Namespace) -> dict:
         ks, depths = ((0, 4), (6, 4)) if args.quick else ((0, 2, 3, 4, 6), (6, 5, 4, 3, 2))
         cache["shapes"] = search(dense, x, ks, depths, args.search_runs, min(2, args.rounds), th)
         _save_cache(cache)
+    held = texts[64:128]  # proxy sentences for the shape choice: the corpus, not the evaluation set
+    held_emb = dense.embed(held)
+    scores = cache.setdefault("proxy", {})
     for target in targets:
-        pick = choose(cache["shapes"], target)
+        for c in candidates(cache["shapes"], target):
+            name = f"{c['k']},{c['layers']}"
+            if name not in scores:
+                scores[name] = proxy(dense, x, calib, held, held_emb, c["k"], c["layers"])
+                _save_cache(cache)
+                print(f"proxy k={c['k']}/12 layers={c['layers']}: cos {scores[name]:.3f}", flush=True)
+        pick = max(candidates(cache["shapes"], target), key=lambda c: scores[f"{c['k']},{c['layers']}"])
+        cache.setdefault("picks", {})[str(target)] = pick
         for stream in (True, False):
             name = f"{target}/{'stream' if stream else 'peer'}"
             if name in cache["rows"]:
@@ -248,6 +268,17 @@ def run(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     _save_cache(cache)
     return cache
+
+
+def _proxy_text(cache: dict) -> str:
+    """The shape search as text: each candidate's measured speedup, params ratio and proxy cosine."""
+    shapes = {f"{s['k']},{s['layers']}": s for s in cache["shapes"]}
+    parts = []
+    for name, cos in sorted(cache.get("proxy", {}).items()):
+        s = shapes[name]
+        parts.append(f"k={s['k']}/12, {s['layers']} layers: {s['speedup']:.2f}x, {s['params_ratio']:.2f}, "
+                     f"cos {cos:.3f}")  # fmt: skip
+    return "candidates: " + "; ".join(parts)
 
 
 def markdown(cache: dict) -> str:
@@ -286,13 +317,16 @@ def markdown(cache: dict) -> str:
             else "read from its cache in this run; a build takes about 65 s here"
         )
         + "). The first 64 sentences give the "
-        "activation statistics of the stream cut and the layer scores, the rest are distilled on.",
+        "activation statistics of the stream cut and the layer scores, the next 64 pick the shape per "
+        "target, the rest are distilled on.",
         "",
         "Compression: `add_projection` (an identity `Dense` after pooling, so the embedding keeps 384 dims "
         "while the stream is cut), `prune(ratio=k/12, stream=True, data=...)` (the direct cut, ranked by "
         "mean x² at every LayerNorm input; SliceGPT's invariant transform does not follow post-norm BERT "
-        "in prunekit and is refused), `prune_layers(n, data=...)` (cosine-scored). The shape per target is "
-        "chosen by measured latency (bench docstring). Distillation: `distill_layerwise`, batches of 16, "
+        "in prunekit and is refused), `prune_layers(n, data=...)` (cosine-scored). The shape per target: "
+        "of the (k, layers) shapes timed at or above the target (within 1.35x of it, params ≤ 0.6 from 2x "
+        "on), the one whose undistilled copy keeps the highest mean cosine on 64 held-out corpus sentences "
+        f"({_proxy_text(cache)}). Distillation: `distill_layerwise`, batches of 16, "
         f"AdamW lr {env['lr']:g}, warm-up + cosine, {env['train_threads']} threads; loss = 1 - cos of the "
         "embeddings + mean over kept layers of MSE + (1 - cos) per token against the dense layer of the same "
         "index, on the kept channels. Stock reload: `save_sentence_transformer` then "
