@@ -288,6 +288,11 @@ def _proxy_text(cache: dict) -> str:
     return "candidates: " + "; ".join(parts)
 
 
+def _stock(row: dict) -> str:
+    refused = row["reload"].startswith("refused")
+    return "stock save refused (BERT sizes a head as hidden / heads)" if refused else "reloads in stock ST"
+
+
 def markdown(cache: dict) -> str:
     env = cache["env"]
     rows = sorted(
@@ -362,6 +367,23 @@ def markdown(cache: dict) -> str:
     ]
     goals = {1.5: 0.95, 2.0: 0.90}
     longest = max(r["steps"] for r in rows)
+    lines.append(
+        f"- Budget: {longest} steps of 16 sentences per model is {16 * longest:,} of the {env['corpus']:,} "
+        "corpus sentences (the corpus is far from used up; the time per model is in the table). The dense "
+        "row's latency is a separate final measurement; each speedup comes from the rounds interleaved with "
+        "that row, and differs from the search's timing of the same shape on this shared machine."
+    )
+    by = {(r["target"], "no stream" in r["variant"], r["steps"]): r for r in rows}
+    for t in sorted({r["target"] for r in rows}):
+        ours, peer = by.get((t, False, longest)), by.get((t, True, longest))
+        if ours and peer:
+            lines.append(
+                f"- {t}x, {longest} steps: with the stream cut mean cos {ours['after']['cosine_mean']:.3f}, "
+                f"Spearman {ours['after']['spearman']:.3f}, params {ours['params_ratio']:.2f} "
+                f"({ours['speedup']:.2f}x), {_stock(ours)}; heads + FFN only: "
+                f"{peer['after']['cosine_mean']:.3f}, {peer['after']['spearman']:.3f}, params "
+                f"{peer['params_ratio']:.2f} ({peer['speedup']:.2f}x), {_stock(peer)}."
+            )
     for r in rows:
         if "no stream" in r["variant"] or r["target"] not in goals or r["steps"] != longest:
             continue
