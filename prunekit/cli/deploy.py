@@ -342,11 +342,28 @@ def _tensors(value: Any) -> list[Any]:
     return []
 
 
+TENSOR_ONLY = (".safetensors", ".pksparse")  # file formats that cannot hold a pickled module
+VsArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vs-arch",
+        help="For a --vs state_dict file: torchvision:NAME or module.path:factory that builds it "
+        "(default: --arch).",
+    ),
+]
+
+
 @app.command()
 def bench(
     model: ModelArg,
     vs: Annotated[
-        list[str] | None, typer.Option("--vs", metavar="OTHER", help="Another model to compare (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--vs",
+            metavar="OTHER",
+            help="Another model to compare (repeatable); speedups are against the first one (the dense "
+            "model).",
+        ),
     ] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8",
     threads: Annotated[str, typer.Option("--threads", help="Comma-separated intra-op thread counts.")] = "1",
@@ -356,12 +373,19 @@ def bench(
         str | None,
         typer.Option(
             "--runtime",
-            help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there; "
-            "speedups are against the first --vs (the dense model).",
+            help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there.",
         ),
     ] = None,
     input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            help="For a state_dict file: torchvision:NAME or module.path:factory that builds it (MODEL's, "
+            "and the --vs files' unless --vs-arch is given).",
+        ),
+    ] = None,
+    vs_arch: VsArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
     trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
@@ -370,7 +394,10 @@ def bench(
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
     Every model gets the same random input (the first model's shape, or --input-shape) with the batch
-    dimension replaced; ratios are against MODEL in the same run (with --runtime: against the first --vs).
+    dimension replaced. Speedup = the reference's median ms / the row's, in the same run and setting; the
+    reference is the first --vs model (the dense one: it reads 1.00x, a faster pruned MODEL above 1x), or
+    MODEL alone. A row whose p90 is over 1.5x its median is marked noisy (--json "noisy") and named in a
+    warning: its median is not to be trusted; use more --runs or an idle machine.
     """
     import torch
 
@@ -380,48 +407,56 @@ def bench(
     sizes = parse_input_shape(batch_sizes)
     thread_counts = parse_input_shape(threads)
     specs = [model, *(vs or [])]
+    arches = _bench_arches(specs, arch, vs_arch, trust_pickle)
     names = _runtime_names(runtime)
     models = [
-        load_cli_model(
-            spec,
-            arch=arch,
-            trust_pickle=trust_pickle,
-            input_shape=input_shape,
-            trust_code=trust_code,
-            seed=seed,
-        )
-        for spec in specs
+        _bench_model(index, spec, side_arch, trust_pickle, input_shape, trust_code, seed, vs_arch is not None)
+        for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True))
     ]
     example = models[0].example
     if not isinstance(example, torch.Tensor):
         raise ConfigError("bench times models that take one tensor; use prunekit.measure_latency for others")
+    labels = _bench_labels(specs)
+    reference = labels[1 if len(labels) > 1 else 0]
     if names:
         _bench_runtimes(
-            names, specs, [m.model for m in models], example, sizes, thread_counts, runs, warmup, json_path
+            names,
+            dict(zip(labels, [m.model for m in models], strict=True)),
+            reference,
+            example,
+            sizes,
+            thread_counts,
+            runs,
+            warmup,
+            json_path,
         )
         return
     rows = []
     for batch in sizes:
         x = example[:1].expand(batch, *example.shape[1:]).contiguous()
         for count in thread_counts:
-            base = None
-            for spec, loaded in zip(specs, models, strict=True):
+            setting = []
+            for label, loaded in zip(labels, models, strict=True):
                 stats = measure_latency(loaded.model, x, runs=runs, warmup=warmup, threads=count)
-                base = base or stats.median_ms
-                rows.append(
+                setting.append(
                     {
-                        "model": spec,
+                        "model": label,
                         "batch_size": batch,
                         "threads": count,
                         "median_ms": stats.median_ms,
                         "p90_ms": stats.p90_ms,
+                        "noisy": stats.noisy,
                         "throughput_per_s": 1000.0 * batch / stats.median_ms,
-                        "speedup_vs_model": base / stats.median_ms,
                     }
                 )
-    write_json(json_path, {"rows": rows, "input_shape": list(example.shape[1:]), "seed": seed})
-    table = Table(title="prunekit bench (median of timed runs)")
-    for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", f"speedup vs {model}"):
+            base = next(r for r in setting if r["model"] == reference)["median_ms"]
+            rows += [r | {"speedup": base / r["median_ms"]} for r in setting]
+    write_json(
+        json_path,
+        {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:]), "seed": seed},
+    )
+    table = Table(title=f"prunekit bench (median of timed runs; speedup = {reference} ms / ms)")
+    for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", "speedup"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
         table.add_row(
@@ -431,9 +466,95 @@ def bench(
             f"{row['median_ms']:.2f}",
             f"{row['p90_ms']:.2f}",
             f"{row['throughput_per_s']:.1f}",
-            f"{row['speedup_vs_model']:.2f}x",
+            f"{row['speedup']:.2f}x",
         )
     console.print(table)
+    _noisy_warning(rows)
+
+
+def _bench_arches(
+    specs: list[str], arch: str | None, vs_arch: str | None, trust_pickle: bool
+) -> list[str | None]:
+    """The architecture each side is built with: ``--arch`` for MODEL, ``--vs-arch`` (else ``--arch``) for
+    the --vs models; only a file takes one. One error line for a state_dict side without one, or an option
+    no side uses."""
+    from prunekit.models.files import is_file_spec
+
+    is_file = [is_file_spec(spec) for spec in specs]
+    fallback = vs_arch if vs_arch is not None else arch
+    arches = [arch if is_file[0] else None] + [fallback if f else None for f in is_file[1:]]
+    for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True)):
+        path = Path(spec)
+        # a state_dict for sure: without --trust-pickle, or in a format that holds only tensors
+        if path.is_file() and side_arch is None and (not trust_pickle or path.suffix in TENSOR_ONLY):
+            side, option = ("MODEL", "--arch") if index == 0 else ("--vs", "--vs-arch")
+            raise ConfigError(
+                f"{side} {spec} is a state_dict file: give {option} torchvision:NAME or "
+                "module.path:factory that builds it (--arch alone serves both sides)"
+            )
+    if arch is not None and not is_file[0] and (vs_arch is not None or not any(is_file[1:])):
+        raise ConfigError(f"--arch is for a state_dict file, but MODEL {specs[0]!r} is not one")
+    if vs_arch is not None and not any(is_file[1:]):
+        raise ConfigError("--vs-arch is for a --vs state_dict file, but no --vs model is a file")
+    return arches
+
+
+def _bench_model(
+    index: int,
+    spec: str,
+    arch: str | None,
+    trust_pickle: bool,
+    input_shape: str | None,
+    trust_code: bool,
+    seed: int,
+    vs_arch_given: bool,
+) -> Any:
+    """One side of ``bench``, loaded; a --vs file's load error names the option its architecture came from."""
+    from prunekit.errors import ModelLoadError
+
+    try:
+        return load_cli_model(
+            spec,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            trust_code=trust_code,
+            seed=seed,
+        )
+    except ModelLoadError as err:
+        if index == 0 or arch is None or not vs_arch_given:
+            raise
+        raise ModelLoadError(f"--vs {spec}: {str(err).replace('--arch', '--vs-arch')}") from err
+
+
+def _bench_labels(specs: list[str]) -> list[str]:
+    """A label per model: its spec, with ``[index]`` after a spec that came before."""
+    labels: list[str] = []
+    for index, spec in enumerate(specs):
+        labels.append(spec if spec not in labels else f"{spec} [{index}]")
+    return labels
+
+
+def _noisy_warning(rows: list[dict]) -> None:
+    """One ``warning:`` line naming the noisy rows (p90 over 1.5x the median), if any."""
+    from prunekit.measure.latency import NOISY_P90_RATIO
+
+    noisy = [r for r in rows if r["noisy"]]
+    if not noisy:
+        return
+    where = "; ".join(
+        " ".join(
+            ([r["runtime"]] if "runtime" in r else [])
+            + [r["model"], f"batch {r['batch_size']}", f"threads {r['threads']}"]
+        )
+        for r in noisy
+    )
+    console.print(
+        f"warning: noisy timings (p90 over {NOISY_P90_RATIO:g}x the median) in {len(noisy)} of {len(rows)} "
+        f"rows: {where}; their medians are unreliable: use more --runs or an idle machine",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _runtime_names(value: str | None) -> list[str]:
@@ -448,8 +569,8 @@ def _runtime_names(value: str | None) -> list[str]:
 
 def _bench_runtimes(
     names: list[str],
-    specs: list[str],
-    models: list[Any],
+    models: dict[str, Any],
+    reference: str,
     example: Any,
     sizes: tuple[int, ...],
     thread_counts: tuple[int, ...],
@@ -457,15 +578,11 @@ def _bench_runtimes(
     warmup: int,
     json_path: Path | None,
 ) -> None:
-    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs the dense model."""
+    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs ``reference``."""
     import tempfile
 
     from prunekit.deploy.runtimes.bench import bench_runtime
 
-    labels: dict[str, Any] = {}
-    for index, (spec, net) in enumerate(zip(specs, models, strict=True)):
-        labels[spec if spec not in labels else f"{spec} [{index}]"] = net
-    reference = list(labels)[1 if len(labels) > 1 else 0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as work:
         for name in names:
@@ -473,7 +590,7 @@ def _bench_runtimes(
                 x = example[:1].expand(batch, *example.shape[1:]).contiguous()
                 rows += bench_runtime(
                     name,
-                    labels,
+                    models,
                     x,
                     work,
                     reference=reference,
@@ -497,6 +614,7 @@ def _bench_runtimes(
             _agreement_text(row["agreement"]),
         )
     console.print(table)
+    _noisy_warning(rows)
 
 
 def _agreement_text(agreement: dict) -> str:
