@@ -166,17 +166,23 @@ def _export_runtime(
     from prunekit._inputs import call_model, eval_mode
     from prunekit.deploy.runtimes import arrays, compare, runtime_for_format
     from prunekit.graph.trace import flatten_tensors
+    from prunekit.progress import progress_bar
 
     runtime = runtime_for_format(fmt)
     runtime.check_export_args(int8, calib)
     runtime.require()
     loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
-    artifact = runtime.export(loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches)
-    with eval_mode(loaded.model), torch.no_grad():
-        want = flatten_tensors(call_model(loaded.model, loaded.example))
-    got = runtime.load(artifact, threads=1).run(arrays(loaded.example))
-    agreement = compare(want, got, int8=int8 is not None, tolerance=runtime.tolerance)
+    with progress_bar(f"{runtime.name}: convert, compare", 2) as bar:
+        artifact = runtime.export(
+            loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches
+        )
+        bar.advance()
+        with eval_mode(loaded.model), torch.no_grad():
+            want = flatten_tensors(call_model(loaded.model, loaded.example))
+        got = runtime.load(artifact, threads=1).run(arrays(loaded.example))
+        agreement = compare(want, got, int8=int8 is not None, tolerance=runtime.tolerance)
+        bar.advance()
     if not agreement.ok:
         for name in artifact.files:
             Path(name).unlink(missing_ok=True)
@@ -401,8 +407,8 @@ def bench(
     """
     import torch
 
-    from prunekit.measure import measure_latency
     from prunekit.models.spec import parse_input_shape
+    from prunekit.progress import progress_bar
 
     sizes = parse_input_shape(batch_sizes)
     thread_counts = parse_input_shape(threads)
@@ -432,25 +438,11 @@ def bench(
         )
         return
     rows = []
-    for batch in sizes:
-        x = example[:1].expand(batch, *example.shape[1:]).contiguous()
-        for count in thread_counts:
-            setting = []
-            for label, loaded in zip(labels, models, strict=True):
-                stats = measure_latency(loaded.model, x, runs=runs, warmup=warmup, threads=count)
-                setting.append(
-                    {
-                        "model": label,
-                        "batch_size": batch,
-                        "threads": count,
-                        "median_ms": stats.median_ms,
-                        "p90_ms": stats.p90_ms,
-                        "noisy": stats.noisy,
-                        "throughput_per_s": 1000.0 * batch / stats.median_ms,
-                    }
-                )
-            base = next(r for r in setting if r["model"] == reference)["median_ms"]
-            rows += [r | {"speedup": base / r["median_ms"]} for r in setting]
+    with progress_bar("bench", len(sizes) * len(thread_counts) * len(models)) as bar:
+        for batch in sizes:
+            x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+            for count in thread_counts:
+                rows += _bench_setting(labels, models, reference, x, count, runs, warmup, bar)
     write_json(
         json_path,
         {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:]), "seed": seed},
@@ -470,6 +462,38 @@ def bench(
         )
     console.print(table)
     _noisy_warning(rows)
+
+
+def _bench_setting(
+    labels: list[str],
+    models: list[Any],
+    reference: str,
+    x: Any,
+    threads: int,
+    runs: int,
+    warmup: int,
+    bar: Any,
+) -> list[dict]:
+    """One row per model at one batch size and thread count, speedups against ``reference``."""
+    from prunekit.measure import measure_latency
+
+    setting = []
+    for label, loaded in zip(labels, models, strict=True):
+        stats = measure_latency(loaded.model, x, runs=runs, warmup=warmup, threads=threads)
+        setting.append(
+            {
+                "model": label,
+                "batch_size": int(x.shape[0]),
+                "threads": threads,
+                "median_ms": stats.median_ms,
+                "p90_ms": stats.p90_ms,
+                "noisy": stats.noisy,
+                "throughput_per_s": 1000.0 * x.shape[0] / stats.median_ms,
+            }
+        )
+        bar.advance()
+    base = next(r for r in setting if r["model"] == reference)["median_ms"]
+    return [r | {"speedup": base / r["median_ms"]} for r in setting]
 
 
 def _bench_arches(
@@ -582,9 +606,13 @@ def _bench_runtimes(
     import tempfile
 
     from prunekit.deploy.runtimes.bench import bench_runtime
+    from prunekit.progress import progress_bar
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as work:
+    with (
+        tempfile.TemporaryDirectory(prefix="prunekit-bench-") as work,
+        progress_bar("bench --runtime", len(names) * len(sizes)) as bar,
+    ):
         for name in names:
             for batch in sizes:
                 x = example[:1].expand(batch, *example.shape[1:]).contiguous()
@@ -598,6 +626,7 @@ def _bench_runtimes(
                     runs=runs,
                     warmup=warmup,
                 )
+                bar.advance()
     write_json(json_path, {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:])})
     table = Table(title=f"prunekit bench --runtime (median of timed runs; speedup = {reference} ms / ms)")
     for column in ("runtime", "model", "batch", "threads", "median ms", "p90 ms", "speedup", "agreement"):

@@ -360,9 +360,11 @@ def export_onnx(
         except Exception as err:
             raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(err)}") from err
         bar.advance()
-        if verify:
-            return onnx.load(str(tmp)), *_verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
-        return onnx.load(str(tmp)), None, []
+        if not verify:
+            return onnx.load(str(tmp)), None, []
+        checked = _verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
+        bar.advance()
+        return onnx.load(str(tmp)), *checked
 
     training = [(m, m.training) for m in module.modules()]
     module.eval()

@@ -30,6 +30,7 @@ from prunekit.graph.groups import GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
+from prunekit.progress import progress_bar
 from prunekit.structured import pipeline, slicegpt
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import compare_with, reference_outputs
@@ -253,15 +254,57 @@ def check(
             model.get_submodule(compare_at)
         except AttributeError:
             raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
+    slicing = stream_importance(cfg.stream) == "slicegpt"
+    stages = _CHECK_STAGES[:1] + (("rotate (SliceGPT)",) if slicing else ()) + _CHECK_STAGES[1:]
+    with progress_bar("check", len(stages), fields="{task.fields[stage]}", stage=stages[0]) as bar:
+        return _check(model, example_inputs, cfg, compare_at, slicing, _Stages(bar, stages))
+
+
+_CHECK_STAGES = (
+    "MACs of the model",
+    "trace + score",
+    "plan",
+    "masked reference",
+    "cut a copy",
+    "compare",
+    "MACs of the cut copy",
+)
+
+
+class _Stages:
+    """Advances ``check``'s bar past one named stage at a time, showing the next stage's name."""
+
+    def __init__(self, bar: Any, names: tuple[str, ...]) -> None:
+        self._bar, self._names, self._done = bar, names, 0
+
+    def done(self) -> None:
+        self._done += 1
+        following = self._names[self._done] if self._done < len(self._names) else "done"
+        self._bar.advance(stage=following)
+
+
+def _check(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    cfg: PruneConfig,
+    compare_at: str | None,
+    slicing: bool,
+    stages: _Stages,
+) -> CheckReport:
+    """The stages of :func:`check`, each reported to ``stages`` when it ends."""
     params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
+    stages.done()
     original, sliced, transforms = None, None, []
-    if stream_importance(cfg.stream) == "slicegpt":  # a rotated copy; the reference is the model itself
+    if slicing:  # a rotated copy; the reference is the model itself
         original = original_outputs(model, example_inputs, compare_at)
         model = copy.deepcopy(model)
         sliced = slicegpt.transform(model, cfg.data)
         transforms = [sliced.into_plan]
+        stages.done()
     scored = pipeline.traced(model, example_inputs, cfg, "check")
+    stages.done()
     plan, report = pipeline.select(scored, cfg.ratio, transforms), scored.report
+    stages.done()
     approximate = bool(plan.approximate)
     if original is not None:
         reference = original
@@ -269,11 +312,17 @@ def check(
         reference = original_outputs(model, example_inputs, compare_at)
     else:
         reference = reference_outputs(model, plan, example_inputs, compare_at)
+    stages.done()
     pruned = copy.deepcopy(model)
     apply(pruned, plan, example_inputs)
     if sliced is not None:
         slicegpt.rescale(pruned, sliced.record)
+    stages.done()
     cmp = compare_with(pruned, reference, example_inputs, compare_at)
+    stages.done()
+    macs_ratio = count_macs(pruned, example_inputs) / max(1, macs_before)
+    params_ratio = count_params(pruned).total / max(1, params_before)
+    stages.done()
     pinned = [
         {
             "id": g.id,
@@ -293,8 +342,8 @@ def check(
         cmp.max_abs_err,
         cmp.tolerance,
         cmp.shapes_equal,
-        count_macs(pruned, example_inputs) / max(1, macs_before),
-        count_params(pruned).total / max(1, params_before),
+        macs_ratio,
+        params_ratio,
         len(report.groups),
         len(report.prunable_groups),
         plan.removed_units,
