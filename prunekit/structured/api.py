@@ -208,6 +208,7 @@ class CheckReport:
             "n_prunable_groups": self.n_prunable_groups,
             "removed_units": self.removed_units,
             "pinned": list(self.pinned),
+            "kept_whole": list(self.plan.meta.get("kept_whole", [])),
             "rule_errors": list(self.rule_errors),
             "replayed": list(self.replayed),
             "n_values": self.n_values,
