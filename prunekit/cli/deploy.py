@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from prunekit.cli._common import (
-    ArchOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    ModelSource,
     SeedOpt,
     TrustCodeOpt,
     TrustPickleOpt,
@@ -20,6 +20,7 @@ from prunekit.cli._common import (
     checkpoint_dir,
     console,
     load_cli_model,
+    model_command,
     new_output,
     writable,
     write_json,
@@ -40,8 +41,9 @@ OutDirOpt = Annotated[
 
 
 @app.command()
+@model_command
 def export(
-    model: ModelArg,
+    source: ModelSource,
     onnx: Annotated[
         Path | None,
         typer.Option(
@@ -86,12 +88,7 @@ def export(
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime comparison.")] = False,
     static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch dimension.")] = False,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Export MODEL for a runtime (ONNX, OpenVINO, TFLite, NCNN), checked against PyTorch; optionally INT8."""
     if int8 not in (None, "dynamic", "static"):
@@ -105,14 +102,12 @@ def export(
     if fmt is not None or out is not None:
         if fmt is None or out is None:
             raise ConfigError("--format and --out go together")
-        _export_runtime(model, fmt, out, opset, int8, calib, input_shape, arch, trust_pickle, json_path)
+        _export_runtime(source, fmt, out, opset, int8, calib, json_path)
         return
     assert onnx is not None
     from prunekit.deploy import export_onnx, quantize_onnx
 
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
         loaded.model,
@@ -145,19 +140,16 @@ def export(
                 else ""
             )
         )
-    write_json(json_path, data | {"seed": seed})
+    write_json(json_path, data | {"seed": source.seed})
 
 
 def _export_runtime(
-    model: str,
+    source: ModelSource,
     fmt: str,
     out: Path,
     opset: int | None,
     int8: str | None,
     calib: Path | None,
-    input_shape: Any,
-    arch: str | None,
-    trust_pickle: bool,
     json_path: Path | None,
 ) -> None:
     """``export --format``: convert with the runtime's converter, run it once, compare with PyTorch."""
@@ -171,7 +163,7 @@ def _export_runtime(
     runtime = runtime_for_format(fmt)
     runtime.check_export_args(int8, calib)
     runtime.require()
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = source.load()
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     with progress_bar(f"{runtime.name}: convert, compare", 2) as bar:
         artifact = runtime.export(
@@ -189,7 +181,9 @@ def _export_runtime(
         raise ExportError(
             f"{runtime.name} does not reproduce PyTorch ({agreement.summary()}); nothing written"
         )
-    write_json(json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict()})
+    write_json(
+        json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict(), "seed": source.seed}
+    )
     console.print(
         f"wrote {', '.join(artifact.files)}: {artifact.size_bytes:,} bytes; "
         f"{runtime.name} vs PyTorch: {agreement.summary()}"
@@ -221,8 +215,9 @@ def _calibration_batches(path: Path, example: Any) -> list[Any]:
 
 
 @app.command()
+@model_command
 def save(
-    model: ModelArg,
+    source: ModelSource,
     out: OutDirOpt,
     sparse: Annotated[
         bool, typer.Option("--sparse", help="Store weights as bitmask + values + zstd (for sparse models).")
@@ -236,12 +231,7 @@ def save(
             "sentence (a directory SentenceTransformer loads).",
         ),
     ] = "prunekit",
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory (safetensors weights + spec + structural plans), or,
     with --format hf / sentence, as a directory stock transformers / sentence-transformers load."""
@@ -252,9 +242,7 @@ def save(
         raise ConfigError(f"--format is prunekit, {', '.join(FORMATS)}; got {fmt!r}")
     if sparse and fmt != "prunekit":
         raise ConfigError("--sparse is for prunekit checkpoints; stock directories store dense weights")
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     if fmt != "prunekit":
         _save_stock(loaded, out, fmt, json_path)
         return
@@ -268,9 +256,9 @@ def save(
         spec=loaded.spec,
         plan=loaded.plans,
         sparse=sparse,
-        metadata={"input_shape": list(loaded.shape), "source": model},
+        metadata={"input_shape": list(loaded.shape), "source": source.spec},
     )
-    write_json(json_path, saved.to_dict() | {"seed": seed})
+    write_json(json_path, saved.to_dict() | {"seed": source.seed})
     console.print(f"wrote {out}: {saved.weights_bytes:,} bytes of weights, {saved.params:,} parameters")
 
 
@@ -303,9 +291,7 @@ def load(
     from prunekit.measure import count_params
 
     info = read_info(checkpoint)
-    loaded = load_cli_model(
-        str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
-    )
+    loaded = ModelSource(str(checkpoint), input_shape=input_shape, trust_code=trust_code).load()
     import torch
 
     from prunekit._inputs import call_model

@@ -13,13 +13,14 @@ for a comparison.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError
 from prunekit.progress import track
 
@@ -36,7 +37,7 @@ def is_noisy(median_ms: float, p90_ms: float) -> bool:
 
 
 @dataclass
-class LatencyStats:
+class LatencyStats(JsonData):
     """Latency of one forward in milliseconds over ``runs`` timed runs after ``warmup`` untimed ones."""
 
     median_ms: float
@@ -51,9 +52,6 @@ class LatencyStats:
     def noisy(self) -> bool:
         """p90 over ``NOISY_P90_RATIO`` times the median (see :func:`is_noisy`)."""
         return is_noisy(self.median_ms, self.p90_ms)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_times(cls, times_ms: list[float], *, warmup: int, batch_size: int, threads: int) -> LatencyStats:
