@@ -60,3 +60,5 @@ def test_scratch_copy_has_the_pruned_widths_and_new_weights():
     assert how == "reset" and bp.arch_key(fresh) == bp.arch_key(model)
     w0, w1 = model.model[0].conv.weight, fresh.model[0].conv.weight
     assert not torch.equal(w0, w1)
+    dfl = fresh.model[-1].dfl  # the box decoder's fixed bin indices survive the re-initialisation
+    assert torch.equal(dfl.conv.weight.flatten(), torch.arange(dfl.c1, dtype=torch.float))
