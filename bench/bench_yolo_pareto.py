@@ -359,7 +359,10 @@ def _pct(x: float) -> str:
 
 QUICK_NOTE = (
     "**Quick mode is far from convergence**: a few epochs on a few hundred 128 px images, so every mAP"
-    " here is small and the differences between rows are mostly noise of an early training phase. The dense"
+    " here is small and the differences between rows are mostly noise of an early training phase; a pruned"
+    " row"
+    " has had the dense row's epochs plus its recovery epochs, so at this stage being above dense says more"
+    " about the extra epochs than about the cut. The dense"
     " YOLO11n"
     " being below 90 mAP50-95 says nothing about the set's hardness at convergence, and the goals above are"
     " checked only as the pipeline's output; the full budget (`bench/bench_yolo_pareto.py` without `--quick`:"
