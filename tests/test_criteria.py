@@ -114,7 +114,7 @@ def test_taylor_by_hand_over_all_batches():
         g = (active * v).t() @ x
         terms.append((W1 * g).abs())
     want = (terms[0] + terms[1]) / 2
-    got = Taylor().weight_scores(ctx, ["0.weight"])["0.weight"]
+    got = Taylor(per_sample=False).weight_scores(ctx, ["0.weight"])["0.weight"]
     assert torch.allclose(got.float(), want, atol=1e-6)
     assert not torch.allclose(got.float(), terms[1], atol=1e-6)  # not the last batch only
     assert all(p.grad is None for p in net.parameters())  # .grad untouched
@@ -125,7 +125,7 @@ def test_taylor_counts_batchnorm_parameters():
     (g,) = build_groups(net, torch.zeros(1, 2, 4, 4)).prunable_groups
     torch.manual_seed(1)
     data = [torch.randn(2, 2, 4, 4) for _ in range(2)]
-    got = Taylor()(g, ScoreContext.of(net, None, data=data, loss_fn=lambda o: (o**2).mean()))
+    got = Taylor(per_sample=False)(g, ScoreContext.of(net, None, data=data, loss_fn=lambda o: (o**2).mean()))
     names = ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight"]
     dims = [0, 0, 0, 0, 1]
     params = dict(net.named_parameters())
@@ -150,11 +150,60 @@ def test_hessian_accumulates_every_batch():
     # loss = sum(w . x) -> gradient of a batch = sum of its rows
     g1, g2 = X1.sum(0), X2.sum(0)
     w2 = net.weight.detach()[0] ** 2
-    both = Hessian().weight_scores(ScoreContext.of(net, None, data=[X1, X2], loss_fn=sum_loss), ["weight"])
-    last = Hessian().weight_scores(ScoreContext.of(net, None, data=[X2], loss_fn=sum_loss), ["weight"])
+    both = Hessian(per_sample=False).weight_scores(
+        ScoreContext.of(net, None, data=[X1, X2], loss_fn=sum_loss), ["weight"]
+    )
+    last = Hessian(per_sample=False).weight_scores(
+        ScoreContext.of(net, None, data=[X2], loss_fn=sum_loss), ["weight"]
+    )
     assert both["weight"][0].tolist() == pytest.approx(((g1**2 + g2**2) / 2 * w2 / 2).tolist())
     assert last["weight"][0].tolist() == pytest.approx((g2**2 * w2 / 2).tolist())
     assert not torch.allclose(both["weight"], last["weight"])
+
+
+def test_per_sample_taylor_and_fisher_by_hand():
+    """Each row's own gradient: mean over the 3 rows of |w * g_i| and of g_i**2 (not the batch gradient)."""
+    net = mlp()
+    data = [X1, X2]
+    ctx = ScoreContext.of(net, None, data=data, loss_fn=sum_loss)
+    v = W2.sum(0)
+    rows = [x[None] for x in torch.cat(data)]
+    g = [((x @ W1.t() + B1 > 0).float() * v).t() @ x for x in rows]  # dL_i/dW1 for each row
+    want_taylor = sum((W1 * gi).abs() for gi in g) / 3
+    want_fisher = sum(gi**2 for gi in g) / 3 * W1**2 / 2
+    got = Taylor().weight_scores(ctx, ["0.weight"])["0.weight"]
+    assert torch.allclose(got.float(), want_taylor, atol=1e-6)
+    assert not torch.allclose(got, Taylor(per_sample=False).weight_scores(ctx, ["0.weight"])["0.weight"])
+    got = Hessian().weight_scores(ctx, ["0.weight"])["0.weight"]
+    assert torch.allclose(got.float(), want_fisher, atol=1e-5)
+    assert all(p.grad is None for p in net.parameters())
+
+
+class _Branchy(nn.Module):
+    """A forward with data-dependent control flow, which torch.func.vmap cannot batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if bool(h.sum() > 0):
+            h = h * 2
+        return self.b(torch.relu(h))
+
+
+def test_per_sample_gradients_fall_back_to_one_backward_per_row():
+    torch.manual_seed(0)
+    net = _Branchy()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    got = Hessian().weight_scores(ScoreContext.of(net, None, data=[(x, y)]), ["a.weight"])["a.weight"]
+    want = torch.zeros_like(net.a.weight)
+    for i in range(5):
+        loss = nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1])
+        gi = torch.autograd.grad(loss, net.a.weight)[0]
+        want += gi**2 / 5
+    assert torch.allclose(got.float(), want * net.a.weight.detach() ** 2 / 2, rtol=1e-5, atol=1e-9)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian():
