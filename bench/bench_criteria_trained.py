@@ -38,8 +38,16 @@ from prunekit.demo.model import build_model
 from prunekit.measure.macs import count_macs
 
 OURS = ["l1", "l2", "bn_scale", "random", "taylor", "taylor_batch", "hessian", "hessian_batch"]
+OURS += ["taylor T=20", "hessian T=20"]  # the same criteria, loss_fn = cross-entropy of logits / 20
+TEMPERATURE = 20.0
 PEERS = ["l1", "random", "taylor", "hessian"]
 JSON_PATH = ROOT / "bench" / "results" / "criteria_trained.json"
+
+
+def soft_ce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the logits divided by ``TEMPERATURE``: a loss whose per-sample gradients do not vanish
+    on a model that fits its data with near-certain predictions."""
+    return F.cross_entropy(out / TEMPERATURE, target)
 
 
 def fit(model, x, y, epochs: int, lr: float, seed: int) -> float:
@@ -165,8 +173,12 @@ def run_seed(job: tuple) -> dict:
                 m = copy.deepcopy(dense).eval()
                 t = time.perf_counter()
                 if lib == "prunekit":
-                    crit = RandomScore(seed=seed) if name == "random" else name
-                    st.prune(m, x1, ratio=ratio, criterion=crit, scope=scope, data=calib, measure=False)
+                    crit = RandomScore(seed=seed) if name == "random" else name.split()[0]
+                    loss = soft_ce if name.endswith("T=20") else None
+                    st.prune(
+                        m, x1, ratio=ratio, criterion=crit, scope=scope, data=calib, loss_fn=loss,
+                        measure=False,
+                    )  # fmt: skip
                 else:
                     tp_prune(m, x1, name, ratio, scope, calib, seed)
                 secs = time.perf_counter() - t
@@ -230,7 +242,8 @@ def section(results: list[dict], args: argparse.Namespace, ratios, scopes) -> st
         "on the training images, no training; *fine-tune*: BN recal then "
         f"{args.ft_epochs} epoch(s) AdamW 1e-3. "
         "Mean +- std over seeds, in %. `taylor`/`hessian` = per-sample gradients (the default now); "
-        "`taylor_batch`/`hessian_batch` = the batch-mean gradient (the old default). Torch-Pruning "
+        "`taylor_batch`/`hessian_batch` = the batch-mean gradient (the old default); `T=20`: the same "
+        "per-sample criteria with `loss_fn` = cross-entropy of logits / 20. Torch-Pruning "
         "1.6.1 rows use its documented loops (Taylor: summed batch-mean gradients; Hessian: per-sample).",
     ]
     for measure, title in (("recal", "BN recal"), ("oneshot", "one-shot"), ("finetune", "fine-tune")):

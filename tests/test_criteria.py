@@ -416,3 +416,22 @@ def test_fpgm_scores_attention_heads_and_embedding_columns():
     torch.manual_seed(0)
     rep = check(Net().eval(), torch.randint(0, 32, (2, 5)), ratio=0.5, criterion="fpgm")
     assert rep.ok and rep.removed_units > 0
+
+
+def test_per_sample_gradients_vmap_matches_one_backward_per_row_with_masks_and_tied_weights(monkeypatch):
+    from prunekit.criteria import _data
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    net[2].weight = net[0].weight  # tied: both names get the same gradient
+    sparsify(net, 0.5, criterion="magnitude", include=["4"])  # a masked weight: its unmasked original
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    ctx = ScoreContext.of(net, None, data=[(x, y)])
+    named, params = _data._trainable(ctx, "t")
+    by_id = {id(p): g for p, g in zip(params, _data._looped(ctx, params, x, y, 5, "t"), strict=True)}
+    monkeypatch.setattr(_data, "_looped", lambda *a: pytest.fail("vmap should handle this model"))
+    got = next(_data.per_sample_grads(ctx, "t"))
+    assert "4.parametrizations.weight.original" in got and got["0.weight"].shape == (5, 4, 4)
+    for name, p in named:
+        assert torch.allclose(got[name], by_id[id(p)], atol=1e-6), name
+    assert torch.equal(got["0.weight"], got["2.weight"])
