@@ -32,6 +32,8 @@ from _common import ROOT, common_args, finish, machine_line, markdown_table
 
 import prunekit.structured as st
 from prunekit._atomic import write_text
+from prunekit.criteria import ScoreContext
+from prunekit.criteria._data import per_batch_grads, per_sample_grads
 from prunekit.criteria.random import RandomScore
 from prunekit.demo.data import load_splits
 from prunekit.demo.model import build_model
@@ -127,6 +129,24 @@ def tp_prune(model, x1, name: str, ratio: float, scope: str, calib, seed: int) -
     model.zero_grad()
 
 
+def gradient_spread(model, calib) -> dict:
+    """How the calibration rows share the gradient: rows holding 90 % of the per-sample ``|g_i|²`` (plain and
+    temperature-softened loss) and the squared batch-mean gradient over the mean per-sample one."""
+    out = {}
+    for label, loss in (("ce", None), ("ce_T20", soft_ce)):
+        ctx = ScoreContext.of(model, None, data=calib, loss_fn=loss)
+        energy = [
+            sum(g.pow(2).flatten(1).sum(1) for g in grads.values()) for grads in per_sample_grads(ctx, "x")
+        ]
+        e = torch.cat(energy).double().sort(descending=True).values
+        out[f"rows_for_90pct_{label}"] = int((e.cumsum(0) < 0.9 * e.sum()).sum()) + 1
+        if loss is None:
+            batch = [sum(g.pow(2).sum() for g in grads.values()) for grads, _ in per_batch_grads(ctx, "x")]
+            out["batch_over_sample_energy"] = float(sum(batch) / len(batch) / e.mean())
+    out["calib_rows"] = len(e)
+    return out
+
+
 def run_seed(job: tuple) -> dict:
     """Every (library, criterion, ratio, scope) row of one seed."""
     seed, ratios, scopes, epochs, ft_epochs, calib_batches, tp_path = job
@@ -162,6 +182,10 @@ def run_seed(job: tuple) -> dict:
     calib = [(xtr[idx[i : i + 64]], ytr[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
     with torch.no_grad():
         info["calib_loss"] = float(F.cross_entropy(dense(xtr[idx]), ytr[idx]))
+        info["calib_loss_median"] = float(
+            F.cross_entropy(dense(xtr[idx]), ytr[idx], reduction="none").median()
+        )
+    info |= gradient_spread(dense, calib)
     print(f"seed {seed}: dense {info}", flush=True)
     x1 = xtr[:1]
     macs0 = count_macs(dense, x1)
@@ -224,6 +248,7 @@ def section(results: list[dict], args: argparse.Namespace, ratios, scopes) -> st
     acc = mean_std([d["test_acc"] for d in dense])
     labels = list(dict.fromkeys((r["library"], r["criterion"]) for r in rows))
     cols = [(ratio, scope) for ratio in ratios for scope in scopes]
+    energy = ", ".join(f"{d['batch_over_sample_energy']:.4f}" for d in dense)
     text = [
         "## Structured criteria on digits: trained DigitsCNN, "
         f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}, vs Torch-Pruning",
@@ -235,7 +260,15 @@ def section(results: list[dict], args: argparse.Namespace, ratios, scopes) -> st
         f"(450 test images; training accuracy {min(d['train_acc'] for d in dense) * 100:.1f} %, training "
         f"cross-entropy <= {max(d['train_loss_eval'] for d in dense):.1e}: converged). Calibration: "
         f"{args.calib_batches} labelled training batches of 64 per seed (calibration cross-entropy <= "
-        f"{max(d['calib_loss'] for d in dense):.1e}), the same for every criterion and both libraries. "
+        f"{max(d['calib_loss'] for d in dense):.1e}, per-row median <= "
+        f"{max(d['calib_loss_median'] for d in dense):.1e}), the same for every criterion and both "
+        "libraries. "
+        "Rows of the calibration set holding 90 % of the per-sample gradient energy, per seed: "
+        f"{', '.join(str(d['rows_for_90pct_ce']) for d in dense)} of {dense[0]['calib_rows']} with "
+        "cross-entropy, "
+        f"{', '.join(str(d['rows_for_90pct_ce_T20']) for d in dense)} with cross-entropy of logits / 20; "
+        "squared batch-mean gradient / mean squared per-sample gradient: "
+        f"{energy} (1/64 = 0.0156: what averaging 64 independent noise vectors gives). "
         "Every conv/fc1 group pruned at the ratio (local: the same share of each group; global: ranked "
         "together, prunekit divides by each group's mean score), fc2 outputs kept. *One-shot*: test accuracy "
         "right after the cut (BN running statistics as trained); *BN recal*: running statistics re-estimated "
