@@ -8,6 +8,9 @@ The diagonal is estimated over EVERY calibration batch and averaged (Torch-Pruni
   which on a trained model is close to zero and ranks little better than random;
 - ``method="hutchinson"``: mean over batches of ``z ⊙ (H_b z)`` with Rademacher ``z`` (``samples`` per batch).
 
+On a model that is nearly certain on its calibration rows the Fisher rests on the few rows it gets wrong;
+a softened loss (``loss_fn=lambda out, y: F.cross_entropy(out / 20, y)``) spreads it over all rows.
+
 >>> import torch
 >>> from prunekit.criteria import ScoreContext
 >>> net = torch.nn.Linear(1, 1, bias=False)

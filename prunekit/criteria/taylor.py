@@ -7,6 +7,10 @@ score is the mean over rows of ``|w ⊙ g_i|``. With ``per_sample=False`` it is 
 (docs/RESULTS.md, "Structured criteria on digits"). The term is computed for every parameter, BatchNorm
 weights and biases included, so a channel's score counts its BN parameters too.
 
+On a model that is nearly certain on its calibration rows, a few rows carry almost all the gradient; a
+softened loss spreads it over all of them (``loss_fn=lambda out, y: F.cross_entropy(out / 20, y)``, which
+ranked better on the trained digits CNN at 70 %).
+
 >>> import torch
 >>> from prunekit.criteria import ScoreContext
 >>> net = torch.nn.Linear(2, 1, bias=False)
