@@ -23,9 +23,9 @@ exported ``imgsz``), the same ``conf`` and ``iou``, on CPU. Boxes are paired gre
 IoU >= ``match_iou``, highest first, each box used once); per image the result gives the matched fraction
 (matched / the larger box count), the largest ``1 - IoU`` over matched pairs, the share of matched pairs of
 the same class and the largest confidence difference. Each format has a :class:`BoxTolerance`: fp32 runtimes
-must match every box; ultralytics compiles OpenVINO models with OpenVINO's default precision, which is bf16
-on CPUs with bf16 units, so its tolerance is that of bf16 (scores differ in the third digit, and a box with
-a score near ``conf`` may be on one side only).
+must match every box; ultralytics compiles OpenVINO models with the CPU plugin's default precision, which is
+bf16 on CPUs with bf16 units (:func:`openvino_precision`), and there the tolerance is that of bf16 (scores
+differ in the third digit, and a box with a score near ``conf`` may be on one side only).
 
 >>> a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
 >>> [(i, j, round(v, 2)) for i, j, v in match_boxes(a, a[[1, 0]] + 1)]
@@ -77,7 +77,7 @@ class BoxTolerance:
 
 FP32 = BoxTolerance()
 BF16 = BoxTolerance(matched=0.9, iou_deficit=0.05, classes=0.9, conf_diff=0.03)
-TOLERANCES = {"onnx": FP32, "torchscript": FP32, "openvino": BF16, "ncnn": FP32, "litert": FP32}
+TOLERANCES = {"onnx": FP32, "torchscript": FP32, "openvino": FP32, "ncnn": FP32, "litert": FP32}
 
 
 def _ultralytics() -> Any:
@@ -358,6 +358,14 @@ def _format_of(exported: Path) -> str:
     )
 
 
+def openvino_precision() -> str:
+    """The precision OpenVINO's CPU plugin runs a model at when none is asked for (``f32``, ``bf16``...);
+    ultralytics' OpenVINO backend asks for none on x86."""
+    import openvino as ov
+
+    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).removeprefix("<Type: ").strip("'>")
+
+
 def _predict(model: Any, images: list[str], **args: Any) -> tuple[list[Any], float]:
     model.predict(images[:1], **args)  # warm-up: session creation, first-call allocations
     results = model.predict(images, **args)
@@ -406,13 +414,19 @@ def predict_agreement(
     except Exception as err:  # the runtime's own error (missing package, wrong input size...)
         raise ExportError(f"ultralytics cannot run {exported.name}: {_first_line(err)}") from err
     rows = [compare_boxes(p.name, r.boxes, g.boxes, min_iou) for p, r, g in zip(paths, ref, got, strict=True)]
+    notes, default = [], TOLERANCES[fmt]
+    if fmt == "openvino":
+        precision = openvino_precision()
+        notes.append(f"OpenVINO ran at its CPU default precision, {precision} (ultralytics sets none)")
+        default = BF16 if precision in ("bf16", "bfloat16", "f16", "float16") else FP32
     return BoxAgreement(
         format=fmt,
         conf=float(conf),
         iou=float(iou),
         imgsz=imgsz,
         images=rows,
-        tolerance=tolerance or TOLERANCES[fmt],
+        tolerance=tolerance or default,
         reference_ms=ref_ms,
         exported_ms=got_ms,
+        notes=notes,
     )
