@@ -267,7 +267,7 @@ def export(
         exported = sum(i.n_exported for i in agree.images)
         table.add_row(
             agree.format,
-            str(path),
+            path.name,
             f"{agree.boxes}/{exported}",
             f"{agree.matched_fraction:.3f}",
             f"{agree.iou_deficit:.1e}",
@@ -278,7 +278,8 @@ def export(
             "yes" if agree.ok else "NO",
         )
     console.print(table)
-    for _, agree in rows:
+    for path, agree in rows:
+        console.print(f"wrote {path}")
         for note in agree.notes:
             console.print(f"{agree.format}: {note}")
     write_json(json_path, {"exports": [a.to_dict() | {"output": str(p)} for p, a in rows]})

@@ -61,6 +61,7 @@ PACKAGES = {
     "ncnn": ("ncnn", "pnnx"),
     "litert": ("litert_torch", "ai_edge_litert"),
 }
+DIR_FORMATS = ("openvino", "ncnn")  # formats ultralytics writes as a directory
 MATCH_IOU = 0.5
 
 
@@ -165,6 +166,9 @@ def export_checkpoint(
         raise ConfigError(f"out_dir {out} is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     target = out / output_name(source, fmt)
+    if os.path.lexists(target) and not (target.is_dir() and (target / "metadata.yaml").is_file()):
+        if target.is_dir() or target.is_symlink() or fmt in DIR_FORMATS:
+            raise ConfigError(f"{target} exists and is not an earlier ultralytics export; not replaced")
     ultralytics = _ultralytics()
     if fmt == "onnx":
         export_args.setdefault("simplify", False)
