@@ -22,6 +22,7 @@ from prunekit.errors import ConfigError, ExportError, ModelLoadError  # noqa: E4
 from prunekit.models.ultralytics import load_yolo, prune_to_file, save_yolo  # noqa: E402
 from prunekit.models.yolo_export import (  # noqa: E402
     FP32,
+    BoxAgreement,
     compare_boxes,
     export_checkpoint,
     match_boxes,
@@ -119,6 +120,15 @@ def test_match_boxes_is_greedy_by_iou_and_compare_counts_disagreements():
     assert (row.matched, row.n_reference, row.n_exported) == (1, 3, 2)
     assert row.matched_fraction == pytest.approx(1 / 3) and row.class_agreement == 0.0
     assert row.conf_diff == pytest.approx(0.1) and row.iou_deficit == pytest.approx(1 / 12)
+    assert row.flip_conf_diff == pytest.approx(0.1)
+    agree = BoxAgreement("onnx", 0.25, 0.7, IMGSZ, [row], FP32)
+    assert not agree.ok  # a third of the boxes unmatched, a class flip 0.1 apart
+    tie = compare_boxes("t", Boxes(ref[:1], [0.5], [1.0]), Boxes(ref[:1], [0.5 + 1e-7], [2.0]))
+    assert tie.class_agreement == 0.0 and BoxAgreement("onnx", 0.25, 0.7, IMGSZ, [tie], FP32).ok
+    flip = compare_boxes("f", Boxes(ref[:1], [0.5], [1.0]), Boxes(ref[:1], [0.4995], [2.0]))
+    assert flip.conf_diff < FP32.conf_diff and BoxAgreement("onnx", 0.25, 0.7, IMGSZ, [flip], FP32).ok
+    wide = compare_boxes("w", Boxes(ref[:1], [0.5], [1.0]), Boxes(ref[:1], [0.49], [2.0]))
+    assert not BoxAgreement("onnx", 0.25, 0.7, IMGSZ, [wide], FP32).ok
 
 
 def test_bad_inputs_are_refused_before_any_file(tmp_path, pruned):
