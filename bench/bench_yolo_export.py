@@ -14,15 +14,19 @@ Writes section ``yolo-export`` of docs/RESULTS.md and ``bench/results/yolo_expor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import ROOT, common_args, finish, machine_line, markdown_table
 
 from prunekit._atomic import write_text
+from prunekit.models.yolo_export import FP32
 
 MODELS = ("yolov8n.yaml", "yolo11n.yaml")
 FORMATS = ("onnx", "torchscript", "openvino", "ncnn", "litert")
@@ -53,6 +57,31 @@ def dense_checkpoint(cfg: str, data: Path, cache: Path, b: dict) -> Path:
     return Path(yolo.trainer.best)
 
 
+def _params(pt: Path) -> int:
+    from prunekit.models.ultralytics import load_yolo
+
+    return sum(p.numel() for p in load_yolo(str(pt)).parameters())
+
+
+@contextlib.contextmanager
+def openvino_f32() -> Iterator[None]:
+    """Within: every OpenVINO model is compiled with ``INFERENCE_PRECISION_HINT=f32`` (what ultralytics'
+    backend does not ask for on x86), to tell the IR's agreement from that of bf16 inference."""
+    import openvino as ov
+
+    compile_model = ov.Core.compile_model
+
+    def f32(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["config"] = {**(kwargs.get("config") or {}), "INFERENCE_PRECISION_HINT": "f32"}
+        return compile_model(self, *args, **kwargs)
+
+    ov.Core.compile_model = f32
+    try:
+        yield
+    finally:
+        ov.Core.compile_model = compile_model
+
+
 def pruned_checkpoint(dense: Path, kind: str, data: Path, cache: Path, b: dict) -> tuple[Path, float]:
     """``dense`` pruned at :data:`RATIO` (``kind`` yaml or free), fine-tuned; the best.pt and params kept."""
     from prunekit.models.ultralytics import prune_to_file
@@ -60,6 +89,9 @@ def pruned_checkpoint(dense: Path, kind: str, data: Path, cache: Path, b: dict) 
 
     name = f"{dense.parents[1].name}-{kind}"
     pruned = cache / "pruned" / f"{name}.pt"
+    best = cache / "finetune" / name / "weights" / "best.pt"
+    if pruned.is_file() and best.is_file():  # cached by an earlier run with the same --cache
+        return best, _params(pruned) / _params(dense)
     pruned.parent.mkdir(parents=True, exist_ok=True)
     res = prune_to_file(str(dense), pruned, ratio=RATIO, imgsz=b["imgsz"], trainable=kind == "yaml")
     args = dict(data=str(data), epochs=b["finetune"], imgsz=b["imgsz"], batch=16, workers=0, device="cpu")
@@ -71,7 +103,7 @@ def pruned_checkpoint(dense: Path, kind: str, data: Path, cache: Path, b: dict) 
 def one(cfg: str, kind: str, data: Path, cache: Path, b: dict, images: list[Path]) -> list[dict]:
     """Every format for one pruned checkpoint: a record each (export ok, agreement, latency)."""
     from prunekit.errors import PruneError
-    from prunekit.models.yolo_export import export_checkpoint, predict_agreement
+    from prunekit.models.yolo_export import export_checkpoint
 
     pt, params_ratio = pruned_checkpoint(dense_checkpoint(cfg, data, cache, b), kind, data, cache, b)
     out_dir = cache / "exports" / f"{cfg.removesuffix('.yaml')}-{kind}"
@@ -87,11 +119,21 @@ def one(cfg: str, kind: str, data: Path, cache: Path, b: dict, images: list[Path
             print(rows[-1], flush=True)
             continue
         row |= {"exported": True, "export_s": time.perf_counter() - t0}
-        agree = predict_agreement(pt, path, images, conf=b["conf"], imgsz=b["imgsz"])
-        row |= {k: v for k, v in agree.to_dict().items() if k not in ("images", "format", "conf", "imgsz")}
-        rows.append(row)
+        rows.append(row | _agreement(pt, path, images, b))
         print({k: v for k, v in rows[-1].items() if k != "tolerance"}, flush=True)
+        if fmt == "openvino":
+            with openvino_f32():
+                f32 = _agreement(pt, path, images, b, tolerance=FP32)
+            rows.append(row | {"format": "openvino f32"} | f32)
+            print({k: v for k, v in rows[-1].items() if k != "tolerance"}, flush=True)
     return rows
+
+
+def _agreement(pt: Path, path: Path, images: list[Path], b: dict, **options: Any) -> dict:
+    from prunekit.models.yolo_export import predict_agreement
+
+    agree = predict_agreement(pt, path, images, conf=b["conf"], imgsz=b["imgsz"], **options)
+    return {k: v for k, v in agree.to_dict().items() if k not in ("images", "format", "conf", "imgsz")}
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -158,7 +200,10 @@ def main() -> None:
             "",
             f"OpenVINO's CPU plugin runs at {openvino_precision()} by default here and ultralytics asks for"
             " no precision on x86, so its rows are judged with the bf16 tolerance where that is bf16"
-            " (matched >= 0.9, 1 - IoU <= 0.05, classes >= 0.9, conf diff <= 0.03).",
+            " (matched >= 0.9, 1 - IoU <= 0.05, classes >= 0.9, conf diff <= 0.03). *openvino f32*: the"
+            " same IR and the same ultralytics predict with every OpenVINO compile asked for"
+            " `INFERENCE_PRECISION_HINT=f32` (patched in by the bench), judged with the fp32 tolerance: it"
+            " tells the exported IR's agreement from that of bf16 inference.",
             "Ultralytics' NCNN backend leaves ncnn's thread count at its default (every core); on this"
             " shared, loaded machine its per-image times vary by 10x and more between rows and say little"
             " about the model.",
