@@ -12,6 +12,8 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    SeedOpt,
+    TrustCodeOpt,
     TrustPickleOpt,
     app,
     console,
@@ -86,7 +88,9 @@ def accelerate(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Time each sparse Linear (and with --convs Conv2d) of MODEL against sparse kernels, swap the layers
     where a kernel pays, check the outputs, and save the result as a checkpoint to --out."""
@@ -96,7 +100,9 @@ def accelerate(
     from prunekit.sparse.accelerate import accelerate as accelerate_model
 
     sizes = parse_batch_sizes(batch_sizes) if batch_sizes is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_cli_model(
+        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
+    )
     result = accelerate_model(
         loaded.model,
         loaded.example,
@@ -114,7 +120,7 @@ def accelerate(
         plan=loaded.plans,
         metadata={"input_shape": list(loaded.shape), "source": model},
     )
-    write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict()})
+    write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict(), "seed": seed})
     shown = sorted(next((row.timings for row in result.layers if row.timings), {}))
     table = Table(title=f"prunekit accelerate {model} (median ms: dense / chosen or best kernel)")
     for column in ("Layer", "Kind", "Sparsity", *[f"batch {b}" for b in shown], "Chosen", "Note"):

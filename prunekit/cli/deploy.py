@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,6 +25,10 @@ from prunekit.cli._common import (
     write_json,
 )
 from prunekit.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from prunekit.cli._common import LoadedModel
+    from prunekit.deploy.runtimes import Runtime
 
 OutDirOpt = Annotated[
     Path,
@@ -105,7 +109,16 @@ def export(
     if fmt is not None or out is not None:
         if fmt is None or out is None:
             raise ConfigError("--format and --out go together")
-        _export_runtime(model, fmt, out, opset, int8, calib, input_shape, arch, trust_pickle, json_path)
+        from prunekit.deploy.runtimes import runtime_for_format
+
+        runtime = runtime_for_format(fmt)
+        runtime.check_export_args(int8, calib)
+        runtime.require()  # a missing package is refused before the model is loaded
+        loaded = load_cli_model(
+            model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code,
+            seed=seed,
+        )  # fmt: skip
+        _export_runtime(runtime, loaded, out, opset, int8, calib, json_path, seed)
         return
     assert onnx is not None
     from prunekit.deploy import export_onnx, quantize_onnx
@@ -149,28 +162,23 @@ def export(
 
 
 def _export_runtime(
-    model: str,
-    fmt: str,
+    runtime: Runtime,
+    loaded: LoadedModel,
     out: Path,
     opset: int | None,
     int8: str | None,
     calib: Path | None,
-    input_shape: Any,
-    arch: str | None,
-    trust_pickle: bool,
     json_path: Path | None,
+    seed: int,
 ) -> None:
-    """``export --format``: convert with the runtime's converter, run it once, compare with PyTorch."""
+    """``export --format``: convert ``loaded`` with ``runtime``'s converter, run it once, compare with
+    PyTorch."""
     import torch
 
     from prunekit._inputs import call_model, eval_mode
-    from prunekit.deploy.runtimes import arrays, compare, runtime_for_format
+    from prunekit.deploy.runtimes import arrays, compare
     from prunekit.graph.trace import flatten_tensors
 
-    runtime = runtime_for_format(fmt)
-    runtime.check_export_args(int8, calib)
-    runtime.require()
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     artifact = runtime.export(loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches)
     with eval_mode(loaded.model), torch.no_grad():
@@ -183,7 +191,7 @@ def _export_runtime(
         raise ExportError(
             f"{runtime.name} does not reproduce PyTorch ({agreement.summary()}); nothing written"
         )
-    write_json(json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict()})
+    write_json(json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict(), "seed": seed})
     console.print(
         f"wrote {', '.join(artifact.files)}: {artifact.size_bytes:,} bytes; "
         f"{runtime.name} vs PyTorch: {agreement.summary()}"
