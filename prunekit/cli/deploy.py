@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from prunekit._inputs import flatten_tensors
 from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
-    ModelArg,
     ModelSource,
-    SeedOpt,
     TrustCodeOpt,
-    TrustPickleOpt,
     app,
     checkpoint_dir,
     console,
-    load_cli_model,
     model_command,
     new_output,
     writable,
@@ -157,7 +155,6 @@ def _export_runtime(
 
     from prunekit._inputs import call_model, eval_mode
     from prunekit.deploy.runtimes import arrays, compare, runtime_for_format
-    from prunekit.graph.trace import flatten_tensors
     from prunekit.progress import progress_bar
 
     runtime = runtime_for_format(fmt)
@@ -298,7 +295,7 @@ def load(
 
     with torch.no_grad():
         outputs = call_model(loaded.model, loaded.example)
-    shapes = [list(t.shape) for t in _tensors(outputs)]
+    shapes = [list(t.shape) for t in flatten_tensors(outputs)]
     params = count_params(loaded.model)
     data = {
         "path": str(checkpoint),
@@ -322,18 +319,6 @@ def load(
     console.print(table)
 
 
-def _tensors(value: Any) -> list[Any]:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
 TENSOR_ONLY = (".safetensors", ".pksparse")  # file formats that cannot hold a pickled module
 VsArchOpt = Annotated[
     str | None,
@@ -346,8 +331,9 @@ VsArchOpt = Annotated[
 
 
 @app.command()
+@model_command
 def bench(
-    model: ModelArg,
+    source: ModelSource,
     vs: Annotated[
         list[str] | None,
         typer.Option(
@@ -368,7 +354,6 @@ def bench(
             help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there.",
         ),
     ] = None,
-    input_shape: InputShapeOpt = None,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -378,10 +363,7 @@ def bench(
         ),
     ] = None,
     vs_arch: VsArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
@@ -398,11 +380,11 @@ def bench(
 
     sizes = parse_input_shape(batch_sizes)
     thread_counts = parse_input_shape(threads)
-    specs = [model, *(vs or [])]
-    arches = _bench_arches(specs, arch, vs_arch, trust_pickle)
+    specs = [source.spec, *(vs or [])]
+    arches = _bench_arches(specs, arch, vs_arch, source.trust_pickle)
     names = _runtime_names(runtime)
     models = [
-        _bench_model(index, spec, side_arch, trust_pickle, input_shape, trust_code, seed, vs_arch is not None)
+        _bench_model(index, replace(source, spec=spec, arch=side_arch), vs_arch is not None)
         for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True))
     ]
     example = models[0].example
@@ -431,7 +413,7 @@ def bench(
                 rows += _bench_setting(labels, models, reference, x, count, runs, warmup, bar)
     write_json(
         json_path,
-        {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:]), "seed": seed},
+        {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:]), "seed": source.seed},
     )
     table = Table(title=f"prunekit bench (median of timed runs; speedup = {reference} ms / ms)")
     for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", "speedup"):
@@ -509,32 +491,16 @@ def _bench_arches(
     return arches
 
 
-def _bench_model(
-    index: int,
-    spec: str,
-    arch: str | None,
-    trust_pickle: bool,
-    input_shape: str | None,
-    trust_code: bool,
-    seed: int,
-    vs_arch_given: bool,
-) -> Any:
+def _bench_model(index: int, side: ModelSource, vs_arch_given: bool) -> Any:
     """One side of ``bench``, loaded; a --vs file's load error names the option its architecture came from."""
     from prunekit.errors import ModelLoadError
 
     try:
-        return load_cli_model(
-            spec,
-            arch=arch,
-            trust_pickle=trust_pickle,
-            input_shape=input_shape,
-            trust_code=trust_code,
-            seed=seed,
-        )
+        return side.load()
     except ModelLoadError as err:
-        if index == 0 or arch is None or not vs_arch_given:
+        if index == 0 or side.arch is None or not vs_arch_given:
             raise
-        raise ModelLoadError(f"--vs {spec}: {str(err).replace('--arch', '--vs-arch')}") from err
+        raise ModelLoadError(f"--vs {side.spec}: {str(err).replace('--arch', '--vs-arch')}") from err
 
 
 def _bench_labels(specs: list[str]) -> list[str]:
