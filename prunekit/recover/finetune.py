@@ -353,7 +353,9 @@ def _loop(
         optimizer_step(model, loss, opt, sched, max_grad_norm=max_grad_norm)
         stop = cb.after_step()
         losses.append(cb.last["total"])
-        metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
+        metric = "-"
+        if cb.history:  # step 0 is the evaluation before any training
+            metric = f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f} at step {cb.best_step})"
         bar.advance(loss=losses[-1], metric=metric)
         if per_epoch and cb.step % per_epoch == 0:
             mean = sum(losses[-per_epoch:]) / len(losses[-per_epoch:])
