@@ -4,7 +4,8 @@ from what a command wrote: a ``--json`` output (prune, check, sparsify, sensitiv
 Each section appears when its data exists: the before/after table (params, MACs, size, latency), the
 per-layer widths of the structural plans and the per-layer sparsity, every group that stayed whole and why
 (pinned by a rule of the trace or by the user's ignore, or kept by max_ratio, round_to, the ratio or the
-global ranking, as the plan recorded), sensitivity curves, the demo's stages with their
+global ranking, as the plan recorded), the groups a criterion scored by its fallback (bn_scale without a
+BatchNorm), sensitivity curves, the demo's stages with their
 accuracy/latency/size figures, and the command that reproduces the run.
 
 >>> import tempfile
@@ -162,6 +163,17 @@ def _kept_whole(data: dict[str, Any]) -> Table | None:
     return ["group", "width", "members", "why it stayed whole"], rows
 
 
+def _scored_by(data: dict[str, Any]) -> Table | None:
+    """Groups a criterion scored by a fallback rule, and why (``meta["scored_by"]`` of each plan)."""
+    plans = _plans(data)
+    rows = [
+        [gid if len(plans) == 1 else f"{gid} (plan {i})", how]
+        for i, plan in enumerate(plans, 1)
+        for gid, how in plan.get("meta", {}).get("scored_by", {}).items()
+    ]
+    return (["group", "scored by"], rows) if rows else None
+
+
 def _stages(data: dict[str, Any]) -> Table | None:
     stages = data.get("stages")
     if not isinstance(stages, list):
@@ -244,6 +256,7 @@ _TABLES = [
     ("Per-layer widths (structural plans)", _widths),
     ("Per-layer sparsity", _sparsity),
     ("What stayed whole and why", _kept_whole),
+    ("Groups scored by a fallback", _scored_by),
 ]
 _FIGURES = [
     ("widths", "Widths before and after", _width_plot),
