@@ -103,6 +103,30 @@ def test_bn_scale_is_abs_gamma_and_falls_back_to_l1_without_a_bn():
     assert got.tolist() == get_criterion("l1")(hidden_group(mlp()), ctx).tolist()
 
 
+def test_groups_bn_scale_scores_by_its_fallback_are_named_in_the_plan():
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 6), nn.ReLU(),
+        nn.Linear(6, 2),
+    )  # fmt: skip
+    x = torch.randn(1, 2, 6, 6)
+    with pytest.warns(UserWarning, match="no BatchNorm weight"):
+        plan = pk.prune(net, x, ratio=0.5, criterion="bn_scale").plan
+    by_fallback = {g.id for g in plan.groups if {"name": "4.weight", "dim": 0} in plan_members(g)}
+    assert len(by_fallback) == 1  # the Linear between the conv block and the output has no BatchNorm
+    assert plan.meta["scored_by"] == {
+        str(gid): "l1 (bn_scale fallback: no BatchNorm weight in the group)" for gid in by_fallback
+    }
+    assert type(plan).from_dict(plan.to_dict()) == plan
+    assert "scored_by" not in pk.prune(mlp(), X1, ratio=0.5).plan.meta  # l2 scores every group itself
+
+
+def plan_members(group) -> list[dict]:
+    return [{"name": m["name"], "dim": m["dim"]} for m in group.members]
+
+
 def test_taylor_by_hand_over_all_batches():
     net = mlp()
     ctx = ScoreContext.of(net, None, data=[X1, X2], loss_fn=sum_loss)

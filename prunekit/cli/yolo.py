@@ -169,12 +169,18 @@ def check(
     ratio: RatioOpt = 0.5,
     imgsz: ImgszOpt = 320,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Prune a copy of MODEL, compare it with the masked reference (MODEL unchanged); exit 1 if inexact."""
+    import torch
+
     from prunekit.models.ultralytics import check_yolo, load_yolo
 
-    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio=ratio, imgsz=imgsz)
-    write_json(json_path, report.to_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a NAME.yaml's random initialisation
+        net = load_yolo(model.removeprefix("ultralytics:"))
+    report = check_yolo(net, ratio=ratio, imgsz=imgsz)
+    write_json(json_path, report.to_dict() | {"seed": seed})
     console.print(
         f"{'exact' if report.ok else 'NOT EXACT'}: max |err| {report.max_abs_err:.2e}, "
         f"MACs x{report.macs_ratio:.3f}, "

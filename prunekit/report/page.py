@@ -5,9 +5,9 @@ checkpoint.
 Each section appears when its data exists: the before/after table (params, MACs, size, latency), the
 per-layer widths of the structural plans and the per-layer sparsity, every group that stayed whole and why
 (pinned by a rule of the trace or by the user's ignore, or kept by max_ratio, round_to, the ratio or the
-global ranking, as the plan recorded), sensitivity curves, the demo's stages with their
-accuracy/latency/size figures, a bench's timed rows with its speedup chart, and the command that reproduces
-the run.
+global ranking, as the plan recorded), the groups a criterion scored by its fallback (bn_scale without a
+BatchNorm), sensitivity curves, the demo's stages with their accuracy/latency/size figures, a bench's timed
+rows with its speedup chart, and the command that reproduces the run.
 
 >>> import tempfile
 >>> data = {"params_before": 100, "params_after": 40, "macs_before": 1000, "macs_after": 300}
@@ -164,6 +164,17 @@ def _kept_whole(data: dict[str, Any]) -> Table | None:
     return ["group", "width", "members", "why it stayed whole"], rows
 
 
+def _scored_by(data: dict[str, Any]) -> Table | None:
+    """Groups a criterion scored by a fallback rule, and why (``meta["scored_by"]`` of each plan)."""
+    plans = _plans(data)
+    rows = [
+        [gid if len(plans) == 1 else f"{gid} (plan {i})", how]
+        for i, plan in enumerate(plans, 1)
+        for gid, how in plan.get("meta", {}).get("scored_by", {}).items()
+    ]
+    return (["group", "scored by"], rows) if rows else None
+
+
 def _stages(data: dict[str, Any]) -> Table | None:
     stages = data.get("stages")
     if not isinstance(stages, list):
@@ -295,6 +306,7 @@ _TABLES = [
     ("Per-layer widths (structural plans)", _widths),
     ("Per-layer sparsity", _sparsity),
     ("What stayed whole and why", _kept_whole),
+    ("Groups scored by a fallback", _scored_by),
     ("Latency (bench)", _latency),
 ]
 _FIGURES = [
