@@ -379,9 +379,11 @@ def export_onnx(
         bar.advance()
         _check_file(tmp)
         bar.advance()
-        if verify:
-            return onnx.load(str(tmp)), *_verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
-        return onnx.load(str(tmp)), None, []
+        if not verify:
+            return onnx.load(str(tmp)), None, []
+        checked = _verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
+        bar.advance()
+        return onnx.load(str(tmp)), *checked
 
     with eval_mode(module):
         with progress_bar(
