@@ -6,8 +6,11 @@ by 1/3, 2/3 and all of its removable units (:func:`removal_order`: lowest scores
 never more than ``max_ratio`` of the group, never a member's last index). The latency a group saves at any
 number of removed units is interpolated linearly between those points and ``(0, 0)``; the measured savings are
 made non-decreasing (a later point never reads less than an earlier one, timing noise put aside) and never
-negative. Savings of several groups are added: :meth:`LatencyTable.predict` is the dense time minus that sum,
-which :mod:`prunekit.structured.runtime_target` corrects with end-to-end measurements.
+negative. Each narrowed model is timed with its runs alternated with the dense model's (:meth:`Timer.pair`)
+and recorded as the dense time times their ratio, so a change in the machine's load during the table does not
+read as a saving. Several groups combine as a product of the shares each keeps
+(:meth:`LatencyTable.predict`), which :mod:`prunekit.structured.runtime_target` corrects with end-to-end
+measurements.
 
 **Width steps.** The table also times the group that saves the most, at kept widths ``A``, ``A-1``, ``A-2``,
 ``A-4``, ``A-8`` and ``A-16`` (``A`` a multiple of 16 near 2/3 of its width; ``A`` twice, for the noise).
@@ -155,6 +158,21 @@ class Timer:
         )
         return stats.median_ms
 
+    def pair(self, first: Session, second: Session) -> tuple[float, float]:
+        """The median ms of ``first`` and of ``second``, their runs alternated (after a warm-up of each) so
+        a change in the machine's load reaches both alike: their ratio is steadier than two medians taken
+        one after the other."""
+        warmup = max(2, self.runs // 5)
+        for session in (first, second):
+            time_session(session, self.inputs, warmup=warmup - 1, runs=1, threads=self.threads)
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(self.runs):
+            for session, out in zip((first, second), times, strict=True):
+                out.append(
+                    time_session(session, self.inputs, warmup=0, runs=1, threads=self.threads).median_ms
+                )
+        return float(np.median(times[0])), float(np.median(times[1]))
+
     def time(self, model: nn.Module) -> float:
         """The median ms of ``model`` on the runtime."""
         return self.time_session(self.load(model))
@@ -205,12 +223,20 @@ class LatencyTable(JsonData):
         return int(self.steps.get("round_to", 1))
 
     def saved(self, removed: dict[int, int]) -> float:
-        """Predicted ms saved by removing ``removed[group id]`` units of each group."""
-        return sum(self.groups[g].saved(k) for g, k in removed.items() if g in self.groups)
+        """Predicted ms saved by removing ``removed[group id]`` units of each group (:meth:`predict`)."""
+        return self.base_ms - self.predict(removed)
 
     def predict(self, removed: dict[int, int]) -> float:
-        """Predicted ms of the model with ``removed[group id]`` units removed from each group."""
-        return self.base_ms - self.saved(removed)
+        """Predicted ms of the model with ``removed[group id]`` units removed from each group: the dense
+        time times the share each group keeps alone, ``prod(1 - saved_g / base)``. Two groups meeting in a
+        layer (its input and its output channels) shrink it as a product does, so their savings are not
+        simply added; the product is exact there when the layer is the whole model and errs on the side of
+        saving too much otherwise, which the end-to-end corrections take up."""
+        kept = 1.0
+        for g, k in removed.items():
+            if g in self.groups and self.base_ms > 0:
+                kept *= max(0.0, 1.0 - self.groups[g].saved(k) / self.base_ms)
+        return self.base_ms * kept
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
@@ -324,19 +350,24 @@ def build_table(
     total = 1 + sum(len(p) for p in todo.values()) + len(PROBE) + 2
     measured = 1
     with progress_bar(f"latency table ({timer.rt.name})", total) as bar:
-        base = timer.time(work)
+        dense = timer.load(work)
+        base = timer.time_session(dense)
         bar.advance()
+
+        def relative(plan: Plan) -> float:
+            """The ms of ``plan``'s model in the table's time: ``base`` x its time over the dense one's."""
+            dense_ms, ms = timer.pair(dense, timer.load(_pruned(work, plan, scored.example_inputs)))
+            bar.advance()
+            return base * ms / dense_ms
+
         entries = {}
         for gid, ks in todo.items():
             saved, best = [], 0.0
             for k in ks:
-                ms = timer.time(
-                    _pruned(work, narrowed(scored, {gid: orders[gid][:k]}), scored.example_inputs)
-                )
+                ms = relative(narrowed(scored, {gid: orders[gid][:k]}))
                 best = max(best, base - ms, 0.0)  # non-decreasing, never negative
                 saved.append(best)
                 measured += 1
-                bar.advance()
             g = groups[gid]
             entries[gid] = GroupLatency(gid, g.width, len(orders[gid]), ks, saved)
         if entries:  # the width-step probe runs on the group that saves the most
@@ -348,13 +379,13 @@ def build_table(
             choices = [a for a in range(32, g.width + 1, 16) if a - 16 >= lowest]
             if choices:
                 aligned = min(choices, key=lambda a: abs(a - 2 * g.width / 3))
-                times = {}
+                times: dict[int, float] = {}
                 for width in [aligned, *(aligned - d for d in PROBE), aligned]:
-                    plan = narrowed(scored, {g.id: order[: g.width - width]} if width < g.width else {})
-                    ms = timer.time(_pruned(work, plan, scored.example_inputs))
+                    ms = relative(
+                        narrowed(scored, {g.id: order[: g.width - width]} if width < g.width else {})
+                    )
                     repeat, times[width] = (ms, times[width]) if width in times else (None, ms)
                     measured += 1
-                    bar.advance()
                 steps = _steps(times, repeat, aligned) | {"group": g.id, "group_width": g.width}
             else:
                 steps["note"] = f"group {g.id} cannot lose 16 units below a multiple of 16: round_to=1"
