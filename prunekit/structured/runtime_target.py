@@ -16,7 +16,9 @@ The search of a :class:`~prunekit.config.Target` whose ``runtime`` is set, in th
    end next to the dense model (their runs alternated), both on the runtime with ``threads`` threads. When
    the measured latency is further than ``tolerance`` (relative) from the goal, the budget is scaled by how
    much of its predicted saving was measured (measured / predicted) and the selection runs again, at most
-   ``corrections`` times.
+   ``corrections`` times. A scaled budget outside the bracket the measured attempts set (one too slow, one
+   too fast), or one giving a plan already measured, is replaced by the bracket's midpoint; when that too
+   repeats a plan, ``round_to``'s steps are coarser than the tolerance and the search stops.
    The attempt closest to the goal is kept (its measured time, not a prediction, is reported).
 
 A speedup target is the dense time over the pruned one, both timed in the same attempt; a latency target is
@@ -192,11 +194,16 @@ class RuntimeTargetSearch:
                 f"({dense_now:.4g} ms on {self.target.runtime})"
             )
         budget = (1.0 - keep) * base  # ms to save, in the table's time
+        slow, fast = 0.0, math.inf  # budgets measured too slow / fast: the goal's budget lies between
+        full_too_slow = False
         best: tuple[float, Plan] | None = None
-        for attempt in range(1 + corrections):
+        for _ in range(1 + corrections):
             plan, removed = self._plan(min(budget, most))
-            if any(a["removed"] == removed for a in self.attempts):
-                break  # the budget moved less than one step of round_to units: the same plan again
+            if self._seen(removed) and fast < math.inf:
+                budget = (slow + fast) / 2  # the scaled budget repeats a plan: halve the bracket instead
+                plan, removed = self._plan(min(budget, most))
+            if self._seen(removed):
+                break  # no budget left between two measured plans: round_to's steps are this coarse
             dense_ms, pruned_ms = self._measure(plan)
             goal_ms = self._goal_fraction(dense_ms) * dense_ms
             predicted = self.table.predict({g: len(u) for g, u in removed.items()})
@@ -215,16 +222,20 @@ class RuntimeTargetSearch:
             if best is None or abs(error) < abs(best[0]):
                 best = (error, plan)
                 self.chosen = len(self.attempts) - 1
-            if abs(error) <= self.tolerance or attempt == corrections:
+            if pruned_ms > goal_ms:
+                slow = max(slow, min(budget, most))
+                full_too_slow = full_too_slow or budget >= most
+            else:
+                fast = min(fast, budget)
+            if abs(error) <= self.tolerance or full_too_slow:
                 break
-            predicted_saved = (base - predicted) / base
-            measured_saved = 1.0 - pruned_ms / dense_ms
-            if budget >= most and pruned_ms > goal_ms:
-                break  # the table's whole reach is taken and still too slow: no budget helps
-            efficiency = max(measured_saved, 0.05 * max(predicted_saved, 1e-9)) / max(predicted_saved, 1e-9)
-            budget = (1.0 - self._goal_fraction(dense_ms)) * base / efficiency
+            predicted_saved = max((base - predicted) / base, 1e-9)
+            measured_saved = max(1.0 - pruned_ms / dense_ms, 0.05 * predicted_saved)
+            budget = (1.0 - self._goal_fraction(dense_ms)) * base * predicted_saved / measured_saved
+            if not slow < budget < fast:  # the scaling left the bracket the measurements set
+                budget = (slow + fast) / 2 if fast < math.inf else max(budget, 2 * slow)
         chosen = self.attempts[self.chosen]
-        if chosen["pruned_ms"] > chosen["goal_ms"] * (1 + self.tolerance) and budget >= most:
+        if chosen["pruned_ms"] > chosen["goal_ms"] * (1 + self.tolerance) and full_too_slow:
             raise ConfigError(
                 f"target {self.target.metric}={self.target.value} is unreachable on {self.target.runtime}: "
                 f"pruning as far as max_ratio={self.scored.config.max_ratio} allows gives "
@@ -233,6 +244,9 @@ class RuntimeTargetSearch:
             )
         assert best is not None
         return best[1]
+
+    def _seen(self, removed: dict[int, list[int]]) -> bool:
+        return any(a["removed"] == removed for a in self.attempts)
 
     def info(self, model: nn.Module | None = None) -> dict[str, Any]:
         """Requested vs reached (the measured attempt that was kept); ``model`` is not timed again."""
