@@ -55,9 +55,11 @@ class FirstOutput(torch.nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def build(name: str, ratio: float) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
-    """The dense model, a pruned copy at ``ratio``, and the batch-1 input."""
-    size = MODELS[name]
+def build(
+    name: str, ratio: float, size: int | None = None
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """The dense model, a copy pruned at ``ratio`` (0: left dense) and the batch-1 input of ``size`` px."""
+    size = size or MODELS[name]
     torch.manual_seed(0)
     x = torch.randn(1, 3, size, size)
     if name.startswith("yolo"):
@@ -68,13 +70,15 @@ def build(name: str, ratio: float) -> tuple[torch.nn.Module, torch.nn.Module, to
             if type(m).__name__ == "Detect":
                 m.export, m.format = True, "onnx"
         pruned = copy.deepcopy(dense)
-        prune_yolo(pruned, ratio, imgsz=size)
+        if ratio:
+            prune_yolo(pruned, ratio, imgsz=size)
         return FirstOutput(dense).eval(), FirstOutput(pruned).eval(), x
     import torchvision
 
     dense = torchvision.models.get_model(name, weights=None).eval()
     pruned = copy.deepcopy(dense)
-    pk.prune(pruned, x, ratio=ratio, round_to=8)
+    if ratio:
+        pk.prune(pruned, x, ratio=ratio, round_to=8)
     return dense, pruned, x
 
 

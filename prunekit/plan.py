@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit._atomic import write_text
+from prunekit._jsondata import JsonData
 from prunekit.errors import PlanError
 
 PLAN_VERSION = 1
@@ -26,16 +27,13 @@ INDEX_LIMIT = 2**63  # removed indices index int64 tensors
 
 
 @dataclass
-class GroupDecision:
+class GroupDecision(JsonData):
     """Which units of one group are removed (``removed`` indexes the group's units ``0 .. width-1``)."""
 
     id: int
     width: int
     removed: list[int]
     members: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "width": self.width, "removed": list(self.removed), "members": self.members}
 
 
 @dataclass

@@ -122,13 +122,8 @@ def _num(d: dict, key: str, where: str, *, low: float, high: float, integer: boo
     return v
 
 
-def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
-    """Validate a parsed recipe (a dict as ``yaml.safe_load`` gives it) into a :class:`Recipe`.
-
-    >>> recipe_from_dict({"method": "layers", "n": 2}).n
-    2
-    """
-    w = f"{source}: "
+def _recipe_head(data: Any, w: str) -> Recipe:
+    """The :class:`Recipe` of ``data``'s method, criterion, scope and seed, once its keys are all known."""
     if not isinstance(data, dict):
         raise ConfigError(f"{w}a recipe is a mapping of keys (method, ratio, ...), got {type(data).__name__}")
     for key in data:
@@ -145,12 +140,20 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     if scope not in ("local", "global"):
         raise ConfigError(f"{w}scope: must be local or global, got {scope!r}")
     seed = _num(data, "seed", w, low=0, high=2**32, integer=True) if "seed" in data else 0
-    r = Recipe(method, criterion, scope, seed=seed)
+    return Recipe(method, criterion, scope, seed=seed)
+
+
+def _amount_keys(data: dict, w: str, method: str) -> dict:
+    """``data`` with exactly one amount key that ``method`` uses (``ratio``/``target``, ``sparsity``, ``n``).
+
+    An unstructured recipe's ``ratio`` is read as ``sparsity`` with a :class:`DeprecationWarning` (reported
+    at the caller of :func:`recipe_from_dict`).
+    """
     if method == "unstructured" and "ratio" in data and "sparsity" not in data:
         warnings.warn(
             f"{w}the amount of an unstructured recipe is 'sparsity'; 'ratio' is deprecated there",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         data = {("sparsity" if k == "ratio" else k): v for k, v in data.items()}
     given = [k for k in ("ratio", "sparsity", "target", "n") if k in data]
@@ -164,6 +167,53 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
         raise ConfigError(
             f"{w}give exactly one of {', '.join(allowed)} for method {method}, got {given or 'none'}"
         )
+    return data
+
+
+def _target(t: Any, w: str) -> dict[str, Any]:
+    """A ``target`` mapping, checked by building a :class:`prunekit.structured.target.Target` from it."""
+    from prunekit.structured.target import Target
+
+    if not isinstance(t, dict):
+        raise ConfigError(f"{w}target: must be a mapping like {{macs: 0.5}}, got {t!r}")
+    try:
+        Target(**t)
+    except TypeError as exc:
+        keys = "macs, params, latency_ms, speedup, runtime, threads"
+        raise ConfigError(f"{w}target: keys are {keys}; got {sorted(t)}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{w}target: {exc}") from exc
+    return dict(t)
+
+
+def _finetune(ft: Any, w: str) -> dict[str, Any]:
+    """A ``finetune`` mapping: known keys, exactly one of steps or epochs, values a TrainConfig accepts."""
+    if not isinstance(ft, dict):
+        raise ConfigError(f"{w}finetune: must be a mapping like {{epochs: 1, lr: 0.001}}, got {ft!r}")
+    for k in ft:
+        if k not in _FINETUNE:
+            raise ConfigError(f"{w}finetune.{k}: unknown key; known keys: {', '.join(sorted(_FINETUNE))}")
+    if ("steps" in ft) == ("epochs" in ft):
+        raise ConfigError(f"{w}finetune: give exactly one of steps or epochs")
+    try:
+        TrainConfig(**ft)  # a bad value fails when the recipe is read, not after pruning
+    except ConfigError as exc:
+        raise ConfigError(f"{w}finetune: {exc}") from None
+    return dict(ft)
+
+
+def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe (a dict as ``yaml.safe_load`` gives it) into a :class:`Recipe`.
+
+    Every error is a :class:`ConfigError` whose message starts with ``source`` and names the key.
+
+    >>> recipe_from_dict({"method": "layers", "n": 2}).n
+    2
+    """
+    w = f"{source}: "
+    r = _recipe_head(data, w)
+    method = r.method
+    data = _amount_keys(data, w, method)
     if "ratio" in data:
         r.ratio = float(_num(data, "ratio", w, low=0.0, high=0.999999))
     if "sparsity" in data:
@@ -171,19 +221,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     if "n" in data:
         r.n = _num(data, "n", w, low=0, high=10**6, integer=True)
     if "target" in data:
-        from prunekit.structured.target import Target
-
-        t = data["target"]
-        if not isinstance(t, dict):
-            raise ConfigError(f"{w}target: must be a mapping like {{macs: 0.5}}, got {t!r}")
-        try:
-            Target(**t)
-        except TypeError as exc:
-            keys = "macs, params, latency_ms, speedup, runtime, threads"
-            raise ConfigError(f"{w}target: keys are {keys}; got {sorted(t)}") from exc
-        except ConfigError as exc:
-            raise ConfigError(f"{w}target: {exc}") from exc
-        r.target = dict(t)
+        r.target = _target(data["target"], w)
     if "max_ratio" in data:
         r.max_ratio = float(_num(data, "max_ratio", w, low=1e-9, high=1.0))
     if data.get("round_to") is not None:
@@ -199,19 +237,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
         r.pattern = data["pattern"]
     r.schedule = _schedule(data.get("schedule", {}), w, method, r)
     if data.get("finetune") is not None:
-        ft = data["finetune"]
-        if not isinstance(ft, dict):
-            raise ConfigError(f"{w}finetune: must be a mapping like {{epochs: 1, lr: 0.001}}, got {ft!r}")
-        for k in ft:
-            if k not in _FINETUNE:
-                raise ConfigError(f"{w}finetune.{k}: unknown key; known keys: {', '.join(sorted(_FINETUNE))}")
-        if ("steps" in ft) == ("epochs" in ft):
-            raise ConfigError(f"{w}finetune: give exactly one of steps or epochs")
-        try:
-            TrainConfig(**ft)  # a bad value fails when the recipe is read, not after pruning
-        except ConfigError as exc:
-            raise ConfigError(f"{w}finetune: {exc}") from None
-        r.finetune = dict(ft)
+        r.finetune = _finetune(data["finetune"], w)
     return r
 
 

@@ -1,4 +1,4 @@
-"""`prunekit check --stream KIND --data DATA`: approximate residual-stream plans from the shell."""
+"""`prunekit check|prune --stream KIND --data DATA`: approximate residual-stream plans from the shell."""
 
 from __future__ import annotations
 
@@ -115,7 +115,6 @@ def test_slicegpt_of_a_followed_model_is_approximate(tmp_path):
         (("--stream", "direct", "--data", "{wrong}"), "does not run through the model"),
         (("--stream", "slicegpt", "--data", "{calib}"), "Normed"),
         (("--stream", "sideways", "--data", "{calib}"), "'sideways' is not a stream kind"),
-        (("--stream", "--data", "{calib}"), "give --stream direct or --stream slicegpt"),
         (("--max-rel-err", "0.1"), "needs --stream"),
         (("--stream", "direct", "--data", "{calib}", "--max-rel-err", "-1"), "--max-rel-err must be >= 0"),
     ],
@@ -130,3 +129,44 @@ def test_bad_stream_input_is_one_error_line_exit_2(tmp_path, calib, more, messag
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
     assert not js.exists()
+
+
+def test_a_bare_stream_flag_is_the_direct_cut(tmp_path, calib):
+    reports = {}
+    for flags in (["--stream"], ["--stream", "direct"]):
+        js = tmp_path / f"{len(flags)}.json"
+        result = invoke("check", NORMED, "--input-shape", SHAPE, *flags, "--data", calib, "--json", js)
+        assert result.exit_code == 0, result.output
+        reports[len(flags)] = json.loads(js.read_text())
+    assert reports[1]["stream"] == reports[2]["stream"] == "direct"
+    assert reports[1]["rel_err"] == reports[2]["rel_err"] > 0
+
+
+def test_prune_stream_slicegpt_saves_a_checkpoint_that_reloads_to_the_same_outputs(tmp_path):
+    pytest.importorskip("torchvision")
+    from prunekit.deploy.checkpoint import load
+
+    calib, js, out = tmp_path / "img.pt", tmp_path / "p.json", tmp_path / "vit_sliced"
+    torch.save(torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2)), calib)
+    args = ["prune", f"{__name__}:tiny_vit", "--input-shape", "2,3,16,16", "--ratio", "0.25"]
+    result = invoke(*args, "--stream", "slicegpt", "--data", calib, "--out", out, "--json", js)
+    assert result.exit_code == 0, result.output
+    assert "approximate cut" in result.output
+    data = json.loads(js.read_text())
+    assert any("SliceGPT" in why for why in data["plan"]["meta"]["approximate"])
+    assert data["approx_error"] > 0 and data["params_ratio"] < 1
+    model = load(out, trust_code=True)
+    x = torch.randn(2, 3, 16, 16)
+    assert model.conv_proj.out_channels < 16  # the stream itself is narrower
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+    again = load(out, trust_code=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), again(x), rtol=0, atol=0)
+
+
+def test_prune_stream_needs_data(tmp_path):
+    out = tmp_path / "never"
+    result = invoke("prune", NORMED, "--input-shape", SHAPE, "--stream", "slicegpt", "--out", out)
+    assert result.exit_code == 2 and result.output.startswith("error:") and "pass --data" in result.output
+    assert not out.exists()

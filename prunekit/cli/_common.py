@@ -7,13 +7,15 @@ commands, so ``--version`` and ``--help`` start fast and optional extras are nev
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -40,6 +42,29 @@ MAX_INPUT_VALUES = 2**31  # an example input above this (8 GiB as float32) is re
 INVOCATION: list[str] = []  # the arguments of the running command, for the reports that reproduce it
 
 
+#: Options whose value may be left out, and the value a bare one means (click has no such option in typer).
+OPTIONAL_VALUES = {"--stream": "direct"}
+
+
+def with_optional_values(args: Sequence[str]) -> list[str]:
+    """``args`` with the value of each bare :data:`OPTIONAL_VALUES` option written out.
+
+    An option is bare when it is the last argument or the next one is an option (starts with ``-``).
+
+    >>> with_optional_values(["prune", "m:f", "--stream", "--data", "d.pt"])
+    ['prune', 'm:f', '--stream', 'direct', '--data', 'd.pt']
+    >>> with_optional_values(["check", "m:f", "--stream", "slicegpt"])
+    ['check', 'm:f', '--stream', 'slicegpt']
+    """
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        bare = i + 1 == len(args) or args[i + 1].startswith("-")
+        if arg in OPTIONAL_VALUES and bare:
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 class _OneLineErrors(TyperGroup):
     """Turn PruneError and click usage errors into ``error: <message>`` on stderr, exit 2, no traceback."""
 
@@ -52,6 +77,7 @@ class _OneLineErrors(TyperGroup):
         **extra: Any,
     ) -> Any:
         INVOCATION[:] = list(sys.argv[1:] if args is None else args)
+        args = with_optional_values(INVOCATION)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -322,6 +348,79 @@ def load_cli_model(
     if Path(spec).is_file():
         return LoadedModel(net, example, shape, arch, [])
     return LoadedModel(net, example, shape, spec, [])
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """MODEL and the options that say how to build or read it, as one value.
+
+    Every command that loads a model takes the same argument and options (see :func:`model_command`) and
+    receives them as a ``ModelSource``; :meth:`load` is :func:`load_cli_model` with them.
+    """
+
+    spec: str
+    arch: str | None = None
+    trust_pickle: bool = False
+    trust_code: bool = False
+    input_shape: str | None = None
+    seed: int = 0
+
+    def load(self, *, needs_example: bool = True, spec: str | None = None) -> LoadedModel:
+        """Load this source's model (or, with ``spec``, another model under the same options)."""
+        return load_cli_model(
+            self.spec if spec is None else spec,
+            arch=self.arch,
+            trust_pickle=self.trust_pickle,
+            input_shape=self.input_shape,
+            needs_example=needs_example,
+            trust_code=self.trust_code,
+            seed=self.seed,
+        )
+
+
+_SOURCE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("arch", ArchOpt, None),
+    ("trust_pickle", TrustPickleOpt, False),
+    ("trust_code", TrustCodeOpt, False),
+    ("input_shape", InputShapeOpt, None),
+    ("seed", SeedOpt, 0),
+)
+
+
+def model_command(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` the MODEL argument and the shared loading options in place of its ``source``.
+
+    ``command`` declares one parameter ``source: ModelSource``; the function returned declares MODEL first
+    and ``--arch``, ``--trust-pickle``, ``--trust-code``, ``--input-shape`` and ``--seed`` after the
+    command's own options (typer reads its signature), and calls ``command`` with them gathered into a
+    :class:`ModelSource`. So every model-loading command offers the same options with the same help. A
+    command that declares one of those options itself (``seed`` with its own help, say) keeps its own; the
+    value is passed to it and also goes into the ``ModelSource``.
+    """
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    own = [
+        p.replace(kind=keyword)
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.name != "source"
+    ]
+    if any(p.name == "model" for p in own):
+        raise TypeError(f"{command.__name__} declares model, which model_command adds")
+    declared = {p.name for p in own}
+    shared = [
+        inspect.Parameter(n, keyword, annotation=hint, default=d)
+        for n, hint, d in _SOURCE_OPTIONS
+        if n not in declared
+    ]
+    parameters = [inspect.Parameter("model", keyword, annotation=ModelArg), *own, *shared]
+
+    @functools.wraps(command)
+    def run(**options: Any) -> Any:
+        loading = {n: options[n] if n in declared else options.pop(n) for n, _, _ in _SOURCE_OPTIONS}
+        return command(source=ModelSource(options.pop("model"), **loading), **options)
+
+    run.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return run
 
 
 def before_after_table(title: str, result: Any) -> Any:

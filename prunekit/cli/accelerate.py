@@ -8,14 +8,11 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._common import (
-    ArchOpt,
-    InputShapeOpt,
     JsonOpt,
-    ModelArg,
-    TrustPickleOpt,
+    ModelSource,
     app,
     console,
-    load_cli_model,
+    model_command,
     plural,
     writable,
     write_json,
@@ -50,8 +47,9 @@ def _cell(timing: dict[str, float], kernel: str | None) -> str:
 
 
 @app.command()
+@model_command
 def accelerate(
-    model: ModelArg,
+    source: ModelSource,
     out: Annotated[
         Path,
         typer.Option(
@@ -83,9 +81,6 @@ def accelerate(
     threads: Annotated[
         int | None, typer.Option("--threads", help="Intra-op CPU threads to decide with (as deployed).")
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Time each sparse Linear (and with --convs Conv2d) of MODEL against sparse kernels, swap the layers
@@ -96,7 +91,7 @@ def accelerate(
     from prunekit.sparse.accelerate import accelerate as accelerate_model
 
     sizes = parse_batch_sizes(batch_sizes) if batch_sizes is not None else None
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = source.load()
     result = accelerate_model(
         loaded.model,
         loaded.example,
@@ -112,11 +107,11 @@ def accelerate(
         out,
         spec=loaded.spec,
         plan=loaded.plans,
-        metadata={"input_shape": list(loaded.shape), "source": model},
+        metadata={"input_shape": list(loaded.shape), "source": source.spec},
     )
-    write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict()})
+    write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict(), "seed": source.seed})
     shown = sorted(next((row.timings for row in result.layers if row.timings), {}))
-    table = Table(title=f"prunekit accelerate {model} (median ms: dense / chosen or best kernel)")
+    table = Table(title=f"prunekit accelerate {source.spec} (median ms: dense / chosen or best kernel)")
     for column in ("Layer", "Kind", "Sparsity", *[f"batch {b}" for b in shown], "Chosen", "Note"):
         table.add_column(column, justify="right" if column.startswith(("batch", "Sparsity")) else "left")
     for row in result.layers:

@@ -6,49 +6,31 @@ from typing import Annotated
 
 import typer
 
-from prunekit.cli._common import (
-    ArchOpt,
-    InputShapeOpt,
-    JsonOpt,
-    ModelArg,
-    SeedOpt,
-    TrustCodeOpt,
-    TrustPickleOpt,
-    app,
-    console,
-    load_cli_model,
-    write_json,
-)
+from prunekit.cli._common import JsonOpt, ModelSource, app, console, model_command, write_json
 
 
 @app.command()
+@model_command
 def analyze(
-    model: ModelArg,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
-    input_shape: InputShapeOpt = None,
+    source: ModelSource,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurement.")] = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs for the latency measurement.")] = 50,
     zstd_level: Annotated[
         int | None,
         typer.Option(
-            "--zstd-level", help="zstd level of the compressed size [default: 19, slow on big models]."
+            "--zstd-level", help="zstd level of the compressed size (default 19, slow on big models)."
         ),
     ] = None,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Per-layer parameters, non-zeros, sparsity and MACs of MODEL, plus its size and latency."""
     from prunekit.measure.profile import analyze as profile_model
     from prunekit.report.tables import profile_table, summary_table
 
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     net, example = loaded.model, loaded.example
     size_options = {} if zstd_level is None else {"zstd_level": zstd_level}
     profile = profile_model(net, example, latency=not no_latency, runs=runs, **size_options)
     console.print(profile_table(profile))
-    console.print(summary_table(profile, title=model))
-    write_json(json_path, profile.to_dict() | {"seed": seed})
+    console.print(summary_table(profile, title=source.spec))
+    write_json(json_path, profile.to_dict() | {"seed": source.seed})

@@ -13,6 +13,7 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    ModelSource,
     SeedOpt,
     TrustCodeOpt,
     TrustPickleOpt,
@@ -20,6 +21,7 @@ from prunekit.cli._common import (
     checkpoint_dir,
     console,
     load_cli_model,
+    model_command,
     new_output,
     writable,
     write_json,
@@ -40,8 +42,9 @@ OutDirOpt = Annotated[
 
 
 @app.command()
+@model_command
 def export(
-    model: ModelArg,
+    source: ModelSource,
     onnx: Annotated[
         Path | None,
         typer.Option(
@@ -86,12 +89,7 @@ def export(
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime comparison.")] = False,
     static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch dimension.")] = False,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Export MODEL for a runtime (ONNX, OpenVINO, TFLite, NCNN), checked against PyTorch; optionally INT8."""
     if int8 not in (None, "dynamic", "static"):
@@ -105,14 +103,12 @@ def export(
     if fmt is not None or out is not None:
         if fmt is None or out is None:
             raise ConfigError("--format and --out go together")
-        _export_runtime(model, fmt, out, opset, int8, calib, input_shape, arch, trust_pickle, json_path)
+        _export_runtime(source, fmt, out, opset, int8, calib, json_path)
         return
     assert onnx is not None
     from prunekit.deploy import export_onnx, quantize_onnx
 
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     exported = export_onnx(
         loaded.model,
@@ -145,19 +141,16 @@ def export(
                 else ""
             )
         )
-    write_json(json_path, data | {"seed": seed})
+    write_json(json_path, data | {"seed": source.seed})
 
 
 def _export_runtime(
-    model: str,
+    source: ModelSource,
     fmt: str,
     out: Path,
     opset: int | None,
     int8: str | None,
     calib: Path | None,
-    input_shape: Any,
-    arch: str | None,
-    trust_pickle: bool,
     json_path: Path | None,
 ) -> None:
     """``export --format``: convert with the runtime's converter, run it once, compare with PyTorch."""
@@ -170,7 +163,7 @@ def _export_runtime(
     runtime = runtime_for_format(fmt)
     runtime.check_export_args(int8, calib)
     runtime.require()
-    loaded = load_cli_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = source.load()
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
     artifact = runtime.export(loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches)
     with eval_mode(loaded.model), torch.no_grad():
@@ -183,7 +176,9 @@ def _export_runtime(
         raise ExportError(
             f"{runtime.name} does not reproduce PyTorch ({agreement.summary()}); nothing written"
         )
-    write_json(json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict()})
+    write_json(
+        json_path, {"export": artifact.to_dict(), "agreement": agreement.to_dict(), "seed": source.seed}
+    )
     console.print(
         f"wrote {', '.join(artifact.files)}: {artifact.size_bytes:,} bytes; "
         f"{runtime.name} vs PyTorch: {agreement.summary()}"
@@ -215,8 +210,9 @@ def _calibration_batches(path: Path, example: Any) -> list[Any]:
 
 
 @app.command()
+@model_command
 def save(
-    model: ModelArg,
+    source: ModelSource,
     out: OutDirOpt,
     sparse: Annotated[
         bool, typer.Option("--sparse", help="Store weights as bitmask + values + zstd (for sparse models).")
@@ -230,12 +226,7 @@ def save(
             "sentence (a directory SentenceTransformer loads).",
         ),
     ] = "prunekit",
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Save MODEL as a pickle-free checkpoint directory (safetensors weights + spec + structural plans), or,
     with --format hf / sentence, as a directory stock transformers / sentence-transformers load."""
@@ -246,9 +237,7 @@ def save(
         raise ConfigError(f"--format is prunekit, {', '.join(FORMATS)}; got {fmt!r}")
     if sparse and fmt != "prunekit":
         raise ConfigError("--sparse is for prunekit checkpoints; stock directories store dense weights")
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     if fmt != "prunekit":
         _save_stock(loaded, out, fmt, json_path)
         return
@@ -262,9 +251,9 @@ def save(
         spec=loaded.spec,
         plan=loaded.plans,
         sparse=sparse,
-        metadata={"input_shape": list(loaded.shape), "source": model},
+        metadata={"input_shape": list(loaded.shape), "source": source.spec},
     )
-    write_json(json_path, saved.to_dict() | {"seed": seed})
+    write_json(json_path, saved.to_dict() | {"seed": source.seed})
     console.print(f"wrote {out}: {saved.weights_bytes:,} bytes of weights, {saved.params:,} parameters")
 
 
@@ -297,9 +286,7 @@ def load(
     from prunekit.measure import count_params
 
     info = read_info(checkpoint)
-    loaded = load_cli_model(
-        str(checkpoint), arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
-    )
+    loaded = ModelSource(str(checkpoint), input_shape=input_shape, trust_code=trust_code).load()
     import torch
 
     from prunekit._inputs import call_model

@@ -10,16 +10,12 @@ import typer
 from torch import nn
 
 from prunekit.cli._common import (
-    ArchOpt,
-    InputShapeOpt,
     JsonOpt,
-    ModelArg,
-    TrustCodeOpt,
-    TrustPickleOpt,
+    ModelSource,
     app,
     checkpoint_dir,
     console,
-    load_cli_model,
+    model_command,
     write_json,
 )
 from prunekit.errors import ConfigError
@@ -28,8 +24,9 @@ from prunekit.recover.config import DistillConfig, TrainConfig
 
 
 @app.command()
+@model_command
 def finetune(
-    model: ModelArg,
+    source: ModelSource,
     data: Annotated[str, typer.Option("--data", metavar="DATA", help=f"Training data: {DATA_HELP}.")],
     out: Annotated[
         Path,
@@ -64,10 +61,6 @@ def finetune(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed for shuffling, dropout and a spec's random initialisation.")
     ] = 0,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Fine-tune MODEL on --data and save it to --out; under torchrun every rank trains, rank 0 writes."""
@@ -81,18 +74,15 @@ def finetune(
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     train = load_batches(data, batch_size, shuffle=True, seed=seed)
     val = load_batches(val_data, 512) if val_data is not None else None
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     if loaded.spec is None:
         raise ConfigError(
             "a pickled module cannot be saved without pickle; save its state_dict and pass --arch"
         )
     dense = None
     if teacher is not None:
-        dense = load_cli_model(
-            teacher, arch=None, trust_pickle=False, input_shape=input_shape, trust_code=trust_code
-        ).model
+        teacher_source = ModelSource(teacher, trust_code=source.trust_code, input_shape=source.input_shape)
+        dense = teacher_source.load().model
     config = train_config(epochs, steps, lr, keep_zeros, seed, val=val)
     distill = distill_config(dense, kd_alpha, kd_temperature)
     result = finetune_model(loaded.model, train, config, distill=distill, console=console)
@@ -103,7 +93,7 @@ def finetune(
         out,
         spec=loaded.spec,
         plan=loaded.plans,
-        metadata={"input_shape": list(loaded.shape), "source": model, "finetuned_on": data},
+        metadata={"input_shape": list(loaded.shape), "source": source.spec, "finetuned_on": data},
     )
     write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict(), "seed": seed})
     metric = "" if result.final_metric is None else f", accuracy {100 * result.final_metric:.2f}%"

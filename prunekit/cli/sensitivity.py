@@ -13,16 +13,11 @@ import typer
 from rich.table import Table
 
 from prunekit.cli._common import (
-    ArchOpt,
-    InputShapeOpt,
     JsonOpt,
-    ModelArg,
-    SeedOpt,
-    TrustCodeOpt,
-    TrustPickleOpt,
+    ModelSource,
     app,
     console,
-    load_cli_model,
+    model_command,
     writable,
     write_json,
 )
@@ -40,8 +35,9 @@ def _ratios(text: str) -> list[float]:
 
 
 @app.command()
+@model_command
 def sensitivity(
-    model: ModelArg,
+    source: ModelSource,
     ratios: Annotated[
         str, typer.Option("--ratios", help="Comma-separated ratios per group.")
     ] = "0.25,0.5,0.75",
@@ -54,12 +50,7 @@ def sensitivity(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write the curves as a PNG (matplotlib).", callback=writable)
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
     report_dir: ReportOpt = None,
 ) -> None:
     """Prune each prunable group of MODEL alone at each ratio and report how much the outputs change."""
@@ -68,9 +59,7 @@ def sensitivity(
     from prunekit.structured.oracle import run_outputs
     from prunekit.structured.sensitivity import sensitivity as scan
 
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     ref = [
         o.double().flatten(1) if o.dim() > 1 else o.double()[None]
         for o in run_outputs(loaded.model, loaded.example)
@@ -95,9 +84,9 @@ def sensitivity(
         data["allocation"] = {str(k): v for k, v in result.allocate(allocate).items()}
     if plot is not None:
         result.plot(plot)
-    write_json(json_path, data | {"seed": seed})
+    write_json(json_path, data | {"seed": source.seed})
     write_report(report_dir, data)
-    table = Table(title=f"prunekit sensitivity {model} (output fidelity, 1.0 = unchanged)")
+    table = Table(title=f"prunekit sensitivity {source.spec} (output fidelity, 1.0 = unchanged)")
     table.add_column("group", justify="right")
     table.add_column("first member")
     table.add_column("width", justify="right")

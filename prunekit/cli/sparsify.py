@@ -9,18 +9,14 @@ import typer
 
 from prunekit._atomic import atomic_write
 from prunekit.cli._common import (
-    ArchOpt,
     CalibBatchOpt,
     CalibDataOpt,
-    InputShapeOpt,
     JsonOpt,
-    ModelArg,
-    TrustCodeOpt,
-    TrustPickleOpt,
+    ModelSource,
     app,
     arch_hint,
     console,
-    load_cli_model,
+    model_command,
     new_output,
     plural,
     save_state_dict,
@@ -31,8 +27,9 @@ from prunekit.models.data import load_batches
 
 
 @app.command()
+@model_command
 def sparsify(
-    model: ModelArg,
+    source: ModelSource,
     out: Annotated[
         Path,
         typer.Option(
@@ -79,10 +76,6 @@ def sparsify(
         bool,
         typer.Option("--strict", help="Fail on a layer the pattern cannot fit instead of leaving it dense."),
     ] = False,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
     report_dir: ReportOpt = None,
 ) -> None:
@@ -104,15 +97,7 @@ def sparsify(
         sparsity, pattern, criterion, scope, tuple(include) if include else None, tuple(exclude or ()), seed,
         data=batches, strict=strict,
     )  # fmt: skip
-    loaded = load_cli_model(
-        model,
-        arch=arch,
-        trust_pickle=trust_pickle,
-        input_shape=input_shape,
-        needs_example=False,
-        trust_code=trust_code,
-        seed=seed,
-    )
+    loaded = source.load(needs_example=False)
     net = loaded.model
     result = sparsify_model(net, config)
     report = sparsity_report(net)
@@ -136,5 +121,5 @@ def sparsify(
         f"{result.pattern} {result.scope} sparsity {100 * result.sparsity:.2f}% of the sparsified layers' "
         f"weights ({result.pruned:,} of {result.numel:,} in {plural(len(result.layers), 'layer')}{skipped}); "
         f"{100 * report.sparsity:.2f}% of all prunable weights; "
-        f"wrote {written} to {out} (load it with --arch {arch_hint(model, arch)})"
+        f"wrote {written} to {out} (load it with --arch {arch_hint(source.spec, source.arch)})"
     )

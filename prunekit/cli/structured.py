@@ -10,19 +10,14 @@ import typer
 from rich.table import Table
 
 from prunekit.cli._common import (
-    ArchOpt,
     CalibBatchOpt,
     CalibDataOpt,
-    InputShapeOpt,
     JsonOpt,
-    ModelArg,
-    SeedOpt,
-    TrustCodeOpt,
-    TrustPickleOpt,
+    ModelSource,
     app,
     before_after_table,
     console,
-    load_cli_model,
+    model_command,
     new_output,
     refuse_file_suffix,
     write_json,
@@ -55,6 +50,32 @@ MaxRatioOpt = Annotated[
 ]
 
 
+#: ``--stream KIND`` of ``prune`` and ``check``: the ``stream=`` of :class:`prunekit.PruneConfig` per kind
+STREAM_KINDS = {"direct": "activation", "slicegpt": "slicegpt"}
+
+
+def stream_kind(value: str | None) -> str | None:
+    """Validate ``--stream``: one of :data:`STREAM_KINDS` (or None)."""
+    if value is not None and value not in STREAM_KINDS:
+        raise typer.BadParameter(
+            f"{value!r} is not a stream kind: give --stream {' or --stream '.join(STREAM_KINDS)}"
+        )
+    return value
+
+
+StreamKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stream",
+        metavar="[KIND]",
+        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (the default of a "
+        "bare --stream) or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, "
+        "torchvision ViT). The result is approximate: its relative error against MODEL is reported.",
+        callback=stream_kind,
+    ),
+]
+
+
 def prune_config(
     ratio: float,
     criterion: str,
@@ -72,8 +93,9 @@ def prune_config(
 
 
 @app.command()
+@model_command
 def prune(
-    model: ModelArg,
+    source: ModelSource,
     out: Annotated[
         Path,
         typer.Option(
@@ -140,12 +162,7 @@ def prune(
             dir_okay=False,
         ),
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
     report_dir: ReportOpt = None,
     no_verify: Annotated[
         bool,
@@ -154,14 +171,7 @@ def prune(
             help="Skip the masked-reference comparison (one forward); shapes, attributes still checked.",
         ),
     ] = False,
-    stream: Annotated[
-        bool,
-        typer.Option(
-            "--stream",
-            help="Also cut LayerNorm/RMSNorm-ed residual streams (approximate: ranked on --data, the output "
-            "error against MODEL is reported).",
-        ),
-    ] = False,
+    stream: StreamKindOpt = None,
 ) -> None:
     """Physically remove channels, neurons and heads from MODEL and save the result to --out.
 
@@ -181,9 +191,12 @@ def prune(
         threads=threads,
     )
     verify = "shapes" if no_verify else None
+    stream_options(stream, data, None)
     config = prune_config(
-        ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify, stream=stream
-    )
+        ratio, criterion, scope, ignore, round_to, max_ratio, target=target, verify=verify,
+        stream=STREAM_KINDS[stream] if stream is not None else False,
+    )  # fmt: skip
+    model, seed = source.spec, source.seed
     file_format = file_format_for(model, out) if recipe is None and data is None else None
     if file_format is not None:
         if target is not None:
@@ -204,9 +217,7 @@ def prune(
 
     plan_recipe = load_recipe(recipe) if recipe is not None else None
     batches = load_batches(data, batch_size) if data is not None else None
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     if plan_recipe is not None:
         ran = run_recipe(plan_recipe, loaded.model, loaded.example, train_data=batches, calib_data=batches)
         plans, report = ran.plans, ran.to_dict()
@@ -258,34 +269,8 @@ def timed_target_line(info: dict[str, Any]) -> str:
     )
 
 
-#: ``--stream KIND`` of ``check``: the ``stream=`` of :func:`prunekit.check` each kind asks for
-STREAM_KINDS = {"direct": "activation", "slicegpt": "slicegpt"}
-
-
-def stream_kind(value: str | None) -> str | None:
-    """Validate ``--stream``: one of :data:`STREAM_KINDS` (or None)."""
-    if value is not None and value not in STREAM_KINDS:
-        raise typer.BadParameter(
-            f"{value!r} is not a stream kind: give --stream {' or --stream '.join(STREAM_KINDS)}"
-        )
-    return value
-
-
-StreamKindOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--stream",
-        metavar="KIND",
-        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (as prune --stream) "
-        "or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, torchvision ViT). "
-        "The result is approximate: its relative error against MODEL is reported.",
-        callback=stream_kind,
-    ),
-]
-
-
 def stream_options(stream: str | None, data: str | None, max_rel_err: float | None) -> None:
-    """Refuse ``check``'s stream options that cannot go together (ConfigError: one line, exit 2)."""
+    """Refuse stream options that cannot go together (ConfigError: one line, exit 2)."""
     if stream is not None and data is None:
         raise ConfigError(
             f"--stream {stream} ranks the stream's channels on calibration data: pass --data DATA"
@@ -297,8 +282,9 @@ def stream_options(stream: str | None, data: str | None, max_rel_err: float | No
 
 
 @app.command()
+@model_command
 def check(
-    model: ModelArg,
+    source: ModelSource,
     ratio: RatioOpt = 0.5,
     criterion: CriterionOpt = "l2",
     scope: ScopeOpt = None,
@@ -316,12 +302,7 @@ def check(
             help="With --stream: exit 1 when the approximate result's relative error is above X.",
         ),
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
     report_dir: ReportOpt = None,
     compare_at: Annotated[
         str | None,
@@ -351,12 +332,10 @@ def check(
         ratio, criterion, scope, ignore, round_to, max_ratio, data=batches,
         stream=STREAM_KINDS[stream] if stream is not None else False,
     )  # fmt: skip
-    loaded = load_cli_model(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, trust_code=trust_code, seed=seed
-    )
+    loaded = source.load()
     report = check_model(loaded.model, loaded.example, config, compare_at=compare_at)
     approximate = list(report.plan.approximate)
-    extra = {"stream": stream, "approximate": approximate, "max_rel_err": max_rel_err, "seed": seed}
+    extra = {"stream": stream, "approximate": approximate, "max_rel_err": max_rel_err, "seed": source.seed}
     write_json(json_path, report.to_dict() | extra)
     write_report(report_dir, report.to_dict() | extra)
     if report.pinned:

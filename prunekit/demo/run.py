@@ -251,6 +251,82 @@ def _save(out: Path, result: DemoResult, models: dict[str, nn.Module], onnx: lis
     write_atomic(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
 
 
+def _pick_onnx_source(onnx_source: str | None, config: DemoConfig, stages: list[Stage]) -> str | None:
+    """The stage exported to ONNX: ``"auto"`` picks the structured stage when the ``onnx`` extra is there.
+
+    ``None`` means no ONNX rows; a name that is not a stage raises :class:`~prunekit.errors.ConfigError`.
+    """
+    names = {stage.name for stage in stages}
+    if onnx_source == "auto":
+        source = config.channels_name if onnx_available() else None
+        return source if source in names else None
+    if onnx_source is not None and onnx_source not in names:
+        raise ConfigError(f"onnx_source {onnx_source!r} is not a stage; stages: {[s.name for s in stages]}")
+    return onnx_source
+
+
+def _run_stages(
+    stages: list[Stage], ctx: DemoContext
+) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
+    """Run each stage on a fresh model or a copy of its source stage's, measure it, print one line.
+
+    Returns the models and their figures (:func:`measure_stage` plus the stage's and the measurement's
+    seconds), both by stage name.
+    """
+    models: dict[str, nn.Module] = {}
+    measured: dict[str, dict[str, Any]] = {}
+    for i, stage in enumerate(stages, 1):
+        ctx.stage = stage.name
+        source = build_model(ctx.config.seed) if stage.source is None else copy.deepcopy(models[stage.source])
+        t0 = time.perf_counter()
+        models[stage.name] = model = stage.run(source, ctx)
+        t1 = time.perf_counter()
+        figures = measure_stage(model, ctx)
+        measured[stage.name] = {"seconds": t1 - t0, "measure_seconds": time.perf_counter() - t1, **figures}
+        ctx.console.print(
+            f"[{i}/{len(stages)}] {stage.name} ({stage.title}): "
+            f"accuracy {100 * figures['accuracy']:.2f}%, {t1 - t0:.1f} s"
+        )
+    return models, measured
+
+
+def _stage_rows(
+    stages: list[Stage],
+    measured: dict[str, dict[str, Any]],
+    latencies: dict[str, list[LatencyStats]],
+    ctx: DemoContext,
+    onnx: list[OnnxRow],
+    onnx_source: str | None,
+) -> list[StageRow]:
+    """One :class:`StageRow` per stage, then one per ONNX row (counts taken from its source stage)."""
+    rows = [
+        StageRow(
+            stage.name,
+            stage.title,
+            latency=latencies[stage.name],
+            extra=ctx.notes.get(stage.name, {}),
+            **measured[stage.name],
+        )
+        for stage in stages
+    ]
+    rows += [
+        StageRow(
+            row.name,
+            row.title,
+            row.accuracy,
+            measured[onnx_source]["params"],
+            measured[onnx_source]["macs"],
+            row.size,
+            row.latency,
+            row.seconds,
+            0.0,
+            row.extra,
+        )
+        for row in onnx
+    ]
+    return rows
+
+
 def run_demo(
     *,
     out: Path | str | None = None,
@@ -287,12 +363,7 @@ def run_demo(
     _check_paths(out, json_path)
     stages = default_stages(config) if stages is None else list(stages)
     check_stages(stages)
-    if onnx_source == "auto":
-        onnx_source = config.channels_name if onnx_available() else None
-        if onnx_source not in {stage.name for stage in stages}:
-            onnx_source = None
-    elif onnx_source is not None and onnx_source not in {stage.name for stage in stages}:
-        raise ConfigError(f"onnx_source {onnx_source!r} is not a stage; stages: {[s.name for s in stages]}")
+    onnx_source = _pick_onnx_source(onnx_source, config, stages)
     console = console if console is not None else Console()
 
     previous_threads = torch.get_num_threads()
@@ -301,57 +372,15 @@ def run_demo(
         start = time.perf_counter()
         splits = load_splits()
         ctx = DemoContext(config, splits, console, progress=progress)
-        models: dict[str, nn.Module] = {}
-        measured: dict[str, dict[str, Any]] = {}
-        for i, stage in enumerate(stages, 1):
-            ctx.stage = stage.name
-            source = build_model(config.seed) if stage.source is None else copy.deepcopy(models[stage.source])
-            t0 = time.perf_counter()
-            models[stage.name] = model = stage.run(source, ctx)
-            t1 = time.perf_counter()
-            figures = measure_stage(model, ctx)
-            measured[stage.name] = {
-                "seconds": t1 - t0,
-                "measure_seconds": time.perf_counter() - t1,
-                **figures,
-            }
-            console.print(
-                f"[{i}/{len(stages)}] {stage.name} ({stage.title}): "
-                f"accuracy {100 * figures['accuracy']:.2f}%, {t1 - t0:.1f} s"
-            )
+        models, measured = _run_stages(stages, ctx)
         t2 = time.perf_counter()
         latencies = measure_latencies(models, ctx)
         console.print(f"latency of {len(models)} models measured in {time.perf_counter() - t2:.1f} s")
         onnx_dir = tempfile.TemporaryDirectory(prefix="prunekit-demo-")
         onnx = _onnx_rows(models, measured, ctx, Path(onnx_dir.name), onnx_source)
-        rows = [
-            StageRow(
-                stage.name,
-                stage.title,
-                latency=latencies[stage.name],
-                extra=ctx.notes.get(stage.name, {}),
-                **measured[stage.name],
-            )
-            for stage in stages
-        ]
-        rows += [
-            StageRow(
-                row.name,
-                row.title,
-                row.accuracy,
-                measured[onnx_source]["params"],
-                measured[onnx_source]["macs"],
-                row.size,
-                row.latency,
-                row.seconds,
-                0.0,
-                row.extra,
-            )
-            for row in onnx
-        ]
+        rows = _stage_rows(stages, measured, latencies, ctx, onnx, onnx_source)
         data = {"train": len(splits.y_train), "test": len(splits.y_test)}
-        env = environment()
-        result = DemoResult(config, rows, data, env, seconds=time.perf_counter() - start)
+        result = DemoResult(config, rows, data, environment(), seconds=time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -30,12 +30,13 @@ file shrinks with its parameter count.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,73 @@ def _export_legacy(
     )
 
 
+def _export_path(path: str | os.PathLike, opset: int | None, rtol: float, atol: float) -> Path:
+    """Check the export options; ``path`` as a :class:`~pathlib.Path` to a file in an existing folder."""
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
+    if rtol < 0 or atol < 0:
+        raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file path such as {path / 'model.onnx'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"directory {path.parent} does not exist")
+    return path
+
+
+def _export_file(
+    module: nn.Module, example_inputs: ExampleInputs, path: Path, opset: int | None, dynamic_batch: bool
+) -> None:
+    """Write ``module`` to ``path`` with the exporter ``opset`` asks for; any failure as :class:`ExportError`.
+
+    The torch.export-based exporter specialises dims of size 1, so with ``dynamic_batch`` a batch-1 example
+    is exported repeated twice (verification still runs on the user's inputs).
+    """
+    export_inputs = example_inputs
+    if dynamic_batch and batch_size_of(example_inputs) == 1:
+        export_inputs = _other_batch(example_inputs)
+    args, kwargs = _args_kwargs(export_inputs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if opset is not None and opset < DYNAMO_MIN_OPSET:
+                _export_legacy(module, example_inputs, path, opset, dynamic_batch)
+                return
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                kwargs=kwargs or None,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                opset_version=opset,
+                dynamic_shapes=_dynamic_shapes(export_inputs) if dynamic_batch else None,
+            )
+    except Exception as err:
+        raise ExportError(f"cannot export to ONNX: {_explain(err)}") from err
+
+
+def _check_file(path: Path) -> None:
+    """Run ``onnx.checker`` (full check) on the file at ``path``; a failure as :class:`ExportError`."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as err:
+        raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(err)}") from err
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule of ``module`` in eval mode for the block, then give each its flag back."""
+    training = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in training:
+            m.training = flag
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -315,65 +383,24 @@ def export_onnx(
     """
     start = time.perf_counter()
     _check_inputs(example_inputs)
-    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
+    path = _export_path(path, opset, rtol, atol)
     legacy = opset is not None and opset < DYNAMO_MIN_OPSET
-    if rtol < 0 or atol < 0:
-        raise ConfigError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory; give a file path such as {path / 'model.onnx'}")
-    if not path.parent.is_dir():
-        raise ConfigError(f"directory {path.parent} does not exist")
-
     module = deployable(model)
-    # torch.export specialises dims of size 1, so a batch-1 example would pin the batch size: export with the
-    # sample repeated twice instead (verification still runs on the user's inputs)
-    export_inputs = example_inputs
-    if dynamic_batch and batch_size_of(example_inputs) == 1:
-        export_inputs = _other_batch(example_inputs)
-    args, kwargs = _args_kwargs(export_inputs)
 
     def write(tmp: Path) -> tuple[Any, float | None, list]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if legacy:
-                    _export_legacy(module, example_inputs, tmp, opset, dynamic_batch)
-                else:
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(tmp),
-                        kwargs=kwargs or None,
-                        dynamo=True,
-                        external_data=False,
-                        verbose=False,
-                        opset_version=opset,
-                        dynamic_shapes=_dynamic_shapes(export_inputs) if dynamic_batch else None,
-                    )
-        except Exception as err:
-            raise ExportError(f"cannot export to ONNX: {_explain(err)}") from err
+        _export_file(module, example_inputs, tmp, opset, dynamic_batch)
         bar.advance()
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as err:
-            raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(err)}") from err
+        _check_file(tmp)
         bar.advance()
         if verify:
             return onnx.load(str(tmp)), *_verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
         return onnx.load(str(tmp)), None, []
 
-    training = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
+    with _eval_mode(module):
         with progress_bar(
             "onnx export, check, verify" if verify else "onnx export, check", 2 + verify
         ) as bar:
             proto, max_err, sizes = atomic_write(path, write)
-    finally:
-        for m, flag in training:
-            m.training = flag
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ExportResult(
         path=str(path),

@@ -213,28 +213,31 @@ def _first_reasons(group: np.ndarray, reason: np.ndarray, texts: list[str], most
     return out
 
 
-def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> GroupReport:
-    """Connected components of the traced slot graph, as a :class:`GroupReport`."""
-    n = tr.n_slots
-    if n == 0:
-        return GroupReport([], tr.attrs, tr.output_shapes, {}, tr.n_calls, tr.rule_errors)
-    a, b, pin_slots, pin_reason = _links_and_pins(tr)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
-    n_comp, comp = connected_components(graph, directed=False)
-    ranges: list[SlotRange] = tr.ranges
-    user = [f"ignored by user ({prefix or '<model>'})" for prefix in ignore_prefixes or []]
-    reason_texts = user + tr.reasons  # reasons sort by id: the user's choices first, then trace order
-    pin_reason = pin_reason + len(user)
-    for i, prefix in enumerate(ignore_prefixes or []):
+def _with_user_pins(
+    ranges: list[SlotRange], prefixes: list[str], pin_slots: np.ndarray, pin_reason: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pins plus every slot of each range under an ignored module prefix, reason id = the prefix's index.
+
+    The user's reasons come first in the reason table, so the trace's reason ids are shifted past them.
+    """
+    pin_reason = pin_reason + len(prefixes)
+    for i, prefix in enumerate(prefixes):
         for r in ranges:
             if _in_module(r.name, prefix):
                 pin_slots = np.concatenate([np.arange(r.start, r.start + r.size), pin_slots])
                 pin_reason = np.concatenate([np.full(r.size, i), pin_reason])
-    pinned = np.zeros(n_comp, dtype=bool)
-    pinned[comp[pin_slots]] = True
-    # groups: units with the same set of member dims (their "signature") form one group
-    n_ranges = len(ranges)
-    range_of_slot = np.repeat(np.arange(n_ranges), [r.size for r in ranges])
+    return pin_slots, pin_reason
+
+
+def _group_of_components(
+    comp: np.ndarray, n_comp: int, range_of_slot: np.ndarray, n_ranges: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Group id of each connected component, and each component's first slot; with the number of groups.
+
+    Components with the same set of member ranges (their "signature", hashed) form one group; groups are
+    numbered in trace order (by the first slot of any of their components).
+    """
+    n = len(comp)
     key = np.sort(comp.astype(np.int64) * n_ranges + range_of_slot)
     key = key[np.concatenate([[True], key[1:] != key[:-1]])]
     kc, kr = key // n_ranges, key % n_ranges
@@ -242,15 +245,80 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
     sig_hash = np.zeros(n_comp, dtype=np.uint64)
     np.add.at(sig_hash, kc, rnd[kr])
     sig = _dense_ids(sig_hash)
-    slot_ids = np.arange(n)
     comp_first = np.full(n_comp, n, dtype=np.int64)
-    np.minimum.at(comp_first, comp, slot_ids)
+    np.minimum.at(comp_first, comp, np.arange(n))
     n_groups = int(sig.max()) + 1
     group_first = np.full(n_groups, n, dtype=np.int64)
     np.minimum.at(group_first, sig, comp_first)
     rank = np.empty(n_groups, dtype=np.int64)
-    rank[np.argsort(group_first, kind="stable")] = np.arange(n_groups)  # groups in trace order
-    comp_group = rank[sig]
+    rank[np.argsort(group_first, kind="stable")] = np.arange(n_groups)
+    return rank[sig], comp_first, n_groups
+
+
+def _members(
+    ranges: list[SlotRange],
+    range_of_slot: np.ndarray,
+    slot_group: np.ndarray,
+    slot_unit: np.ndarray,
+    n_groups: int,
+) -> dict[int, list[Member]]:
+    """Group id -> its members: one :class:`Member` per (range, group), holding the unit of each slot.
+
+    The slots are sorted by that pair (stable: slot order kept inside a segment; slots are numbered range
+    after range, so the input is nearly sorted already).
+    """
+    members_of: dict[int, list[Member]] = {g: [] for g in range(n_groups)}
+    seg = range_of_slot * n_groups + slot_group
+    order = np.argsort(seg, kind="stable")
+    seg = seg[order]
+    starts_at = np.flatnonzero(np.concatenate([[True], seg[1:] != seg[:-1]])).tolist()
+    for s, e in zip(starts_at, [*starts_at[1:], len(seg)], strict=True):
+        sl = order[s:e]
+        r = ranges[int(range_of_slot[sl[0]])]
+        index = np.arange(r.size) if e - s == r.size else sl - r.start
+        members_of[int(slot_group[sl[0]])].append(Member(r.name, r.dim, r.size, r.kind, slot_unit[sl], index))
+    return members_of
+
+
+def _notes_and_approx(
+    tr: Tracer, slot_group: np.ndarray
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """Group id -> its distinct notes (up to 6; a note goes to its first slot's group), and approximations."""
+    notes_of: dict[int, list[str]] = {}
+    for slots, text in tr.notes:
+        lst = notes_of.setdefault(int(slot_group[int(slots[0])]), [])
+        if text not in lst and len(lst) < 6:
+            lst.append(text)
+    approx_of: dict[int, list[str]] = {}
+    for slots, text in tr.approx:
+        for g in np.unique(slot_group[slots.numpy()]).tolist():
+            lst = approx_of.setdefault(g, [])
+            if text not in lst:
+                lst.append(text)
+    return notes_of, approx_of
+
+
+def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> GroupReport:
+    """Connected components of the traced slot graph, as a :class:`GroupReport`.
+
+    Slots joined by links form components (one prunable unit each); components with the same member ranges
+    form a group; a group's unit is pinned when any of its slots is (by a rule or an ignored module).
+    """
+    n = tr.n_slots
+    if n == 0:
+        return GroupReport([], tr.attrs, tr.output_shapes, {}, tr.n_calls, tr.rule_errors)
+    prefixes = ignore_prefixes or []
+    a, b, pin_slots, pin_reason = _links_and_pins(tr)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    n_comp, comp = connected_components(graph, directed=False)
+    ranges: list[SlotRange] = tr.ranges
+    user = [f"ignored by user ({prefix or '<model>'})" for prefix in prefixes]
+    reason_texts = user + tr.reasons  # reasons sort by id: the user's choices first, then trace order
+    pin_slots, pin_reason = _with_user_pins(ranges, prefixes, pin_slots, pin_reason)
+    pinned = np.zeros(n_comp, dtype=bool)
+    pinned[comp[pin_slots]] = True
+    range_of_slot = np.repeat(np.arange(len(ranges)), [r.size for r in ranges])
+    comp_group, comp_first, n_groups = _group_of_components(comp, n_comp, range_of_slot, len(ranges))
     by_group = np.lexsort((comp_first, comp_group))  # comps sorted by group, then first appearance
     sizes = np.bincount(comp_group, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -258,30 +326,9 @@ def groups_from_trace(tr: Tracer, ignore_prefixes: list[str] | None = None) -> G
     unit_of_comp[by_group] = np.arange(n_comp) - np.repeat(starts, sizes)
     slot_group = comp_group[comp]
     slot_unit = unit_of_comp[comp]
-    members_of: dict[int, list[Member]] = {g: [] for g in range(n_groups)}
-    # one member per (range, group): sort the slots by that pair (stable: slot order kept inside a segment;
-    # slots are numbered range after range, so the input is nearly sorted already)
-    seg = range_of_slot * n_groups + slot_group
-    order = np.argsort(seg, kind="stable")
-    seg = seg[order]
-    starts_at = np.flatnonzero(np.concatenate([[True], seg[1:] != seg[:-1]])).tolist()
-    for s, e in zip(starts_at, [*starts_at[1:], n], strict=True):
-        sl = order[s:e]
-        r = ranges[int(range_of_slot[sl[0]])]
-        index = np.arange(r.size) if e - s == r.size else sl - r.start
-        members_of[int(slot_group[sl[0]])].append(Member(r.name, r.dim, r.size, r.kind, slot_unit[sl], index))
+    members_of = _members(ranges, range_of_slot, slot_group, slot_unit, n_groups)
     reasons_of = _first_reasons(slot_group[pin_slots], pin_reason, reason_texts)
-    notes_of: dict[int, list[str]] = {}
-    for slots, text in tr.notes:
-        lst = notes_of.setdefault(int(comp_group[comp[int(slots[0])]]), [])
-        if text not in lst and len(lst) < 6:
-            lst.append(text)
-    approx_of: dict[int, list[str]] = {}
-    for slots, text in tr.approx:
-        for g in np.unique(comp_group[comp[slots.numpy()]]).tolist():
-            lst = approx_of.setdefault(g, [])
-            if text not in lst:
-                lst.append(text)
+    notes_of, approx_of = _notes_and_approx(tr, slot_group)
     groups = []
     for g in range(n_groups):
         comps = by_group[starts[g] : starts[g] + sizes[g]]

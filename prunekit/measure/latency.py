@@ -8,19 +8,20 @@ size and the number of intra-op threads are recorded with the result, since late
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError
 from prunekit.progress import track
 
 
 @dataclass
-class LatencyStats:
+class LatencyStats(JsonData):
     """Latency of one forward in milliseconds over ``runs`` timed runs after ``warmup`` untimed ones."""
 
     median_ms: float
@@ -30,9 +31,6 @@ class LatencyStats:
     warmup: int
     batch_size: int
     threads: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_times(cls, times_ms: list[float], *, warmup: int, batch_size: int, threads: int) -> LatencyStats:

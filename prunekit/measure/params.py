@@ -21,21 +21,22 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+from prunekit._jsondata import JsonData
+
 
 @dataclass
-class ParamCount:
+class ParamCount(JsonData):
     """Number of parameter entries (``total``) and how many of them are non-zero (``nonzero``)."""
 
     total: int
     nonzero: int
 
+    _derived = ("sparsity",)
+
     @property
     def sparsity(self) -> float:
         """Fraction of entries that are zero (0.0 for a model without parameters)."""
         return 1.0 - self.nonzero / self.total if self.total else 0.0
-
-    def to_dict(self) -> dict:
-        return {"total": self.total, "nonzero": self.nonzero, "sparsity": self.sparsity}
 
 
 def pruning_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:

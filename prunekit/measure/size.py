@@ -16,6 +16,7 @@ import zstandard
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError
 from prunekit.measure.params import named_effective_parameters, pruning_hooks
 
@@ -23,25 +24,19 @@ DEFAULT_ZSTD_LEVEL = 9
 
 
 @dataclass
-class SizeInfo:
+class SizeInfo(JsonData):
     """``dense_bytes``: safetensors file size; ``compressed_bytes``: that file compressed with ``codec``."""
 
     dense_bytes: int
     compressed_bytes: int
     codec: str
 
+    _derived = ("ratio",)
+
     @property
     def ratio(self) -> float:
         """``dense_bytes / compressed_bytes``."""
         return self.dense_bytes / self.compressed_bytes
-
-    def to_dict(self) -> dict:
-        return {
-            "dense_bytes": self.dense_bytes,
-            "compressed_bytes": self.compressed_bytes,
-            "codec": self.codec,
-            "ratio": self.ratio,
-        }
 
 
 def _mask_state_names(model: nn.Module) -> set[str]:

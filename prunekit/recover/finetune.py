@@ -31,7 +31,7 @@ from prunekit.progress import Bar, progress_bar
 from prunekit.recover import distributed as dist_utils
 from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
 from prunekit.recover.config import DistillConfig, TrainConfig
-from prunekit.recover.train import _check_args, _device_of, _make_optimizer, _num_batches
+from prunekit.recover.train import _check_args, _device_of, _make_optimizer, _num_batches, cosine_schedule
 
 
 @dataclass
@@ -140,11 +140,9 @@ def finetune(
       ``console`` draws it on a rich console of the caller's instead (and shows it unless ``progress=False``).
     - ``seed`` seeds dropout and a loader without its own generator (``seed + rank``), the caller's RNG kept.
 
-    The training options come as a :class:`~prunekit.recover.config.TrainConfig` (``config``) or as the
-    keywords above (defaults: ``lr=1e-3``, ``optimizer="adam"``, ``schedule="constant"``, ...), the
-    distillation options as a :class:`~prunekit.recover.config.DistillConfig` (``distill``) or as
-    ``teacher``/``kd_*``/``feature_kd*``; a keyword that disagrees with a given config is a
-    :class:`ConfigError`.
+    Options come as ``config`` (:class:`~prunekit.recover.config.TrainConfig`) and ``distill``
+    (:class:`~prunekit.recover.config.DistillConfig`) or as the keywords above (defaults: ``lr=1e-3``,
+    ``optimizer="adam"``, ...); a keyword that disagrees with a given config is a :class:`ConfigError`.
 
     Every argument is checked, and the first batch is run once in eval mode to check the loss (and the
     feature shapes), before the model changes. The model's train/eval flags are restored at the end.
@@ -193,6 +191,55 @@ def _distill_config(distill: Any, **given: Any) -> DistillConfig | None:
     return resolve(DistillConfig, distill, "finetune", (), **given)
 
 
+def _join(
+    model: nn.Module, teacher: nn.Module | None, train_data: Iterable, use_ddp: bool, seed: int | None
+) -> tuple[dist_utils.DistInfo | None, Iterable]:
+    """With DDP: join the process group, move model and teacher to the rank's device, shard the data.
+
+    Returns the rank's info (``None`` without DDP) and the data this rank trains on.
+    """
+    if not use_ddp:
+        return None, train_data
+    info = dist_utils.init_distributed()
+    model.to(info.device)
+    if teacher is not None:
+        teacher.to(info.device)
+    return info, dist_utils.shard(train_data, info.rank, info.world_size, seed=seed or 0)
+
+
+def _train(
+    model: nn.Module,
+    cb: PruneCallbacks,
+    cfg: TrainConfig,
+    batches: Iterator,
+    info: dist_utils.DistInfo | None,
+    total: int | None,
+    per_epoch: int | None,
+    show: bool | None,
+    console: Console | None,
+) -> list[float]:
+    """Seed the run (``seed + rank``, the caller's RNG kept), build optimizer and schedule, run :func:`_loop`.
+
+    ``model`` is trained through its DDP wrapper when ``info`` is given; the bar shows on rank 0 only.
+    """
+    device = _device_of(model)
+    rank = info.rank if info is not None else 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        if cfg.seed is not None:
+            torch.manual_seed(cfg.seed + rank)
+        net = dist_utils.wrap(model, info) if info is not None else model
+        opt = _make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        sched = cosine_schedule(opt, total) if cfg.schedule == "cosine" else None
+        with progress_bar(
+            "finetune", total, progress=show if rank == 0 else False, console=console,
+            fields="loss {task.fields[loss]:.4f}  metric {task.fields[metric]}", loss=float("nan"),
+            metric="-",
+        ) as bar:  # fmt: skip
+            return _loop(
+                net, model, cb, opt, sched, batches, cfg.steps, cfg.max_grad_norm, device, bar, per_epoch
+            )
+
+
 def _run(
     model: nn.Module,
     train_data: Iterable,
@@ -210,49 +257,28 @@ def _run(
         patience=cfg.patience, min_delta=cfg.min_delta,
     )  # fmt: skip
     use_ddp = _check_finetune_args(model, train_data, cfg, teacher, distributed)
-    steps, epochs, seed, eval_fn = cfg.steps, cfg.epochs, cfg.seed, cfg.eval_fn
     start = time.perf_counter()
-    info = dist_utils.init_distributed() if use_ddp else None
-    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
-    if info is not None:
-        model.to(info.device)
-        if teacher is not None:
-            teacher.to(info.device)
-        train_data = dist_utils.shard(train_data, rank, world, seed=seed or 0)
+    info, train_data = _join(model, teacher, train_data, use_ddp, cfg.seed)
     device = _device_of(model)
     per_epoch = _num_batches(train_data)
-    total = steps if steps is not None else (None if per_epoch is None else per_epoch * epochs)
-    batches = _batches(train_data, epochs)
+    total = cfg.steps if cfg.steps is not None else (None if per_epoch is None else per_epoch * cfg.epochs)
+    batches = _batches(train_data, cfg.epochs)
     first = next(batches, None)
     if first is None:
         raise ConfigError("train_data gave no batch: give it at least one (inputs, targets) batch")
 
     cb = PruneCallbacks(
-        model, **kd_args, loss_fn=cfg.loss_fn, keep_zeros=cfg.keep_zeros, eval_fn=eval_fn,
+        model, **kd_args, loss_fn=cfg.loss_fn, keep_zeros=cfg.keep_zeros, eval_fn=cfg.eval_fn,
         eval_every=cfg.eval_every or per_epoch or total, patience=cfg.patience, min_delta=cfg.min_delta,
         keep_best=cfg.restore_best,
     )  # fmt: skip
     flags = [(module, module.training) for module in model.modules()]
     try:
         cb.check_batch(*_split(first, device))  # raises before the model changes
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed + rank)
-            net = dist_utils.wrap(model, info) if info is not None else model
-            opt = _make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-            sched = _cosine(opt, total) if cfg.schedule == "cosine" else None
-            every = itertools.chain([first], batches)
-            show = True if progress is None and console is not None else progress  # a given console shows it
-            show = show if rank == 0 else False
-            with progress_bar(
-                "finetune", total, progress=show, console=console,
-                fields="loss {task.fields[loss]:.4f}  metric {task.fields[metric]}", loss=float("nan"),
-                metric="-",
-            ) as bar:  # fmt: skip
-                losses = _loop(
-                    net, model, cb, opt, sched, every, steps, cfg.max_grad_norm, device, bar, per_epoch
-                )
-        if eval_fn is not None and cb.history[-1].step != cb.step:
+        show = True if progress is None and console is not None else progress  # a given console shows it
+        every = itertools.chain([first], batches)
+        losses = _train(model, cb, cfg, every, info, total, per_epoch, show, console)
+        if cfg.eval_fn is not None and cb.history[-1].step != cb.step:
             cb.evaluate()
         restored = cfg.restore_best and cb.restore_best()
         if info is not None:
@@ -274,7 +300,7 @@ def _run(
         stopped_early=cb.should_stop,
         losses=losses,
         wall_seconds=time.perf_counter() - start,
-        world_size=world,
+        world_size=info.world_size if info is not None else 1,
         distilled=teacher is not None,
     )
 
@@ -291,13 +317,6 @@ def _kd_args(kd: DistillConfig | None) -> dict[str, Any]:
         "feature_kd": None if kd.feature_kd is None else dict(kd.feature_kd),
         "feature_kd_weight": kd.feature_kd_weight,
     }
-
-
-def _cosine(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate from its initial value to 0 along a half cosine over ``total`` steps."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    )
 
 
 def _loop(

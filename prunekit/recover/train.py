@@ -8,6 +8,7 @@ in every forward and gets zero gradient; no hooks are needed to keep it pruned.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -73,6 +74,73 @@ def _num_batches(loader: Iterable) -> int | None:
         return None
 
 
+def _lr_schedule(
+    opt: torch.optim.Optimizer, schedule: str, total_steps: int | None
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The cosine schedule from ``lr`` to 0 over ``total_steps`` (``None`` for ``schedule="constant"``)."""
+    if schedule != "cosine":
+        return None
+    if total_steps is None:
+        raise ConfigError('schedule="cosine" needs a loader with len(); use schedule="constant"')
+    return cosine_schedule(opt, total_steps)
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate from its initial value to 0 along a half cosine over ``total`` steps.
+
+    >>> opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    >>> sched = cosine_schedule(opt, 2)
+    >>> opt.step(); sched.step(); opt.param_groups[0]["lr"]
+    0.5
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+
+
+def _progress_bar(console: Console | None) -> Progress:
+    """The transient rich bar of :func:`train`: epoch, steps done, running mean loss, time."""
+    return Progress(
+        TextColumn("[bold]train[/] epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR | None,
+    device: torch.device,
+    advance: Callable[..., None] | None,
+) -> float:
+    """One pass over ``loader`` (cross-entropy, one optimiser and schedule step a batch); its mean loss.
+
+    ``advance(loss=running_mean)`` is called after each batch. An empty loader raises ConfigError.
+    """
+    total, count = 0.0, 0
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        loss = F.cross_entropy(model(inputs), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        if advance is not None:
+            advance(loss=total / count)
+    if count == 0:
+        raise ConfigError("the training loader is empty: give it at least one batch")
+    return total / count
+
+
 def train(
     model: nn.Module,
     loader: Iterable,
@@ -109,25 +177,8 @@ def train(
     opt = _make_optimizer(model, optimizer, float(lr), float(weight_decay), momentum)
     per_epoch = _num_batches(loader)
     total_steps = None if per_epoch is None else per_epoch * epochs
-    if schedule == "cosine" and total_steps is None:
-        raise ConfigError('schedule="cosine" needs a loader with len(); use schedule="constant"')
-    sched = None
-    if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
-
-    bar = None
-    if progress is True:
-        bar = Progress(
-            TextColumn("[bold]train[/] epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
+    sched = _lr_schedule(opt, schedule, total_steps)
+    bar = _progress_bar(console) if progress is True else None
     callback = progress if callable(progress) else None
 
     losses: list[float] = []
@@ -140,22 +191,8 @@ def train(
             task = bar.add_task("train", total=total_steps, epoch=0, epochs=epochs, loss=float("nan"))
         try:
             for epoch in range(1, epochs + 1):
-                total, count = 0.0, 0
-                for inputs, targets in loader:
-                    inputs, targets = inputs.to(device), targets.to(device)
-                    loss = F.cross_entropy(model(inputs), targets)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    total += loss.item() * len(targets)
-                    count += len(targets)
-                    if bar is not None:
-                        bar.update(task, advance=1, epoch=epoch, loss=total / count)
-                if count == 0:
-                    raise ConfigError("the training loader is empty: give it at least one batch")
-                losses.append(total / count)
+                advance = None if bar is None else functools.partial(bar.update, task, advance=1, epoch=epoch)
+                losses.append(_train_epoch(model, loader, opt, sched, device, advance))
                 if callback is not None:
                     callback(epoch, losses[-1])
         finally:

@@ -191,6 +191,48 @@ class LotteryResult:
         }
 
 
+def _check_lottery_args(
+    rounds: int, rate: float, rewind: str | int, train_fn: Any, eval_fn: Any
+) -> tuple[float, int]:
+    """Check the options of :func:`lottery_ticket`; return ``rate`` and the iteration to rewind to."""
+    check_int(rounds, "rounds", 1)
+    rate = check_fraction(rate, "rate", allow_zero=False)
+    if rewind != "init" and (isinstance(rewind, bool) or not isinstance(rewind, int) or rewind < 0):
+        raise ConfigError(f"rewind must be 'init' or an iteration >= 0, got {rewind!r}")
+    if not callable(train_fn):
+        raise ConfigError(f"train_fn must be a callable train_fn(model, run), got {type(train_fn).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise ConfigError(f"eval_fn must be a callable eval_fn(model) -> float, got {type(eval_fn).__name__}")
+    return rate, 0 if rewind == "init" else rewind
+
+
+def _dense_run(
+    model: nn.Module, train_fn: Callable[[nn.Module, TrainRun], Any], rewind_step: int
+) -> tuple[Snapshot, Snapshot]:
+    """Train the dense model once (round 0); return snapshots at initialisation and at ``rewind_step``.
+
+    The rewind point is taken when ``run.step()`` reaches ``rewind_step`` (at once for 0). If the run calls
+    it fewer times the model is restored to its initial values and :class:`ConfigError` is raised.
+    """
+    init = Snapshot(model)
+    saved: dict[str, Snapshot] = {}
+    if rewind_step == 0:
+        saved["point"] = init
+
+    def capture(step: int) -> None:
+        if step == rewind_step and "point" not in saved:
+            saved["point"] = Snapshot(model)
+
+    train_fn(model, TrainRun(round=0, start_step=0, on_step=capture))
+    if "point" not in saved:
+        init.restore()
+        raise ConfigError(
+            f"rewind={rewind_step} but train_fn's first run called run.step() fewer times: call run.step() "
+            "after every optimizer.step(), or rewind to an earlier iteration (the model was restored)"
+        )
+    return init, saved["point"]
+
+
 def lottery_ticket(
     model: nn.Module,
     train_fn: Callable[[nn.Module, TrainRun], Any],
@@ -225,36 +267,11 @@ def lottery_ticket(
     >>> [r.remaining for r in res.rounds]
     [1.0, 0.5, 0.25]
     """
-    check_int(rounds, "rounds", 1)
-    rate = check_fraction(rate, "rate", allow_zero=False)
-    if rewind != "init" and (isinstance(rewind, bool) or not isinstance(rewind, int) or rewind < 0):
-        raise ConfigError(f"rewind must be 'init' or an iteration >= 0, got {rewind!r}")
-    rewind_step = 0 if rewind == "init" else rewind
-    if not callable(train_fn):
-        raise ConfigError(f"train_fn must be a callable train_fn(model, run), got {type(train_fn).__name__}")
-    if eval_fn is not None and not callable(eval_fn):
-        raise ConfigError(f"eval_fn must be a callable eval_fn(model) -> float, got {type(eval_fn).__name__}")
+    rate, rewind_step = _check_lottery_args(rounds, rate, rewind, train_fn, eval_fn)
     mask_set = make_mask_set(model, scope=scope, include=include, exclude=exclude, criterion=criterion)
     if random_reinit_control:
         _param_owners(model)  # raises now if a module cannot be re-initialised
-
-    init = Snapshot(model)
-    saved: dict[str, Snapshot] = {}
-    if rewind_step == 0:
-        saved["point"] = init
-
-    def capture(step: int) -> None:
-        if step == rewind_step and "point" not in saved:
-            saved["point"] = Snapshot(model)
-
-    train_fn(model, TrainRun(round=0, start_step=0, on_step=capture))
-    if "point" not in saved:
-        init.restore()
-        raise ConfigError(
-            f"rewind={rewind_step} but train_fn's first run called run.step() fewer times: call run.step() "
-            "after every optimizer.step(), or rewind to an earlier iteration (the model was restored)"
-        )
-    point = saved["point"]
+    init, point = _dense_run(model, train_fn, rewind_step)
 
     def score(m: nn.Module) -> float | None:
         return None if eval_fn is None else evaluate(m, eval_fn)

@@ -393,6 +393,72 @@ def at_batch(example_inputs: ExampleInputs, size: int) -> ExampleInputs:
     return resize(example_inputs)
 
 
+def _decide_layer(
+    name: str,
+    module: nn.Module,
+    seen: dict[str, list],
+    at_size: dict[int, dict[str, list]],
+    min_sparsity: float,
+    formats: tuple[str, ...],
+    runs: int,
+    min_speedup: float,
+    atol: float,
+    rtol: float,
+) -> tuple[LayerDecision, nn.Module | None]:
+    """The decision row of one candidate layer and its sparse replacement (``None``: it stays dense).
+
+    A layer the example inputs never call, one below ``min_sparsity`` and one whose weight is not on CPU are
+    skipped with a note; every other layer is timed by :func:`_decide` on its captured inputs per batch size.
+    """
+    weight = module.weight.detach()
+    sparsity = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
+    row = LayerDecision(name, type(module).__name__, list(weight.shape), None, sparsity, None)
+    sparse = None
+    if name not in seen:
+        row.note = "not called by the example inputs"
+    elif sparsity < min_sparsity:
+        row.note = f"sparsity below min_sparsity={min_sparsity:g}"
+    elif weight.device.type != "cpu":
+        row.note = f"weight on {weight.device}; sparse kernels here are for CPU"
+    else:
+        inputs = {size: got[name][0] for size, got in at_size.items() if name in got}
+        row, sparse = _decide(name, module, inputs, seen[name][1], formats, runs, min_speedup, atol, rtol)
+    if name in seen:
+        row.input_shape = list(seen[name][0].shape)
+    return row, sparse
+
+
+def _swap_checked(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    reference: Any,
+    originals: dict[str, nn.Module],
+    swaps: dict[str, nn.Module],
+    atol: float,
+    rtol: float,
+) -> tuple[float, float]:
+    """Put every module of ``swaps`` in ``model`` and check its output against ``reference``.
+
+    Returns (max |out - ref|, max |ref|). Outputs not within ``atol``/``rtol`` raise :class:`ApplyError`; on
+    that or any other exception (interrupts too) the ``originals`` are put back first, so the model is never
+    left half-swapped.
+    """
+    try:
+        for name, sparse in swaps.items():
+            set_module(model, name, sparse)
+        close, diff, peak = _compare(call_model(model, example_inputs), reference, atol, rtol)
+        if not close:
+            raise ApplyError(
+                f"outputs changed by {diff:.2e} after swapping "
+                f"{len(swaps)} layer(s), over atol={atol:g}, rtol={rtol:g}; the model was restored"
+            )
+    except BaseException:
+        for name, module in originals.items():
+            set_module(model, name, module)
+        raise
+    return diff, peak
+
+
 def accelerate(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -439,39 +505,14 @@ def accelerate(
             } or {batch_size_of(example_inputs): seen}
             layers, swaps = [], {}
             for name, module in candidates.items():
-                weight = module.weight.detach()
-                sparsity = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
-                row = LayerDecision(name, type(module).__name__, list(weight.shape), None, sparsity, None)
-                if name not in seen:
-                    row.note = "not called by the example inputs"
-                elif sparsity < min_sparsity:
-                    row.note = f"sparsity below min_sparsity={min_sparsity:g}"
-                elif weight.device.type != "cpu":
-                    row.note = f"weight on {weight.device}; sparse kernels here are for CPU"
-                else:
-                    inputs = {size: got[name][0] for size, got in at_size.items() if name in got}
-                    row, sparse = _decide(
-                        name, module, inputs, seen[name][1], formats, runs, min_speedup, atol, rtol
-                    )
-                    if sparse is not None:
-                        swaps[name] = sparse
-                if name in seen:
-                    row.input_shape = list(seen[name][0].shape)
+                row, sparse = _decide_layer(
+                    name, module, seen, at_size, min_sparsity, formats, runs, min_speedup, atol, rtol
+                )
                 layers.append(row)
+                if sparse is not None:
+                    swaps[name] = sparse
             originals = {name: candidates[name] for name in swaps}
-            try:
-                for name, sparse in swaps.items():
-                    set_module(model, name, sparse)
-                close, diff, peak = _compare(call_model(model, example_inputs), reference, atol, rtol)
-                if not close:
-                    raise ApplyError(
-                        f"outputs changed by {diff:.2e} after swapping "
-                        f"{len(swaps)} layer(s), over atol={atol:g}, rtol={rtol:g}; the model was restored"
-                    )
-            except BaseException:  # interrupts too: never leave a half-swapped model
-                for name, module in originals.items():
-                    set_module(model, name, module)
-                raise
+            diff, peak = _swap_checked(model, example_inputs, reference, originals, swaps, atol, rtol)
             result = AccelerateResult(
                 layers,
                 torch.get_num_threads(),

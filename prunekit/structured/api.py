@@ -26,13 +26,13 @@ from prunekit._validate import eager_module, names
 from prunekit.config import PruneConfig, Target, resolve
 from prunekit.criteria import GroupCriterion
 from prunekit.errors import ConfigError
-from prunekit.graph.groups import GroupReport, build_groups
+from prunekit.graph.groups import Group, GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.structured import pipeline, slicegpt
 from prunekit.structured.cut import apply
-from prunekit.structured.oracle import compare_with, reference_outputs
+from prunekit.structured.oracle import Comparison, Reference, compare_with, reference_outputs
 from prunekit.structured.pipeline import PruneResult
 from prunekit.structured.stream import importance as stream_importance
 from prunekit.structured.stream import original_outputs
@@ -213,6 +213,45 @@ class CheckReport:
         }
 
 
+def _check_compare_at(model: nn.Module, compare_at: str | None) -> None:
+    """Raise :class:`~prunekit.errors.ConfigError` when ``compare_at`` names no submodule of ``model``."""
+    if compare_at is None:
+        return
+    try:
+        model.get_submodule(compare_at)
+    except AttributeError:
+        raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
+
+
+def _reference(
+    model: nn.Module, plan: Plan, example_inputs: ExampleInputs, compare_at: str | None
+) -> Reference:
+    """What the pruned copy is compared with: the masked reference, or for an approximate plan the model."""
+    if plan.approximate:
+        return original_outputs(model, example_inputs, compare_at)
+    return reference_outputs(model, plan, example_inputs, compare_at)
+
+
+def _pinned_summary(groups: Iterable[Group]) -> list[dict[str, Any]]:
+    """Each pinned group as ``{id, width, members (the first 4, as name[dim]), reasons}``."""
+    return [
+        {
+            "id": g.id,
+            "width": g.width,
+            "members": [f"{m.name}[{m.dim}]" for m in g.members[:4]],
+            "reasons": g.reasons,
+        }
+        for g in groups
+    ]
+
+
+def _status(cmp: Comparison, approximate: bool) -> str:
+    """``"exact"`` or ``"failed"``; an approximate plan: ``"approximate"`` (shapes equal, error finite)."""
+    if approximate:
+        return "approximate" if cmp.shapes_equal and math.isfinite(cmp.rel_err) else "failed"
+    return "exact" if cmp.ok else "failed"
+
+
 def check(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -248,11 +287,7 @@ def check(
         round_to=round_to, max_ratio=max_ratio, data=data, loss_fn=loss_fn, stream=stream,
     )  # fmt: skip
     eager_module(model, "check")
-    if compare_at is not None:
-        try:
-            model.get_submodule(compare_at)
-        except AttributeError:
-            raise ConfigError(f"compare_at: the model has no submodule {compare_at!r}") from None
+    _check_compare_at(model, compare_at)
     params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
     original, sliced, transforms = None, None, []
     if stream_importance(cfg.stream) == "slicegpt":  # a rotated copy; the reference is the model itself
@@ -263,31 +298,12 @@ def check(
     scored = pipeline.traced(model, example_inputs, cfg, "check")
     plan, report = pipeline.select(scored, cfg.ratio, transforms), scored.report
     approximate = bool(plan.approximate)
-    if original is not None:
-        reference = original
-    elif approximate:
-        reference = original_outputs(model, example_inputs, compare_at)
-    else:
-        reference = reference_outputs(model, plan, example_inputs, compare_at)
+    reference = original if original is not None else _reference(model, plan, example_inputs, compare_at)
     pruned = copy.deepcopy(model)
     apply(pruned, plan, example_inputs)
     if sliced is not None:
         slicegpt.rescale(pruned, sliced.record)
     cmp = compare_with(pruned, reference, example_inputs, compare_at)
-    pinned = [
-        {
-            "id": g.id,
-            "width": g.width,
-            "members": [f"{m.name}[{m.dim}]" for m in g.members[:4]],
-            "reasons": g.reasons,
-        }
-        for g in report.pinned_groups
-    ]
-    rel_err = cmp.rel_err
-    if approximate:
-        status = "approximate" if cmp.shapes_equal and math.isfinite(rel_err) else "failed"
-    else:
-        status = "exact" if cmp.ok else "failed"
     return CheckReport(
         cmp.ok and not approximate,
         cmp.max_abs_err,
@@ -298,13 +314,13 @@ def check(
         len(report.groups),
         len(report.prunable_groups),
         plan.removed_units,
-        pinned,
+        _pinned_summary(report.pinned_groups),
         list(report.rule_errors),
         plan,
         compare_at,
         list(reference.decisions.replayed),
         cmp.n_values,
-        status,
-        rel_err,
+        _status(cmp, approximate),
+        cmp.rel_err,
         cmp.tiny,
     )

@@ -35,6 +35,7 @@ from torch import nn
 
 from prunekit._atomic import atomic_write
 from prunekit._inputs import ExampleInputs
+from prunekit._jsondata import JsonData
 from prunekit._keywords import keyword_only
 from prunekit.config import PruneConfig
 from prunekit.criteria import GroupCriterion, criterion_label
@@ -48,7 +49,7 @@ from prunekit.structured.select import build_plan, choose_units
 
 
 @dataclass
-class GroupCurve:
+class GroupCurve(JsonData):
     """Metric after removing ``ratios`` of one group (``removed[i]`` units at ``ratios[i]``)."""
 
     group: int
@@ -58,26 +59,15 @@ class GroupCurve:
     removed: list[int]
     metrics: list[float]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class SensitivityResult:
+class SensitivityResult(JsonData):
     """Per-group metric-vs-ratio curves and the unpruned ``baseline`` metric."""
 
     baseline: float
     ratios: list[float]
     criterion: str
     curves: list[GroupCurve]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "baseline": self.baseline,
-            "ratios": list(self.ratios),
-            "criterion": self.criterion,
-            "curves": [c.to_dict() for c in self.curves],
-        }
 
     def allocate(self, ratio: float) -> dict[int, float]:
         """Per-group ratios removing ``round(ratio * Σ width)`` units in total, least sensitive groups first.
