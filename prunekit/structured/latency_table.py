@@ -145,11 +145,15 @@ class Timer:
         self._count = 0
 
     def load(self, model: nn.Module) -> Session:
-        """``model`` exported to the runtime and loaded."""
+        """``model`` exported to the runtime and loaded; its files are removed once it is loaded."""
         self._count += 1
         path = Path(self._work.name) / f"m{self._count}{self.rt.suffix}"
         artifact = self.rt.export(model, self.example_inputs, path, opset=self.opset)
-        return self.rt.load(artifact, threads=self.threads)
+        try:
+            return self.rt.load(artifact, threads=self.threads)
+        finally:
+            for name in artifact.files:
+                Path(name).unlink(missing_ok=True)
 
     def time_session(self, session: Session) -> float:
         """The median ms of ``runs`` runs of ``session`` after a short warm-up."""
