@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import common_args, finish, machine_line, markdown_table
+from _common import ROOT, common_args, finish, machine_line, markdown_table
 
 import prunekit as pk
 from prunekit._atomic import write_text
@@ -174,7 +174,17 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="latency-table cache root (default: a fresh one)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--json", default=str(JSON), help=f"records file (default {JSON.relative_to(ROOT)})")
+    ap.add_argument(
+        "--render", nargs="+", metavar="JSON", help="measure nothing: join these records files into --json "
+        "and the RESULTS section (runs split over processes)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.render:
+        loaded = [json.loads(Path(path).read_text()) for path in args.render]
+        records = [r for data in loaded for r in data["records"]]
+        write(records, loaded[0]["line"], args, quick=all(d["quick"] for d in loaded))
+        return
     size = 128 if args.quick else 224
     args.runs = args.runs or (10 if args.quick else 20)
     runtimes = [r for r in args.runtimes.split(",") if get_runtime(r).available()]
@@ -186,16 +196,18 @@ def main() -> None:
         for name in args.models.split(","):
             for runtime in runtimes:
                 records += one(name, runtime, size, args.threads, args.runs)
-                write(records, line, args)  # after each model x runtime: a stopped run keeps its rows
+                write(
+                    records, line, args, args.quick
+                )  # after each model x runtime: a stopped run keeps its rows
 
 
-def write(records: list[dict], line: str, args: argparse.Namespace) -> None:
-    """The JSON records and the RESULTS section of what has run so far."""
-    payload = {"machine": environment(), "line": line, "quick": args.quick, "records": records}
+def write(records: list[dict], line: str, args: argparse.Namespace, quick: bool) -> None:
+    """The JSON records (``--json``) and the RESULTS section (``--out``) of what has run so far."""
+    payload = {"machine": environment(), "line": line, "quick": quick, "records": records}
     if not args.no_write:
-        JSON.parent.mkdir(parents=True, exist_ok=True)
-        write_text(JSON, json.dumps(payload, indent=2) + "\n")
-    finish("target_runtime", markdown(records, line, args.quick), args)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.json, json.dumps(payload, indent=2) + "\n")
+    finish("target_runtime", markdown(records, line, quick), args)
 
 
 if __name__ == "__main__":

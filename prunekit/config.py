@@ -192,7 +192,7 @@ class PruneConfig(_Config):
     - ``target``: a :class:`Target` (or ``{"macs": 0.5}``) replacing ``ratio``: the ratio is searched.
     - ``data`` / ``loss_fn``: batches and ``loss_fn(output, target)`` for data-driven criteria.
     - ``measure``: count params and MACs before and after (``False``: they read 0).
-    - ``latency_runs``: timed runs per candidate of a ``Target(latency_ms=...)`` search.
+    - ``latency_runs``: timed runs per measurement of a timed (``latency_ms`` / ``speedup``) target search.
     - ``verify``: ``"exact"`` compares the pruned model with the masked reference before returning;
       ``"approximate"`` measures its error against the original model (``PruneResult.approx_error``);
       ``"shapes"`` checks only sizes and output shapes (one forward fewer); ``None``: ``"exact"`` for an
