@@ -164,8 +164,30 @@ def markdown(records: list[dict], line: str, quick: bool) -> str:
         "",
         *markdown_table(header, rows, align="llrrrrrrrrrr"),
         "",
+        *summary(records),
     ]
     return "\n".join(lines)
+
+
+def summary(records: list[dict]) -> list[str]:
+    """Sentences computed from the records: how often each approach lands within 10 % of the request."""
+    if not records:
+        return []
+
+    def near(speedup: float, requested: float) -> bool:
+        return abs(speedup / requested - 1) <= 0.10
+
+    n = len(records)
+    lat = sum(near(r["latency"]["speedup"], r["requested_speedup"]) for r in records)
+    mac = sum(near(r["macs"]["speedup"], r["requested_speedup"]) for r in records)
+    ratio = [r["macs"]["speedup"] / r["requested_speedup"] for r in records]
+    fewer = sum(r["latency"]["macs_kept"] > r["macs"]["macs_kept"] for r in records)
+    return [
+        f"Re-measured speedup within 10 % of the request: latency-aware {lat} of {n} rows, MACs target of "
+        f"the same ratio {mac} of {n} (its speedup is {min(ratio):.2f}-{max(ratio):.2f} of the request). The "
+        f"latency-aware model keeps more MACs than the MACs-target model in {fewer} of {n} rows.",
+        "",
+    ]
 
 
 def main() -> None:
