@@ -108,6 +108,21 @@ def eval_scope(model: nn.Module, stack: list[str] | None = None) -> Iterator[Non
             h.remove()
 
 
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor moved to ``device``, through nested dicts, tuples and lists (kept as such).
+
+    >>> to_device({"x": (torch.zeros(1), [torch.ones(2)]), "n": 3}, "cpu")
+    {'x': (tensor([0.]), [tensor([1., 1.])]), 'n': 3}
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(value, device) for value in obj)
+    return obj
+
+
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
     """All tensors in a nested output: tensors, tuples, lists, dicts, dataclasses, HF ModelOutput.
 

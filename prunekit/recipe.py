@@ -309,6 +309,7 @@ def _train_loop(
 ) -> None:
     """Plain cross-entropy loop over ``train_data`` (cycled) for ``steps`` optimizer steps (gradual)."""
     from prunekit.recover.callbacks import cross_entropy
+    from prunekit.recover.train import optimizer_step
 
     opt = (
         torch.optim.SGD(model.parameters(), lr=ft.lr, momentum=ft.momentum)
@@ -319,10 +320,7 @@ def _train_loop(
     model.train()
     while done < steps:
         for xb, yb in train_data:
-            loss = cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            optimizer_step(model, cross_entropy(model(xb), yb), opt)
             on_step()
             done += 1
             if done >= steps:

@@ -63,6 +63,7 @@ SKIP: dict[str, str] = {
     "prunekit prune yolov8n.pt --ratio 0.3 --out pruned.pt": "a YOLO at 640 px; tests/test_yolo.py",
     "yolo train model=pruned.pt data=data.yaml epochs=10": "ultralytics training; tests/test_yolo.py",
     "prunekit yolo finetune pruned.pt --data data.yaml --teacher yolov8n.pt": "training; tests/test_yolo.py",
+    "prunekit yolo prune yolov8n.pt --recipe recipe.yaml --out p.pt": "training; tests/test_yolo_recipe.py",
     "prunekit check hf:bert_config.json --ratio 0.5": "a full-size BERT config; tests/test_hf.py checks hf:",
     "prunekit prune timm:convnext_tiny --target-macs 0.5 --out cnx_half": (
         "a MACs-target search over many prunes of a 28 M-parameter model; tests/test_target.py"
@@ -145,3 +146,40 @@ def test_the_30_second_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     exec(compile(tour, str(README), "exec"), {"__name__": "readme_tour"})
     assert (tmp_path / "r18_half" / "prunekit.json").exists() and (tmp_path / "r18_half.onnx").exists()
+
+
+def test_the_bench_example_output_reads_as_bench_prints_it() -> None:
+    """README's bench table has the columns and title the command prints now, its speedups are the dense
+    (first --vs) model's median over each row's, and its warning names exactly the rows with p90 > 1.5x the
+    median."""
+    (block,) = [b for b in readme_blocks("text") if "prunekit bench" in b]
+    command = next(c for c in shell_commands() if c.startswith("prunekit bench "))
+    dense = shlex.split(command)[shlex.split(command).index("--vs") + 1]
+    lines = block.splitlines()
+    assert lines[0].strip() == f"prunekit bench (median of timed runs; speedup = {dense} ms / ms)"
+    cnn = "prunekit.demo.model:build_model"
+    printed = CliRunner().invoke(
+        app, ["bench", cnn, "--vs", cnn, "--input-shape", "1,1,8,8", "--runs", "2", "--batch-sizes", "1"]
+    )
+    assert printed.exit_code == 0, printed.output
+
+    def columns(text: str) -> list[list[str]]:
+        return [
+            [c.strip() for c in line.split("┃")[1:-1]] for line in text.splitlines() if "median ms" in line
+        ]
+
+    assert columns(block) == columns(printed.output) != []
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert rows and all(len(row) == 7 for row in rows)
+    median = {(r[0], r[1], r[2]): float(r[3]) for r in rows}
+    for model, batch, threads, ms, _p90, _rate, speedup in rows:
+        want = median[(dense, batch, threads)] / float(ms)
+        assert float(speedup.rstrip("x")) == pytest.approx(want, abs=0.006), (model, batch, threads)
+    assert all(r[6] == "1.00x" for r in rows if r[0] == dense)
+    noisy = [f"{r[0]} batch {r[1]} threads {r[2]}" for r in rows if float(r[4]) > 1.5 * float(r[3])]
+    warning = " ".join(block[block.index("warning:") :].split()) if "warning:" in block else ""
+    assert (
+        (f"in {len(noisy)} of {len(rows)} rows: " + "; ".join(noisy) + ";" in warning)
+        if noisy
+        else not warning
+    )

@@ -92,3 +92,36 @@ def test_the_page_loads_in_a_headless_browser_with_every_image_drawn(tmp_path):
 
         colours = Image.open(shot).convert("L").getextrema()
         assert colours[1] - colours[0] > 100  # not a blank page
+
+
+def test_what_stayed_whole_and_why_lists_every_unpruned_group_with_its_reason(tmp_path):
+    """A prune that ignores conv1: the page and its Markdown twin (live, from --json, from the checkpoint)
+    name conv1's group as ignored by the user and the input/output groups with the trace's reasons; a
+    check whose round_to keeps conv2 whole says so."""
+    js = tmp_path / "p.json"
+    args = ("prune", TINY, "--input-shape", SHAPE, "--ignore", "conv1", "--out", tmp_path / "ckpt")
+    result = invoke(*args, "--json", js, "--report", tmp_path / "live")
+    assert result.exit_code == 0, result.output
+    assert invoke("report", js, "--out", tmp_path / "from-json").exit_code == 0
+    assert invoke("report", tmp_path / "ckpt", "--out", tmp_path / "from-ckpt").exit_code == 0
+    whole = json.loads(js.read_text())["plan"]["meta"]["kept_whole"]
+    assert sorted(k["width"] for k in whole) == [4, 8, 10]  # input, conv1 (ignored), output; conv2 is cut
+    for folder in ("live", "from-json", "from-ckpt"):
+        md = (tmp_path / folder / "report.md").read_text()
+        page = (tmp_path / folder / "report.html").read_text()
+        section = md[md.index("## What stayed whole and why") :].split("\n## ")[0]
+        assert "<h2>What stayed whole and why</h2>" in page
+        rows = [line for line in section.splitlines() if line.startswith("| ") and "conv" in line]
+        assert any("conv1.weight[0]" in r and "pinned: ignored by user (conv1)" in r for r in rows), section
+        assert "model outputs keep their shape" in section and "model outputs keep their shape" in page
+        assert "ignored by user (conv1)" in page
+        assert "conv2.weight[0]" not in section  # conv2 lost channels: it did not stay whole
+    cj = tmp_path / "c.json"
+    result = invoke("check", TINY, "--input-shape", SHAPE, "--round-to", "16", "--json", cj)
+    assert result.exit_code == 0, result.output
+    assert invoke("report", cj, "--out", tmp_path / "check").exit_code == 0
+    md = (tmp_path / "check" / "report.md").read_text()
+    assert any(
+        "conv2.weight[0]" in line and "round_to 16: the kept width rounds up to all 16" in line
+        for line in md.splitlines()
+    ), md

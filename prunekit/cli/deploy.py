@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from prunekit._inputs import flatten_tensors
 from prunekit.cli._common import (
-    ArchOpt,
     InputShapeOpt,
     JsonOpt,
-    ModelArg,
     ModelSource,
-    SeedOpt,
     TrustCodeOpt,
-    TrustPickleOpt,
     app,
     checkpoint_dir,
     console,
-    load_cli_model,
     model_command,
     new_output,
     writable,
@@ -158,18 +155,23 @@ def _export_runtime(
 
     from prunekit._inputs import call_model, eval_mode
     from prunekit.deploy.runtimes import arrays, compare, runtime_for_format
-    from prunekit.graph.trace import flatten_tensors
+    from prunekit.progress import progress_bar
 
     runtime = runtime_for_format(fmt)
     runtime.check_export_args(int8, calib)
     runtime.require()
     loaded = source.load()
     batches = _calibration_batches(calib, loaded.example) if calib is not None else None
-    artifact = runtime.export(loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches)
-    with eval_mode(loaded.model), torch.no_grad():
-        want = flatten_tensors(call_model(loaded.model, loaded.example))
-    got = runtime.load(artifact, threads=1).run(arrays(loaded.example))
-    agreement = compare(want, got, int8=int8 is not None, tolerance=runtime.tolerance)
+    with progress_bar(f"{runtime.name}: convert, compare", 2) as bar:
+        artifact = runtime.export(
+            loaded.model, loaded.example, out, opset=opset, int8=int8, calibration=batches
+        )
+        bar.advance()
+        with eval_mode(loaded.model), torch.no_grad():
+            want = flatten_tensors(call_model(loaded.model, loaded.example))
+        got = runtime.load(artifact, threads=1).run(arrays(loaded.example))
+        agreement = compare(want, got, int8=int8 is not None, tolerance=runtime.tolerance)
+        bar.advance()
     if not agreement.ok:
         for name in artifact.files:
             Path(name).unlink(missing_ok=True)
@@ -293,7 +295,7 @@ def load(
 
     with torch.no_grad():
         outputs = call_model(loaded.model, loaded.example)
-    shapes = [list(t.shape) for t in _tensors(outputs)]
+    shapes = [list(t.shape) for t in flatten_tensors(outputs)]
     params = count_params(loaded.model)
     data = {
         "path": str(checkpoint),
@@ -317,23 +319,29 @@ def load(
     console.print(table)
 
 
-def _tensors(value: Any) -> list[Any]:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
+TENSOR_ONLY = (".safetensors", ".pksparse")  # file formats that cannot hold a pickled module
+VsArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vs-arch",
+        help="For a --vs state_dict file: torchvision:NAME or module.path:factory that builds it "
+        "(default: --arch).",
+    ),
+]
 
 
 @app.command()
+@model_command
 def bench(
-    model: ModelArg,
+    source: ModelSource,
     vs: Annotated[
-        list[str] | None, typer.Option("--vs", metavar="OTHER", help="Another model to compare (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--vs",
+            metavar="OTHER",
+            help="Another model to compare (repeatable); speedups are against the first one (the dense "
+            "model).",
+        ),
     ] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8",
     threads: Annotated[str, typer.Option("--threads", help="Comma-separated intra-op thread counts.")] = "1",
@@ -343,72 +351,72 @@ def bench(
         str | None,
         typer.Option(
             "--runtime",
-            help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there; "
-            "speedups are against the first --vs (the dense model).",
+            help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there.",
         ),
     ] = None,
-    input_shape: InputShapeOpt = None,
-    arch: ArchOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    trust_code: TrustCodeOpt = False,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            help="For a state_dict file: torchvision:NAME or module.path:factory that builds it (MODEL's, "
+            "and the --vs files' unless --vs-arch is given).",
+        ),
+    ] = None,
+    vs_arch: VsArchOpt = None,
     json_path: JsonOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
     Every model gets the same random input (the first model's shape, or --input-shape) with the batch
-    dimension replaced; ratios are against MODEL in the same run (with --runtime: against the first --vs).
+    dimension replaced. Speedup = the reference's median ms / the row's, in the same run and setting; the
+    reference is the first --vs model (the dense one: it reads 1.00x, a faster pruned MODEL above 1x), or
+    MODEL alone. A row whose p90 is over 1.5x its median is marked noisy (--json "noisy") and named in a
+    warning: its median is not to be trusted; use more --runs or an idle machine.
     """
     import torch
 
-    from prunekit.measure import measure_latency
     from prunekit.models.spec import parse_input_shape
+    from prunekit.progress import progress_bar
 
     sizes = parse_input_shape(batch_sizes)
     thread_counts = parse_input_shape(threads)
-    specs = [model, *(vs or [])]
+    specs = [source.spec, *(vs or [])]
+    arches = _bench_arches(specs, arch, vs_arch, source.trust_pickle)
     names = _runtime_names(runtime)
     models = [
-        load_cli_model(
-            spec,
-            arch=arch,
-            trust_pickle=trust_pickle,
-            input_shape=input_shape,
-            trust_code=trust_code,
-            seed=seed,
-        )
-        for spec in specs
+        _bench_model(index, replace(source, spec=spec, arch=side_arch), vs_arch is not None)
+        for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True))
     ]
     example = models[0].example
     if not isinstance(example, torch.Tensor):
         raise ConfigError("bench times models that take one tensor; use prunekit.measure_latency for others")
+    labels = _bench_labels(specs)
+    reference = labels[1 if len(labels) > 1 else 0]
     if names:
         _bench_runtimes(
-            names, specs, [m.model for m in models], example, sizes, thread_counts, runs, warmup, json_path
+            names,
+            dict(zip(labels, [m.model for m in models], strict=True)),
+            reference,
+            example,
+            sizes,
+            thread_counts,
+            runs,
+            warmup,
+            json_path,
         )
         return
     rows = []
-    for batch in sizes:
-        x = example[:1].expand(batch, *example.shape[1:]).contiguous()
-        for count in thread_counts:
-            base = None
-            for spec, loaded in zip(specs, models, strict=True):
-                stats = measure_latency(loaded.model, x, runs=runs, warmup=warmup, threads=count)
-                base = base or stats.median_ms
-                rows.append(
-                    {
-                        "model": spec,
-                        "batch_size": batch,
-                        "threads": count,
-                        "median_ms": stats.median_ms,
-                        "p90_ms": stats.p90_ms,
-                        "throughput_per_s": 1000.0 * batch / stats.median_ms,
-                        "speedup_vs_model": base / stats.median_ms,
-                    }
-                )
-    write_json(json_path, {"rows": rows, "input_shape": list(example.shape[1:]), "seed": seed})
-    table = Table(title="prunekit bench (median of timed runs)")
-    for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", f"speedup vs {model}"):
+    with progress_bar("bench", len(sizes) * len(thread_counts) * len(models)) as bar:
+        for batch in sizes:
+            x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+            for count in thread_counts:
+                rows += _bench_setting(labels, models, reference, x, count, runs, warmup, bar)
+    write_json(
+        json_path,
+        {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:]), "seed": source.seed},
+    )
+    table = Table(title=f"prunekit bench (median of timed runs; speedup = {reference} ms / ms)")
+    for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", "speedup"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
         table.add_row(
@@ -418,9 +426,111 @@ def bench(
             f"{row['median_ms']:.2f}",
             f"{row['p90_ms']:.2f}",
             f"{row['throughput_per_s']:.1f}",
-            f"{row['speedup_vs_model']:.2f}x",
+            f"{row['speedup']:.2f}x",
         )
     console.print(table)
+    _noisy_warning(rows)
+
+
+def _bench_setting(
+    labels: list[str],
+    models: list[Any],
+    reference: str,
+    x: Any,
+    threads: int,
+    runs: int,
+    warmup: int,
+    bar: Any,
+) -> list[dict]:
+    """One row per model at one batch size and thread count, speedups against ``reference``."""
+    from prunekit.measure import measure_latency
+
+    setting = []
+    for label, loaded in zip(labels, models, strict=True):
+        stats = measure_latency(loaded.model, x, runs=runs, warmup=warmup, threads=threads)
+        setting.append(
+            {
+                "model": label,
+                "batch_size": int(x.shape[0]),
+                "threads": threads,
+                "median_ms": stats.median_ms,
+                "p90_ms": stats.p90_ms,
+                "noisy": stats.noisy,
+                "throughput_per_s": 1000.0 * x.shape[0] / stats.median_ms,
+            }
+        )
+        bar.advance()
+    base = next(r for r in setting if r["model"] == reference)["median_ms"]
+    return [r | {"speedup": base / r["median_ms"]} for r in setting]
+
+
+def _bench_arches(
+    specs: list[str], arch: str | None, vs_arch: str | None, trust_pickle: bool
+) -> list[str | None]:
+    """The architecture each side is built with: ``--arch`` for MODEL, ``--vs-arch`` (else ``--arch``) for
+    the --vs models; only a file takes one. One error line for a state_dict side without one, or an option
+    no side uses."""
+    from prunekit.models.files import is_file_spec
+
+    is_file = [is_file_spec(spec) for spec in specs]
+    fallback = vs_arch if vs_arch is not None else arch
+    arches = [arch if is_file[0] else None] + [fallback if f else None for f in is_file[1:]]
+    for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True)):
+        path = Path(spec)
+        # a state_dict for sure: without --trust-pickle, or in a format that holds only tensors
+        if path.is_file() and side_arch is None and (not trust_pickle or path.suffix in TENSOR_ONLY):
+            side, option = ("MODEL", "--arch") if index == 0 else ("--vs", "--vs-arch")
+            raise ConfigError(
+                f"{side} {spec} is a state_dict file: give {option} torchvision:NAME or "
+                "module.path:factory that builds it (--arch alone serves both sides)"
+            )
+    if arch is not None and not is_file[0] and (vs_arch is not None or not any(is_file[1:])):
+        raise ConfigError(f"--arch is for a state_dict file, but MODEL {specs[0]!r} is not one")
+    if vs_arch is not None and not any(is_file[1:]):
+        raise ConfigError("--vs-arch is for a --vs state_dict file, but no --vs model is a file")
+    return arches
+
+
+def _bench_model(index: int, side: ModelSource, vs_arch_given: bool) -> Any:
+    """One side of ``bench``, loaded; a --vs file's load error names the option its architecture came from."""
+    from prunekit.errors import ModelLoadError
+
+    try:
+        return side.load()
+    except ModelLoadError as err:
+        if index == 0 or side.arch is None or not vs_arch_given:
+            raise
+        raise ModelLoadError(f"--vs {side.spec}: {str(err).replace('--arch', '--vs-arch')}") from err
+
+
+def _bench_labels(specs: list[str]) -> list[str]:
+    """A label per model: its spec, with ``[index]`` after a spec that came before."""
+    labels: list[str] = []
+    for index, spec in enumerate(specs):
+        labels.append(spec if spec not in labels else f"{spec} [{index}]")
+    return labels
+
+
+def _noisy_warning(rows: list[dict]) -> None:
+    """One ``warning:`` line naming the noisy rows (p90 over 1.5x the median), if any."""
+    from prunekit.measure.latency import NOISY_P90_RATIO
+
+    noisy = [r for r in rows if r["noisy"]]
+    if not noisy:
+        return
+    where = "; ".join(
+        " ".join(
+            ([r["runtime"]] if "runtime" in r else [])
+            + [r["model"], f"batch {r['batch_size']}", f"threads {r['threads']}"]
+        )
+        for r in noisy
+    )
+    console.print(
+        f"warning: noisy timings (p90 over {NOISY_P90_RATIO:g}x the median) in {len(noisy)} of {len(rows)} "
+        f"rows: {where}; their medians are unreliable: use more --runs or an idle machine",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _runtime_names(value: str | None) -> list[str]:
@@ -435,8 +545,8 @@ def _runtime_names(value: str | None) -> list[str]:
 
 def _bench_runtimes(
     names: list[str],
-    specs: list[str],
-    models: list[Any],
+    models: dict[str, Any],
+    reference: str,
     example: Any,
     sizes: tuple[int, ...],
     thread_counts: tuple[int, ...],
@@ -444,23 +554,23 @@ def _bench_runtimes(
     warmup: int,
     json_path: Path | None,
 ) -> None:
-    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs the dense model."""
+    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs ``reference``."""
     import tempfile
 
     from prunekit.deploy.runtimes.bench import bench_runtime
+    from prunekit.progress import progress_bar
 
-    labels: dict[str, Any] = {}
-    for index, (spec, net) in enumerate(zip(specs, models, strict=True)):
-        labels[spec if spec not in labels else f"{spec} [{index}]"] = net
-    reference = list(labels)[1 if len(labels) > 1 else 0]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as work:
+    with (
+        tempfile.TemporaryDirectory(prefix="prunekit-bench-") as work,
+        progress_bar("bench --runtime", len(names) * len(sizes)) as bar,
+    ):
         for name in names:
             for batch in sizes:
                 x = example[:1].expand(batch, *example.shape[1:]).contiguous()
                 rows += bench_runtime(
                     name,
-                    labels,
+                    models,
                     x,
                     work,
                     reference=reference,
@@ -468,6 +578,7 @@ def _bench_runtimes(
                     runs=runs,
                     warmup=warmup,
                 )
+                bar.advance()
     write_json(json_path, {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:])})
     table = Table(title=f"prunekit bench --runtime (median of timed runs; speedup = {reference} ms / ms)")
     for column in ("runtime", "model", "batch", "threads", "median ms", "p90 ms", "speedup", "agreement"):
@@ -484,6 +595,7 @@ def _bench_runtimes(
             _agreement_text(row["agreement"]),
         )
     console.print(table)
+    _noisy_warning(rows)
 
 
 def _agreement_text(agreement: dict) -> str:

@@ -3,6 +3,7 @@
 prunekit yolo check yolov8n.yaml --ratio 0.5 --imgsz 320
 prunekit yolo prune yolov8n.pt --ratio 0.3 --out pruned.pt      # YOLO("pruned.pt"): val/predict/export/train
 prunekit yolo prune yolov8n.pt --ratio 0.3 --free --out p.pt    # more pruning; stock `yolo train` refuses it
+prunekit yolo prune dense.pt --recipe recipe.yaml --out p.pt    # train sparse/gradual, cut, fine-tune
 prunekit yolo finetune pruned.pt --data data.yaml --epochs 10   # ultralytics' trainer, pruned arch kept
 prunekit yolo scenes DIR --train 2000 --val 400 --imgsz 320     # the offline digits-on-photos benchmark
 """
@@ -33,6 +34,7 @@ from prunekit.cli.structured import (
     ScopeOpt,
     prune_config,
 )
+from prunekit.errors import ConfigError
 
 yolo_app = typer.Typer(
     help="Ultralytics YOLO: prune exactly, save for YOLO(), fine-tune keeping the pruned arch."
@@ -51,6 +53,7 @@ ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Side of the traced examp
 
 @yolo_app.command("prune")
 def prune(
+    ctx: typer.Context,
     model: YoloModelArg,
     out: Annotated[
         Path,
@@ -95,6 +98,18 @@ def prune(
             "register first (prunekit.models.yolo_modules.register()).",
         ),
     ] = True,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            metavar="RECIPE.yaml",
+            help="Recover while pruning, in ultralytics' trainer: sparsity training (or gradual pruning), "
+            "the cut, fine-tuning, optional distillation from MODEL (a dense detector .pt). The recipe "
+            "holds every pruning and training option (docs/YOLO.md, 'Recovery inside ultralytics' "
+            "trainer').",
+            dir_okay=False,
+        ),
+    ] = None,
     json_path: JsonOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
@@ -102,9 +117,21 @@ def prune(
 
     By default the pruned widths are written into the checkpoint's model.yaml, so ultralytics' own
     `YOLO("pruned.pt").train()` (and `yolo train`) rebuilds the pruned model; --prunekit-modules cuts
-    more, for training processes that register prunekit's module names."""
+    more, for training processes that register prunekit's module names. --recipe trains as it prunes."""
     from prunekit.models.ultralytics import prune_to_file
 
+    if recipe is not None:
+        options = ("ratio", "imgsz", "criterion", "scope", "ignore", "round_to", "max_ratio", "half", "free",
+                   "stock_modules", "seed")  # fmt: skip
+        # by name: recent typer carries its own copy of click (and of its ParameterSource enum)
+        given = [n for n in options if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ConfigError(
+                f"with --recipe, the pruning options belong in the recipe, not on the command line ({flags})"
+            )
+        _run_recipe(model, out, recipe, json_path)
+        return
     config = prune_config(ratio, criterion, scope, ignore, round_to, max_ratio)
     result = prune_to_file(
         model,
@@ -120,6 +147,19 @@ def prune(
     console.print(before_after_table(f"prunekit yolo prune {model}", result))
     train = "`prunekit yolo finetune`" if free else "ultralytics' own train() or `prunekit yolo finetune`"
     console.print(f"wrote {out}: use it with ultralytics.YOLO({str(out)!r}); fine-tune with {train}")
+
+
+def _run_recipe(model: str, out: Path, recipe: Path, json_path: Path | None) -> None:
+    from prunekit.models.yolo_recover import load_recipe, run_recipe
+
+    loaded = load_recipe(recipe)
+    result = run_recipe(model.removeprefix("ultralytics:"), out, loaded, log=console.print)
+    write_json(json_path, result.to_dict() | {"recipe": loaded.to_dict()})
+    score = "n/a" if result.map50_95 is None else f"{result.map50_95:.4f}"
+    console.print(
+        f"wrote {out}: {result.method}{' + KD' if result.kd else ''}, params {result.params_before:,} -> "
+        f"{result.params_after:,}, mAP50-95 {score}"
+    )
 
 
 @yolo_app.command("check")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from rich.console import Console
@@ -118,6 +118,7 @@ class DemoContext:
 
 
 StageFn = Callable[[nn.Module, DemoContext], nn.Module]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -141,19 +142,24 @@ def train_dense(model: nn.Module, ctx: DemoContext) -> nn.Module:
     1
     """
     cfg = ctx.config
-    losses = train(
-        model,
-        ctx.train_loader(),
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        schedule="cosine",
-        progress=ctx.progress,
-        seed=cfg.seed,
-        console=ctx.console,
-    )
+    losses = _train(model, ctx, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ctx.note(epochs=cfg.epochs, train_loss=losses)
     return model
+
+
+def _train(model: nn.Module, ctx: DemoContext, **options: Any) -> list[float]:
+    """:func:`prunekit.recover.train` as every demo stage runs it: on the stage's seeded training loader,
+    AdamW with the cosine schedule, seeded by ``config.seed``, printing to ``ctx.console``; ``options`` add
+    the epochs, learning rate, ... of the stage. Returns the mean loss of each epoch."""
+    return train(
+        model,
+        ctx.train_loader(),
+        schedule="cosine",
+        progress=ctx.progress,
+        seed=ctx.config.seed,
+        console=ctx.console,
+        **options,
+    )
 
 
 def _finetune(model: nn.Module, ctx: DemoContext) -> list[float]:
@@ -161,16 +167,29 @@ def _finetune(model: nn.Module, ctx: DemoContext) -> list[float]:
     cfg = ctx.config
     if not cfg.finetune_epochs:
         return []
-    return train(
-        model,
-        ctx.train_loader(),
-        epochs=cfg.finetune_epochs,
-        lr=cfg.finetune_lr,
-        schedule="cosine",
-        progress=ctx.progress,
-        seed=cfg.seed,
-        console=ctx.console,
-    )
+    return _train(model, ctx, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
+
+
+def _prune_then_finetune(
+    model: nn.Module, ctx: DemoContext, cut: Callable[[nn.Module], R]
+) -> tuple[R, dict[str, Any]]:
+    """Time ``cut(model)``, take the test accuracy, fine-tune (:func:`_finetune`).
+
+    Returns ``cut``'s result and the figures every pruning stage notes: ``accuracy_before_finetune``,
+    ``finetune_epochs``, ``finetune_loss`` and ``prune_seconds``.
+    """
+    start = time.perf_counter()
+    result = cut(model)
+    prune_s = time.perf_counter() - start
+    before = accuracy(model, ctx.test_loader())
+    losses = _finetune(model, ctx)
+    figures = {
+        "accuracy_before_finetune": before,
+        "finetune_epochs": ctx.config.finetune_epochs,
+        "finetune_loss": losses,
+        "prune_seconds": prune_s,
+    }
+    return result, figures
 
 
 def sparsify_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
@@ -184,21 +203,14 @@ def sparsify_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
     0.9
     """
     cfg = ctx.config
-    start = time.perf_counter()
-    result = sparsify(model, cfg.sparsity, scope="global")
-    prune_s = time.perf_counter() - start
-    before = accuracy(model, ctx.test_loader())
-    losses = _finetune(model, ctx)
+    result, figures = _prune_then_finetune(model, ctx, lambda m: sparsify(m, cfg.sparsity, scope="global"))
     remove_masks(model)
     ctx.note(
         sparsity_requested=cfg.sparsity,
         sparsity_achieved=result.sparsity,
         pruned_weights=result.pruned,
         prunable_weights=result.numel,
-        accuracy_before_finetune=before,
-        finetune_epochs=cfg.finetune_epochs,
-        finetune_loss=losses,
-        prune_seconds=prune_s,
+        **figures,
     )
     return model
 
@@ -216,21 +228,16 @@ def channels_finetune(model: nn.Module, ctx: DemoContext) -> nn.Module:
     64
     """
     cfg = ctx.config
-    start = time.perf_counter()
-    result = prune(model, torch.zeros(1, *IMAGE_SHAPE), ratio=cfg.channel_ratio)
-    prune_s = time.perf_counter() - start
-    before = accuracy(model, ctx.test_loader())
-    losses = _finetune(model, ctx)
+    result, figures = _prune_then_finetune(
+        model, ctx, lambda m: prune(m, torch.zeros(1, *IMAGE_SHAPE), ratio=cfg.channel_ratio)
+    )
     ctx.note(
         channel_ratio=cfg.channel_ratio,
         removed_channels=result.removed_units,
         pruned_groups=result.n_pruned_groups,
         macs_ratio=result.macs_ratio,
         params_ratio=result.params_ratio,
-        accuracy_before_finetune=before,
-        finetune_epochs=cfg.finetune_epochs,
-        finetune_loss=losses,
-        prune_seconds=prune_s,
+        **figures,
         plan=result.plan.to_dict(),
     )
     return model

@@ -30,13 +30,12 @@ file shrinks with its parameter count.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from prunekit._atomic import atomic_write
-from prunekit._inputs import ExampleInputs, batch_size_of, call_model, flatten_tensors
+from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode, flatten_tensors
 from prunekit._jsondata import JsonData
 from prunekit.deploy.runtime import CPU, first_line, onnx_session, run_onnx
 from prunekit.errors import ConfigError, ExportError
@@ -344,18 +343,6 @@ def _check_file(path: Path) -> None:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(err)}") from err
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put every submodule of ``module`` in eval mode for the block, then give each its flag back."""
-    training = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in training:
-            m.training = flag
-
-
 def export_onnx(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -392,11 +379,13 @@ def export_onnx(
         bar.advance()
         _check_file(tmp)
         bar.advance()
-        if verify:
-            return onnx.load(str(tmp)), *_verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
-        return onnx.load(str(tmp)), None, []
+        if not verify:
+            return onnx.load(str(tmp)), None, []
+        checked = _verify(tmp, module, example_inputs, dynamic_batch, rtol, atol)
+        bar.advance()
+        return onnx.load(str(tmp)), *checked
 
-    with _eval_mode(module):
+    with eval_mode(module):
         with progress_bar(
             "onnx export, check, verify" if verify else "onnx export, check", 2 + verify
         ) as bar:

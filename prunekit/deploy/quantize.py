@@ -66,6 +66,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from prunekit._jsondata import JsonData
 from prunekit.deploy.runtime import feed_names, first_line, onnx_session
 from prunekit.errors import ConfigError, ExportError
+from prunekit.progress import Bar, progress_bar
 
 MODES = ("dynamic", "static")
 CALIBRATE_METHODS = {
@@ -112,12 +113,15 @@ class QuantizeResult(JsonData):
 class _Batches(CalibrationDataReader):
     """The calibration batches, already converted to onnxruntime feeds."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds = feeds
+    def __init__(self, feeds: list[dict[str, np.ndarray]], bar: Bar | None = None) -> None:
+        self.feeds, self.bar = feeds, bar
         self.it: Iterator[dict[str, np.ndarray]] = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.it, None)
+        feed = next(self.it, None)
+        if feed is not None and self.bar is not None:
+            self.bar.advance()
+        return feed
 
     def rewind(self) -> None:
         self.it = iter(self.feeds)
@@ -208,14 +212,17 @@ def quantize_onnx(
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         prepared, quantized = work / "prepared.onnx", work / "quantized.onnx"
-        preprocess = _pre_process(src, prepared)
-        feeds = []
-        if mode == "static":
-            feeds = _calibration_feeds(_input_names(prepared), calibration)
-            _check_batch_shapes(feeds, calibrate_method)
-        _quantize(src, prepared, quantized, mode, feeds, calibrate_method, settings)
-        session = onnx_session(quantized)  # raises ExportError if onnxruntime cannot load the result
-        rel_err, cosine = _fidelity(onnx_session(src), session, feeds) if feeds else (None, None)
+        with progress_bar(f"int8 {mode}: prepare, calibrate, check", None) as bar:
+            preprocess = _pre_process(src, prepared)
+            feeds = []
+            if mode == "static":
+                feeds = _calibration_feeds(_input_names(prepared), calibration)
+                _check_batch_shapes(feeds, calibrate_method)
+            bar.update(total=len(feeds) + 2, completed=1)  # prepare, each calibration batch, check
+            _quantize(src, prepared, quantized, mode, feeds, calibrate_method, settings, bar)
+            session = onnx_session(quantized)  # raises ExportError if onnxruntime cannot load the result
+            rel_err, cosine = _fidelity(onnx_session(src), session, feeds) if feeds else (None, None)
+            bar.update(completed=len(feeds) + 2)
         graph = onnx.load(str(quantized)).graph
         os.replace(quantized, out)
     finally:
@@ -247,14 +254,16 @@ def _quantize(
     feeds: list[dict[str, np.ndarray]],
     calibrate_method: str,
     settings: dict[str, Any],
+    bar: Bar | None = None,
 ) -> None:
-    """Static QDQ quantization calibrated on ``feeds``, or dynamic quantization; ``settings``: both's."""
+    """Static QDQ quantization calibrated on ``feeds`` (``bar`` advanced per batch read), or dynamic
+    quantization; ``settings``: both's."""
     try:
         if mode == "static":
             quantize_static(
                 str(prepared),
                 str(quantized),
-                _Batches(feeds),
+                _Batches(feeds, bar),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 calibrate_method=CALIBRATE_METHODS[calibrate_method],

@@ -3,6 +3,11 @@
 Timing uses ``time.perf_counter`` around each forward, in eval mode under ``torch.no_grad``, on whatever
 device the model and inputs already are (on CUDA each run is synchronised before the clock is read). The batch
 size and the number of intra-op threads are recorded with the result, since latency means little without them.
+
+A measurement is *noisy* when its p90 is over ``NOISY_P90_RATIO`` (1.5) times its median: one run in ten or
+more took half as long again as the typical one, which on CPU means other work competed for the cores (a
+loaded machine, frequency changes) rather than the model's own variance, so its median is not to be trusted
+for a comparison.
 """
 
 from __future__ import annotations
@@ -19,6 +24,17 @@ from prunekit._jsondata import JsonData
 from prunekit.errors import ConfigError
 from prunekit.progress import track
 
+NOISY_P90_RATIO = 1.5
+
+
+def is_noisy(median_ms: float, p90_ms: float) -> bool:
+    """Whether a timing is noisy: its p90 is over ``NOISY_P90_RATIO`` times its median.
+
+    >>> is_noisy(10.0, 14.0), is_noisy(10.0, 16.0)
+    (False, True)
+    """
+    return p90_ms > NOISY_P90_RATIO * median_ms
+
 
 @dataclass
 class LatencyStats(JsonData):
@@ -31,6 +47,11 @@ class LatencyStats(JsonData):
     warmup: int
     batch_size: int
     threads: int
+
+    @property
+    def noisy(self) -> bool:
+        """p90 over ``NOISY_P90_RATIO`` times the median (see :func:`is_noisy`)."""
+        return is_noisy(self.median_ms, self.p90_ms)
 
     @classmethod
     def from_times(cls, times_ms: list[float], *, warmup: int, batch_size: int, threads: int) -> LatencyStats:

@@ -24,14 +24,21 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from prunekit._inputs import call_model
+from prunekit._inputs import call_model, to_device
 from prunekit.config import resolve
 from prunekit.errors import ConfigError
 from prunekit.progress import Bar, progress_bar
 from prunekit.recover import distributed as dist_utils
 from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
 from prunekit.recover.config import DistillConfig, TrainConfig
-from prunekit.recover.train import _check_args, _device_of, _make_optimizer, _num_batches, cosine_schedule
+from prunekit.recover.train import (
+    _check_args,
+    _device_of,
+    _make_optimizer,
+    _num_batches,
+    cosine_schedule,
+    optimizer_step,
+)
 
 
 @dataclass
@@ -340,13 +347,7 @@ def _loop(
     for batch in batches:
         inputs, targets = _split(batch, device)
         loss = cb.loss(call_model(net, inputs), targets, inputs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
-        if sched is not None:
-            sched.step()
+        optimizer_step(model, loss, opt, sched, max_grad_norm=max_grad_norm)
         stop = cb.after_step()
         losses.append(cb.last["total"])
         metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
@@ -376,17 +377,7 @@ def _batches(data: Iterable, epochs: int | None) -> Iterator:
 def _split(batch: Any, device: torch.device) -> tuple[Any, Any]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ConfigError(f"every batch must be an (inputs, targets) pair, got {type(batch).__name__}")
-    return _to(batch[0], device), _to(batch[1], device)
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    return value
+    return to_device(batch[0], device), to_device(batch[1], device)
 
 
 def _check_finetune_args(

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn import functional as F
 
+from prunekit._inputs import eval_mode
 from prunekit.errors import ConfigError
 
 EpochCallback = Callable[[int, float], None]
@@ -111,6 +112,39 @@ def _progress_bar(console: Console | None) -> Progress:
     )
 
 
+def optimizer_step(
+    model: nn.Module,
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    max_grad_norm: float | None = None,
+) -> None:
+    """One training step on ``loss``: clear the gradients, backward, clip, step ``opt`` and then ``sched``.
+
+    Args:
+        model: the module whose parameters' gradient norm is clipped to ``max_grad_norm``.
+        loss: the scalar loss of the batch.
+        opt: the optimizer stepped once.
+        sched: a learning-rate scheduler stepped once after ``opt``, or ``None``.
+        max_grad_norm: clip the total gradient norm of ``model``'s parameters to this (``None``: no clipping).
+
+    >>> net = nn.Linear(2, 1)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> before = net.weight.detach().clone()
+    >>> optimizer_step(net, net(torch.ones(1, 2)).sum(), opt)
+    >>> torch.allclose(net.weight, before - 0.1)
+    True
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
 def _train_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -127,11 +161,7 @@ def _train_epoch(
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
         loss = F.cross_entropy(model(inputs), targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+        optimizer_step(model, loss, opt, sched)
         total += loss.item() * len(targets)
         count += len(targets)
         if advance is not None:
@@ -213,18 +243,13 @@ def accuracy(model: nn.Module, loader: Iterable) -> float:
     >>> accuracy(model, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))])
     0.5
     """
-    flags = {module: module.training for module in model.modules()}
     device = _device_of(model)
     correct, count = 0, 0
-    model.eval()
-    try:
+    with eval_mode(model):
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
             correct += int((model(inputs).argmax(dim=1) == targets).sum())
             count += len(targets)
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
     if count == 0:
         raise ConfigError("the evaluation loader is empty: give it at least one batch")
     return correct / count

@@ -2,9 +2,10 @@
 from what a command wrote: a ``--json`` output (prune, check, sparsify, sensitivity, demo) or a checkpoint.
 
 Each section appears when its data exists: the before/after table (params, MACs, size, latency), the
-per-layer widths of the structural plans and the per-layer sparsity, the groups that stayed whole and why,
-sensitivity curves, the demo's stages with their accuracy/latency/size figures, and the command that
-reproduces the run.
+per-layer widths of the structural plans and the per-layer sparsity, every group that stayed whole and why
+(pinned by a rule of the trace or by the user's ignore, or kept by max_ratio, round_to, the ratio or the
+global ranking, as the plan recorded), sensitivity curves, the demo's stages with their
+accuracy/latency/size figures, and the command that reproduces the run.
 
 >>> import tempfile
 >>> data = {"params_before": 100, "params_after": 40, "macs_before": 1000, "macs_after": 300}
@@ -130,12 +131,35 @@ def _sparsity(data: dict[str, Any]) -> Table | None:
     return ["layer", "weights", "zeroed", "sparsity"], rows
 
 
-def _pinned(data: dict[str, Any]) -> Table | None:
-    pinned = data.get("pinned")
-    if not isinstance(pinned, list):
+def _kept_whole(data: dict[str, Any]) -> Table | None:
+    """Every group a plan left whole and why (``meta["kept_whole"]`` of each plan, or ``check``'s
+    ``kept_whole``); from an older output that has only ``check``'s ``pinned`` list, those groups."""
+    entries = data.get("kept_whole")
+    if isinstance(entries, list):
+        listed = [(None, e) for e in entries]
+    else:
+        plans = _plans(data)
+        listed = [
+            (i if len(plans) > 1 else None, e)
+            for i, plan in enumerate(plans, 1)
+            for e in plan.get("meta", {}).get("kept_whole", [])
+        ]
+    if not listed and isinstance(data.get("pinned"), list):
+        listed = [(None, g | {"pinned": True}) for g in data["pinned"]]
+    if not listed:
         return None
-    rows = [[str(g["id"]), str(g["width"]), ", ".join(g["members"]), "; ".join(g["reasons"])] for g in pinned]
-    return ["group", "width", "members", "why it stays whole"], rows
+    rows = []
+    for plan, e in listed:
+        why = "; ".join(e.get("reasons", [])) or "not recorded"
+        rows.append(
+            [
+                str(e["id"]) if plan is None else f"{e['id']} (plan {plan})",
+                str(e["width"]),
+                ", ".join(e.get("members", [])),
+                f"pinned: {why}" if e.get("pinned") else why,
+            ]
+        )
+    return ["group", "width", "members", "why it stayed whole"], rows
 
 
 def _stages(data: dict[str, Any]) -> Table | None:
@@ -219,7 +243,7 @@ _TABLES = [
     ("Demo stages", _stages),
     ("Per-layer widths (structural plans)", _widths),
     ("Per-layer sparsity", _sparsity),
-    ("What stayed whole, and why", _pinned),
+    ("What stayed whole and why", _kept_whole),
 ]
 _FIGURES = [
     ("widths", "Widths before and after", _width_plot),

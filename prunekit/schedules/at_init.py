@@ -12,14 +12,14 @@ The model runs in train mode (as during training) for the scores; its BatchNorm 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunekit._inputs import call_model
+from prunekit._inputs import call_model, to_device
 from prunekit.errors import ConfigError
 from prunekit.schedules.masking import check_fraction
 from prunekit.sparse import apply_masks, get_mask, masks_from_scores, select_layers
@@ -74,7 +74,7 @@ def snip_scores(
             for batch in batches:
                 if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                     raise ConfigError("batches must yield (inputs, targets) pairs")
-                inputs, targets = _to(batch[0], device), _to(batch[1], device)
+                inputs, targets = to_device(batch[0], device), to_device(batch[1], device)
                 loss = loss_fn(call_model(model, inputs), targets)
                 if not (isinstance(loss, Tensor) and loss.numel() == 1):
                     raise ConfigError("loss_fn must return a scalar tensor")
@@ -135,13 +135,3 @@ def _leaf_weight(module: nn.Module) -> Tensor:
     if get_mask(module) is not None:
         return module.parametrizations.weight.original
     return module.weight
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {key: _to(value, device) for key, value in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(value, device) for value in obj)
-    return obj

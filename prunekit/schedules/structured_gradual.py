@@ -177,10 +177,19 @@ class StructuredGradualPruner:
         self._zero()
 
     def _zero(self) -> None:
-        tensors = self._tensors()
+        self.zero_removed(self.model)
+
+    def zero_removed(self, model: nn.Module) -> None:
+        """Zero the removed units' entries in ``model``: the pruned model itself, or a copy whose parameters
+        and buffers have the same names and shapes (an EMA of it, a checkpoint being written)."""
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(dict(model.named_buffers(remove_duplicate=False)))
         with torch.no_grad():
             for name, k in self._keep.items():
-                tensors[name].mul_(k)
+                t = tensors.get(name)
+                if t is None or t.shape != k.shape:
+                    raise ConfigError(f"{name}: the model to zero has no tensor of shape {tuple(k.shape)}")
+                t.mul_(k.to(t.device, t.dtype))
 
     def _apply(self, step: int) -> None:
         if self.is_pruning_step(step):

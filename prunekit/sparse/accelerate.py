@@ -140,6 +140,19 @@ class AccelerateResult:
         }
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """How :func:`accelerate` decides a layer: tried from ``min_sparsity``, the ``formats`` built, ``runs``
+    timed calls per kernel and batch size, chosen at ``min_speedup``, outputs within ``atol``/``rtol``."""
+
+    min_sparsity: float
+    formats: tuple[str, ...]
+    runs: int
+    min_speedup: float
+    atol: float
+    rtol: float
+
+
 def _check_args(
     formats: Iterable[str], min_sparsity: float, min_speedup: float, atol: float, rtol: float
 ) -> tuple[str, ...]:
@@ -273,31 +286,29 @@ def _choose(row: LayerDecision, kernels: list[str], min_speedup: float) -> str |
 
 
 def _decide(
-    name: str,
+    row: LayerDecision,
     module: nn.Module,
+    weight: Tensor,
     inputs: Mapping[int, Tensor],
     calls: int,
-    formats: tuple[str, ...],
-    runs: int,
-    min_speedup: float,
-    atol: float,
-    rtol: float,
-) -> tuple[LayerDecision, nn.Module | None]:
-    """Time dense and every usable kernel of one layer on its input at each batch size; choose."""
-    weight = module.weight.detach()
-    sparsity = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
-    first = next(iter(inputs.values()))
-    row = LayerDecision(name, type(module).__name__, list(weight.shape), list(first.shape), sparsity, None)
+    rule: _Rule,
+) -> nn.Module | None:
+    """Time dense and every usable kernel of one layer on its input at each batch size; choose.
+
+    Fills ``row`` (times, choice, note) and returns the chosen sparse module (``None``: dense stays).
+    """
     dense = _dense_fn(module, weight)
     notes = [f"called {calls} times; timed on the first call's input"] if calls > 1 else []
     try:
-        built, skipped = _kernels(module, weight, formats, min(x[..., 0].numel() for x in inputs.values()))
+        built, skipped = _kernels(
+            module, weight, rule.formats, min(x[..., 0].numel() for x in inputs.values())
+        )
     except RuntimeError as err:
         built, skipped = {}, [f"sparse weight could not be built: {str(err).splitlines()[0]}"]
     notes += skipped
     fns: dict[str, Callable] = {"dense": dense}
     for kernel, sparse in built.items():
-        why = _usable(kernel, sparse, dense, inputs, atol, rtol)
+        why = _usable(kernel, sparse, dense, inputs, rule.atol, rule.rtol)
         if why is None:
             fns[kernel] = sparse
         else:
@@ -305,18 +316,18 @@ def _decide(
             notes.append(why)
     for size, x in inputs.items():
         times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(runs):
+        for _ in range(rule.runs):
             for kernel, fn in fns.items():
                 times[kernel].append(_time_once(fn, x))
         row.timings[size] = {k: statistics.median(v) for k, v in times.items()}
     row.dense_ms = _geomean(t["dense"] for t in row.timings.values())
     timed = [k for k in fns if k != "dense"]
     row.kernel_ms.update({k: _geomean(t[k] for t in row.timings.values()) for k in timed})
-    why = _choose(row, timed, min_speedup)
+    why = _choose(row, timed, rule.min_speedup)
     if why:
         notes.append(why)
     row.note = "; ".join(notes)
-    return row, built.get(row.chosen)
+    return built.get(row.chosen)
 
 
 def _leaves(out: Any) -> list[Any]:
@@ -398,12 +409,7 @@ def _decide_layer(
     module: nn.Module,
     seen: dict[str, list],
     at_size: dict[int, dict[str, list]],
-    min_sparsity: float,
-    formats: tuple[str, ...],
-    runs: int,
-    min_speedup: float,
-    atol: float,
-    rtol: float,
+    rule: _Rule,
 ) -> tuple[LayerDecision, nn.Module | None]:
     """The decision row of one candidate layer and its sparse replacement (``None``: it stays dense).
 
@@ -416,13 +422,13 @@ def _decide_layer(
     sparse = None
     if name not in seen:
         row.note = "not called by the example inputs"
-    elif sparsity < min_sparsity:
-        row.note = f"sparsity below min_sparsity={min_sparsity:g}"
+    elif sparsity < rule.min_sparsity:
+        row.note = f"sparsity below min_sparsity={rule.min_sparsity:g}"
     elif weight.device.type != "cpu":
         row.note = f"weight on {weight.device}; sparse kernels here are for CPU"
     else:
         inputs = {size: got[name][0] for size, got in at_size.items() if name in got}
-        row, sparse = _decide(name, module, inputs, seen[name][1], formats, runs, min_speedup, atol, rtol)
+        sparse = _decide(row, module, weight, inputs, seen[name][1], rule)
     if name in seen:
         row.input_shape = list(seen[name][0].shape)
     return row, sparse
@@ -494,6 +500,7 @@ def accelerate(
     check_timing_args(runs=runs, warmup=0, threads=threads)
     sizes = _check_batch_sizes(batch_sizes)
     candidates = _candidates(model, convs)
+    rule = _Rule(min_sparsity, formats, runs, min_speedup, atol, rtol)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -505,9 +512,7 @@ def accelerate(
             } or {batch_size_of(example_inputs): seen}
             layers, swaps = [], {}
             for name, module in candidates.items():
-                row, sparse = _decide_layer(
-                    name, module, seen, at_size, min_sparsity, formats, runs, min_speedup, atol, rtol
-                )
+                row, sparse = _decide_layer(name, module, seen, at_size, rule)
                 layers.append(row)
                 if sparse is not None:
                     swaps[name] = sparse

@@ -30,6 +30,7 @@ from prunekit.graph.groups import Group, GroupReport, build_groups
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import count_params
 from prunekit.plan import Plan
+from prunekit.progress import progress_bar
 from prunekit.structured import pipeline, slicegpt
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import Comparison, Reference, compare_with, reference_outputs
@@ -209,6 +210,7 @@ class CheckReport:
             "n_prunable_groups": self.n_prunable_groups,
             "removed_units": self.removed_units,
             "pinned": list(self.pinned),
+            "kept_whole": list(self.plan.meta.get("kept_whole", [])),
             "rule_errors": list(self.rule_errors),
             "replayed": list(self.replayed),
             "n_values": self.n_values,
@@ -290,29 +292,77 @@ def check(
     )  # fmt: skip
     eager_module(model, "check")
     _check_compare_at(model, compare_at)
+    slicing = stream_importance(cfg.stream) == "slicegpt"
+    stages = _CHECK_STAGES[:1] + (("rotate (SliceGPT)",) if slicing else ()) + _CHECK_STAGES[1:]
+    with progress_bar("check", len(stages), fields="{task.fields[stage]}", stage=stages[0]) as bar:
+        return _check(model, example_inputs, cfg, compare_at, slicing, _Stages(bar, stages))
+
+
+_CHECK_STAGES = (
+    "MACs of the model",
+    "trace + score",
+    "plan",
+    "masked reference",
+    "cut a copy",
+    "compare",
+    "MACs of the cut copy",
+)
+
+
+class _Stages:
+    """Advances ``check``'s bar past one named stage at a time, showing the next stage's name."""
+
+    def __init__(self, bar: Any, names: tuple[str, ...]) -> None:
+        self._bar, self._names, self._done = bar, names, 0
+
+    def done(self) -> None:
+        self._done += 1
+        following = self._names[self._done] if self._done < len(self._names) else "done"
+        self._bar.advance(stage=following)
+
+
+def _check(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    cfg: PruneConfig,
+    compare_at: str | None,
+    slicing: bool,
+    stages: _Stages,
+) -> CheckReport:
+    """The stages of :func:`check`, each reported to ``stages`` when it ends."""
     params_before, macs_before = count_params(model).total, count_macs(model, example_inputs)
+    stages.done()
     original, sliced, transforms = None, None, []
-    if stream_importance(cfg.stream) == "slicegpt":  # a rotated copy; the reference is the model itself
+    if slicing:  # a rotated copy; the reference is the model itself
         original = original_outputs(model, example_inputs, compare_at)
         model = copy.deepcopy(model)
         sliced = slicegpt.transform(model, cfg.data)
         transforms = [sliced.into_plan]
+        stages.done()
     scored = pipeline.traced(model, example_inputs, cfg, "check")
+    stages.done()
     plan, report = pipeline.select(scored, cfg.ratio, transforms), scored.report
+    stages.done()
     approximate = bool(plan.approximate)
     reference = original if original is not None else _reference(model, plan, example_inputs, compare_at)
+    stages.done()
     pruned = copy.deepcopy(model)
     apply(pruned, plan, example_inputs)
     if sliced is not None:
         slicegpt.rescale(pruned, sliced.record)
+    stages.done()
     cmp = compare_with(pruned, reference, example_inputs, compare_at)
+    stages.done()
+    macs_ratio = count_macs(pruned, example_inputs) / max(1, macs_before)
+    params_ratio = count_params(pruned).total / max(1, params_before)
+    stages.done()
     return CheckReport(
         cmp.ok and not approximate,
         cmp.max_abs_err,
         cmp.tolerance,
         cmp.shapes_equal,
-        count_macs(pruned, example_inputs) / max(1, macs_before),
-        count_params(pruned).total / max(1, params_before),
+        macs_ratio,
+        params_ratio,
         len(report.groups),
         len(report.prunable_groups),
         plan.removed_units,

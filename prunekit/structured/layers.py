@@ -38,7 +38,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit._atomic import write_text
-from prunekit._inputs import ExampleInputs, call_model
+from prunekit._inputs import ExampleInputs, call_model, eval_mode
 from prunekit._keywords import keyword_only
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.macs import count_macs
@@ -133,16 +133,12 @@ def find_blocks(model: nn.Module, example_inputs: ExampleInputs) -> list[str]:
     for name, child in stage_children.items():
         handles.append(child.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(child.register_forward_hook(post(name), with_kwargs=True))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad(), _ResidualSpy(open_blocks, residual):
+        with eval_mode(model), torch.no_grad(), _ResidualSpy(open_blocks, residual):
             call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in training.items():
-            m.training = flag
     found = [n for n in stage_children if n in residual and calls.get(n) == 1 and shapes_ok.get(n)]
     return [n for n in found if not any(n.startswith(o + ".") for o in found if o != n)]
 
@@ -244,17 +240,13 @@ def block_scores(model: nn.Module, names: list[str], data: Iterable[ExampleInput
 
     for n in names:
         handles.append(model.get_submodule(n).register_forward_hook(hook(n), with_kwargs=True))
-    training = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in data:
                 call_model(model, batch)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in training.items():
-            m.training = flag
     return {n: sums[n] / max(1, count[n]) for n in names}
 
 

@@ -52,7 +52,7 @@ from prunekit.plan import Plan
 from prunekit.structured import slicegpt
 from prunekit.structured.cut import apply
 from prunekit.structured.oracle import reference_outputs
-from prunekit.structured.select import build_plan, choose_units
+from prunekit.structured.select import build_plan, choose_units, kept_whole
 from prunekit.structured.stream import importance as stream_importance
 from prunekit.structured.stream import original_outputs, relative_error, stream_scores, verify_mode
 
@@ -161,10 +161,10 @@ def plan_meta(config: PruneConfig, report: GroupReport, ratio: float | None, **e
 def select(scored: Scored, ratio: float, transforms: Sequence[PlanTransform] = ()) -> Plan:
     """The plan removing ``ratio`` of the units (``scored.config``'s scope and caps), then ``transforms``."""
     cfg = scored.config
-    removed = choose_units(
-        scored.report, scored.scores, float(ratio), cfg.effective_scope, cfg.round_to, cfg.max_ratio
-    )
-    plan = build_plan(scored.report, removed, plan_meta(cfg, scored.report, float(ratio)))
+    options = (float(ratio), cfg.effective_scope, cfg.round_to, cfg.max_ratio)
+    removed = choose_units(scored.report, scored.scores, *options)
+    whole = kept_whole(scored.report, removed, *options)
+    plan = build_plan(scored.report, removed, plan_meta(cfg, scored.report, float(ratio), kept_whole=whole))
     for transform in transforms:
         plan = transform(plan, scored)
     return plan

@@ -3,6 +3,7 @@
 Rules (documented in docs/ARCHITECTURE.md): a group never loses a pinned unit, never more than
 ``floor(max_ratio * width)`` units, never its last unit, and never the last index of any member dim.
 ``round_to=N`` makes every pruned group's kept width a multiple of N (rounding the kept width up).
+:func:`kept_whole` says, for every group a selection left whole, why (the plan's ``meta["kept_whole"]``).
 
 >>> import torch
 >>> from prunekit.graph.groups import build_groups
@@ -114,6 +115,66 @@ def choose_units(
         for g in groups:
             _round(budgets[g.id], g.width, round_to)
     return {gid: sorted(b.removed) for gid, b in budgets.items() if b.removed}
+
+
+def kept_whole(
+    report: GroupReport,
+    removed: dict[int, list[int]],
+    ratio: float,
+    scope: str = "local",
+    round_to: int | None = None,
+    max_ratio: float = 0.9,
+) -> list[dict]:
+    """Every group that ``removed`` (from :func:`choose_units` with these options) leaves whole, with why.
+
+    A pinned group gives the trace's reasons (``"<op> in <module>: <why>"``, ``"ignored by user (name)"``);
+    an unpinned one the rule that kept it: ``max_ratio`` allowing no unit of its width, the ratio rounding
+    to no unit (local scope), ``round_to`` keeping the whole width, the global ranking (its units scored
+    above the cut), or every member dim needing one index left. Each entry: ``id``, ``width``,
+    ``members`` (the first four, ``name[dim]``), ``pinned`` and ``reasons``.
+
+    >>> import torch
+    >>> from prunekit.graph.groups import build_groups
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> rep = build_groups(net, torch.zeros(1, 2))
+    >>> for k in kept_whole(rep, {}, 0.05):
+    ...     print(k["members"][0], k["width"], k["reasons"])
+    0.weight[1] 2 ['linear in 0: meets a fixed-size tensor']
+    0.weight[0] 8 ['ratio 0.05 of 8 units rounds to none']
+    2.weight[0] 3 ['output in <model>: model outputs keep their shape']
+    """
+    out = []
+    for g in report.groups:
+        if removed.get(g.id):
+            continue
+        out.append(
+            {
+                "id": g.id,
+                "width": g.width,
+                "members": [f"{m.name}[{m.dim}]" for m in g.members[:4]],
+                "pinned": g.pinned,
+                "reasons": list(g.reasons)
+                if g.pinned
+                else [_why_whole(g, ratio, scope, round_to, max_ratio)],
+            }
+        )
+    return out
+
+
+def _why_whole(g: Group, ratio: float, scope: str, round_to: int | None, max_ratio: float) -> str:
+    """Why the selection rules removed no unit of the unpinned group ``g``."""
+    if math.floor(max_ratio * g.width + 1e-9) < 1:
+        return f"max_ratio {max_ratio:g} allows no unit of its {g.width}"
+    if _cap(g, max_ratio) < 1:
+        return f"only {g.prunable} of its {g.width} units may go, and a group keeps one"
+    k = min(round(ratio * g.width), _cap(g, max_ratio)) if scope == "local" else _cap(g, max_ratio)
+    if scope == "local" and k < 1:
+        return f"ratio {ratio:g} of {g.width} units rounds to none"
+    if round_to and round_to > 1 and math.ceil((g.width - k) / round_to) * round_to >= g.width:
+        return f"round_to {round_to}: the kept width rounds up to all {g.width}"
+    if scope != "local":
+        return "global ranking: its units scored above the cut"
+    return "each member dim must keep one index: no unit could go"
 
 
 def build_plan(report: GroupReport, removed: dict[int, list[int]], meta: dict | None = None) -> Plan:

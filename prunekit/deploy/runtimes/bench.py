@@ -2,7 +2,8 @@
 
 Shared by ``prunekit bench --runtime`` and ``bench/bench_edge.py``. Every row carries the runtime, the
 model's label, batch size, threads, median/p90 ms, the speedup against the reference model (its
-``median_ms`` over this row's, so the reference reads 1.00) and the agreement with PyTorch.
+``median_ms`` over this row's, so the reference reads 1.00), ``noisy`` (p90 over 1.5x the median:
+:func:`prunekit.measure.latency.is_noisy`) and the agreement with PyTorch.
 
 >>> import tempfile, torch
 >>> models = {"dense": torch.nn.Linear(8, 8), "pruned": torch.nn.Linear(8, 2)}
@@ -64,6 +65,7 @@ def bench_runtime(
                     "threads": count,
                     "median_ms": stats.median_ms,
                     "p90_ms": stats.p90_ms,
+                    "noisy": stats.noisy,
                     "agree": agreement.ok,
                     "agreement": agreement.to_dict(),
                     "size_bytes": artifact.size_bytes,
