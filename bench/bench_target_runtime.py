@@ -205,14 +205,14 @@ def main() -> None:
     if args.render:
         loaded = [json.loads(Path(path).read_text()) for path in args.render]
         records = [r for data in loaded for r in data["records"]]
-        write(records, loaded[0]["line"], args, quick=all(d["quick"] for d in loaded))
+        line = machine_line(args.threads, **versions({r["runtime"]: r["runtime_version"] for r in records}))
+        write(records, line, args, quick=all(d["quick"] for d in loaded))
         return
     size = 128 if args.quick else 224
     args.runs = args.runs or (10 if args.quick else 20)
     runtimes = [r for r in args.runtimes.split(",") if get_runtime(r).available()]
     records: list[dict] = []
-    versions = {r: get_runtime(r).version().split(", ")[-1].split(" ")[-1] for r in runtimes}
-    line = machine_line(args.threads, **versions)
+    line = machine_line(args.threads, **versions({r: get_runtime(r).version() for r in runtimes}))
     with tempfile.TemporaryDirectory(prefix="prunekit-bench-latency-") as fresh:
         os.environ[ENV] = args.cache_dir or fresh  # the latency tables' cache root
         for name in args.models.split(","):
@@ -221,6 +221,16 @@ def main() -> None:
                 write(
                     records, line, args, args.quick
                 )  # after each model x runtime: a stopped run keeps its rows
+
+
+def versions(found: dict[str, str]) -> dict[str, str]:
+    """Each runtime's own package version from ``Runtime.version()`` strings (``"onnx 1.17, onnxruntime
+    1.20"`` -> ``{"onnxruntime": "1.20"}``)."""
+    out = {}
+    for runtime, text in found.items():
+        parts = dict(part.rsplit(" ", 1) for part in text.split(", ") if " " in part)
+        out[runtime] = parts.get(runtime, text)
+    return out
 
 
 def write(records: list[dict], line: str, args: argparse.Namespace, quick: bool) -> None:
