@@ -182,10 +182,13 @@ def summary(records: list[dict]) -> list[str]:
     mac = sum(near(r["macs"]["speedup"], r["requested_speedup"]) for r in records)
     ratio = [r["macs"]["speedup"] / r["requested_speedup"] for r in records]
     fewer = sum(r["latency"]["macs_kept"] > r["macs"]["macs_kept"] for r in records)
+    ran = {(r["model"], r["runtime"]) for r in records}
+    missing = [f"{m} on {rt}" for m in MODELS for rt in RUNTIMES if (m, rt) not in ran]
+    absent = f" Not in this run: {', '.join(missing)}." if missing else ""
     return [
         f"Re-measured speedup within 10 % of the request: latency-aware {lat} of {n} rows, MACs target of "
         f"the same ratio {mac} of {n} (its speedup is {min(ratio):.2f}-{max(ratio):.2f} of the request). The "
-        f"latency-aware model keeps more MACs than the MACs-target model in {fewer} of {n} rows.",
+        f"latency-aware model keeps more MACs than the MACs-target model in {fewer} of {n} rows.{absent}",
         "",
     ]
 
