@@ -185,7 +185,16 @@ def summary(records: list[dict]) -> list[str]:
     ran = {(r["model"], r["runtime"]) for r in records}
     missing = [f"{m} on {rt}" for m in MODELS for rt in RUNTIMES if (m, rt) not in ran]
     absent = f" Not in this run: {', '.join(missing)}." if missing else ""
+    spread = {}
+    for r in records:
+        times = spread.setdefault(f"{r['model']} on {r['runtime']}", [])
+        times += [r["latency"]["dense_ms"], r["macs"]["dense_ms"]]
+    drift = "; ".join(f"{k} {min(v):.3g}-{max(v):.3g} ms" for k, v in spread.items())
     return [
+        f"The same dense model timed in this run (the re-measurements): {drift}. Where that spread is larger "
+        "than the speedups compared, the machine's load, not the pruning, decides the columns: such rows "
+        "say nothing about either method and need a quiet machine.",
+        "",
         f"Re-measured speedup within 10 % of the request: latency-aware {lat} of {n} rows, MACs target of "
         f"the same ratio {mac} of {n} (its speedup is {min(ratio):.2f}-{max(ratio):.2f} of the request). The "
         f"latency-aware model keeps more MACs than the MACs-target model in {fewer} of {n} rows.{absent}",
