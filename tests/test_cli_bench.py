@@ -161,3 +161,20 @@ def test_noisy_runtime_rows_are_named_too(tmp_path, monkeypatch):
     check_speedups(data, f"{CNN} [1]")
     text = " ".join(result.output[result.output.index("warning:") :].split())
     assert f"onnxruntime {CNN} batch 1 threads 2; onnxruntime {CNN} [1] batch 1 threads 2" in text
+
+
+def test_bench_report_has_the_timed_rows_and_a_speedup_chart(files, tmp_path):
+    pytest.importorskip("matplotlib")
+    report, js = tmp_path / "report", tmp_path / "b.json"
+    args = ("--vs", CNN, *QUICK, "--trust-code", "--json", js, "--report", report)
+    result = invoke("bench", files / "pruned", *args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(js.read_text())["rows"]
+    html = (report / "report.html").read_text()
+    md = (report / "report.md").read_text()
+    assert "<h2>Latency (bench)</h2>" in html and "## Latency (bench)" in md
+    assert "<h2>Measured speedup</h2>" in html and 'src="data:image/png;base64,' in html
+    assert (report / "latency.png").read_bytes().startswith(b"\x89PNG")
+    table = md.split("## Latency (bench)")[1].split("## ")[0]
+    assert sum(line.startswith("| torch |") for line in table.splitlines()) == len(rows) == 4
+    assert f"{rows[0]['median_ms']:.3f}" in table and f"{rows[0]['speedup']:.2f}x" in table

@@ -118,6 +118,9 @@ def test_finetune_trains_on_file_data_and_saves_a_checkpoint(tmp_path, digits):
     data = json.loads(js.read_text())
     assert data["history"][0]["metric"] < 0.3  # an untrained CNN guesses
     assert data["final_metric"] > 0.85
+    restored_earlier = data["restored_best"] and data["best_step"] != data["steps"]
+    assert (f"(the best evaluation, step {data['best_step']}" in result.output) is restored_earlier
+    assert "epoch 3: loss" in result.output and f"at step {data['best_step']})" in result.output
     s = load_splits()
     with torch.no_grad():
         acc = (load(out, trust_code=True)(s.x_test).argmax(1) == s.y_test).float().mean().item()

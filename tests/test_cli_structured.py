@@ -272,3 +272,58 @@ def test_seed_fixes_a_spec_s_random_init_and_is_recorded(tmp_path):
     js = tmp_path / "p.json"
     args = ("prune", TINY, "--input-shape", SHAPE, "--out", tmp_path / "p", "--json", js)
     assert invoke(*args).exit_code == 0 and json.loads(js.read_text())["seed"] == 0
+
+
+def _commands(group, prefix=()):
+    """Every leaf command of the CLI as (its words, the click command)."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_that_builds_a_model_takes_a_seed():
+    import typer
+
+    builds = {
+        words: command
+        for words, command in _commands(typer.main.get_command(app))
+        if any(param.metavar == "MODEL" for param in command.params)
+    }
+    assert {("prune",), ("accelerate",), ("export",), ("yolo", "check")} <= set(builds)
+    missing = [" ".join(w) for w, command in builds.items() if "seed" not in {p.name for p in command.params}]
+    assert missing == []
+
+
+SEEDED = "torchvision:squeezenet1_1"  # a small spec built with a random initialisation
+
+
+def test_accelerate_seeds_the_random_init_and_records_it(tmp_path):
+    weights, seeds = [], []
+    for run, seed in enumerate(("0", "0", "1")):
+        out, js = tmp_path / f"a{run}", tmp_path / f"a{run}.json"
+        args = ("accelerate", SEEDED, "--input-shape", "1,3,64,64", "--runs", "1", "--out", out, "--json", js)
+        result = invoke(*args, "--seed", seed)
+        assert result.exit_code == 0, result.output
+        weights.append((out / "weights.safetensors").read_bytes())
+        seeds.append(json.loads(js.read_text())["seed"])
+    assert weights[0] == weights[1] != weights[2] and seeds == [0, 0, 1]
+
+
+def test_export_format_seeds_the_random_init_and_records_it(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    weights, seeds = [], []
+    for run, seed in enumerate(("0", "0", "1")):
+        out, js = tmp_path / f"e{run}.onnx", tmp_path / f"e{run}.json"
+        shape = ("--input-shape", "1,3,64,64")
+        args = ("export", SEEDED, *shape, "--format", "onnx", "--out", out, "--json", js)
+        result = invoke(*args, "--seed", seed)
+        assert result.exit_code == 0, result.output
+        graph = onnx.load(out).graph
+        weights.append(sorted(numpy_helper.to_array(t).tobytes() for t in graph.initializer))
+        seeds.append(json.loads(js.read_text())["seed"])
+    assert weights[0] == weights[1] != weights[2] and seeds == [0, 0, 1]

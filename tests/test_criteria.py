@@ -103,6 +103,30 @@ def test_bn_scale_is_abs_gamma_and_falls_back_to_l1_without_a_bn():
     assert got.tolist() == get_criterion("l1")(hidden_group(mlp()), ctx).tolist()
 
 
+def test_groups_bn_scale_scores_by_its_fallback_are_named_in_the_plan():
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 6), nn.ReLU(),
+        nn.Linear(6, 2),
+    )  # fmt: skip
+    x = torch.randn(1, 2, 6, 6)
+    with pytest.warns(UserWarning, match="no BatchNorm weight"):
+        plan = pk.prune(net, x, ratio=0.5, criterion="bn_scale").plan
+    by_fallback = {g.id for g in plan.groups if {"name": "4.weight", "dim": 0} in plan_members(g)}
+    assert len(by_fallback) == 1  # the Linear between the conv block and the output has no BatchNorm
+    assert plan.meta["scored_by"] == {
+        str(gid): "l1 (bn_scale fallback: no BatchNorm weight in the group)" for gid in by_fallback
+    }
+    assert type(plan).from_dict(plan.to_dict()) == plan
+    assert "scored_by" not in pk.prune(mlp(), X1, ratio=0.5).plan.meta  # l2 scores every group itself
+
+
+def plan_members(group) -> list[dict]:
+    return [{"name": m["name"], "dim": m["dim"]} for m in group.members]
+
+
 def test_taylor_by_hand_over_all_batches():
     net = mlp()
     ctx = ScoreContext.of(net, None, data=[X1, X2], loss_fn=sum_loss)
@@ -114,7 +138,7 @@ def test_taylor_by_hand_over_all_batches():
         g = (active * v).t() @ x
         terms.append((W1 * g).abs())
     want = (terms[0] + terms[1]) / 2
-    got = Taylor().weight_scores(ctx, ["0.weight"])["0.weight"]
+    got = Taylor(per_sample=False).weight_scores(ctx, ["0.weight"])["0.weight"]
     assert torch.allclose(got.float(), want, atol=1e-6)
     assert not torch.allclose(got.float(), terms[1], atol=1e-6)  # not the last batch only
     assert all(p.grad is None for p in net.parameters())  # .grad untouched
@@ -125,7 +149,7 @@ def test_taylor_counts_batchnorm_parameters():
     (g,) = build_groups(net, torch.zeros(1, 2, 4, 4)).prunable_groups
     torch.manual_seed(1)
     data = [torch.randn(2, 2, 4, 4) for _ in range(2)]
-    got = Taylor()(g, ScoreContext.of(net, None, data=data, loss_fn=lambda o: (o**2).mean()))
+    got = Taylor(per_sample=False)(g, ScoreContext.of(net, None, data=data, loss_fn=lambda o: (o**2).mean()))
     names = ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight"]
     dims = [0, 0, 0, 0, 1]
     params = dict(net.named_parameters())
@@ -150,11 +174,60 @@ def test_hessian_accumulates_every_batch():
     # loss = sum(w . x) -> gradient of a batch = sum of its rows
     g1, g2 = X1.sum(0), X2.sum(0)
     w2 = net.weight.detach()[0] ** 2
-    both = Hessian().weight_scores(ScoreContext.of(net, None, data=[X1, X2], loss_fn=sum_loss), ["weight"])
-    last = Hessian().weight_scores(ScoreContext.of(net, None, data=[X2], loss_fn=sum_loss), ["weight"])
+    both = Hessian(per_sample=False).weight_scores(
+        ScoreContext.of(net, None, data=[X1, X2], loss_fn=sum_loss), ["weight"]
+    )
+    last = Hessian(per_sample=False).weight_scores(
+        ScoreContext.of(net, None, data=[X2], loss_fn=sum_loss), ["weight"]
+    )
     assert both["weight"][0].tolist() == pytest.approx(((g1**2 + g2**2) / 2 * w2 / 2).tolist())
     assert last["weight"][0].tolist() == pytest.approx((g2**2 * w2 / 2).tolist())
     assert not torch.allclose(both["weight"], last["weight"])
+
+
+def test_per_sample_taylor_and_fisher_by_hand():
+    """Each row's own gradient: mean over the 3 rows of |w * g_i| and of g_i**2 (not the batch gradient)."""
+    net = mlp()
+    data = [X1, X2]
+    ctx = ScoreContext.of(net, None, data=data, loss_fn=sum_loss)
+    v = W2.sum(0)
+    rows = [x[None] for x in torch.cat(data)]
+    g = [((x @ W1.t() + B1 > 0).float() * v).t() @ x for x in rows]  # dL_i/dW1 for each row
+    want_taylor = sum((W1 * gi).abs() for gi in g) / 3
+    want_fisher = sum(gi**2 for gi in g) / 3 * W1**2 / 2
+    got = Taylor().weight_scores(ctx, ["0.weight"])["0.weight"]
+    assert torch.allclose(got.float(), want_taylor, atol=1e-6)
+    assert not torch.allclose(got, Taylor(per_sample=False).weight_scores(ctx, ["0.weight"])["0.weight"])
+    got = Hessian().weight_scores(ctx, ["0.weight"])["0.weight"]
+    assert torch.allclose(got.float(), want_fisher, atol=1e-5)
+    assert all(p.grad is None for p in net.parameters())
+
+
+class _Branchy(nn.Module):
+    """A forward with data-dependent control flow, which torch.func.vmap cannot batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if bool(h.sum() > 0):
+            h = h * 2
+        return self.b(torch.relu(h))
+
+
+def test_per_sample_gradients_fall_back_to_one_backward_per_row():
+    torch.manual_seed(0)
+    net = _Branchy()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    got = Hessian().weight_scores(ScoreContext.of(net, None, data=[(x, y)]), ["a.weight"])["a.weight"]
+    want = torch.zeros_like(net.a.weight)
+    for i in range(5):
+        loss = nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1])
+        gi = torch.autograd.grad(loss, net.a.weight)[0]
+        want += gi**2 / 5
+    assert torch.allclose(got.float(), want * net.a.weight.detach() ** 2 / 2, rtol=1e-5, atol=1e-9)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian():
@@ -367,3 +440,22 @@ def test_fpgm_scores_attention_heads_and_embedding_columns():
     torch.manual_seed(0)
     rep = check(Net().eval(), torch.randint(0, 32, (2, 5)), ratio=0.5, criterion="fpgm")
     assert rep.ok and rep.removed_units > 0
+
+
+def test_per_sample_gradients_vmap_matches_one_backward_per_row_with_masks_and_tied_weights(monkeypatch):
+    from prunekit.criteria import _data
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    net[2].weight = net[0].weight  # tied: both names get the same gradient
+    sparsify(net, 0.5, criterion="magnitude", include=["4"])  # a masked weight: its unmasked original
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    ctx = ScoreContext.of(net, None, data=[(x, y)])
+    named, params = _data._trainable(ctx, "t")
+    by_id = {id(p): g for p, g in zip(params, _data._looped(ctx, params, x, y, 5, "t"), strict=True)}
+    monkeypatch.setattr(_data, "_looped", lambda *a: pytest.fail("vmap should handle this model"))
+    got = next(_data.per_sample_grads(ctx, "t"))
+    assert "4.parametrizations.weight.original" in got and got["0.weight"].shape == (5, 4, 4)
+    for name, p in named:
+        assert torch.allclose(got[name], by_id[id(p)], atol=1e-6), name
+    assert torch.equal(got["0.weight"], got["2.weight"])

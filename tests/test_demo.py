@@ -17,6 +17,7 @@ from torch import nn
 from prunekit.demo import DemoConfig, DemoResult, Stage, default_stages, run_demo
 from prunekit.demo.data import load_splits, make_loaders
 from prunekit.demo.model import DIGITS_CNN_PARAMS, DigitsCNN, build_model
+from prunekit.demo.stages import train_dense
 from prunekit.errors import ConfigError
 from prunekit.recover import accuracy
 
@@ -197,3 +198,16 @@ def test_bad_arguments_fail_before_training_or_writing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an earlier stage"):
         run_demo(stages=bad, console=console)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_demo_bars_follow_the_command_lines_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit import progress as bars
+
+    monkeypatch.delenv(bars.ENV, raising=False)
+    monkeypatch.setattr(bars, "_cli", {"on": False})  # `prunekit --quiet demo`
+    buffer = io.StringIO()
+    stages = [Stage("dense", "dense (trained)", train_dense, source=None)]
+    console = Console(file=buffer, force_terminal=True, color_system=None, width=120)
+    run_demo(quick=True, epochs=1, console=console, stages=stages, onnx_source=None)
+    printed = buffer.getvalue()
+    assert "[1/1] dense" in printed and "train epoch" not in printed  # the training bar's text

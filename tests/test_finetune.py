@@ -282,11 +282,31 @@ def test_callbacks_in_a_users_own_loop_match_finetune_exactly() -> None:
     )
 
 
-def test_progress_bar_renders_to_the_given_console() -> None:
+def test_epoch_lines_say_at_which_step_the_best_evaluation_was() -> None:
+    scores = iter([0.9, 0.5, 0.6])  # step 0 (before training) stays the best
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=120)
+    finetune(mlp(), blobs(), epochs=2, eval_fn=lambda m: next(scores), console=console, progress=False)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].endswith("metric 0.5000 (best 0.9000 at step 0)")
+    assert lines[1].endswith("metric 0.6000 (best 0.9000 at step 0)")
+
+
+@pytest.mark.parametrize("progress", [None, False, True])
+def test_epoch_lines_go_to_the_given_console_and_the_bar_to_stderr_only_when_on(
+    progress: bool | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prunekit import progress as bars
+
+    monkeypatch.delenv(bars.ENV, raising=False)
+    monkeypatch.setattr(bars, "_cli", {"on": False})  # the command line with --quiet
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120)
-    finetune(mlp(), blobs(), steps=3, eval_fn=lambda m: 0.25, console=console)
-    assert "finetune" in buffer.getvalue()
+    finetune(mlp(), blobs(), epochs=2, eval_fn=lambda m: 0.25, console=console, progress=progress)
+    lines = buffer.getvalue()
+    assert "epoch 1: loss" in lines and "epoch 2: loss" in lines and "metric 0.2500" in lines
+    assert "finetune" not in lines  # the bar is never drawn on the caller's console
+    assert ("finetune" in capsys.readouterr().err) is bool(progress)
 
 
 def test_dict_inputs_and_a_custom_loss() -> None:

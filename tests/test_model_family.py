@@ -83,6 +83,28 @@ def test_an_unpruned_model_built_outside_prunekit_gets_the_spec_its_family_infer
     assert torch.equal(pk.load(tmp_path / "ck")(x), model.eval()(x))
 
 
+def test_a_model_built_outside_prunekit_and_pruned_gets_the_spec_of_its_unpruned_architecture(tmp_path):
+    model, x = Toy(), torch.randn(2, 4)
+    plan = pk.prune(model, x, ratio=0.5).plan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inferred: no warning
+        pk.save(model, tmp_path / "ck", plan=plan)
+    assert read_info(tmp_path / "ck")["spec"] == "toy:thing"
+    loaded = pk.load(tmp_path / "ck")
+    assert loaded.fc1.out_features == 6 and torch.equal(loaded(x), model.eval()(x))
+
+
+def test_a_pruned_torchvision_model_built_outside_prunekit_saves_with_its_builder(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    model, x = torchvision.models.squeezenet1_1(), torch.randn(1, 3, 64, 64)
+    plans = [pk.prune(model, x, ratio=0.25).plan, pk.prune(model, x, ratio=0.25).plan]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pk.save(model, tmp_path / "ck", plan=plans)
+    assert read_info(tmp_path / "ck")["spec"] == "torchvision:squeezenet1_1"
+    assert torch.equal(pk.load(tmp_path / "ck")(x), model.eval()(x))
+
+
 def test_a_model_no_family_knows_warns_at_save_time_that_load_needs_the_model(tmp_path):
     with pytest.warns(UserWarning, match=r"no spec rebuilds this Sequential: .*load\(dir, model="):
         pk.save(nn.Sequential(nn.Linear(2, 2)), tmp_path / "ck")

@@ -63,6 +63,9 @@ SKIP: dict[str, str] = {
     "prunekit prune yolov8n.pt --ratio 0.3 --out pruned.pt": "a YOLO at 640 px; tests/test_yolo.py",
     "yolo train model=pruned.pt data=data.yaml epochs=10": "ultralytics training; tests/test_yolo.py",
     "prunekit yolo finetune pruned.pt --data data.yaml --teacher yolov8n.pt": "training; tests/test_yolo.py",
+    "prunekit yolo export pruned.pt --format onnx,torchscript,openvino,ncnn --imgsz 320": (
+        "four ultralytics exports at 320 px; tests/test_yolo_export.py"
+    ),
     "prunekit yolo prune yolov8n.pt --recipe recipe.yaml --out p.pt": "training; tests/test_yolo_recipe.py",
     "prunekit check hf:bert_config.json --ratio 0.5": "a full-size BERT config; tests/test_hf.py checks hf:",
     "prunekit prune timm:convnext_tiny --target-macs 0.5 --out cnx_half": (

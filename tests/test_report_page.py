@@ -125,3 +125,19 @@ def test_what_stayed_whole_and_why_lists_every_unpruned_group_with_its_reason(tm
         "conv2.weight[0]" in line and "round_to 16: the kept width rounds up to all 16" in line
         for line in md.splitlines()
     ), md
+
+
+def test_groups_bn_scale_scored_by_its_fallback_have_their_own_section(tmp_path):
+    """TinyNet's conv2 has no BatchNorm: bn_scale scores its group by l1, and the page (live, from the
+    checkpoint) says so; an l2 prune scores every group itself and has no such section."""
+    args = ("prune", TINY, "--input-shape", SHAPE, "--criterion", "bn_scale", "--out", tmp_path / "ckpt")
+    assert invoke(*args, "--report", tmp_path / "live").exit_code == 0
+    assert invoke("report", tmp_path / "ckpt", "--out", tmp_path / "from-ckpt").exit_code == 0
+    for folder in ("live", "from-ckpt"):
+        md = (tmp_path / folder / "report.md").read_text()
+        section = md[md.index("## Groups scored by a fallback") :].split("\n## ")[0]
+        assert "l1 (bn_scale fallback: no BatchNorm weight in the group)" in section
+        assert "<h2>Groups scored by a fallback</h2>" in (tmp_path / folder / "report.html").read_text()
+    args = ("prune", TINY, "--input-shape", SHAPE, "--out", tmp_path / "l2", "--report", tmp_path / "l2r")
+    assert invoke(*args).exit_code == 0
+    assert "scored by a fallback" not in (tmp_path / "l2r" / "report.md").read_text()

@@ -23,6 +23,7 @@ from prunekit.cli._common import (
     writable,
     write_json,
 )
+from prunekit.cli.report import ReportOpt, write_report
 from prunekit.errors import ConfigError, ExportError
 
 OutDirOpt = Annotated[
@@ -364,6 +365,7 @@ def bench(
     ] = None,
     vs_arch: VsArchOpt = None,
     json_path: JsonOpt = None,
+    report_dir: ReportOpt = None,
 ) -> None:
     """Latency and throughput of MODEL (and each --vs model) for every batch size and thread count.
 
@@ -392,8 +394,9 @@ def bench(
         raise ConfigError("bench times models that take one tensor; use prunekit.measure_latency for others")
     labels = _bench_labels(specs)
     reference = labels[1 if len(labels) > 1 else 0]
+    result = {"reference": reference, "input_shape": list(example.shape[1:]), "seed": source.seed}
     if names:
-        _bench_runtimes(
+        rows = _bench_runtimes(
             names,
             dict(zip(labels, [m.model for m in models], strict=True)),
             reference,
@@ -402,8 +405,9 @@ def bench(
             thread_counts,
             runs,
             warmup,
-            json_path,
         )
+        write_json(json_path, {"rows": rows} | result)
+        write_report(report_dir, {"rows": rows} | result)
         return
     rows = []
     with progress_bar("bench", len(sizes) * len(thread_counts) * len(models)) as bar:
@@ -411,10 +415,7 @@ def bench(
             x = example[:1].expand(batch, *example.shape[1:]).contiguous()
             for count in thread_counts:
                 rows += _bench_setting(labels, models, reference, x, count, runs, warmup, bar)
-    write_json(
-        json_path,
-        {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:]), "seed": source.seed},
-    )
+    write_json(json_path, {"rows": rows} | result)
     table = Table(title=f"prunekit bench (median of timed runs; speedup = {reference} ms / ms)")
     for column in ("model", "batch", "threads", "median ms", "p90 ms", "samples/s", "speedup"):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -430,6 +431,7 @@ def bench(
         )
     console.print(table)
     _noisy_warning(rows)
+    write_report(report_dir, {"rows": rows} | result)
 
 
 def _bench_setting(
@@ -552,9 +554,9 @@ def _bench_runtimes(
     thread_counts: tuple[int, ...],
     runs: int,
     warmup: int,
-    json_path: Path | None,
-) -> None:
-    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs ``reference``."""
+) -> list[dict]:
+    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs ``reference``;
+    the rows."""
     import tempfile
 
     from prunekit.deploy.runtimes.bench import bench_runtime
@@ -579,7 +581,6 @@ def _bench_runtimes(
                     warmup=warmup,
                 )
                 bar.advance()
-    write_json(json_path, {"rows": rows, "reference": reference, "input_shape": list(example.shape[1:])})
     table = Table(title=f"prunekit bench --runtime (median of timed runs; speedup = {reference} ms / ms)")
     for column in ("runtime", "model", "batch", "threads", "median ms", "p90 ms", "speedup", "agreement"):
         table.add_column(column, justify="left" if column in ("runtime", "model", "agreement") else "right")
@@ -596,6 +597,7 @@ def _bench_runtimes(
         )
     console.print(table)
     _noisy_warning(rows)
+    return rows
 
 
 def _agreement_text(agreement: dict) -> str:

@@ -97,6 +97,9 @@ def finetune(
     )
     write_json(json_path, result.to_dict() | {"checkpoint": saved.to_dict(), "seed": seed})
     metric = "" if result.final_metric is None else f", accuracy {100 * result.final_metric:.2f}%"
+    if metric and result.restored_best and result.best_step not in (None, result.steps):
+        before = ": the weights before training" if result.best_step == 0 else ""
+        metric += f" (the best evaluation, step {result.best_step}{before}, restored)"
     console.print(f"fine-tuned {result.steps} steps{metric}; wrote {out}")
 
 

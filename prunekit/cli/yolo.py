@@ -6,6 +6,7 @@ prunekit yolo prune yolov8n.pt --ratio 0.3 --free --out p.pt    # more pruning; 
 prunekit yolo prune dense.pt --recipe recipe.yaml --out p.pt    # train sparse/gradual, cut, fine-tune
 prunekit yolo finetune pruned.pt --data data.yaml --epochs 10   # ultralytics' trainer, pruned arch kept
 prunekit yolo scenes DIR --train 2000 --val 400 --imgsz 320     # the offline digits-on-photos benchmark
+prunekit yolo export pruned.pt --format onnx,openvino,ncnn      # ultralytics' exporter; boxes vs the .pt
 """
 
 from __future__ import annotations
@@ -168,12 +169,18 @@ def check(
     ratio: RatioOpt = 0.5,
     imgsz: ImgszOpt = 320,
     json_path: JsonOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
     """Prune a copy of MODEL, compare it with the masked reference (MODEL unchanged); exit 1 if inexact."""
+    import torch
+
     from prunekit.models.ultralytics import check_yolo, load_yolo
 
-    report = check_yolo(load_yolo(model.removeprefix("ultralytics:")), ratio=ratio, imgsz=imgsz)
-    write_json(json_path, report.to_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a NAME.yaml's random initialisation
+        net = load_yolo(model.removeprefix("ultralytics:"))
+    report = check_yolo(net, ratio=ratio, imgsz=imgsz)
+    write_json(json_path, report.to_dict() | {"seed": seed})
     console.print(
         f"{'exact' if report.ok else 'NOT EXACT'}: max |err| {report.max_abs_err:.2e}, "
         f"MACs x{report.macs_ratio:.3f}, "
@@ -235,3 +242,92 @@ def scenes(
 
     data = make_scenes_dataset(out, n_train=train, n_val=val, imgsz=imgsz, max_objects=max_objects, seed=seed)
     console.print(f"dataset: {data}   (yolo train data={data})")
+
+
+@yolo_app.command("export")
+def export(
+    model: Annotated[str, typer.Argument(metavar="PT", help="An ultralytics detection checkpoint (.pt).")],
+    formats: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated: onnx, torchscript, openvino, ncnn, litert (tflite).",
+        ),
+    ] = "onnx",
+    imgsz: Annotated[
+        int, typer.Option("--imgsz", help="Exported (static) input side, multiple of 32.")
+    ] = 320,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            metavar="DIR",
+            help="Where the exports go (default: PT's directory).",
+            file_okay=False,
+            callback=writable,
+        ),
+    ] = None,
+    images: Annotated[
+        str | None,
+        typer.Option(
+            "--images",
+            help="Comma-separated images to compare boxes on (default: ultralytics' bus.jpg, zidane.jpg).",
+        ),
+    ] = None,
+    conf: Annotated[float, typer.Option("--conf", help="Predict confidence threshold.")] = 0.25,
+    iou: Annotated[float, typer.Option("--iou", help="Predict NMS IoU threshold.")] = 0.7,
+    json_path: JsonOpt = None,
+) -> None:
+    """Export PT with ultralytics' own exporter, predict with PT and each export, compare their boxes.
+
+    PT itself is never written; each export appears complete or not at all. Exit 1 when an export's boxes
+    are outside its runtime's tolerance (or none are predicted: lower --conf)."""
+    from rich.table import Table
+
+    from prunekit.errors import ConfigError
+    from prunekit.models.yolo_export import (
+        check_detector,
+        export_checkpoint,
+        normalize_format,
+        predict_agreement,
+    )
+
+    names = [normalize_format(f) for f in formats.split(",") if f.strip()]
+    if not names:
+        raise ConfigError("--format names no format")
+    pictures = [Path(p.strip()) for p in images.split(",") if p.strip()] if images is not None else None
+    missing = [str(p) for p in pictures or [] if not p.is_file()]
+    if missing:
+        raise ConfigError(f"no such image: {missing[0]}")
+    check_detector(model)
+    rows = []
+    for fmt in dict.fromkeys(names):
+        path = export_checkpoint(model, fmt, imgsz, out_dir)
+        rows.append((path, predict_agreement(model, path, pictures, conf, iou, imgsz=imgsz)))
+    table = Table(title=f"prunekit yolo export {model}: boxes of each export vs the .pt (conf {conf})")
+    for column in ("format", "output", "boxes pt/export", "matched", "1-IoU", "classes", "conf diff"):
+        table.add_column(column)
+    for column in ("pt ms", "export ms", "within tolerance"):
+        table.add_column(column)
+    for path, agree in rows:
+        exported = sum(i.n_exported for i in agree.images)
+        table.add_row(
+            agree.format,
+            path.name,
+            f"{agree.boxes}/{exported}",
+            f"{agree.matched_fraction:.3f}",
+            f"{agree.iou_deficit:.1e}",
+            f"{agree.class_agreement:.3f}",
+            f"{agree.conf_diff:.1e}",
+            f"{agree.reference_ms:.1f}",
+            f"{agree.exported_ms:.1f}",
+            "yes" if agree.ok else "NO",
+        )
+    console.print(table)
+    for path, agree in rows:
+        console.print(f"wrote {path}")
+        for note in agree.notes:
+            console.print(f"{agree.format}: {note}")
+    write_json(json_path, {"exports": [a.to_dict() | {"output": str(p)} for p, a in rows]})
+    if not all(agree.ok for _, agree in rows):
+        raise typer.Exit(1)

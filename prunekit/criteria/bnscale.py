@@ -2,9 +2,10 @@
 
 Only BatchNorm weights are judged. A group without a BatchNorm weight (a Linear stack, a conv without BN)
 is scored by the ``fallback`` criterion, ``"l1"`` by default: its units rank by the L1 mass they remove,
-and a ``UserWarning`` says how many groups were scored that way. With ``fallback=None`` such a group is an
-error naming it (ignore that layer or use another criterion). Train with :mod:`prunekit.regularize` BN-L1
-to sparsify gammas.
+a ``UserWarning`` names the first, and each is noted in ``ScoreContext.notes`` (the structured pipeline
+records them in the plan's ``meta["scored_by"]``, in the ``--json`` and the checkpoint). With
+``fallback=None`` such a group is an error naming it (ignore that layer or use another criterion). Train
+with :mod:`prunekit.regularize` BN-L1 to sparsify gammas.
 
 >>> import torch
 >>> from prunekit.criteria import ScoreContext
@@ -58,6 +59,7 @@ class BNScale(Criterion):
                 stacklevel=2,
             )
         seen.add(group.id)
+        ctx.notes[group.id] = f"{self.fallback} (bn_scale fallback: no BatchNorm weight in the group)"
         return get_criterion(self.fallback)(group, ctx)
 
 

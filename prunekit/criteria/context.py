@@ -25,6 +25,9 @@ class ScoreContext:
     cache: dict[str, Any] = field(default_factory=dict)
     data: Any = None  # an iterable of batches (inputs or (inputs, target)) for data-driven criteria
     loss_fn: Callable[..., torch.Tensor] | None = None  # loss_fn(output, target); None: cross-entropy
+    #: group id -> how that group was scored when not by the criterion's own rule (a fallback and why);
+    #: the structured pipeline records these in the plan's ``meta["scored_by"]``
+    notes: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def of(

@@ -39,6 +39,7 @@ from prunekit.measure.latency import LatencyStats, measure_latency
 from prunekit.measure.macs import count_macs
 from prunekit.measure.params import ParamCount, count_params
 from prunekit.measure.size import SizeInfo, model_size
+from prunekit.progress import enabled
 from prunekit.recover import accuracy
 from prunekit.report.page import build_report
 
@@ -338,7 +339,7 @@ def run_demo(
     seed: int = 0,
     threads: int = 1,
     console: Console | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     stages: list[Stage] | None = None,
     onnx_source: str | None = "auto",
 ) -> DemoResult:
@@ -346,9 +347,11 @@ def run_demo(
 
     ``quick=True`` uses a small budget (4 + 2 epochs, 2 x 5 latency runs) for smoke tests; ``epochs`` and
     ``finetune_epochs`` override either budget. Runs with ``threads`` intra-op threads (restored afterwards)
-    and is reproducible for a given ``seed``. Prints progress and the table to ``console``; writes files only
-    after every stage has run. ``onnx_source`` names the stage exported to ONNX and INT8 (``"auto"``: the
-    structured stage when the ``onnx`` extra is installed; ``None``: no ONNX rows).
+    and is reproducible for a given ``seed``. Prints each stage's lines and the table to ``console``, with
+    progress bars when ``progress`` is true (``None``: :func:`prunekit.progress.enabled`, so the command
+    line's ``--quiet`` turns them off); writes files only after every stage has run. ``onnx_source`` names
+    the stage exported to ONNX and INT8 (``"auto"``: the structured stage when the ``onnx`` extra is
+    installed; ``None``: no ONNX rows).
 
     >>> result = run_demo(quick=True, console=Console(quiet=True), progress=False, onnx_source=None)
     >>> [row.name for row in result.rows], result.row("dense").accuracy > 0.9
@@ -371,7 +374,7 @@ def run_demo(
     try:
         start = time.perf_counter()
         splits = load_splits()
-        ctx = DemoContext(config, splits, console, progress=progress)
+        ctx = DemoContext(config, splits, console, progress=enabled(progress))
         models, measured = _run_stages(stages, ctx)
         t2 = time.perf_counter()
         latencies = measure_latencies(models, ctx)

@@ -327,9 +327,9 @@ def save(
     5–10× smaller for a 90%-sparse model. A model run on sparse kernels (:func:`prunekit.accelerate`) is
     saved with its dense weights and, under ``"accelerated"``, which layer ran which kernel.
 
-    A local path in ``spec`` is stored absolute. Without ``spec``, an unpruned model built outside prunekit
-    gets the spec its family infers (:func:`prunekit.models.record.recorded_spec`: torchvision, timm,
-    transformers); otherwise a warning says that loading needs ``model=``.
+    A local path in ``spec`` is stored absolute. Without ``spec``, a model built outside prunekit gets the
+    spec its family infers for its architecture before ``plan`` (:func:`prunekit.models.record.recorded_spec`:
+    torchvision, timm, transformers); otherwise a warning says that loading needs ``model=``.
 
     >>> import torch
     >>> info = save(torch.nn.Linear(3, 2), "/tmp/lin-ckpt")
@@ -350,7 +350,7 @@ def save(
     _check_target(directory)
     weights = effective_state_dict(model)
     blocks = _skipped_blocks(model)
-    spec = recorded_spec(model, spec, pruned=bool(plans or blocks))
+    spec = recorded_spec(model, spec, pruned=bool(blocks), plans=plans)
     if spec is not None:  # rebuild now: a checkpoint that cannot be loaded back is never written
         try:
             _rebuild(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch import nn
 from prunekit._inputs import call_model, to_device
 from prunekit.config import resolve
 from prunekit.errors import ConfigError
-from prunekit.progress import Bar, progress_bar
+from prunekit.progress import Bar, enabled, progress_bar
 from prunekit.recover import distributed as dist_utils
 from prunekit.recover.callbacks import EvalFn, EvalPoint, LossFn, PruneCallbacks, check_callback_args
 from prunekit.recover.config import DistillConfig, TrainConfig
@@ -142,9 +142,10 @@ def finetune(
       :func:`~prunekit.recover.distributed.init_distributed`); the model and teacher move to the rank's
       device, each rank trains on its shard (``batch_size`` is per rank), rank 0 evaluates and prints, and
       all ranks end with rank 0's weights.
-    - ``progress``: a bar on stderr (steps, loss, metric, time remaining) and one line per epoch; ``None``
-      follows :func:`prunekit.progress.enabled` (the command line's terminal, ``PRUNEKIT_PROGRESS``);
-      ``console`` draws it on a rich console of the caller's instead (and shows it unless ``progress=False``).
+    - ``progress``: a bar on stderr (steps, loss, metric, time remaining); ``None`` follows
+      :func:`prunekit.progress.enabled` (the command line's terminal without ``--quiet``,
+      ``PRUNEKIT_PROGRESS``). ``console``: a rich console of the caller's that gets one line per epoch (mean
+      loss, latest evaluation) whether or not the bar shows; without it those lines show above the bar only.
     - ``seed`` seeds dropout and a loader without its own generator (``seed + rank``), the caller's RNG kept.
 
     Options come as ``config`` (:class:`~prunekit.recover.config.TrainConfig`) and ``distill``
@@ -222,12 +223,13 @@ def _train(
     info: dist_utils.DistInfo | None,
     total: int | None,
     per_epoch: int | None,
-    show: bool | None,
+    progress: bool | None,
     console: Console | None,
 ) -> list[float]:
     """Seed the run (``seed + rank``, the caller's RNG kept), build optimizer and schedule, run :func:`_loop`.
 
-    ``model`` is trained through its DDP wrapper when ``info`` is given; the bar shows on rank 0 only.
+    ``model`` is trained through its DDP wrapper when ``info`` is given; the bar (on stderr, when
+    :func:`prunekit.progress.enabled`) and the epoch lines (to ``console``) come from rank 0 only.
     """
     device = _device_of(model)
     rank = info.rank if info is not None else 0
@@ -238,12 +240,13 @@ def _train(
         opt = _make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         sched = cosine_schedule(opt, total) if cfg.schedule == "cosine" else None
         with progress_bar(
-            "finetune", total, progress=show if rank == 0 else False, console=console,
+            "finetune", total, progress=enabled(progress) and rank == 0,
             fields="loss {task.fields[loss]:.4f}  metric {task.fields[metric]}", loss=float("nan"),
             metric="-",
         ) as bar:  # fmt: skip
+            log = _epoch_log(bar, console if rank == 0 else None)
             return _loop(
-                net, model, cb, opt, sched, batches, cfg.steps, cfg.max_grad_norm, device, bar, per_epoch
+                net, model, cb, opt, sched, batches, cfg.steps, cfg.max_grad_norm, device, bar, log, per_epoch
             )
 
 
@@ -282,9 +285,8 @@ def _run(
     flags = [(module, module.training) for module in model.modules()]
     try:
         cb.check_batch(*_split(first, device))  # raises before the model changes
-        show = True if progress is None and console is not None else progress  # a given console shows it
         every = itertools.chain([first], batches)
-        losses = _train(model, cb, cfg, every, info, total, per_epoch, show, console)
+        losses = _train(model, cb, cfg, every, info, total, per_epoch, progress, console)
         if cfg.eval_fn is not None and cb.history[-1].step != cb.step:
             cb.evaluate()
         restored = cfg.restore_best and cb.restore_best()
@@ -337,6 +339,7 @@ def _loop(
     max_grad_norm: float | None,
     device: torch.device,
     bar: Bar,
+    log: Callable[[str], None],
     per_epoch: int | None,
 ) -> list[float]:
     """The training steps: ``net`` (the model, or its DDP wrapper) on each batch until ``steps`` or a stop."""
@@ -350,14 +353,23 @@ def _loop(
         optimizer_step(model, loss, opt, sched, max_grad_norm=max_grad_norm)
         stop = cb.after_step()
         losses.append(cb.last["total"])
-        metric = "-" if not cb.history else f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f})"
+        metric = "-"
+        if cb.history:  # step 0 is the evaluation before any training
+            metric = f"{cb.history[-1].metric:.4f} (best {cb.best_metric:.4f} at step {cb.best_step})"
         bar.advance(loss=losses[-1], metric=metric)
         if per_epoch and cb.step % per_epoch == 0:
             mean = sum(losses[-per_epoch:]) / len(losses[-per_epoch:])
-            bar.log(f"epoch {cb.step // per_epoch}: loss {mean:.4f}, metric {metric}")
+            log(f"epoch {cb.step // per_epoch}: loss {mean:.4f}, metric {metric}")
         if stop or (steps is not None and cb.step >= steps):
             break
     return losses
+
+
+def _epoch_log(bar: Bar, console: Console | None) -> Callable[[str], None]:
+    """Where epoch lines go: ``console`` when given (printed above a live bar), else the bar (off: none)."""
+    if console is None:
+        return bar.log
+    return lambda text: console.print(text, highlight=False, markup=False)
 
 
 def _batches(data: Iterable, epochs: int | None) -> Iterator:

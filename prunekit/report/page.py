@@ -1,11 +1,13 @@
 """One self-contained HTML page (figures as embedded PNG, no links, no scripts) and its Markdown twin, built
-from what a command wrote: a ``--json`` output (prune, check, sparsify, sensitivity, demo) or a checkpoint.
+from what a command wrote: a ``--json`` output (prune, check, sparsify, sensitivity, bench, demo) or a
+checkpoint.
 
 Each section appears when its data exists: the before/after table (params, MACs, size, latency), the
 per-layer widths of the structural plans and the per-layer sparsity, every group that stayed whole and why
 (pinned by a rule of the trace or by the user's ignore, or kept by max_ratio, round_to, the ratio or the
-global ranking, as the plan recorded), sensitivity curves, the demo's stages with their
-accuracy/latency/size figures, and the command that reproduces the run.
+global ranking, as the plan recorded), the groups a criterion scored by its fallback (bn_scale without a
+BatchNorm), sensitivity curves, the demo's stages with their accuracy/latency/size figures, a bench's timed
+rows with its speedup chart, and the command that reproduces the run.
 
 >>> import tempfile
 >>> data = {"params_before": 100, "params_after": 40, "macs_before": 1000, "macs_after": 300}
@@ -162,6 +164,17 @@ def _kept_whole(data: dict[str, Any]) -> Table | None:
     return ["group", "width", "members", "why it stayed whole"], rows
 
 
+def _scored_by(data: dict[str, Any]) -> Table | None:
+    """Groups a criterion scored by a fallback rule, and why (``meta["scored_by"]`` of each plan)."""
+    plans = _plans(data)
+    rows = [
+        [gid if len(plans) == 1 else f"{gid} (plan {i})", how]
+        for i, plan in enumerate(plans, 1)
+        for gid, how in plan.get("meta", {}).get("scored_by", {}).items()
+    ]
+    return (["group", "scored by"], rows) if rows else None
+
+
 def _stages(data: dict[str, Any]) -> Table | None:
     stages = data.get("stages")
     if not isinstance(stages, list):
@@ -172,6 +185,55 @@ def _stages(data: dict[str, Any]) -> Table | None:
         for s in stages
     ]  # fmt: skip
     return ["stage", "accuracy", "non-zero params", "MACs", "compressed bytes", "latency ms"], rows
+
+
+def _bench_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The timed rows of a ``prunekit bench`` result (torch or ``--runtime``), else none."""
+    rows = data.get("rows")
+    if not isinstance(rows, list):
+        return []
+    keys = ("model", "batch_size", "threads", "median_ms", "p90_ms", "speedup")
+    return [r for r in rows if isinstance(r, dict) and all(k in r for k in keys)]
+
+
+def _latency(data: dict[str, Any]) -> Table | None:
+    rows = _bench_rows(data)
+    if not rows:
+        return None
+    header = ["runtime", "model", "batch", "threads", "median ms", "p90 ms", "speedup", "noisy"]
+    return header, [
+        [r.get("runtime", "torch"), r["model"], str(r["batch_size"]), str(r["threads"]),
+         f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['speedup']:.2f}x",
+         "yes" if r.get("noisy") else ""]
+        for r in rows
+    ]  # fmt: skip
+
+
+def _latency_plot(data: dict[str, Any]) -> bytes | None:
+    rows = _bench_rows(data)
+    if not rows:
+        return None
+    reference = data.get("reference")
+
+    def draw(ax: Any) -> None:
+        settings = sorted({(r.get("runtime", "torch"), r["batch_size"], r["threads"]) for r in rows}, key=str)
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        width = 0.8 / max(1, len(models))
+        for i, model in enumerate(models):
+            pick = {
+                (r.get("runtime", "torch"), r["batch_size"], r["threads"]): r
+                for r in rows
+                if r["model"] == model
+            }
+            xs = [j + i * width for j, key in enumerate(settings) if key in pick]
+            ax.bar(xs, [pick[k]["speedup"] for k in settings if k in pick], width, label=model)
+        ax.axhline(1.0, color="#888", linewidth=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(settings))])
+        ax.set_xticklabels([f"{rt}\nb{b} t{t}" for rt, b, t in settings], fontsize=7)
+        ax.set(ylabel=f"speedup vs {reference or 'the reference'}", title="measured speedup per setting")
+        ax.legend(fontsize=7)
+
+    return _figure(draw)
 
 
 def _figure(draw: Callable[[Any], None]) -> bytes:
@@ -244,11 +306,14 @@ _TABLES = [
     ("Per-layer widths (structural plans)", _widths),
     ("Per-layer sparsity", _sparsity),
     ("What stayed whole and why", _kept_whole),
+    ("Groups scored by a fallback", _scored_by),
+    ("Latency (bench)", _latency),
 ]
 _FIGURES = [
     ("widths", "Widths before and after", _width_plot),
     ("sensitivity", "Sensitivity curves", _sensitivity_plot),
     ("stages", "Accuracy vs latency", _stage_plot),
+    ("latency", "Measured speedup", _latency_plot),
 ]
 
 

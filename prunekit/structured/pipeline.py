@@ -66,6 +66,8 @@ class Scored:
     config: PruneConfig  #: ``ignore`` as module names
     report: GroupReport
     scores: dict[int, torch.Tensor]
+    #: group id -> how it was scored when not by the criterion's own rule (:attr:`ScoreContext.notes`)
+    notes: dict[int, str] = field(default_factory=dict)
 
     @property
     def total_units(self) -> int:
@@ -109,11 +111,20 @@ def score_groups(report: GroupReport, ctx: ScoreContext, criterion: Any = "l2") 
     return group_scores(exact, get_criterion(criterion), ctx)
 
 
-def score(model: nn.Module, example_inputs: ExampleInputs, report: GroupReport, config: PruneConfig) -> dict:
+def score(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    report: GroupReport,
+    config: PruneConfig,
+    notes: dict[int, str] | None = None,
+) -> dict:
     """:func:`score_groups` with ``config``'s criterion, data and loss on ``model``'s current weights, and
-    the stream groups' scores of a ``stream`` config."""
+    the stream groups' scores of a ``stream`` config; ``notes`` (when given) receives the criterion's
+    :attr:`ScoreContext.notes` (groups scored by a fallback, and why)."""
     ctx = ScoreContext.of(model, example_inputs, data=config.data, loss_fn=config.loss_fn)
     scores = score_groups(report, ctx, config.criterion)
+    if notes is not None:
+        notes.update(ctx.notes)
     how = stream_importance(config.stream)
     if how is not None:
         scores.update(stream_scores(model, report, config.data, how))
@@ -126,7 +137,9 @@ def traced(
     """The trace, groups and score stages: a :class:`Scored` to select plans from."""
     config = with_names(config, model)
     report = trace(model, example_inputs, config, verb)
-    return Scored(model, example_inputs, config, report, score(model, example_inputs, report, config))
+    notes: dict[int, str] = {}
+    scores = score(model, example_inputs, report, config, notes)
+    return Scored(model, example_inputs, config, report, scores, notes)
 
 
 def plan_meta(config: PruneConfig, report: GroupReport, ratio: float | None, **extra: Any) -> dict[str, Any]:
@@ -164,7 +177,10 @@ def select(scored: Scored, ratio: float, transforms: Sequence[PlanTransform] = (
     options = (float(ratio), cfg.effective_scope, cfg.round_to, cfg.max_ratio)
     removed = choose_units(scored.report, scored.scores, *options)
     whole = kept_whole(scored.report, removed, *options)
-    plan = build_plan(scored.report, removed, plan_meta(cfg, scored.report, float(ratio), kept_whole=whole))
+    scored_by = {str(gid): how for gid, how in sorted(scored.notes.items())}
+    extra = {"scored_by": scored_by} if scored_by else {}
+    meta = plan_meta(cfg, scored.report, float(ratio), kept_whole=whole, **extra)
+    plan = build_plan(scored.report, removed, meta)
     for transform in transforms:
         plan = transform(plan, scored)
     return plan
