@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prunekit._validate import integer, names, real
@@ -42,41 +42,86 @@ VERIFY = ("exact", "approximate", "shapes")  # what prune checks after the cut (
 
 @dataclass(frozen=True)
 class Target:
-    """What the pruned model must achieve; set exactly one field.
+    """What the pruned model must achieve; set exactly one of ``macs``, ``params``, ``latency_ms``,
+    ``speedup``.
 
     - ``macs`` / ``params``: fraction of the original kept, in (0, 1] (``macs=0.5``: at most half the MACs).
-    - ``latency_ms``: median forward time on this device, in milliseconds (> 0).
+    - ``latency_ms``: median forward time in milliseconds (> 0).
+    - ``speedup``: measured speedup factor over the original model (> 1): the dense median time divided by
+      the pruned one.
+
+    Latency and speedup are measured on ``runtime``, a name registered in
+    :mod:`prunekit.deploy.runtimes` (``"onnxruntime"``, ``"openvino"``, ...: the model is exported to it and
+    timed there; :mod:`prunekit.structured.runtime_target`), or, for ``None``, in eager PyTorch on this
+    device. ``threads`` is the intra-op thread count of every timing (1, as ``prunekit bench``). ``runtime``
+    and ``threads`` belong to latency and speedup targets only.
 
     >>> Target(macs=0.5).metric, Target(latency_ms=2.0).value
     ('macs', 2.0)
+    >>> Target(speedup=2, runtime="onnxruntime").to_dict()
+    {'speedup': 2.0, 'runtime': 'onnxruntime', 'threads': 1}
+    >>> Target(speedup=1.0)
+    Traceback (most recent call last):
+    prunekit.errors.ConfigError: Target speedup must be > 1, got 1.0
     """
 
     macs: float | None = None
     params: float | None = None
     latency_ms: float | None = None
+    speedup: float | None = None
+    runtime: str | None = None
+    threads: int = 1
 
     def __post_init__(self) -> None:
-        given = {k: v for k, v in asdict(self).items() if v is not None}
+        given = {k: getattr(self, k) for k in METRICS if getattr(self, k) is not None}
         if len(given) != 1:
-            raise ConfigError(f"Target needs exactly one of macs, params, latency_ms; got {sorted(given)}")
+            raise ConfigError(f"Target needs exactly one of {', '.join(METRICS)}; got {sorted(given)}")
         ((key, value),) = given.items()
         if key == "latency_ms":
             number = real(value, "Target latency_ms", 0.0, math.inf, lo_open=True, hi_open=True)
+        elif key == "speedup":
+            number = real(value, "Target speedup", 1.0, math.inf, lo_open=True, hi_open=True)
         else:  # the fraction kept
             number = real(value, f"Target {key} (the fraction kept)", 0.0, 1.0, lo_open=True)
         object.__setattr__(self, key, number)
+        object.__setattr__(self, "threads", integer(self.threads, "Target threads", 1))
+        if key in ("macs", "params") and (self.runtime is not None or self.threads != 1):
+            raise ConfigError(
+                f"Target {key} is counted, not timed: runtime= and threads= go with latency_ms or speedup"
+            )
+        if self.runtime is not None:
+            if not isinstance(self.runtime, str):
+                raise ConfigError(f"Target runtime must be a runtime name, got {type(self.runtime).__name__}")
+            from prunekit.deploy.runtimes import get_runtime  # unknown: ConfigError naming the choices
+
+            get_runtime(self.runtime).require()  # not installed: ExportError naming the pip extra
 
     @property
     def metric(self) -> str:
-        """``"macs"``, ``"params"`` or ``"latency_ms"``."""
-        return next(k for k, v in asdict(self).items() if v is not None)
+        """``"macs"``, ``"params"``, ``"latency_ms"`` or ``"speedup"``."""
+        return next(k for k in METRICS if getattr(self, k) is not None)
 
     @property
     def value(self) -> float:
         return float(getattr(self, self.metric))
 
+    @property
+    def timed(self) -> bool:
+        """Whether the target is measured by timing (latency or speedup) rather than counted."""
+        return self.metric in ("latency_ms", "speedup")
+
     def to_dict(self) -> dict[str, Any]:
-        return {self.metric: self.value}
+        """``{metric: value}``, with ``runtime`` (when set) and ``threads`` for a timed target."""
+        out: dict[str, Any] = {self.metric: self.value}
+        if self.runtime is not None:
+            out["runtime"] = self.runtime
+        if self.timed:
+            out["threads"] = self.threads
+        return out
+
+
+#: the fields of :class:`Target` naming what it asks for (exactly one is set)
+METRICS = ("macs", "params", "latency_ms", "speedup")
 
 
 def _target(value: Any) -> Target | None:
@@ -86,7 +131,8 @@ def _target(value: Any) -> Target | None:
         try:
             return Target(**value)
         except TypeError:
-            raise ConfigError(f"target: keys are macs, params or latency_ms, got {sorted(value)}") from None
+            keys = ", ".join(f.name for f in dataclasses.fields(Target))
+            raise ConfigError(f"target: keys are {keys}; got {sorted(value)}") from None
     raise ConfigError(f"target must be a prunekit.Target, got {type(value).__name__}")
 
 
@@ -146,7 +192,7 @@ class PruneConfig(_Config):
     - ``target``: a :class:`Target` (or ``{"macs": 0.5}``) replacing ``ratio``: the ratio is searched.
     - ``data`` / ``loss_fn``: batches and ``loss_fn(output, target)`` for data-driven criteria.
     - ``measure``: count params and MACs before and after (``False``: they read 0).
-    - ``latency_runs``: timed runs per candidate of a ``Target(latency_ms=...)`` search.
+    - ``latency_runs``: timed runs per measurement of a timed (``latency_ms`` / ``speedup``) target search.
     - ``verify``: ``"exact"`` compares the pruned model with the masked reference before returning;
       ``"approximate"`` measures its error against the original model (``PruneResult.approx_error``);
       ``"shapes"`` checks only sizes and output shapes (one forward fewer); ``None``: ``"exact"`` for an

@@ -5,7 +5,8 @@
     scope: global             # local | global
     ratio: 0.5                # structured: share of units; layers: share of blocks
     # sparsity: 0.9           # unstructured, instead of ratio: share of weights masked
-    # target: {macs: 0.5}     # structured only, instead of ratio: macs | params | latency_ms
+    # target: {macs: 0.5}     # structured only, instead of ratio: macs | params | latency_ms | speedup
+    #                         # (+ runtime: onnxruntime, threads: 1 for latency_ms / speedup)
     # n: 2                    # layers only, instead of ratio: number of blocks
     max_ratio: 0.9            # structured
     round_to: 8               # structured
@@ -169,7 +170,7 @@ def _amount_keys(data: dict, w: str, method: str) -> dict:
     return data
 
 
-def _target(t: Any, w: str) -> dict[str, float]:
+def _target(t: Any, w: str) -> dict[str, Any]:
     """A ``target`` mapping, checked by building a :class:`prunekit.structured.target.Target` from it."""
     from prunekit.structured.target import Target
 
@@ -178,7 +179,8 @@ def _target(t: Any, w: str) -> dict[str, float]:
     try:
         Target(**t)
     except TypeError as exc:
-        raise ConfigError(f"{w}target: keys are macs, params or latency_ms, got {sorted(t)}") from exc
+        keys = "macs, params, latency_ms, speedup, runtime, threads"
+        raise ConfigError(f"{w}target: keys are {keys}; got {sorted(t)}") from exc
     except ConfigError as exc:
         raise ConfigError(f"{w}target: {exc}") from exc
     return dict(t)

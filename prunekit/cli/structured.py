@@ -120,7 +120,36 @@ def prune(
         float | None, typer.Option("--target-params", help="Prune until params are this fraction.")
     ] = None,
     target_latency_ms: Annotated[
-        float | None, typer.Option("--target-latency-ms", help="Prune until latency (this CPU) is below.")
+        float | None,
+        typer.Option(
+            "--target-latency-ms",
+            help="Prune until the median latency (ms, batch of --input-shape) is at most this: on --runtime, "
+            "else eager PyTorch on this CPU.",
+        ),
+    ] = None,
+    target_speedup: Annotated[
+        float | None,
+        typer.Option(
+            "--target-speedup",
+            help="Prune until the measured speedup over MODEL (dense ms / pruned ms) is this (> 1): on "
+            "--runtime, else eager PyTorch on this CPU.",
+        ),
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--runtime",
+            help="With --target-latency-ms/--target-speedup: time on this runtime (onnxruntime, openvino, "
+            "litert, ncnn; a per-group latency table, cached, then end-to-end checks).",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="Intra-op threads of every timing of --target-latency-ms/--target-speedup (default 1, as "
+            "`prunekit bench`).",
+        ),
     ] = None,
     data: CalibDataOpt = None,
     batch_size: CalibBatchOpt = 32,
@@ -153,7 +182,14 @@ def prune(
     from prunekit.models.spec import file_format_for
     from prunekit.structured.target import target_from_options
 
-    target = target_from_options(macs=target_macs, params=target_params, latency_ms=target_latency_ms)
+    target = target_from_options(
+        macs=target_macs,
+        params=target_params,
+        latency_ms=target_latency_ms,
+        speedup=target_speedup,
+        runtime=runtime,
+        threads=threads,
+    )
     verify = "shapes" if no_verify else None
     stream_options(stream, data, None)
     config = prune_config(
@@ -203,6 +239,8 @@ def prune(
         )
         return
     console.print(before_after_table(f"prunekit prune {model}", result))
+    if result.target is not None and "reached_ms" in result.target:
+        console.print(timed_target_line(result.target))
     if result.approx_error is not None:
         console.print(
             f"approximate cut ({'; '.join(result.plan.approximate)}): rel. error {result.approx_error:.3g}"
@@ -210,6 +248,24 @@ def prune(
     console.print(
         f"removed {result.removed_units:,} channels in {result.n_pruned_groups} of {result.n_groups} groups; "
         f"wrote {out} (reload with `prunekit load {out}`)"
+    )
+
+
+def timed_target_line(info: dict[str, Any]) -> str:
+    """What a latency/speedup search reached: ms and speedup requested vs reached, runtime, threads.
+
+    >>> timed_target_line({"requested_ms": 5.0, "reached_ms": 4.9, "requested_speedup": 2.0,
+    ...     "reached_speedup": 2.04, "runtime": "onnxruntime", "threads": 1, "met": True})
+    'latency 4.9 ms (requested 5 ms), speedup 2.04x (requested 2.00x) on onnxruntime, 1 thread: met'
+    """
+    plural = "" if info["threads"] == 1 else "s"
+    verdict = "met" if info["met"] else "not met"
+    if "within_tolerance" in info and not info["met"]:
+        verdict = f"{verdict} (within {info['tolerance']:.0%})" if info["within_tolerance"] else verdict
+    return (
+        f"latency {info['reached_ms']:.3g} ms (requested {info['requested_ms']:.3g} ms), speedup "
+        f"{info['reached_speedup']:.2f}x (requested {info['requested_speedup']:.2f}x) on {info['runtime']}, "
+        f"{info['threads']} thread{plural}: {verdict}"
     )
 
 

@@ -134,8 +134,10 @@ def prune(
     prunable units ranked together by group-normalised importance (``scope="global"``). ``ignore`` lists
     module names or modules whose channels stay. ``measure=False`` skips the params/MACs counts (two extra
     forwards; they read 0 in the result).
-    ``target=prunekit.Target(macs=0.5 | params=0.4 | latency_ms=...)`` replaces ``ratio``: the ratio is
-    searched (see :mod:`prunekit.structured.target`); ``PruneResult.target`` gives requested vs achieved.
+    ``target=prunekit.Target(macs=0.5 | params=0.4 | latency_ms=... | speedup=...)`` replaces ``ratio``:
+    the ratio is searched (see :mod:`prunekit.structured.target`; with ``runtime="onnxruntime"`` etc. a
+    timed target is measured on that runtime, :mod:`prunekit.structured.runtime_target`);
+    ``PruneResult.target`` gives requested vs achieved.
     The scope defaults to ``"local"`` for a ratio and ``"global"`` for a target search
     (:attr:`prunekit.PruneConfig.effective_scope`). The stages are those of
     :mod:`prunekit.structured.pipeline`.

@@ -3,9 +3,14 @@ in a requested time.
 
 ``Target(macs=0.5)`` keeps at most half of the original MACs, ``Target(params=0.4)`` at most 40 % of the
 parameters, ``Target(latency_ms=3.0)`` asks for a median forward of at most 3 ms on this device
-(:func:`prunekit.measure.measure_latency`). The groups are traced and scored ONCE; then a bisection runs over
-the number of removed units (``scope="global"``: an integer, so the result is exact to one unit) or over
-the per-group ratio (``scope="local"``). Every candidate is measured exactly: its plan is applied to a
+(:func:`prunekit.measure.measure_latency`, with the target's ``threads``, 1 unless set),
+``Target(speedup=2.0)`` for half the dense model's median time. With ``runtime=`` a timed target is measured
+on that deployment runtime instead, by the latency-table search of
+:mod:`prunekit.structured.runtime_target`; everything below is the search without one.
+
+The groups are traced and scored ONCE; then a bisection runs over the number of removed units
+(``scope="global"``: an integer, so the result is exact to one unit) or over the per-group ratio
+(``scope="local"``). Every candidate is measured exactly: its plan is applied to a
 deep copy and counted with ``torch.utils.flop_counter`` (MACs), :func:`prunekit.measure.count_params`
 (params) or timed (latency); the plan transforms of the road (a model family's own step,
 :mod:`prunekit.structured.pipeline`) run on every candidate before it is measured. The plan found is then
@@ -46,12 +51,13 @@ from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored, run
 __all__ = ["Target", "TargetSearch", "prune_to_target", "search_target", "target_from_options"]
 
 
-def _measure(metric: str, model: nn.Module, x: ExampleInputs, runs: int) -> float:
-    if metric == "macs":
+def _measure(target: Target, model: nn.Module, x: ExampleInputs, runs: int) -> float:
+    if target.metric == "macs":
         return float(count_macs(model, x))
-    if metric == "params":
+    if target.metric == "params":
         return float(count_params(model).total)
-    return float(measure_latency(model, x, runs=runs, warmup=max(2, runs // 5)).median_ms)
+    stats = measure_latency(model, x, runs=runs, warmup=max(2, runs // 5), threads=target.threads)
+    return float(stats.median_ms)
 
 
 def _bisect(f: Callable[[Any], float], lo: Any, hi: Any, goal: float, integer: bool) -> Any:
@@ -72,7 +78,8 @@ def _bisect(f: Callable[[Any], float], lo: Any, hi: Any, goal: float, integer: b
 
 
 class TargetSearch:
-    """The search of :func:`search_target`: the ``plan`` found and the metric measured along the way."""
+    """The search of :func:`search_target`: the ``plan`` found and the metric measured along the way (a
+    timed target's metric is the median ms, in eager PyTorch with the target's ``threads``)."""
 
     def __init__(self, scored: Scored, transforms: Sequence[PlanTransform]) -> None:
         self.scored, self.transforms = scored, transforms
@@ -81,15 +88,17 @@ class TargetSearch:
         with torch.no_grad():
             self.work = copy.deepcopy(scored.model)
         self.before = self.measure(self.work)
-        scale = 1.0 if self.target.metric == "latency_ms" else self.before
-        self.goal = self.target.value * scale
+        if self.target.metric == "speedup":
+            self.goal = self.before / self.target.value
+        else:
+            self.goal = self.target.value * (1.0 if self.target.timed else self.before)
         self.cache: dict[Any, tuple[float, Plan]] = {}
         self.point = self._search()
         self.plan = self.cache[self.point][1]
 
     def measure(self, model: nn.Module) -> float:
         runs, x = self.scored.config.latency_runs, self.scored.example_inputs
-        return _measure(self.target.metric, model, x, runs)
+        return _measure(self.target, model, x, runs)
 
     def at(self, point: Any) -> float:
         """The metric of the plan at ``point`` (units removed, global; a per-group ratio, local)."""
@@ -107,7 +116,7 @@ class TargetSearch:
             t, cfg = self.target, self.scored.config
             got = self.at(hi)
             kept = f"{got / self.before:.4f} of the original"
-            shown = f"{got:.4g} ms" if t.metric == "latency_ms" else kept
+            shown = f"{got:.4g} ms (dense {self.before:.4g} ms)" if t.timed else kept
             raise ConfigError(
                 f"target {t.metric}={t.value} is unreachable: pruning as far as max_ratio={cfg.max_ratio} "
                 f"allows gives {shown}; raise max_ratio or relax the target"
@@ -115,14 +124,15 @@ class TargetSearch:
         return lo if self.at(lo) <= self.goal else _bisect(self.at, lo, hi, self.goal, self.integer)
 
     def info(self, model: nn.Module) -> dict[str, Any]:
-        """Requested vs achieved, ``model`` being the pruned model (re-timed for a latency target)."""
-        metric = self.target.metric
-        after = self.measure(model) if metric == "latency_ms" else self.cache[self.point][0]
-        scale = 1.0 if metric == "latency_ms" else self.before
+        """Requested vs achieved, ``model`` being the pruned model (re-timed for a timed target)."""
+        t = self.target
+        after = self.measure(model) if t.timed else self.cache[self.point][0]
+        scale = 1.0 if t.timed else self.before
+        achieved = self.before / after if t.metric == "speedup" else after / scale
         info = {
-            "metric": metric,
-            "requested": self.target.value,
-            "achieved": after / scale,
+            "metric": t.metric,
+            "requested": t.value,
+            "achieved": achieved,
             "before": self.before,
             "after": after,
             "met": after <= self.goal,
@@ -130,14 +140,29 @@ class TargetSearch:
             "ratio": self.plan.meta["ratio"],
             "evaluations": len(self.cache),
         }
-        if self.integer and self.point > 0 and metric != "latency_ms":
+        if t.timed:
+            info |= {
+                "requested_ms": self.goal,
+                "reached_ms": after,
+                "requested_speedup": self.before / self.goal,
+                "reached_speedup": self.before / after,
+                "runtime": "pytorch",
+                "threads": t.threads,
+            }
+        if self.integer and self.point > 0 and not t.timed:
             info["achieved_one_unit_less"] = self.at(self.point - 1) / scale
         return info
 
 
-def search_target(scored: Scored, transforms: Sequence[PlanTransform] = ()) -> TargetSearch:
+def search_target(scored: Scored, transforms: Sequence[PlanTransform] = ()) -> Any:
     """The target-search stage of :func:`prunekit.structured.pipeline.run`: the plan meeting
-    ``scored.config.target`` (module docstring); ``scored.model`` is not changed."""
+    ``scored.config.target`` (module docstring); ``scored.model`` is not changed. A target with a
+    ``runtime`` is searched on that runtime
+    (:class:`~prunekit.structured.runtime_target.RuntimeTargetSearch`), any other by :class:`TargetSearch`."""
+    if scored.config.target is not None and scored.config.target.runtime is not None:
+        from prunekit.structured.runtime_target import RuntimeTargetSearch
+
+        return RuntimeTargetSearch(scored, transforms)
     return TargetSearch(scored, transforms)
 
 
@@ -179,25 +204,40 @@ def prune_to_target(
     options |= {"measure": measure, "verify": verify}
     cfg = resolve(PruneConfig, config, "prune_to_target", (), target=target, **options)
     if cfg.target is None:
-        raise ConfigError("prune_to_target needs a target: prunekit.Target(macs= | params= | latency_ms=)")
+        raise ConfigError(
+            "prune_to_target needs a target: prunekit.Target(macs= | params= | latency_ms= | speedup=)"
+        )
     return run(model, example_inputs, cfg, verb="prune_to_target")
 
 
 def target_from_options(
-    macs: float | None = None, params: float | None = None, latency_ms: float | None = None
+    macs: float | None = None,
+    params: float | None = None,
+    latency_ms: float | None = None,
+    speedup: float | None = None,
+    runtime: str | None = None,
+    threads: int | None = None,
 ) -> Target | None:
-    """The :class:`Target` given by CLI options ``--target-macs/--target-params/--target-latency-ms``
-    (None when none is set; ConfigError when several are).
+    """The :class:`Target` given by CLI options ``--target-macs/--target-params/--target-latency-ms/
+    --target-speedup`` with ``--runtime``/``--threads`` (None when no target is set; ConfigError when several
+    are, or when ``--runtime``/``--threads`` come without a timed target).
 
     >>> target_from_options(macs=0.5), target_from_options()
-    (Target(macs=0.5, params=None, latency_ms=None), None)
+    (Target(macs=0.5, params=None, latency_ms=None, speedup=None, runtime=None, threads=1), None)
     """
-    given = {
-        k: v for k, v in {"macs": macs, "params": params, "latency_ms": latency_ms}.items() if v is not None
-    }
-    if not given:
-        return None
+    values = {"macs": macs, "params": params, "latency_ms": latency_ms, "speedup": speedup}
+    given = {k: v for k, v in values.items() if v is not None}
     if len(given) > 1:
         flags = ", ".join(f"--target-{k.replace('_', '-')}" for k in given)
         raise ConfigError(f"give one target option, got {flags}")
-    return Target(**given)
+    timed = bool(given) and next(iter(given)) in ("latency_ms", "speedup")
+    for name, value in (("--runtime", runtime), ("--threads", threads)):
+        if value is not None and not timed:
+            with_what = f"--target-{next(iter(given)).replace('_', '-')}" if given else "no target"
+            raise ConfigError(
+                f"{name} times a --target-latency-ms or --target-speedup search; it cannot go with "
+                f"{with_what}"
+            )
+    if not given:
+        return None
+    return Target(**given, runtime=runtime, threads=1 if threads is None else threads)

@@ -18,6 +18,7 @@ target; its files are moved into place with ``os.replace`` only after the whole 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -100,6 +101,18 @@ class Runtime(ABC):
                     f"runtime {self.name} needs {module}, which does not import ({type(err).__name__}: "
                     f'{first_line(err)}): pip install "prunekit[{self.extra}]"'
                 ) from err
+
+    def version(self) -> str:
+        """The versions of the packages this runtime runs on (``"onnx 1.17.0, onnxruntime 1.20.1, ..."``),
+        for cache keys and reports; a package without a recorded version reads ``unknown``."""
+        parts = []
+        for module in self.modules:
+            try:
+                found = importlib.metadata.version(module)
+            except importlib.metadata.PackageNotFoundError:
+                found = str(getattr(importlib.import_module(module), "__version__", "unknown"))
+            parts.append(f"{module} {found}")
+        return ", ".join(parts)
 
     def check_export_args(self, int8: str | None, calibration: Any) -> None:
         """Refuse an INT8 mode the runtime lacks, and static INT8 without calibration data."""

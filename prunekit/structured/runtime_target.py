@@ -1,0 +1,294 @@
+"""Prune to a latency or speedup measured on the deployment runtime (``Target(..., runtime="openvino")``).
+
+The search of a :class:`~prunekit.config.Target` whose ``runtime`` is set, in three steps:
+
+1. **Table.** The per-group latency table of the model on the runtime
+   (:mod:`prunekit.structured.latency_table`; read from its cache when the same model, runtime and machine
+   were timed before). Its width step becomes ``round_to`` when the config leaves ``round_to`` unset.
+2. **Selection.** Units are taken greedily across all groups by the importance they carry per millisecond
+   they save (as in NetAdapt and NVIDIA's HALP): each group offers its next ``round_to`` units in its removal
+   order (lowest scores first); their cost is the sum of their scores, each divided by the mean score of its
+   group (as global ranking does, :func:`prunekit.structured.select.choose_units`), and their gain is the
+   latency the table says they save. The cheapest importance per ms saved goes first, until the saving the
+   table predicts for all groups together (:meth:`~prunekit.structured.latency_table.LatencyTable.predict`)
+   reaches the budget: the share of the dense time the target asks to remove.
+3. **Correction.** The plan (with the road's plan transforms) is applied to a copy, exported and timed end to
+   end next to the dense model (their runs alternated), both on the runtime with ``threads`` threads. When
+   the measured latency is further than ``tolerance`` (relative) from the goal, the budget is scaled by how
+   much of its predicted saving was measured (measured / predicted) and the selection runs again, at most
+   ``corrections`` times. A scaled budget outside the bracket the measured attempts set (one too slow, one
+   too fast), or one giving a plan already measured, is replaced by the bracket's midpoint; when that too
+   repeats a plan, ``round_to``'s steps are coarser than the tolerance and the search stops.
+   The attempt closest to the goal is kept (its measured time, not a prediction, is reported).
+
+A speedup target is the dense time over the pruned one, both timed in the same attempt; a latency target is
+the pruned model's median ms. The result's ``target`` dict has the requested and reached latency and speedup,
+the predicted ms of the plan, the runtime and its version, the threads, the attempts, the table's record
+(cached or measured, seconds, measurements) and the ``round_to`` used with the reason.
+
+A goal the dense model already meets, or one that pruning as far as ``max_ratio`` allows does not reach
+within the tolerance, is a :class:`~prunekit.errors.ConfigError`; the user's model is untouched then.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.plan import Plan
+from prunekit.structured.cut import apply
+from prunekit.structured.latency_table import LatencyTable, Timer, build_table, orders_of
+from prunekit.structured.pipeline import PlanTransform, Scored, plan_meta
+from prunekit.structured.select import build_plan, kept_whole
+
+__all__ = ["TOLERANCE", "RuntimeTargetSearch", "greedy_units"]
+
+#: relative distance from the goal latency within which a measured plan is accepted
+TOLERANCE = 0.05
+#: at most this many re-selections after the first measured plan
+CORRECTIONS = 3
+
+
+def _steps(width: int, removable: int, round_to: int) -> list[int]:
+    """The numbers of removed units a group may stop at: its kept width a multiple of ``round_to`` (or its
+    whole width), at most ``removable`` removed.
+
+    >>> _steps(10, 7, 4), _steps(10, 7, 1)[:3]
+    ([0, 2, 6], [0, 1, 2])
+    """
+    return [k for k in range(removable + 1) if k == 0 or (width - k) % round_to == 0]
+
+
+def greedy_units(
+    table: LatencyTable,
+    orders: dict[int, list[int]],
+    costs: dict[int, torch.Tensor],
+    widths: dict[int, int],
+    budget_ms: float,
+    round_to: int = 1,
+) -> dict[int, list[int]]:
+    """Units removed per group (ids -> unit indices) so the table's predicted saving reaches ``budget_ms``,
+    taking the steps of least importance per ms saved first (module docstring). ``costs[g][u]`` is unit
+    ``u``'s normalised importance; a group not in ``table`` stays whole. The last step is kept only when it
+    lands nearer the budget than stopping before it. Returns everything the table allows when the budget is
+    beyond it."""
+    heap: list[tuple[float, int, int, int]] = []  # (cost per ms, group, step index into stops, tie)
+    stops = {}
+    for gid, order in orders.items():
+        if gid not in table.groups or not order:
+            continue
+        stops[gid] = _steps(widths[gid], len(order), round_to)
+        _push(heap, table, orders, costs, stops, gid, 0)
+    at = dict.fromkeys(stops, 0)
+    previous = dict(at)
+    while heap and table.saved(at) < budget_ms:
+        _, gid, i, _ = heapq.heappop(heap)
+        previous = dict(at)
+        at[gid] = stops[gid][i + 1]
+        _push(heap, table, orders, costs, stops, gid, i + 1)
+    if budget_ms - table.saved(previous) < table.saved(at) - budget_ms:
+        at = previous  # the last step overshot by more than stopping short of it misses
+    return {gid: sorted(orders[gid][:k]) for gid, k in at.items() if k}
+
+
+def _push(heap: list, table: LatencyTable, orders: dict, costs: dict, stops: dict, gid: int, i: int) -> None:
+    if i + 1 >= len(stops[gid]):
+        return
+    before, after = stops[gid][i], stops[gid][i + 1]
+    units = orders[gid][before:after]
+    cost = float(costs[gid][units].sum())
+    gain = table.groups[gid].saved(after) - table.groups[gid].saved(before)
+    ratio = cost / gain if gain > 1e-12 else math.inf
+    heapq.heappush(heap, (ratio, gid, i, after))
+
+
+def normalised(scored: Scored) -> dict[int, torch.Tensor]:
+    """Every group's scores divided by their mean (zeros for a group whose mean is not positive)."""
+    out = {}
+    for gid, s in scored.scores.items():
+        s = s.to(torch.float64)
+        mean = float(s.mean()) if s.numel() else 0.0
+        out[gid] = s / mean if mean > 0 else torch.zeros_like(s)
+    return out
+
+
+class RuntimeTargetSearch:
+    """The search of a runtime target (module docstring): ``plan`` found and :meth:`info` for the result.
+
+    ``cache`` overrides the latency tables' directory (:func:`prunekit.structured.latency_table.cache_dir`).
+    """
+
+    def __init__(
+        self,
+        scored: Scored,
+        transforms: Sequence[PlanTransform] = (),
+        *,
+        cache: str | os.PathLike | None = None,
+        tolerance: float = TOLERANCE,
+        corrections: int = CORRECTIONS,
+    ) -> None:
+        start = time.perf_counter()
+        self.scored, self.transforms = scored, transforms
+        cfg = scored.config
+        self.target = cfg.target
+        if self.target is None or self.target.runtime is None or not self.target.timed:
+            raise ConfigError("a runtime search needs Target(latency_ms= or speedup=, runtime=...)")
+        self.tolerance = tolerance
+        self.timer = Timer(self.target.runtime, self.target.threads, cfg.latency_runs, scored.example_inputs)
+        try:
+            with torch.no_grad():
+                self.work = copy.deepcopy(scored.model)
+            self.orders = orders_of(scored)
+            self.table = build_table(scored, self.orders, self.timer, cache=cache)
+            self.round_to = cfg.round_to or self.table.round_to
+            self.round_to_reason = (
+                "given" if cfg.round_to else f"latency table: {self.table.steps.get('note', '')}"
+            )
+            self.dense = self.timer.load(self.work)
+            self.attempts: list[dict[str, Any]] = []
+            self.plan = self._search(corrections)
+        finally:
+            self.timer.close()
+        self.seconds = time.perf_counter() - start
+
+    def _goal_fraction(self, dense_ms: float) -> float:
+        """The share of the dense time the target asks to keep."""
+        t = self.target
+        return 1.0 / t.value if t.metric == "speedup" else t.value / dense_ms
+
+    def _plan(self, budget_ms: float) -> tuple[Plan, dict[int, list[int]]]:
+        widths = {g.id: g.width for g in self.scored.report.prunable_groups}
+        costs = normalised(self.scored)
+        removed = greedy_units(self.table, self.orders, costs, widths, budget_ms, self.round_to)
+        ratio = sum(len(u) for u in removed.values()) / max(1, self.scored.total_units)
+        cfg = self.scored.config
+        whole = kept_whole(self.scored.report, removed, ratio, "global", self.round_to, cfg.max_ratio)
+        meta = plan_meta(cfg, self.scored.report, ratio, round_to=self.round_to, kept_whole=whole)
+        plan = build_plan(self.scored.report, removed, meta)
+        for transform in self.transforms:
+            plan = transform(plan, self.scored)
+        return plan, removed
+
+    def _measure(self, plan: Plan) -> tuple[float, float]:
+        """``(dense ms, pruned ms)`` timed with their runs alternated on the runtime (:meth:`Timer.pair`)."""
+        with torch.no_grad():
+            pruned = copy.deepcopy(self.work)
+        apply(pruned, plan, self.scored.example_inputs)
+        return self.timer.pair(self.dense, self.timer.load(pruned))
+
+    def _search(self, corrections: int) -> Plan:
+        base = self.table.base_ms
+        most = self.table.saved({g: len(o) for g, o in self.orders.items()})
+        dense_now = self.timer.time_session(self.dense)
+        keep = self._goal_fraction(dense_now)
+        if keep >= 1.0:
+            raise ConfigError(
+                f"target {self.target.metric}={self.target.value} is already met by the dense model "
+                f"({dense_now:.4g} ms on {self.target.runtime})"
+            )
+        budget = (1.0 - keep) * base  # ms to save, in the table's time
+        slow, fast = 0.0, math.inf  # budgets measured too slow / fast: the goal's budget lies between
+        full_too_slow = False
+        best: tuple[float, Plan] | None = None
+        for _ in range(1 + corrections):
+            plan, removed = self._plan(min(budget, most))
+            if self._seen(removed) and fast < math.inf:
+                budget = (slow + fast) / 2  # the scaled budget repeats a plan: halve the bracket instead
+                plan, removed = self._plan(min(budget, most))
+            if self._seen(removed):
+                break  # no budget left between two measured plans: round_to's steps are this coarse
+            dense_ms, pruned_ms = self._measure(plan)
+            goal_ms = self._goal_fraction(dense_ms) * dense_ms
+            predicted = self.table.predict({g: len(u) for g, u in removed.items()})
+            error = pruned_ms / goal_ms - 1.0
+            self.attempts.append(
+                {
+                    "budget_ms": budget,
+                    "predicted_ms": predicted * dense_ms / base,  # in this attempt's time
+                    "dense_ms": dense_ms,
+                    "pruned_ms": pruned_ms,
+                    "goal_ms": goal_ms,
+                    "removed_units": sum(len(u) for u in removed.values()),
+                    "removed": removed,
+                }
+            )
+            if best is None or abs(error) < abs(best[0]):
+                best = (error, plan)
+                self.chosen = len(self.attempts) - 1
+            if pruned_ms > goal_ms:
+                slow = max(slow, min(budget, most))
+                full_too_slow = full_too_slow or budget >= most
+            else:
+                fast = min(fast, budget)
+            if abs(error) <= self.tolerance or full_too_slow:
+                break
+            predicted_saved = max((base - predicted) / base, 1e-9)
+            measured_saved = max(1.0 - pruned_ms / dense_ms, 0.05 * predicted_saved)
+            budget = (1.0 - self._goal_fraction(dense_ms)) * base * predicted_saved / measured_saved
+            if not slow < budget < fast:  # the scaling left the bracket the measurements set
+                budget = (slow + fast) / 2 if fast < math.inf else max(budget, 2 * slow)
+        chosen = self.attempts[self.chosen]
+        if chosen["pruned_ms"] > chosen["goal_ms"] * (1 + self.tolerance) and full_too_slow:
+            raise ConfigError(
+                f"target {self.target.metric}={self.target.value} is unreachable on {self.target.runtime}: "
+                f"pruning as far as max_ratio={self.scored.config.max_ratio} allows gives "
+                f"{chosen['pruned_ms']:.4g} ms (dense {chosen['dense_ms']:.4g} ms); raise max_ratio or relax "
+                "the target"
+            )
+        assert best is not None
+        return best[1]
+
+    def _seen(self, removed: dict[int, list[int]]) -> bool:
+        return any(a["removed"] == removed for a in self.attempts)
+
+    def info(self, model: nn.Module | None = None) -> dict[str, Any]:
+        """Requested vs reached (the measured attempt that was kept); ``model`` is not timed again."""
+        chosen = self.attempts[self.chosen]
+        dense_ms, pruned_ms, goal_ms = chosen["dense_ms"], chosen["pruned_ms"], chosen["goal_ms"]
+        t = self.target
+        speedup = dense_ms / pruned_ms
+        requested_speedup = t.value if t.metric == "speedup" else dense_ms / t.value
+        table = self.table
+        return {
+            "metric": t.metric,
+            "requested": t.value,
+            "achieved": speedup if t.metric == "speedup" else pruned_ms,
+            "before": dense_ms,
+            "after": pruned_ms,
+            "met": pruned_ms <= goal_ms,
+            "within_tolerance": abs(pruned_ms / goal_ms - 1.0) <= self.tolerance,
+            "tolerance": self.tolerance,
+            "requested_ms": goal_ms,
+            "reached_ms": pruned_ms,
+            "predicted_ms": chosen["predicted_ms"],
+            "requested_speedup": requested_speedup,
+            "reached_speedup": speedup,
+            "runtime": t.runtime,
+            "runtime_version": table.runtime_version,
+            "threads": t.threads,
+            "scope": "global",
+            "ratio": self.plan.meta["ratio"],
+            "round_to": self.round_to,
+            "round_to_reason": self.round_to_reason,
+            "evaluations": len(self.attempts),
+            "corrections": len(self.attempts) - 1,
+            "attempts": [{k: v for k, v in a.items() if k != "removed"} for a in self.attempts],
+            "search_seconds": self.seconds,
+            "table": {
+                "cached": table.cached,
+                "path": table.path,
+                "seconds": table.seconds,
+                "measurements": table.measurements,
+                "groups": len(table.groups),
+                "base_ms": table.base_ms,
+            },
+        }
