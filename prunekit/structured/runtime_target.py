@@ -15,10 +15,12 @@ The search of a :class:`~prunekit.config.Target` whose ``runtime`` is set, in th
 3. **Correction.** The plan (with the road's plan transforms) is applied to a copy, exported and timed end to
    end next to the dense model (their runs alternated), both on the runtime with ``threads`` threads. When
    the measured latency is further than ``tolerance`` (relative) from the goal, the budget is scaled by how
-   much of its predicted saving was measured (measured / predicted) and the selection runs again, at most
-   ``corrections`` times. A scaled budget outside the bracket the measured attempts set (one too slow, one
-   too fast), or one giving a plan already measured, is replaced by the bracket's midpoint; when that too
-   repeats a plan, ``round_to``'s steps are coarser than the tolerance and the search stops.
+   much of its predicted saving was measured (measured / predicted), by at most :data:`MAX_STEP` either way
+   (a timing disturbed by other work cannot send the search to an over-cut model; a timing whose saving is
+   that far off the prediction is taken twice, the faster reading kept), and the selection runs
+   again, at most ``corrections`` times. A scaled budget outside the bracket the measured attempts set (one
+   too slow, one too fast), or one giving a plan already measured, is replaced by the bracket's midpoint; when
+   that too repeats a plan, ``round_to``'s steps are coarser than the tolerance and the search stops.
    The attempt closest to the goal is kept (its measured time, not a prediction, is reported).
 
 A speedup target is the dense time over the pruned one, both timed in the same attempt; a latency target is
@@ -56,6 +58,8 @@ __all__ = ["TOLERANCE", "RuntimeTargetSearch", "greedy_units"]
 TOLERANCE = 0.05
 #: at most this many re-selections after the first measured plan
 CORRECTIONS = 3
+#: A correction changes the budget by at most this factor either way (one noisy timing cannot over-cut).
+MAX_STEP = 2.0
 
 
 def _steps(width: int, removable: int, round_to: int) -> list[int]:
@@ -185,6 +189,17 @@ class RuntimeTargetSearch:
         apply(pruned, plan, self.scored.example_inputs)
         return self.timer.pair(self.dense, self.timer.load(pruned))
 
+    def _measure_checked(self, plan: Plan, predicted_saved: float) -> tuple[float, float, bool]:
+        """:meth:`_measure`, timed once more when the saving it reads is off the table's prediction by more
+        than :data:`MAX_STEP` either way (other work on the machine slows whichever model it lands on); the
+        reading with the lower pruned / dense ratio is kept, since a disturbance only adds time."""
+        dense_ms, pruned_ms = self._measure(plan)
+        saved = 1.0 - pruned_ms / dense_ms
+        if predicted_saved <= 0 or predicted_saved / MAX_STEP <= saved <= predicted_saved * MAX_STEP:
+            return dense_ms, pruned_ms, False
+        again = self._measure(plan)
+        return (*min((dense_ms, pruned_ms), again, key=lambda pair: pair[1] / pair[0]), True)
+
     def _search(self, corrections: int) -> Plan:
         base = self.table.base_ms
         most = self.table.saved({g: len(o) for g, o in self.orders.items()})
@@ -206,9 +221,9 @@ class RuntimeTargetSearch:
                 plan, removed = self._plan(min(budget, most))
             if self._seen(removed):
                 break  # no budget left between two measured plans: round_to's steps are this coarse
-            dense_ms, pruned_ms = self._measure(plan)
-            goal_ms = self._goal_fraction(dense_ms) * dense_ms
             predicted = self.table.predict({g: len(u) for g, u in removed.items()})
+            dense_ms, pruned_ms, retimed = self._measure_checked(plan, 1.0 - predicted / base)
+            goal_ms = self._goal_fraction(dense_ms) * dense_ms
             error = pruned_ms / goal_ms - 1.0
             self.attempts.append(
                 {
@@ -218,6 +233,7 @@ class RuntimeTargetSearch:
                     "pruned_ms": pruned_ms,
                     "goal_ms": goal_ms,
                     "removed_units": sum(len(u) for u in removed.values()),
+                    "retimed": retimed,
                     "removed": removed,
                 }
             )
@@ -233,7 +249,8 @@ class RuntimeTargetSearch:
                 break
             predicted_saved = max((base - predicted) / base, 1e-9)
             measured_saved = max(1.0 - pruned_ms / dense_ms, 0.05 * predicted_saved)
-            budget = (1.0 - self._goal_fraction(dense_ms)) * base * predicted_saved / measured_saved
+            scaled = (1.0 - self._goal_fraction(dense_ms)) * base * predicted_saved / measured_saved
+            budget = min(max(scaled, budget / MAX_STEP), budget * MAX_STEP)
             if not slow < budget < fast:  # the scaling left the bracket the measurements set
                 budget = (slow + fast) / 2 if fast < math.inf else max(budget, 2 * slow)
         chosen = self.attempts[self.chosen]
