@@ -1,7 +1,7 @@
 """Latency-aware pruning on a deployment runtime vs a MACs target of the same ratio.
 
-For each model (torchvision ResNet-18 and MobileNetV2, random init, seed 0), runtime (onnxruntime, OpenVINO:
-the installed ones) and requested speedup (1.5x, 2x), batch 1, 1 thread:
+For each model (torchvision ResNet-18 and MobileNetV2, ultralytics YOLO11n with free widths; random init, seed
+0), runtime (onnxruntime, OpenVINO: the installed ones) and requested speedup (1.5x, 2x), batch 1, 1 thread:
 
 - ``latency``: ``prunekit.prune(copy, x, target=Target(speedup=S, runtime=R))``: the latency table (built
   once per model and runtime, into a fresh cache directory unless ``--cache-dir``; its time is reported
@@ -42,17 +42,37 @@ from prunekit.demo.run import environment
 from prunekit.deploy.runtimes import get_runtime
 from prunekit.structured.latency_table import ENV, Timer
 
-MODELS = ("resnet18", "mobilenet_v2")
+MODELS = ("resnet18", "mobilenet_v2", "yolo11n")
 RUNTIMES = ("onnxruntime", "openvino")
 SPEEDUPS = (1.5, 2.0)
 JSON = Path(__file__).parent / "results" / "target_runtime.json"
 
 
 def build(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """``name`` with random weights (seed 0): a torchvision classifier, or an ultralytics detector whose head
+    is in ultralytics' export mode (one output tensor), and its batch-1 input."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, size, size)
+    if name.startswith("yolo"):
+        from prunekit.models.ultralytics import load_yolo
+
+        model = load_yolo(f"{name}.yaml")
+        for m in model.modules():
+            if type(m).__name__ == "Detect":
+                m.export, m.format = True, "onnx"
+        return model.eval(), x
     import torchvision
 
-    torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None).eval(), torch.randn(1, 3, size, size)
+    return torchvision.models.get_model(name, weights=None).eval(), x
+
+
+def prune_to(name: str, model: torch.nn.Module, x: torch.Tensor, config: pk.PruneConfig) -> pk.PruneResult:
+    """``prunekit.prune``, or for a detector ``prune_yolo`` (free widths, C2f attributes kept in step)."""
+    if name.startswith("yolo"):
+        from prunekit.models.ultralytics import prune_yolo
+
+        return prune_yolo(model, config, imgsz=x.shape[-1], trainable=False)
+    return pk.prune(model, x, config)
 
 
 def kept(result: pk.PruneResult) -> dict[str, float]:
@@ -69,11 +89,11 @@ def one(name: str, runtime: str, size: int, threads: int, runs: int) -> list[dic
             latency_model = copy.deepcopy(dense)
             start = time.perf_counter()
             target = pk.Target(speedup=speedup, runtime=runtime, threads=threads)
-            lat = pk.prune(latency_model, x, pk.PruneConfig(target=target, latency_runs=runs))
+            lat = prune_to(name, latency_model, x, pk.PruneConfig(target=target, latency_runs=runs))
             lat_seconds = time.perf_counter() - start
             macs_model = copy.deepcopy(dense)
             start = time.perf_counter()
-            mac = pk.prune(macs_model, x, target=pk.Target(macs=1 / speedup))
+            mac = prune_to(name, macs_model, x, pk.PruneConfig(target=pk.Target(macs=1 / speedup)))
             mac_seconds = time.perf_counter() - start
             dense_a, lat_ms = timer.pair(dense_session, timer.load(latency_model))
             dense_b, mac_ms = timer.pair(dense_session, timer.load(macs_model))
