@@ -13,6 +13,8 @@ import torch
 
 ultralytics = pytest.importorskip("ultralytics")
 
+from helpers_yolo import IMGSZ, one_thread  # noqa: E402, F401 (one_thread: autouse for this module)
+
 from prunekit._atomic import umask  # noqa: E402
 from prunekit.deploy.checkpoint import load as pk_load  # noqa: E402
 from prunekit.deploy.checkpoint import save as pk_save  # noqa: E402
@@ -30,17 +32,6 @@ from prunekit.models.yolo_data import make_digits_dataset  # noqa: E402
 from prunekit.models.yolo_train import finetune_yolo  # noqa: E402
 from prunekit.structured.cut import apply  # noqa: E402
 from prunekit.structured.oracle import run_outputs  # noqa: E402
-
-IMGSZ = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """YOLO forwards at 64 px are tiny: one thread is several times faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

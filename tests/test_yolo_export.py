@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 ultralytics = pytest.importorskip("ultralytics")
 pytest.importorskip("onnxruntime")
 
+from helpers_yolo import IMGSZ, one_thread  # noqa: E402, F401 (one_thread: autouse for this module)
+
 from prunekit._atomic import umask  # noqa: E402
 from prunekit.cli import app  # noqa: E402
 from prunekit.errors import ConfigError, ExportError, ModelLoadError  # noqa: E402
@@ -29,16 +31,7 @@ from prunekit.models.yolo_export import (  # noqa: E402
     predict_agreement,
 )
 
-IMGSZ = 64
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

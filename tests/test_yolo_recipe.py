@@ -16,6 +16,8 @@ import torch
 
 ultralytics = pytest.importorskip("ultralytics")
 
+from helpers_yolo import IMGSZ, one_thread  # noqa: E402, F401 (one_thread: autouse for this module)
+
 import prunekit.cli.yolo  # noqa: E402, F401  (registers `prunekit yolo ...` on the shared app)
 from prunekit.cli import app  # noqa: E402
 from prunekit.errors import ConfigError  # noqa: E402
@@ -29,17 +31,6 @@ from prunekit.models.yolo_recover import (  # noqa: E402
     recovery_trainer,
 )
 from prunekit.models.yolo_scenes import make_scenes_dataset  # noqa: E402
-
-IMGSZ = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """YOLO forwards at 64 px are tiny: one thread is several times faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
