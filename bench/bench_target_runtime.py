@@ -172,8 +172,8 @@ def markdown(records: list[dict], line: str, quick: bool) -> str:
     lines = [
         "## Latency-aware pruning on the deployment runtime (`bench/bench_target_runtime.py`)",
         "",
-        f"{line} Shared 2-core machine, loaded by other jobs: timings are noisy. "
-        f"Input 1x3x{size}x{size}{' (--quick)' if quick else ''}, torchvision random init (seed 0), batch 1. "
+        f"{line} Input 1x3x{size}x{size}{' (--quick)' if quick else ''}, random init (seed 0: torchvision; "
+        "ultralytics' yaml with free-width pruning through `prune_yolo`), batch 1. "
         "*latency-aware*: `prunekit.prune(model, x, target=Target(speedup=S, runtime=R))` (latency table, "
         "greedy importance per ms saved, up to 3 end-to-end corrections, tolerance 5 %); *MACs target*: "
         "`Target(macs=1/S)`, global L2, the same criterion. *search reached* is the search's own "
@@ -245,6 +245,7 @@ def main() -> None:
     runtimes = [r for r in args.runtimes.split(",") if get_runtime(r).available()]
     records: list[dict] = []
     line = machine_line(args.threads, **versions({r: get_runtime(r).version() for r in runtimes}))
+    line += f" Load average {os.getloadavg()[0]:.1f} when the run started (other work makes timings noisy)."
     with tempfile.TemporaryDirectory(prefix="prunekit-bench-latency-") as fresh:
         os.environ[ENV] = args.cache_dir or fresh  # the latency tables' cache root
         for name in args.models.split(","):
