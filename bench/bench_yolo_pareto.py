@@ -5,7 +5,7 @@ Rows, each trained with ultralytics' own trainer (``workers=0``, CPU, ``plots=Fa
 
 - **dense**: YOLOv8n, YOLOv8s, YOLO11n, YOLO11s (``--quick``: YOLO11n and YOLOv8n), random init, ``E`` epochs;
 - **pruned**: YOLO11n to 1/1.5 and 1/2 of its MACs, YOLOv8s to YOLOv8n's MACs, from the dense checkpoint,
-  recovered in ``R`` epochs by each method of :func:`prunekit.models.yolo_recover.run_recipe`: ``oneshot``
+  recovered in ``R`` epochs by each method of :func:`prunekit.models.yolo_recipe.run_recipe`: ``oneshot``
   (cut, fine-tune ``R``), ``sparsity`` (group-lasso training ``R/2``, cut, fine-tune the rest), ``gradual``
   (gradual pruning ``R/2``, fine-tune the rest), each without and with distillation from the dense model
   (``--quick``: YOLO11n at 2x, one-shot without KD and gradual with KD);
@@ -289,7 +289,7 @@ class Bench:
         key = f"pruned-{model}-{target}-{method}{'-kd' if kd else ''}"
         if (row := self._cached(key)) is not None:
             return row
-        from prunekit.models.yolo_recover import recipe_from_dict, run_recipe
+        from prunekit.models.yolo_recipe import recipe_from_dict, run_recipe
 
         dense = self.dense(model)
         trainable = method != "gradual"  # gradual pruning cuts free widths

@@ -22,12 +22,12 @@ import prunekit.cli.yolo  # noqa: E402, F401  (registers `prunekit yolo ...` on 
 from prunekit.cli import app  # noqa: E402
 from prunekit.errors import ConfigError  # noqa: E402
 from prunekit.models.ultralytics import load_yolo, save_yolo  # noqa: E402
+from prunekit.models.yolo_recipe import recipe_from_dict  # noqa: E402
 from prunekit.models.yolo_recover import (  # noqa: E402
     CoupledPenalty,
     GradualPruning,
     SparsityTraining,
     StrengthSchedule,
-    recipe_from_dict,
     recovery_trainer,
 )
 from prunekit.models.yolo_scenes import make_scenes_dataset  # noqa: E402
@@ -217,7 +217,7 @@ def test_recipe_runs_sparsity_prune_finetune_with_kd_from_the_cli(scenes, dense,
 
 
 def test_recipe_gradual_without_finetuning_writes_the_cut_checkpoint(scenes, dense, tmp_path):
-    from prunekit.models.yolo_recover import run_recipe
+    from prunekit.models.yolo_recipe import run_recipe
 
     recipe = recipe_from_dict(
         {"data": str(scenes), "method": "gradual", "ratio": 0.3, "imgsz": IMGSZ, "gradual_epochs": 1,

@@ -151,7 +151,7 @@ def prune(
 
 
 def _run_recipe(model: str, out: Path, recipe: Path, json_path: Path | None) -> None:
-    from prunekit.models.yolo_recover import load_recipe, run_recipe
+    from prunekit.models.yolo_recipe import load_recipe, run_recipe
 
     loaded = load_recipe(recipe)
     result = run_recipe(model.removeprefix("ultralytics:"), out, loaded, log=console.print)
