@@ -25,6 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "RESULTS.md"
 
 
+class FirstOutput(torch.nn.Module):
+    """A detector as deployed: YOLO's eval forward returns (decoded detections, raw head maps); this keeps the
+    detections tensor, the one output runtimes and exporters get."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def common_args(threads: int = 1, quick: str | None = None) -> argparse.ArgumentParser:
     """The options every bench takes, as an ``argparse`` parent: ``--threads``, ``--out`` (the results file;
     ``--results`` is the same option), ``--no-write`` and, where the bench has a small budget, ``--quick``

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import common_args, finish, machine_line
+from _common import FirstOutput, common_args, finish, machine_line
 from rich.console import Console
 
 import prunekit as pk
@@ -60,18 +60,6 @@ def torchvision_models(name: str, ratio: float, size: int) -> tuple[torch.nn.Mod
     return dense, pruned, {"input": x, "calib": calib, "test": None, "ratio": ratio}
 
 
-class _FirstOutput(torch.nn.Module):
-    """YOLO's eval forward returns (detections, raw head maps); export the detections tensor."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def yolo_models(ratio: float, size: int) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     from ultralytics import YOLO
 
@@ -85,7 +73,7 @@ def yolo_models(ratio: float, size: int) -> tuple[torch.nn.Module, torch.nn.Modu
     pk.prune(pruned, x, ratio=ratio, round_to=8)
     gen = torch.Generator().manual_seed(1)
     calib = [torch.rand(4, 3, size, size, generator=gen) for _ in range(4)]
-    return _FirstOutput(dense).eval(), _FirstOutput(pruned).eval(), {
+    return FirstOutput(dense).eval(), FirstOutput(pruned).eval(), {
         "input": x, "calib": calib, "test": None, "ratio": ratio,
     }  # fmt: skip
 

@@ -29,6 +29,7 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import FirstOutput
 from _results import write_section
 
 import prunekit as pk
@@ -41,18 +42,6 @@ from prunekit.errors import PruneError
 console = Console()
 CACHE = Path(__file__).parent / "results" / "edge_runtimes.json"
 MODELS = {"mobilenet_v2": 224, "resnet50": 224, "yolo11n": 320, "yolov8n": 320}
-
-
-class FirstOutput(torch.nn.Module):
-    """YOLO's eval forward returns (detections, raw head maps); runtimes get the detections tensor."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def build(

@@ -41,7 +41,7 @@ from typing import Any
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import torch
-from _common import ROOT, common_args, finish, machine_line, markdown_table
+from _common import ROOT, FirstOutput, common_args, finish, machine_line, markdown_table
 
 from prunekit._atomic import write_text
 
@@ -101,17 +101,7 @@ def _train_args(budget: Budget, project: Path) -> dict[str, Any]:
 
 def _decoded(detector: torch.nn.Module) -> torch.nn.Module:
     """The detector as deployed: image in, decoded boxes and class scores out (what ``export`` keeps)."""
-
-    class Decoded(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.inner(x)
-            return out[0] if isinstance(out, (tuple, list)) else out
-
-    return Decoded(detector).eval()
+    return FirstOutput(detector).eval()
 
 
 def measure(ckpt: Path, data: Path, budget: Budget, project: Path, name: str) -> dict[str, Any]:
