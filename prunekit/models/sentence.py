@@ -287,6 +287,7 @@ def distill_layerwise(
     """
     import math
 
+    from prunekit.recover.train import optimizer_step
     from prunekit.structured.layers import SkipBlock
 
     tok = teacher if teacher.tokenizer is not None else student
@@ -334,11 +335,7 @@ def distill_layerwise(
                     cos = ((1 - F.cosine_similarity(s, t, dim=-1)) * mask[..., 0]).sum() / mask.sum()
                     terms.append(mse + cos)
                 loss = loss + layer_weight * torch.stack(terms).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(student, loss, opt, sched, max_grad_norm=1.0)
             losses.append(float(loss.detach()))
     finally:
         for h in handles:
