@@ -280,15 +280,20 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     >>> load_recipe(p).target
     {'macs': 0.5}
     """
+    return recipe_from_dict(read_yaml(path, "recipe"), str(path))
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """``yaml.safe_load`` of the file at ``path``; an unreadable file or invalid YAML is one ConfigError line
+    naming ``what`` the file was meant to be."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return recipe_from_dict(data, str(path))
 
 
 @dataclass

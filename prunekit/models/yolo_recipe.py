@@ -36,6 +36,7 @@ from prunekit.models.yolo_recover import (
     _fraction,
     recovery_trainer,
 )
+from prunekit.recipe import read_yaml
 
 METHODS = ("sparsity", "gradual", "oneshot")
 #: ultralytics train arguments a recipe's ``train`` may set (shared by all its training stages)
@@ -143,29 +144,18 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
 
 def load_recipe(path: str | os.PathLike) -> YoloRecipe:
     """Read a recipe YAML file (see :func:`recipe_from_dict`)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such recipe file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    return recipe_from_dict(data, str(path))
+    return recipe_from_dict(read_yaml(path, "recipe"), str(path))
 
 
 def check_data_yaml(path: str | os.PathLike) -> Path:
     """Raise ConfigError unless ``path`` is a detection data.yaml whose train and val splits hold images."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data.yaml not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    data = read_yaml(path, "data.yaml")
     if not isinstance(data, dict) or "train" not in data or "val" not in data or "names" not in data:
         raise ConfigError(f"{path} is not a dataset yaml: it needs 'train', 'val' and 'names'")
     root = Path(data.get("path") or path.parent)
