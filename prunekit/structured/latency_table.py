@@ -46,7 +46,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from prunekit._inputs import ExampleInputs
 from prunekit._jsondata import JsonData
 from prunekit.deploy.runtimes import Runtime, Session, arrays, get_runtime, time_session
 from prunekit.graph.groups import Group
+from prunekit.measure.latency import cpu_model
 from prunekit.plan import Plan
 from prunekit.progress import progress_bar
 from prunekit.structured.cut import apply
@@ -90,16 +90,6 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
         return Path(override)
     root = os.environ.get(ENV)
     return (Path(root) if root else Path.home() / ".cache" / "prunekit") / "latency"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def removal_order(group: Group, scores: torch.Tensor, max_ratio: float) -> list[int]:
