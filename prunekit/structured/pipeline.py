@@ -176,10 +176,26 @@ def select(scored: Scored, ratio: float, transforms: Sequence[PlanTransform] = (
     cfg = scored.config
     options = (float(ratio), cfg.effective_scope, cfg.round_to, cfg.max_ratio)
     removed = choose_units(scored.report, scored.scores, *options)
-    whole = kept_whole(scored.report, removed, *options)
+    return plan_of_units(scored, removed, *options, transforms)
+
+
+def plan_of_units(
+    scored: Scored,
+    removed: dict[int, list[int]],
+    ratio: float,
+    scope: str,
+    round_to: int | None,
+    max_ratio: float,
+    transforms: Sequence[PlanTransform] = (),
+    extra: dict[str, Any] | None = None,
+) -> Plan:
+    """The plan removing ``removed`` (group id -> unit indices), chosen at ``ratio`` under ``scope``,
+    ``round_to`` and ``max_ratio``: its meta says which groups stayed whole and why and which were scored by
+    a criterion's fallback (plus the entries of ``extra``); then ``transforms``."""
+    whole = kept_whole(scored.report, removed, ratio, scope, round_to, max_ratio)
     scored_by = {str(gid): how for gid, how in sorted(scored.notes.items())}
-    extra = {"scored_by": scored_by} if scored_by else {}
-    meta = plan_meta(cfg, scored.report, float(ratio), kept_whole=whole, **extra)
+    extra = ({"scored_by": scored_by} if scored_by else {}) | (extra or {})
+    meta = plan_meta(scored.config, scored.report, float(ratio), kept_whole=whole, **extra)
     plan = build_plan(scored.report, removed, meta)
     for transform in transforms:
         plan = transform(plan, scored)

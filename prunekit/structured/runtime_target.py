@@ -49,8 +49,7 @@ from prunekit.errors import ConfigError
 from prunekit.plan import Plan
 from prunekit.structured.cut import apply
 from prunekit.structured.latency_table import LatencyTable, Timer, build_table, orders_of
-from prunekit.structured.pipeline import PlanTransform, Scored, plan_meta
-from prunekit.structured.select import build_plan, kept_whole
+from prunekit.structured.pipeline import PlanTransform, Scored, plan_of_units
 
 __all__ = ["TOLERANCE", "RuntimeTargetSearch", "greedy_units"]
 
@@ -175,11 +174,8 @@ class RuntimeTargetSearch:
         removed = greedy_units(self.table, self.orders, costs, widths, budget_ms, self.round_to)
         ratio = sum(len(u) for u in removed.values()) / max(1, self.scored.total_units)
         cfg = self.scored.config
-        whole = kept_whole(self.scored.report, removed, ratio, "global", self.round_to, cfg.max_ratio)
-        meta = plan_meta(cfg, self.scored.report, ratio, round_to=self.round_to, kept_whole=whole)
-        plan = build_plan(self.scored.report, removed, meta)
-        for transform in self.transforms:
-            plan = transform(plan, self.scored)
+        options = (ratio, "global", self.round_to, cfg.max_ratio)
+        plan = plan_of_units(self.scored, removed, *options, self.transforms, {"round_to": self.round_to})
         return plan, removed
 
     def _measure(self, plan: Plan) -> tuple[float, float]:
