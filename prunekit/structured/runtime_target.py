@@ -50,6 +50,7 @@ from prunekit.plan import Plan
 from prunekit.structured.cut import apply
 from prunekit.structured.latency_table import LatencyTable, Timer, build_table, orders_of
 from prunekit.structured.pipeline import PlanTransform, Scored, plan_of_units
+from prunekit.structured.select import mean_normalised
 
 __all__ = ["TOLERANCE", "RuntimeTargetSearch", "greedy_units"]
 
@@ -115,13 +116,8 @@ def _push(heap: list, table: LatencyTable, orders: dict, costs: dict, stops: dic
 
 
 def normalised(scored: Scored) -> dict[int, torch.Tensor]:
-    """Every group's scores divided by their mean (zeros for a group whose mean is not positive)."""
-    out = {}
-    for gid, s in scored.scores.items():
-        s = s.to(torch.float64)
-        mean = float(s.mean()) if s.numel() else 0.0
-        out[gid] = s / mean if mean > 0 else torch.zeros_like(s)
-    return out
+    """Every group's scores divided by their mean, as global ranking compares them."""
+    return {gid: mean_normalised(s) for gid, s in scored.scores.items()}
 
 
 class RuntimeTargetSearch:

@@ -99,9 +99,7 @@ def choose_units(
         caps = {g.id: _cap(g, max_ratio) for g in groups}
         cand = []
         for g in groups:
-            s = scores[g.id].to(torch.float64)
-            mean = float(s.mean()) if g.width else 0.0
-            norm = (s / mean) if mean > 0 else torch.zeros_like(s)
+            norm = mean_normalised(scores[g.id])
             for u in np.nonzero(~g.unit_pinned)[0]:
                 cand.append((float(norm[u]), g.id, int(u)))
         cand.sort()
@@ -115,6 +113,18 @@ def choose_units(
         for g in groups:
             _round(budgets[g.id], g.width, round_to)
     return {gid: sorted(b.removed) for gid, b in budgets.items() if b.removed}
+
+
+def mean_normalised(scores: torch.Tensor) -> torch.Tensor:
+    """A group's scores divided by their mean, in float64 (zeros when the mean is not positive): how global
+    ranking compares units of groups whose scores have different scales.
+
+    >>> mean_normalised(torch.tensor([1.0, 3.0])).tolist(), mean_normalised(torch.zeros(2)).tolist()
+    ([0.5, 1.5], [0.0, 0.0])
+    """
+    s = scores.to(torch.float64)
+    mean = float(s.mean()) if s.numel() else 0.0
+    return s / mean if mean > 0 else torch.zeros_like(s)
 
 
 def kept_whole(
