@@ -258,3 +258,25 @@ def test_cli_prune_stream(tmp_path) -> None:
     assert reports[0]["approx_error"] is None and "approximate" not in reports[0]["plan"]["meta"]
     assert reports[1]["approx_error"] > 0 and reports[1]["plan"]["meta"]["approximate"]
     assert reports[1]["plan"]["attrs"]["norm"]["normalized_shape"] == [[C], [C - 8]]
+
+
+@pytest.mark.parametrize(("how", "expected"), [("output", 3), ("weighted", 0)])
+def test_output_and_weighted_importance_see_the_norm_scale_and_the_consumers(how: str, expected: int) -> None:
+    net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.LayerNorm(4), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [3, 3, 3]]))
+        net[1].weight.copy_(torch.tensor([1.0, 2.0, 2.0, 0.01]))  # channel 3: largest input, tiny output
+        net[2].weight.copy_(torch.tensor([[0.0, 1, 1, 100], [0.0, 1, 1, 100]]))  # nothing reads channel 0
+    data = [torch.randn(64, 3, generator=torch.Generator().manual_seed(0))]
+    first = {}
+    for kind in ("activation", how):
+        plan, _ = pk.plan_prune(net, data[0][:2], ratio=0.25, stream=kind, data=data)
+        first[kind] = plan.removals["0.weight"][0]
+    assert first[how] == [expected]
+    assert first["activation"] != [3]  # the input's energy alone ranks channel 3 first to keep
+    assert plan.meta["stream"] == how
+
+
+def test_an_unknown_stream_importance_is_one_config_error() -> None:
+    with pytest.raises(ConfigError, match="'output', 'weighted'"):
+        pk.plan_prune(_model(), _ids(), ratio=0.1, stream="energy", data=CALIB)

@@ -46,7 +46,8 @@ REASON = "LayerNorm statistics over a cut width"
 #: attributes holding the residual width of the module that sizes a view with them
 WIDTH_ATTRS = ("hidden_dim", "hidden_size", "embed_dim", "d_model", "n_embd", "dim", "num_features")
 
-_NORMS = {F.layer_norm, torch.layer_norm, F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
+#: the functions of a norm site whose output is the normalised stream (not the ``mean`` statistics)
+NORM_FUNCS = {F.layer_norm, torch.layer_norm, F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
 _MEANS = {torch.mean, torch.Tensor.mean}
 
 
@@ -55,7 +56,7 @@ def site_input(func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
     x = args[0] if args else kwargs.get("input")
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         return None
-    if func in _NORMS:
+    if func in NORM_FUNCS:
         shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
         k = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
         return x if k == 1 else None

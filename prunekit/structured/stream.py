@@ -5,9 +5,13 @@ mode (:mod:`prunekit.graph.stream`): one width of the residual stream is removed
 (embeddings, patch embedding, every producer and consumer, norm weights and biases, position embeddings,
 class tokens, heads) and the norms then normalise over the kept channels. That is an approximation, so:
 
-- the channels of a stream group are ranked by the mean of ``x**2`` of the stream at every norm input over
-  the calibration batches ``data`` (``stream="activation"``, what ``True`` means), or at random
-  (``stream="random"``, a baseline; seeded); other groups use ``criterion`` as usual;
+- the channels of a stream group are ranked on the calibration batches ``data``: by the mean of ``x**2``
+  of the stream at every norm input (``stream="activation"``, what ``True`` means); by the mean of ``y**2``
+  of every norm's output, its scale and shift applied (``stream="output"``: what the layers reading the
+  stream see, which differs from the input where the norm's weights are far from 1, as in post-norm
+  BERT); by ``sqrt(sum y**2) * ||W[:, c]||`` over the linear layers reading channel ``c``
+  (``stream="weighted"``, Wanda's activation-times-weight score summed over the stream's consumers); or
+  at random (``stream="random"``, a baseline; seeded); other groups use ``criterion`` as usual;
 - the plan records why it is approximate (``Plan.approximate``, kept in ``Plan.meta``, so a saved plan
   replays the same cut);
 - ``prune`` verifies such a plan with ``verify="approximate"`` (its default then): the pruned outputs are
@@ -36,45 +40,55 @@ from prunekit._inputs import ExampleInputs, call_model, eval_mode
 from prunekit.config import VERIFY
 from prunekit.criteria._data import split_batch
 from prunekit.errors import ConfigError, PruneError
-from prunekit.graph.groups import GroupReport
-from prunekit.graph.stream import site_input
+from prunekit.graph.groups import Group, GroupReport
+from prunekit.graph.stream import NORM_FUNCS, site_input
 from prunekit.plan import Plan
 from prunekit.structured.oracle import Reference, compare_with, reference_outputs
 
-IMPORTANCE = ("activation", "random", "slicegpt")
+IMPORTANCE = ("activation", "output", "weighted", "random", "slicegpt")
 
 
 def importance(stream: Any) -> str | None:
-    """The stream importance a ``stream=`` argument asks for: None (off), ``"activation"``, ``"random"`` or
-    ``"slicegpt"`` (the invariant transform first, then the activation ranking:
-    :mod:`prunekit.structured.slicegpt`)."""
+    """The stream importance a ``stream=`` argument asks for: None (off), ``"activation"``, ``"output"``,
+    ``"weighted"``, ``"random"`` or ``"slicegpt"`` (the invariant transform first, then the activation
+    ranking: :mod:`prunekit.structured.slicegpt`)."""
     if stream is None or stream is False:
         return None
     if stream is True:
         return "activation"
     if isinstance(stream, str) and stream in IMPORTANCE:
         return stream
-    raise ConfigError(f"stream must be True, False, 'activation', 'random' or 'slicegpt', got {stream!r}")
+    raise ConfigError(
+        "stream must be True, False, 'activation', 'output', 'weighted', 'random' or 'slicegpt', "
+        f"got {stream!r}"
+    )
 
 
 class _Sites(TorchFunctionMode):
-    """Mean ``x**2`` over every position of each norm site's input (its last dim kept), in call order."""
+    """Mean ``x**2`` over every position of each norm site's input (its last dim kept), in call order; with
+    ``output``, of the norm's output instead (a ``mean`` site, the statistics of a hand-written RMSNorm,
+    has no output of its own there: its input is taken)."""
 
-    def __init__(self) -> None:
+    def __init__(self, output: bool = False) -> None:
         super().__init__()
+        self.output = output
         self.seen: list[torch.Tensor] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         x = site_input(func, args, kwargs)
+        result = func(*args, **kwargs)
         if x is not None:
+            if self.output and func in NORM_FUNCS:
+                x = result
             x = x.detach().double()
             self.seen.append(x.pow(2).reshape(-1, x.shape[-1]).mean(0))
-        return func(*args, **kwargs)
+        return result
 
 
-def site_energy(model: nn.Module, report: GroupReport, data: Any) -> np.ndarray:
-    """Per slot: the mean ``x**2`` summed over the norm sites where the slot's channel is normalised."""
+def site_energy(model: nn.Module, report: GroupReport, data: Any, output: bool = False) -> np.ndarray:
+    """Per slot: the mean ``x**2`` summed over the norm sites where the slot's channel is normalised (with
+    ``output``: the mean ``y**2`` of the norms' outputs)."""
     if data is None:
         raise ConfigError(
             "stream pruning ranks the stream's channels on calibration data: pass data=<iterable of input "
@@ -85,7 +99,7 @@ def site_energy(model: nn.Module, report: GroupReport, data: Any) -> np.ndarray:
     with eval_mode(model), torch.no_grad():
         for n, batch in enumerate(data, 1):
             inputs, _ = split_batch(batch)
-            sites = _Sites()
+            sites = _Sites(output)
             try:
                 with sites:
                     call_model(model, inputs)
@@ -122,7 +136,7 @@ def stream_scores(
     if how == "random":
         gen = torch.Generator().manual_seed(seed)
         return {g.id: torch.rand(g.width, generator=gen, dtype=torch.float64) for g in groups}
-    energy = site_energy(model, report, data)
+    energy = site_energy(model, report, data, output=how in ("output", "weighted"))
     touched = np.flatnonzero(energy)
     g_of, u_of = report.slot_group[touched], report.slot_unit[touched]
     out = {}
@@ -130,7 +144,24 @@ def stream_scores(
         score = np.zeros(g.width)
         mine = g_of == g.id
         np.add.at(score, u_of[mine], energy[touched[mine]])
+        if how == "weighted":
+            score = np.sqrt(score * consumer_norms(model, g))
         out[g.id] = torch.from_numpy(score)
+    return out
+
+
+def consumer_norms(model: nn.Module, group: Group) -> np.ndarray:
+    """Per unit of ``group``: the sum of ``||W[:, c]||**2`` over the ``nn.Linear`` layers whose input columns
+    ``c`` the group holds (the layers reading the stream; zeros where none does)."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    out = np.zeros(group.width)
+    for m in group.members:
+        owner, _, leaf = m.name.rpartition(".")
+        if leaf != "weight" or m.dim != 1 or not isinstance(modules.get(owner), nn.Linear):
+            continue
+        cols = params[m.name].detach().double().pow(2).sum(0).numpy()
+        np.add.at(out, m.units, cols[m.index])
     return out
 
 
