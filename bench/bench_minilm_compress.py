@@ -26,10 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from _common import common_args, finish, machine_line, markdown_table
 
 from prunekit._atomic import write_text
+from prunekit.config import PruneConfig
 from prunekit.deploy.pretrained import save_sentence_transformer
 from prunekit.errors import ExportError
 from prunekit.measure.latency import measure_latency
@@ -44,14 +46,31 @@ from prunekit.models.sentence import (
     package_corpus,
     stream_channels,
 )
-from prunekit.structured import prune
+from prunekit.structured import pipeline
+from prunekit.structured.cut import apply
 from prunekit.structured.layers import prune_layers
 
 HERE = Path(__file__).resolve().parent
 SENTENCES = HERE / "data" / "sentences.txt"
 CACHE = HERE / "results" / "minilm_compress.json"
+PREVIOUS = "full-uniform"  # the cache's record of the previous method's run (uniform k/12 cuts)
 TARGETS = (1.5, 2.0, 3.0)
 PARAMS_CAP = 0.6  # the params goal from 2x on
+HEAD = 32  # MiniLM's head width: a head-pruned stream keeps HEAD * heads channels
+DENSE = (12, 1536, 6)  # heads, FFN neurons, layers of all-MiniLM-L6-v2
+#: the searched (heads, FFN, layers) shapes: FFN cut at full depth and heads, FFN with heads and the
+#: stream, layers dropped, and their mixes (dense is 12, 1536, 6)
+SHAPES = (
+    (12, 1024, 6), (12, 768, 6), (12, 512, 6), (12, 384, 6), (12, 256, 6), (12, 128, 6),
+    (12, 1024, 5), (12, 768, 5), (12, 512, 5), (12, 768, 4), (12, 512, 4),
+    (11, 1024, 6), (11, 768, 6), (11, 512, 6), (10, 1024, 6), (10, 768, 6), (10, 512, 6), (10, 256, 6),
+    (10, 1024, 5), (10, 512, 5), (10, 384, 4),
+    (9, 768, 6), (9, 512, 6), (9, 384, 6), (9, 256, 6), (9, 768, 5), (9, 512, 5), (9, 512, 4),
+    (8, 768, 6), (8, 512, 6), (8, 384, 6), (8, 512, 5), (8, 384, 5), (8, 768, 4), (8, 512, 4),
+)  # fmt: skip
+QUICK_SHAPES = ((12, 768, 6), (9, 512, 6), (8, 512, 4))
+#: fractions of the distillation steps at which the held-out fidelity is measured (the curve)
+CURVE = (0.125, 0.25, 0.5, 1.0)
 #: published trade-off of smaller sentence models (sbert.net pretrained-models table: average of 14
 #: sentence-embedding tasks, encoding speed in sentences/s on a V100, size): context only, not measured here
 PUBLISHED = (
@@ -82,34 +101,37 @@ def speedup(
     return best_m, best_d, best_d / best_m
 
 
-def shape_model(k: int, layers: int) -> SentenceEmbedder:
-    """A random BertModel embedder of the shape a ``k/12`` stream cut and ``layers`` layers leave."""
+def shape_model(heads: int, ffn: int, layers: int) -> SentenceEmbedder:
+    """A random BertModel embedder of a pruned shape: ``heads`` heads of 32 (hidden ``32 * heads``, the
+    stream cut with them, so stock ``BertModel`` rebuilds it), ``ffn`` FFN neurons, ``layers`` layers."""
     from transformers import BertConfig, BertModel
 
-    hidden = 32 * (12 - k)
+    hidden = HEAD * heads
     cfg = BertConfig(
-        hidden_size=hidden, num_attention_heads=12 - k, intermediate_size=128 * (12 - k),
+        hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn,
         num_hidden_layers=layers, max_position_embeddings=512, vocab_size=30522,
     )  # fmt: skip
     emb = SentenceEmbedder(BertModel(cfg).eval(), max_length=256)
-    emb.projection = torch.nn.Linear(hidden, 384, bias=False)
+    if hidden < DENSE[0] * HEAD:
+        emb.projection = torch.nn.Linear(hidden, DENSE[0] * HEAD, bias=False)
     return emb.eval()
 
 
-def search(dense, x, ks, depths, runs, rounds, th) -> list[dict]:
-    """Measured speedup and params ratio of every (k, layers) shape."""
+def search(dense, x, shapes, runs, rounds, th) -> list[dict]:
+    """Measured speedup and params ratio of every (heads, FFN, layers) shape."""
     dense_params = params(dense)
     out = []
-    for k in ks:
-        for n in depths:
-            if k == 0 and n == 6:
-                continue
-            m = shape_model(k, n)
-            ms, dms, s = speedup(dense, m, x, runs, rounds, th)
-            out.append({"k": k, "layers": n, "speedup": s, "ms": ms, "dense_ms": dms,
-                        "params_ratio": params(m) / dense_params})  # fmt: skip
-            print(f"shape k={k}/12 layers={n}: {s:.2f}x params {out[-1]['params_ratio']:.2f}", flush=True)
+    for heads, ffn, n in shapes:
+        m = shape_model(heads, ffn, n)
+        ms, dms, s = speedup(dense, m, x, runs, rounds, th)
+        out.append({"heads": heads, "ffn": ffn, "layers": n, "speedup": s, "ms": ms, "dense_ms": dms,
+                    "params_ratio": params(m) / dense_params})  # fmt: skip
+        print(f"shape {_name(out[-1])}: {s:.2f}x params {out[-1]['params_ratio']:.2f}", flush=True)
     return out
+
+
+def _name(shape: dict) -> str:
+    return f"{shape['heads']},{shape['ffn']},{shape['layers']}"
 
 
 def candidates(shapes: list[dict], target: float) -> list[dict]:
@@ -122,10 +144,10 @@ def candidates(shapes: list[dict], target: float) -> list[dict]:
     return [s for s in ok if s["speedup"] <= 1.35 * target] or ok
 
 
-def proxy(dense, x, calib, held: list[str], held_emb: torch.Tensor, k: int, layers: int) -> float:
+def proxy(dense, x, calib, held: list[str], held_emb: torch.Tensor, shape: dict, args) -> float:
     """Mean cosine to the dense embeddings of held-out corpus sentences (never the evaluation ones) of the
     pruned, undistilled shape: what picks the shape per target."""
-    student = build(dense, x, calib, k, layers, stream=True)[0]
+    student = build(dense, x, calib, shape["heads"], shape["ffn"], shape["layers"], args)[0]
     return fidelity(held_emb, student.embed(held)).cosine_mean
 
 
@@ -133,54 +155,77 @@ def _calib(dense, texts: list[str]) -> list[dict]:
     return [dense.tokenize(texts[i : i + 16]) for i in range(0, 64, 16)]
 
 
-def build(dense, x, calib, k: int, layers: int, stream: bool) -> tuple[SentenceEmbedder, object, list[str]]:
-    """The pruned copy: heads + FFN (and, with ``stream``, the hidden size) at ratio k/12, then layers."""
+def cut_widths(student, x, calib, heads: int, ffn: int, args) -> None:
+    """Cut ``student`` (dense MiniLM widths) to ``heads`` heads per layer, ``ffn`` FFN neurons per layer and
+    a stream of ``32 * heads`` channels, in place: prunekit's road (trace, score, plan, apply) with the
+    units per group given by kind instead of one ratio. Heads and FFN neurons are ranked by
+    ``args.criterion``, the stream by ``stream=args.stream`` on ``calib``."""
+    hidden = HEAD * heads
+    cut_stream = hidden < DENSE[0] * HEAD
+    cfg = PruneConfig(ratio=0.5, criterion=args.criterion, stream=args.stream if cut_stream else None,
+                      data=calib, measure=False)  # fmt: skip
+    scored = pipeline.traced(student, x, cfg)
+    removed = {}
+    for g in scored.report.prunable_groups:
+        if g.width == DENSE[0] * HEAD:  # the stream, and BERT's pooler (unused; stock BERT sizes it so)
+            k = DENSE[0] * HEAD - hidden
+        elif g.width == DENSE[0]:
+            k = DENSE[0] - heads
+        elif g.width == DENSE[1]:
+            k = DENSE[1] - ffn
+        else:
+            continue
+        order = np.argsort(scored.scores[g.id].numpy(), kind="stable")
+        order = order[~g.unit_pinned[order]]
+        if k > 0:
+            removed[g.id] = sorted(int(u) for u in order[:k])
+    if removed:
+        apply(student, pipeline.plan_of_units(scored, removed, 0.5, "local", None, 0.9), x)
+
+
+def build(
+    dense, x, calib, heads: int, ffn: int, layers: int, args
+) -> tuple[SentenceEmbedder, object, list[str]]:
+    """The pruned copy: heads, FFN and (with fewer than 12 heads) the hidden size, then layers."""
     student = copy_embedder(dense)
-    channels = None
-    if stream:
+    cut_stream = heads < DENSE[0]
+    if cut_stream:
         add_projection(student)
-    if k:
-        prune(student, x, ratio=k / 12, stream=True if stream else None, data=calib if stream else None,
-              measure=False)  # fmt: skip
-    if stream:
-        channels = stream_channels(student)
+    cut_widths(student, x, calib, heads, ffn, args)
+    channels = stream_channels(student) if cut_stream else None
     removed: list[str] = []
-    if layers < 6:
-        removed = prune_layers(student, x, n=6 - layers, data=calib).removed
+    if layers < DENSE[2]:
+        removed = prune_layers(student, x, n=DENSE[2] - layers, data=calib).removed
     return student, channels, removed
 
 
-def peer_k(dense, x, calib, layers: int, target: float, runs: int, rounds: int, th: int) -> tuple[int, float]:
-    """Smallest heads + FFN ratio k/12 (no stream cut, ``layers`` layers) reaching ``target``, by bisection
-    over k in 1..9 on real pruned copies; (k, measured speedup)."""
-    lo, hi, found = 1, 9, None
-    while lo <= hi:
-        k = (lo + hi) // 2
-        m, _, _ = build(dense, x, calib, k, layers, stream=False)
-        s = speedup(dense, m, x, runs, rounds, th)[2]
-        print(f"peer k={k}/12 layers={layers}: {s:.2f}x", flush=True)
-        if s >= target:
-            found, hi = (k, s), k - 1
-        else:
-            lo = k + 1
-    return found if found is not None else (9, s)
-
-
-def row(dense, dense_emb, sents, x, texts, calib, target, k, layers, stream, args, th) -> dict:
+def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape, args, th) -> dict:
     t0 = time.perf_counter()
-    student, channels, removed = build(dense, x, calib, k, layers, stream)
+    student, channels, removed = build(dense, x, calib, shape["heads"], shape["ffn"], shape["layers"], args)
     prune_s = time.perf_counter() - t0
     before = fidelity(dense_emb, student.embed(sents))
+    checkpoints = {max(1, round(args.steps * f)) for f in CURVE}
+    curve: list[dict] = []
+    t_eval = [0.0]
+
+    def measure(step: int, loss: float) -> None:
+        if step in checkpoints:
+            t = time.perf_counter()
+            f = fidelity(held_emb, student.embed(held))
+            curve.append({"step": step, "held_cos": f.cosine_mean, "held_spearman": f.spearman, "loss": loss})
+            t_eval[0] += time.perf_counter() - t
+            print(f"  step {step}: held-out cos {f.cosine_mean:.3f} Spearman {f.spearman:.3f}", flush=True)
+
     torch.set_num_threads(args.train_threads)
     t0 = time.perf_counter()
     losses = distill_layerwise(student, dense, texts, steps=args.steps, batch_size=16, lr=args.lr,
-                               channels=channels)  # fmt: skip
-    distill_s = time.perf_counter() - t0
+                               channels=channels, on_step=measure)  # fmt: skip
+    distill_s = time.perf_counter() - t0 - t_eval[0]
     torch.set_num_threads(th)
     after = fidelity(dense_emb, student.embed(sents))
     ms, dms, s = speedup(dense, student, x, args.runs, args.rounds, th)
     layer0 = student.encoder.encoder.layer[
-        next(i for i in range(6) if f"encoder.encoder.layer.{i}" not in removed)
+        next(i for i in range(DENSE[2]) if f"encoder.encoder.layer.{i}" not in removed)
     ]
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -189,15 +234,14 @@ def row(dense, dense_emb, sents, x, texts, calib, target, k, layers, stream, arg
         except ExportError as err:
             reload = "refused: " + str(err).split(": ", 1)[1].split(";")[0]
     return {
-        "target": target,
-        "variant": "heads+FFN+hidden+layers" if stream else "heads+FFN+layers (no stream cut)",
-        "k": k, "layers": layers, "removed": removed,
+        "target": target, "shape": _name(shape), "removed": removed,
+        "variant": "heads+FFN+hidden+layers" if shape["heads"] < DENSE[0] else "FFN+layers (no stream cut)",
         "hidden": int(student.encoder.get_input_embeddings().embedding_dim),
         "heads": int(layer0.attention.self.num_attention_heads),
-        "ffn": int(layer0.intermediate.dense.out_features),
+        "ffn": int(layer0.intermediate.dense.out_features), "layers": shape["layers"],
         "params": params(student), "params_ratio": params(student) / params(dense),
         "macs": count_macs(student, x), "ms": ms, "dense_ms": dms, "speedup": s,
-        "before": before.to_dict(), "after": after.to_dict(),
+        "before": before.to_dict(), "after": after.to_dict(), "curve": curve,
         "steps": args.steps, "prune_s": prune_s, "distill_s": distill_s,
         "loss": [losses[0], losses[-1]] if losses else None, "reload": reload,
     }  # fmt: skip
@@ -230,74 +274,82 @@ def run(args: argparse.Namespace) -> dict:
     calib = _calib(dense, texts)
     train = texts[128:]  # the first 64 give the activation statistics, the next 64 the shape choice
     targets = (2.0,) if args.quick else TARGETS
-    settings = [args.quick, args.lr, args.runs, args.rounds, th, args.train_threads, len(texts)]
+    settings = [args.quick, args.lr, args.runs, args.rounds, th, args.train_threads, len(texts),
+                args.criterion, args.stream, SHAPES]  # fmt: skip
     cache = _load_cache("quick" if args.quick else "full", json.dumps(settings), args.fresh)
     if "shapes" not in cache:
-        ks, depths = ((0, 4), (6, 4)) if args.quick else ((0, 2, 3, 4, 6), (6, 5, 4, 3, 2))
-        cache["shapes"] = search(dense, x, ks, depths, args.search_runs, min(2, args.rounds), th)
+        grid = QUICK_SHAPES if args.quick else SHAPES
+        cache["shapes"] = search(dense, x, grid, args.search_runs, min(2, args.rounds), th)
         _save_cache(cache)
     held = texts[64:128]  # proxy sentences for the shape choice: the corpus, not the evaluation set
     held_emb = dense.embed(held)
     scores = cache.setdefault("proxy", {})
     for target in targets:
         for c in candidates(cache["shapes"], target):
-            name = f"{c['k']},{c['layers']}"
-            if name not in scores:
-                scores[name] = proxy(dense, x, calib, held, held_emb, c["k"], c["layers"])
+            if _name(c) not in scores:
+                scores[_name(c)] = proxy(dense, x, calib, held, held_emb, c, args)
                 _save_cache(cache)
-                print(f"proxy k={c['k']}/12 layers={c['layers']}: cos {scores[name]:.3f}", flush=True)
-        pick = max(candidates(cache["shapes"], target), key=lambda c: scores[f"{c['k']},{c['layers']}"])
+                print(f"proxy {_name(c)}: cos {scores[_name(c)]:.3f}", flush=True)
+        pick = max(candidates(cache["shapes"], target), key=lambda c: scores[_name(c)])
         cache.setdefault("picks", {})[str(target)] = pick
-        for stream in (True, False):
-            name = f"{target}/{'stream' if stream else 'peer'}/{args.steps}"
-            if name in cache["rows"]:
-                continue
-            k = pick["k"]
-            peers = cache.setdefault("peers", {})
-            if not stream and str(target) not in peers:
-                found = (
-                    (3, 0.0)
-                    if args.quick
-                    else peer_k(dense, x, calib, pick["layers"], target, args.search_runs, args.rounds, th)
-                )
-                peers[str(target)] = found[0]
-            if not stream:
-                k = peers[str(target)]
-            r = row(dense, dense_emb, sents, x, train, calib, target, k, pick["layers"], stream, args, th)
-            cache["rows"][name] = r
-            _save_cache(cache)
-            print(f"{name}: {json.dumps(r)}", flush=True)
+        name = f"{target}/{args.steps}"
+        if name in cache["rows"]:
+            continue
+        r = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick, args, th)
+        cache["rows"][name] = r
+        _save_cache(cache)
+        print(f"{name}: {json.dumps(r)}", flush=True)
     cache["env"] = {
         "machine": machine_line(th), "sentences": len(sents), "corpus": len(texts), "tokens": tokens,
         "corpus_s": corpus_s, "dense_params": params(dense), "dense_macs": count_macs(dense, x),
         "dense_ms": speedup(dense, dense, x, args.runs, args.rounds, th)[1],
         "runs": args.runs, "rounds": args.rounds, "lr": args.lr, "train_threads": args.train_threads,
+        "criterion": args.criterion, "stream": args.stream,
     }  # fmt: skip
     _save_cache(cache)
     return cache
 
 
-def _proxy_text(cache: dict) -> str:
-    """The shape search as text: each candidate's measured speedup, params ratio and proxy cosine."""
-    shapes = {f"{s['k']},{s['layers']}": s for s in cache["shapes"]}
+def _proxy_text(cache: dict, target: float) -> str:
+    """The candidates of ``target`` as text: each one's measured speedup, params ratio and proxy cosine."""
     parts = []
-    for name, cos in sorted(cache.get("proxy", {}).items()):
-        s = shapes[name]
-        parts.append(f"k={s['k']}/12, {s['layers']} layers: {s['speedup']:.2f}x, {s['params_ratio']:.2f}, "
-                     f"cos {cos:.3f}")  # fmt: skip
-    return "candidates: " + "; ".join(parts)
+    for c in sorted(candidates(cache["shapes"], target), key=lambda c: -cache["proxy"][_name(c)]):
+        parts.append(f"{c['heads']}/{c['ffn']}/{c['layers']}: {c['speedup']:.2f}x, {c['params_ratio']:.2f}, "
+                     f"cos {cache['proxy'][_name(c)]:.3f}")  # fmt: skip
+    return "; ".join(parts)
 
 
-def _stock(row: dict) -> str:
-    refused = row["reload"].startswith("refused")
-    return "stock save refused (BERT sizes a head as hidden / heads)" if refused else "reloads in stock ST"
+def steps_to(curve: list[dict], goal: float) -> float | None:
+    """Steps at which the held-out mean cosine would reach ``goal``, extrapolating the run's curve: a
+    power law ``1 - cos = a * step**b`` through its last three points (None if it does not fall)."""
+    pts = [(c["step"], 1 - c["held_cos"]) for c in curve[-3:] if c["held_cos"] < 1]
+    if len(pts) < 2:
+        return None
+    b, a = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)
+    if b >= 0:
+        return None
+    return float(np.exp((np.log(1 - goal) - a) / b))
 
 
-def markdown(cache: dict) -> str:
+def _before_rows(previous: dict | None) -> list[str]:
+    """The previous run's stream rows (uniform k/12 cuts, input-energy stream, L2 heads/FFN) as text."""
+    if not previous:
+        return []
+    rows = [r for r in previous["rows"].values() if "no stream" not in r["variant"]]
+    longest = max(r["steps"] for r in rows)
+    out = []
+    for r in sorted((r for r in rows if r["steps"] == longest), key=lambda r: r["target"]):
+        a = r["after"]
+        shape = f"{r['hidden']}/{r['heads']}/{r['ffn']}/{r['layers']}"
+        out.append(f"{r['target']}x {shape} ({r['speedup']:.2f}x, "
+                   f"params {r['params_ratio']:.2f}, {longest} steps): mean cos {a['cosine_mean']:.3f}, "
+                   f"Spearman {a['spearman']:.3f}")  # fmt: skip
+    return out
+
+
+def markdown(cache: dict, previous: dict | None = None) -> str:
     env = cache["env"]
-    rows = sorted(
-        cache["rows"].values(), key=lambda r: (r["target"], "no stream" in r["variant"], r["steps"])
-    )
+    rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"]))
     table = [["dense", "384 / 12 / 1536 / 6", f"{env['dense_params'] / 1e6:.2f} M", "1.00",
               f"{env['dense_macs'] / 1e9:.3f} G", f"{env['dense_ms']:.0f}", "1.00x", "1.000 / 1.000",
               "1.000 / 1.000", "1.000 / 1.000", "—", "—"]]  # fmt: skip
@@ -331,16 +383,19 @@ def markdown(cache: dict) -> str:
             else "read from its cache in this run; a build takes about 65 s here"
         )
         + "). The first 64 sentences give the "
-        "activation statistics of the stream cut and the layer scores, the next 64 pick the shape per "
-        "target, the rest are distilled on.",
+        "activation statistics of the stream cut and the layer scores, the next 64 (*held-out*) pick the "
+        "shape per target and give the distillation curve, the rest are distilled on.",
         "",
-        "Compression: `add_projection` (an identity `Dense` after pooling, so the embedding keeps 384 dims "
-        "while the stream is cut), `prune(ratio=k/12, stream=True, data=...)` (the direct cut, ranked by "
-        "mean x² at every LayerNorm input; SliceGPT's invariant transform does not follow post-norm BERT "
-        "in prunekit and is refused), `prune_layers(n, data=...)` (cosine-scored). The shape per target: "
-        "of the (k, layers) shapes timed at or above the target (within 1.35x of it, params ≤ 0.6 from 2x "
-        "on), the one whose undistilled copy keeps the highest mean cosine on 64 held-out corpus sentences "
-        f"({_proxy_text(cache)}). Distillation: `distill_layerwise`, batches of 16, "
+        "Compression: heads, FFN neurons and the residual stream are cut with widths per kind (not one "
+        "ratio): `add_projection` (an identity `Dense` after pooling, so the embedding keeps 384 dims while "
+        "the stream is cut), then prunekit's road (`pipeline.traced` with "
+        f"`criterion={env['criterion']!r}` for heads and FFN, `stream={env['stream']!r}` for the stream; "
+        "`plan_of_units`; `apply`) keeping `heads` heads of 32 and a stream of `32 * heads` channels (so "
+        "stock `BertModel` rebuilds it; 12 heads: no stream cut) and `ffn` neurons per layer, then "
+        "`prune_layers(n, data=...)` (cosine-scored). The shape per target: of the "
+        f"{len(cache['shapes'])} (heads, FFN, layers) shapes timed as random BertModels at or above the "
+        "target (within 1.35x of it, params ≤ 0.6 from 2x on), the one whose undistilled copy keeps the "
+        "highest mean cosine on the held-out sentences. Distillation: `distill_layerwise`, batches of 16, "
         f"AdamW lr {env['lr']:g}, warm-up + cosine, {env['train_threads']} threads; loss = 1 - cos of the "
         "embeddings + mean over kept layers of MSE + (1 - cos) per token against the dense layer of the same "
         "index, on the kept channels. Stock reload: `save_sentence_transformer` then "
@@ -365,27 +420,20 @@ def markdown(cache: dict) -> str:
         ),
         "",
     ]
-    goals = {1.5: 0.95, 2.0: 0.90}
-    longest = max(r["steps"] for r in rows)
-    lines.append(
-        f"- Budget: {longest} steps of 16 sentences per model is {16 * longest:,} of the {env['corpus']:,} "
-        "corpus sentences (the corpus is far from used up; the time per model is in the table). The dense "
-        "row's latency is a separate final measurement; each speedup comes from the rounds interleaved with "
-        "that row, and differs from the search's timing of the same shape on this shared machine."
-    )
-    by = {(r["target"], "no stream" in r["variant"], r["steps"]): r for r in rows}
-    for t in sorted({r["target"] for r in rows}):
-        ours, peer = by.get((t, False, longest)), by.get((t, True, longest))
-        if ours and peer:
-            lines.append(
-                f"- {t}x, {longest} steps: with the stream cut mean cos {ours['after']['cosine_mean']:.3f}, "
-                f"Spearman {ours['after']['spearman']:.3f}, params {ours['params_ratio']:.2f} "
-                f"({ours['speedup']:.2f}x), {_stock(ours)}; heads + FFN only: "
-                f"{peer['after']['cosine_mean']:.3f}, {peer['after']['spearman']:.3f}, params "
-                f"{peer['params_ratio']:.2f} ({peer['speedup']:.2f}x), {_stock(peer)}."
-            )
     for r in rows:
-        if "no stream" in r["variant"] or r["target"] not in goals or r["steps"] != longest:
+        lines.append(f"- {r['target']}x candidates (heads/FFN/layers: search speedup, params ratio, "
+                     f"undistilled held-out cos): {_proxy_text(cache, r['target'])}.")  # fmt: skip
+    for r in rows:
+        pts = ", ".join(f"{c['step']}: {c['held_cos']:.3f} / {c['held_spearman']:.3f}" for c in r["curve"])
+        lines.append(f"- {r['target']}x distillation curve (step: held-out mean cos / Spearman): {pts}.")
+    before = _before_rows(previous)
+    if before:
+        lines.append("- Before (the previous run of this bench: uniform k/12 cuts of heads, FFN and stream, "
+                     "L2-ranked heads/FFN, input-energy stream ranking): "
+                     + "; ".join(before) + ".")  # fmt: skip
+    goals = {1.5: 0.95, 2.0: 0.90}
+    for r in rows:
+        if r["target"] not in goals:
             continue
         g, a = goals[r["target"]], r["after"]
         miss = [f"{n} {a[f]:.3f} vs {g} ({a[f] - g:+.3f})" for n, f in (("mean cos", "cosine_mean"),
@@ -395,6 +443,14 @@ def markdown(cache: dict) -> str:
         if r["speedup"] < r["target"]:
             miss.append(f"measured speedup {r['speedup']:.2f}x vs {r['target']}x")
         state = "met" if not miss else "missed: " + "; ".join(miss)
+        need = steps_to(r["curve"], g) if miss and len(r["curve"]) == len(CURVE) else None
+        if need is not None and need > 100 * r["steps"]:
+            state += f"; the curve's power law (last three points) does not reach {g} within 100x the steps"
+        elif need is not None:
+            per = r["distill_s"] / r["steps"]
+            state += (f"; the curve's power law (last three points) reaches held-out cos {g} at about "
+                      f"{need:,.0f} steps ({need * 16:,.0f} sentences, ~{need * per / 3600:.1f} h at this "
+                      "run's pace), an extrapolation")  # fmt: skip
         lines.append(f"- Goal at {r['target']}x (≥ {g} mean cos and Spearman"
                      + (", params ≤ 0.6" if r["target"] >= 2 else "") + f"): {state}.")  # fmt: skip
     lines += [
@@ -420,6 +476,8 @@ def main() -> None:
     parser.add_argument("--search-runs", type=int, default=5, help="latency runs per round in the search")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (min is kept)")
     parser.add_argument("--train-threads", type=int, default=2)
+    parser.add_argument("--criterion", default="wanda", help="heads/FFN criterion (default wanda)")
+    parser.add_argument("--stream", default="output", help="stream importance (default output)")
     parser.add_argument("--fresh", action="store_true", help="ignore the cached rows")
     parser.add_argument("--report", action="store_true", help="write the section from the cached rows only")
     args = parser.parse_args()
@@ -431,7 +489,8 @@ def main() -> None:
         cache = json.loads(CACHE.read_text())["quick" if args.quick else "full"]
     else:
         cache = run(args)
-    finish("minilm-compress", markdown(cache), args, write=not args.quick)
+    previous = json.loads(CACHE.read_text()).get(PREVIOUS) if CACHE.is_file() else None
+    finish("minilm-compress", markdown(cache, previous), args, write=not args.quick)
 
 
 if __name__ == "__main__":

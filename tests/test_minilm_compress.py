@@ -61,7 +61,10 @@ def test_projection_frees_the_stream_and_layerwise_distillation_recovers(tmp_pat
     assert len(removed) == 1
     with pytest.raises(ConfigError, match="already has a projection"):
         add_projection(student)
-    losses = distill_layerwise(student, teacher, TEXTS, steps=24, batch_size=4, lr=1e-3, channels=channels)
+    seen = []
+    losses = distill_layerwise(student, teacher, TEXTS, steps=24, batch_size=4, lr=1e-3, channels=channels,
+                               on_step=lambda step, loss: seen.append((step, loss)))  # fmt: skip
+    assert seen == list(enumerate(losses, 1))
     assert len(losses) == 24 and sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
     assert not student.training
     with pytest.raises(ConfigError, match="untrained identity projection"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,7 @@ def distill_layerwise(
     layer_weight: float = 1.0,
     channels: torch.Tensor | None = None,
     seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Layer-wise distillation of a pruned ``student`` (heads, FFN, hidden size, layers) from ``teacher``.
 
@@ -283,7 +284,9 @@ def distill_layerwise(
     Batches of ``batch_size`` texts cycle through ``texts`` in a ``seed``-shuffled order, grouped by length
     within windows of 32 batches (less padding); AdamW, linear
     warm-up over 5 % of the steps then cosine decay, gradients clipped at 1; the student runs in eval mode
-    (no dropout) and is left in eval mode. Returns the per-step losses.
+    (no dropout) and is left in eval mode. ``on_step(step, loss)`` is called after each optimizer step
+    (``step`` counts from 1), e.g. to measure the student's fidelity along the run. Returns the per-step
+    losses.
     """
     import math
 
@@ -337,6 +340,8 @@ def distill_layerwise(
                 loss = loss + layer_weight * torch.stack(terms).mean()
             optimizer_step(student, loss, opt, sched, max_grad_norm=1.0)
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step + 1, losses[-1])
     finally:
         for h in handles:
             h.remove()
