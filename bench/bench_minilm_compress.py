@@ -1,21 +1,21 @@
 """Real all-MiniLM-L6-v2 compressed to measured latency targets (1.5x, 2x, 3x): heads + FFN + hidden size
-(the residual stream, prunekit's direct activation-ranked cut) + layers, then layer-wise distillation from the
-dense model on the offline package corpus (:func:`prunekit.models.sentence.package_corpus`). Peer in the same
-run: heads + FFN + layers without the stream cut, at the same targets. Each finished row is kept in
+(the residual stream, prunekit's direct cut) + layers, then layer-wise distillation from the dense model on
+the offline package corpus (:func:`prunekit.models.sentence.package_corpus`). Each finished row is kept in
 ``bench/results/minilm_compress.json`` (a rerun with the same settings resumes); writes section
-``minilm-compress`` of docs/RESULTS.md (not in ``--quick`` mode).
+``minilm-compress`` of docs/RESULTS.md (not in ``--quick`` mode), with the previous method's run (uniform
+k/12 cuts, kept in the JSON as ``full-uniform``) as the before.
 
-    .venv/bin/python bench/bench_minilm_compress.py [--quick] [--steps 12] [--fresh] [--no-write]
+    .venv/bin/python bench/bench_minilm_compress.py [--quick] [--steps 100] [--lr 5e-4] [--fresh] [--no-write]
 
-Shapes: a stream cut of ``k/12`` keeps ``384 (1 - k/12)`` channels, ``12 (1 - k/12)`` heads of 32 and
-``1536 (1 - k/12)`` FFN neurons in every layer (``prune(ratio=k/12, stream=True)``, local), so
-``hidden_size = heads * 32`` and stock ``BertModel`` rebuilds the model. The configuration per target is
-chosen by measured latency: every (k, layers) shape is timed as a randomly initialised BertModel of that
-shape (the pruned model's shapes), interleaved with the dense model; among the shapes at or above the target
-speedup, within 1.35x of it (and, from 2x on, at most 0.6 of the dense params), the one whose pruned,
-undistilled copy stays closest to the dense embeddings of 64 held-out corpus sentences is taken. The peer
-(no stream cut) keeps the chosen layer count and takes the smallest heads + FFN ratio ``k/12`` reaching the
-target, timed on real pruned copies.
+Shapes: ``(heads, FFN, layers)`` from :data:`SHAPES`; a shape keeps ``heads`` heads of 32, a stream of
+``32 * heads`` channels (12 heads: the stream is not cut) and ``ffn`` FFN neurons in every layer, so stock
+``BertModel`` rebuilds it, cut through prunekit's road with the units per group given by kind
+(:func:`cut_widths`: heads and FFN by ``--criterion``, the stream by ``--stream``), then
+:func:`prunekit.prune_layers`. The shape per target is chosen by measured latency: every shape is timed as
+a randomly initialised BertModel of that shape, interleaved with the dense model; among the shapes at or
+above the target speedup, within 1.35x of it (and, from 2x on, at most 0.6 of the dense params), the one
+whose pruned, undistilled copy stays closest to the dense embeddings of 64 held-out corpus sentences is
+taken. The held-out fidelity is also measured at :data:`CURVE` fractions of the distillation (the curve).
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
     cache = _load_cache("quick" if args.quick else "full", json.dumps(settings), args.fresh)
     if "shapes" not in cache:
         grid = QUICK_SHAPES if args.quick else SHAPES
-        cache["shapes"] = search(dense, x, grid, args.search_runs, min(2, args.rounds), th)
+        cache["shapes"] = search(dense, x, grid, args.search_runs, args.rounds, th)
         _save_cache(cache)
     held = texts[64:128]  # proxy sentences for the shape choice: the corpus, not the evaluation set
     held_emb = dense.embed(held)
@@ -470,7 +470,7 @@ def markdown(cache: dict, previous: dict | None = None) -> str:
 def main() -> None:
     quick = "one target (2x), 3 distillation steps, a 4-shape search, the peer at k=3/12: checks the pipeline"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(1, quick)])
-    parser.add_argument("--steps", type=int, default=None, help="distillation steps per model (default 12)")
+    parser.add_argument("--steps", type=int, default=None, help="distillation steps per model (default 100)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--runs", type=int, default=10, help="latency runs per round")
     parser.add_argument("--search-runs", type=int, default=5, help="latency runs per round in the search")
@@ -482,7 +482,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="write the section from the cached rows only")
     args = parser.parse_args()
     if args.steps is None:
-        args.steps = 3 if args.quick else 12
+        args.steps = 3 if args.quick else 100
     if args.quick:
         args.runs, args.rounds = 3, 1
     if args.report:
