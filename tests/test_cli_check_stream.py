@@ -82,6 +82,15 @@ def test_check_stream_is_approximate_with_its_error_and_exit_0(tmp_path, calib):
     assert "exact" in plain.output and "approximate" not in plain.output
 
 
+@pytest.mark.parametrize("kind", ["direct-output", "direct-weighted"])
+def test_check_stream_output_and_weighted_kinds_are_the_direct_cut_ranked_otherwise(tmp_path, calib, kind):
+    js = tmp_path / "c.json"
+    result = check_stream(calib, "--stream", kind, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["status"] == "approximate" and data["stream"] == kind and data["removed_units"] == 8 + 4
+
+
 def test_max_rel_err_above_the_bound_exits_1(tmp_path, calib):
     js = tmp_path / "c.json"
     assert check_stream(calib, "--stream", "direct", "--json", js).exit_code == 0

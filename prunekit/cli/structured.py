@@ -51,7 +51,12 @@ MaxRatioOpt = Annotated[
 
 
 #: ``--stream KIND`` of ``prune`` and ``check``: the ``stream=`` of :class:`prunekit.PruneConfig` per kind
-STREAM_KINDS = {"direct": "activation", "slicegpt": "slicegpt"}
+STREAM_KINDS = {
+    "direct": "activation",
+    "direct-output": "output",
+    "direct-weighted": "weighted",
+    "slicegpt": "slicegpt",
+}
 
 
 def stream_kind(value: str | None) -> str | None:
@@ -68,8 +73,10 @@ StreamKindOpt = Annotated[
     typer.Option(
         "--stream",
         metavar="[KIND]",
-        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (the default of a "
-        "bare --stream) or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, "
+        help="Also cut LayerNorm/RMSNorm-ed residual streams, ranked on --data: 'direct' (by each norm's "
+        "input energy; the default of a bare --stream), 'direct-output' (by the norms' output energy, "
+        "their scale applied), 'direct-weighted' (that times the column norms of the layers reading the "
+        "stream) or 'slicegpt' (SliceGPT's rotation first; transformers Llama/Qwen2/Mistral, "
         "torchvision ViT). The result is approximate: its relative error against MODEL is reported.",
         callback=stream_kind,
     ),
