@@ -69,6 +69,9 @@ SHAPES = (
     (8, 768, 6), (8, 512, 6), (8, 384, 6), (8, 512, 5), (8, 384, 5), (8, 768, 4), (8, 512, 4),
 )  # fmt: skip
 QUICK_SHAPES = ((12, 768, 6), (9, 512, 6), (8, 512, 4))
+#: heads/FFN criteria and stream importances compared (undistilled) on each picked shape
+CRITERIA = ("l2", "activation", "wanda")
+STREAMS = ("activation", "output", "weighted", "random")
 #: fractions of the distillation steps at which the held-out fidelity is measured (the curve)
 CURVE = (0.125, 0.25, 0.5, 1.0)
 #: published trade-off of smaller sentence models (sbert.net pretrained-models table: average of 14
@@ -199,6 +202,27 @@ def build(
     return student, channels, removed
 
 
+def ablation(dense, x, calib, held, held_emb, picks: dict, args) -> dict:
+    """Undistilled held-out mean cosine of the picked shapes under other rankings: the heads/FFN criterion
+    (:data:`CRITERIA`, the stream as ``args.stream``) and, where the stream is cut, the stream importance
+    (:data:`STREAMS`, heads/FFN as ``args.criterion``)."""
+    out: dict[str, dict[str, float]] = {}
+    for pick in picks.values():
+        name = _name(pick)
+        if name in out:
+            continue
+        out[name] = {}
+        kinds = [("criterion", c) for c in CRITERIA]
+        if pick["heads"] < DENSE[0]:
+            kinds += [("stream", k) for k in STREAMS]
+        for option, value in kinds:
+            probe = argparse.Namespace(**{**vars(args), option: value})
+            student = build(dense, x, calib, pick["heads"], pick["ffn"], pick["layers"], probe)[0]
+            out[name][f"{option}={value}"] = fidelity(held_emb, student.embed(held)).cosine_mean
+            print(f"ablation {name} {option}={value}: cos {out[name][f'{option}={value}']:.3f}", flush=True)
+    return out
+
+
 def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape, args, th) -> dict:
     t0 = time.perf_counter()
     student, channels, removed = build(dense, x, calib, shape["heads"], shape["ffn"], shape["layers"], args)
@@ -299,6 +323,9 @@ def run(args: argparse.Namespace) -> dict:
         cache["rows"][name] = r
         _save_cache(cache)
         print(f"{name}: {json.dumps(r)}", flush=True)
+    if not args.quick and "ablation" not in cache:
+        cache["ablation"] = ablation(dense, x, calib, held, held_emb, cache["picks"], args)
+        _save_cache(cache)
     cache["env"] = {
         "machine": machine_line(th), "sentences": len(sents), "corpus": len(texts), "tokens": tokens,
         "corpus_s": corpus_s, "dense_params": params(dense), "dense_macs": count_macs(dense, x),
@@ -426,6 +453,12 @@ def markdown(cache: dict, previous: dict | None = None) -> str:
     for r in rows:
         pts = ", ".join(f"{c['step']}: {c['held_cos']:.3f} / {c['held_spearman']:.3f}" for c in r["curve"])
         lines.append(f"- {r['target']}x distillation curve (step: held-out mean cos / Spearman): {pts}.")
+    for name, scores in sorted(cache.get("ablation", {}).items()):
+        h, f, n = name.split(",")
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        lines.append(
+            f"- Rankings compared on {32 * int(h)}/{h}/{f}/{n} (undistilled held-out mean cos): {parts}."
+        )
     before = _before_rows(previous)
     if before:
         lines.append("- Before (the previous run of this bench: uniform k/12 cuts of heads, FFN and stream, "
