@@ -5,7 +5,8 @@
 that is the dense network. A yaml can, however, state most pruned widths exactly:
 
 - ``width_multiple`` and ``depth_multiple`` become 1 and ``scales`` go, so each layer's first argument is its
-  real output width (ultralytics still rounds it up to a multiple of 8: pruned widths must be multiples of 8);
+  real output width (ultralytics still rounds it up to a multiple of 8: a stock row states multiples of 8;
+  a ``Prunekit<Layer>`` row states any width, see :mod:`prunekit.models.yolo_modules`);
 - C2f-like blocks (``C2f``, ``C3k2``, ...) get their expansion ``e`` set so that ``int(c2 * e)`` is the pruned
   hidden width ``c``;
 - Segment heads get their proto width.
