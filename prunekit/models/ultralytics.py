@@ -248,7 +248,7 @@ class YamlTrainable:
             return self.finish(plan)
 
         try:
-            plan, self.yaml, kept = trainable_plan(
+            plan, self.yaml, kept, why = trainable_plan(
                 self.detector,
                 HeadOutputs,
                 scored.example_inputs,
@@ -263,6 +263,7 @@ class YamlTrainable:
                 "(`prunekit yolo prune --free`) and fine-tune with finetune_yolo"
             ) from err
         plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
+        plan.meta["ultralytics"]["kept_for_yaml_why"] = {str(g): why[g] for g in sorted(kept)}
         return plan
 
 
