@@ -83,14 +83,14 @@ def main() -> None:
             "## YOLO: yaml-trainable prune vs free prune",
             "",
             f"Random weights, 80 classes, imgsz {imgsz}, L2 criterion, local scope; MACs kept (after/before)."
-            " *free*: `prune_yolo(..., trainable=False)`; *yaml*: `stock_modules=False`, whose checkpoint"
-            " ultralytics' `train()` rebuilds once `prunekit.models.yolo_modules.register()` ran (every"
-            " width, derived ones and widths that are not multiples of 8 included, stated through"
-            " `Prunekit<Layer>` rows, C2f/C2PSA hidden widths `c` too); *stock-modules*: the default `stock_modules=True`, a"
-            " yaml naming only ultralytics' modules (widths rounded to multiples of 8), which `yolo train`"
-            " rebuilds in a process without prunekit. *groups kept*: groups the yaml could not state and so"
-            " left whole; *kept because*: the layer and reason (`plan.meta['ultralytics']"
-            "['kept_for_yaml_why']`). `bench/bench_yolo_yaml.py`.",
+            " *free*: `prune_yolo(..., trainable=False)`; *yaml*: `stock_modules=False`, whose checkpoint "
+            "ultralytics' `train()` rebuilds once `prunekit.models.yolo_modules.register()` ran (every "
+            "width, derived ones and widths that are not multiples of 8 included, stated through "
+            "`Prunekit<Layer>` rows, C2f/C2PSA hidden widths `c` too); *stock-modules*: the default "
+            "`stock_modules=True`, a yaml naming only ultralytics' modules (widths rounded to multiples of "
+            "8), which `yolo train` rebuilds in a process without prunekit. *groups kept*: groups the yaml "
+            "could not state and so left whole; *kept because*: the layer and reason "
+            "(`plan.meta['ultralytics']['kept_for_yaml_why']`). `bench/bench_yolo_yaml.py`.",
             "",
             *table,
             "",
