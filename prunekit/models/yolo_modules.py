@@ -77,8 +77,11 @@ def _build(cls: type, args: tuple) -> nn.Module:
         *args, convs = args
         args = _hidden_args(cls.base, list(args), convs.get("c"))
     module = _stock(cls.base)(*args)
-    if isinstance(convs.get("c"), int) and getattr(module, "c", None) != convs["c"]:
-        raise ValueError(f"{PREFIX}{cls.base}: built with c={module.c}, the row states c={convs['c']}")
+    c = convs.get("c")
+    if isinstance(c, int) and getattr(module, "c", None) != c:
+        if "e" in inspect.signature(_stock(cls.base)).parameters:
+            raise ValueError(f"{PREFIX}{cls.base}: built with c={module.c}, the row states c={c}")
+        module.c = c  # no expansion argument (ELAN1, RepNCSPELAN4): only forward_split reads c
     if cls.base == "SPPF" and len(args) <= 3:  # as parse_model does for a short (pre-YOLO26) SPPF row
         from ultralytics.nn.modules import Conv
 
