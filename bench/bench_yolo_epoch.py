@@ -41,7 +41,11 @@ def epoch_seconds(cfg: str, data: Path, work: Path) -> dict:
     marks: dict[str, float] = {}
 
     def mark(name: str) -> Any:
-        return lambda _owner: marks.__setitem__(name, time.perf_counter())
+        def note(_owner: Any) -> None:
+            marks[name] = time.perf_counter()
+            marks[name + "_cpu"] = time.process_time()
+
+        return note
 
     yolo = YOLO(str(init))
     for event in ("on_train_epoch_start", "on_train_epoch_end"):
@@ -59,16 +63,17 @@ def epoch_seconds(cfg: str, data: Path, work: Path) -> dict:
         verbose=False, project=str((work / "val").resolve()), name=cfg, exist_ok=True,
     )  # fmt: skip
     epoch_s = marks["on_train_epoch_end"] - marks["on_train_epoch_start"]
-    return {"model": cfg, "macs": macs, "epoch_s": epoch_s, "setup_s": run_s - epoch_s,
-            "val_s": marks["on_val_end"] - marks["on_val_start"]}  # fmt: skip
+    epoch_cpu = marks["on_train_epoch_end_cpu"] - marks["on_train_epoch_start_cpu"]
+    return {"model": cfg, "macs": macs, "epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu,
+            "setup_s": run_s - epoch_s, "val_s": marks["on_val_end"] - marks["on_val_start"]}  # fmt: skip
 
 
 def full_hours(rows: dict[str, dict], train_scale: float, val_scale: float) -> dict[str, float]:
     """Hours of the full budget's rows: dense ``E`` epochs (no per-epoch validation, as the bench trains
     them), pruned ``R`` epochs with a validation per epoch (the recipe's stages validate) in two ``train()``
-    calls, scratch ``E + R`` epochs, one scratch row per pruned row (the upper bound: rows sharing widths
-    share one); each ``train()`` call adds its setup and final validation. A pruned model's epoch is costed
-    as its dense model's (an upper bound: it has fewer MACs); a KD row's teacher forward is not counted."""
+    calls, scratch ``E + R`` epochs for each distinct pruned width set (:func:`scratch_rows`); each
+    ``train()`` call adds its setup and final validation. A pruned model's epoch is costed as its dense
+    model's (an upper bound: it has fewer MACs); a KD row's teacher forward is not counted."""
     e, r = FULL.dense_epochs, FULL.recovery_epochs
 
     def cost(model: str, epochs: int, calls: int, val: bool) -> float:
@@ -80,8 +85,26 @@ def full_hours(rows: dict[str, dict], train_scale: float, val_scale: float) -> d
     return {
         "dense": sum(cost(m, e, 1, False) for m in FULL.dense) / 3600,
         "pruned": sum(cost(m, r, 2, True) for m in pruned_models) / 3600,
-        "scratch": sum(cost(m, e + r, 1, False) for m in pruned_models) / 3600,
+        "scratch": sum(cost(m, e + r, 1, False) for m, _target in scratch_rows()) / 3600,
     }
+
+
+def scratch_rows() -> list[tuple[str, str]]:
+    """``(model, target)`` of each scratch row the full budget trains: rows of one target cut at one local
+    ratio have the same widths and share one (oneshot and sparsity, with and without KD), each gradual
+    row (a global ranking on its own training run) has its own.
+
+    >>> len(scratch_rows())
+    9
+    """
+    rows, shared = [], set()
+    for model, target, method, _kd in FULL.pruned:
+        if method == "gradual":
+            rows.append((model, target))
+        elif (model, target) not in shared:
+            shared.add((model, target))
+            rows.append((model, target))
+    return rows
 
 
 def main() -> None:
@@ -110,10 +133,12 @@ def main() -> None:
     val_epoch = {r["model"]: r["val_s"] * val_scale for r in rows}
     table = markdown_table(
         ["model", "GMACs @320", f"epoch s ({n_train} img)", "train() setup + final val s",
-         f"val loop s ({args.n_val} img)", "s / full epoch (2,000 img)", "s / full val (400 img)"],
+         f"val loop s ({args.n_val} img)", "s / full epoch (2,000 img)", "s / full val (400 img)",
+         "CPU s / full epoch"],
         [[r["model"], f"{r['macs'] / 1e9:.2f}", f"{r['epoch_s']:.1f}", f"{r['setup_s']:.1f}",
-          f"{r['val_s']:.1f}", f"{per_epoch[r['model']]:.0f}", f"{val_epoch[r['model']]:.0f}"] for r in rows],
-        align="lrrrrrr",
+          f"{r['val_s']:.1f}", f"{per_epoch[r['model']]:.0f}", f"{val_epoch[r['model']]:.0f}",
+          f"{r['epoch_cpu_s'] * train_scale:.0f}"] for r in rows],
+        align="lrrrrrrr",
     )  # fmt: skip
     lines = [
         "## YOLO Pareto: what the full budget costs (one epoch measured, then scaled)",
@@ -124,7 +149,11 @@ def main() -> None:
         f" and scaled linearly to {FULL.n_train:,}; one validation loop on {args.n_val} val images scaled"
         f" to {FULL.n_val}; a `train()` call's setup and final validation are shown apart (paid once per"
         f" call). Generating the {n_train + args.n_val} images took {gen_s:.0f} s. Timings were taken on a"
-        " shared 2-core machine (other jobs running), so they are an upper-side estimate for an idle one.",
+        f" shared 2-core machine (other jobs running; load average {os.getloadavg()[0]:.0f} at the end),"
+        " so wall times are an upper-side estimate for an idle one; *CPU s* is the process's CPU time"
+        f" (all {args.threads} threads), which the other jobs do not inflate: an idle machine's wall time"
+        f" lies between it / {args.threads} and it. A 1-epoch run closes mosaic at once (`close_mosaic`),"
+        " so the timed epoch loads plain images; with workers 0 mosaic adds a little data-loading time.",
         "",
         *table,
         "",
@@ -132,13 +161,18 @@ def main() -> None:
     if set(FULL.dense) <= set(per_epoch):
         hours = full_hours({r["model"]: r for r in rows}, train_scale, val_scale)
         total = sum(hours.values())
+        cpu_rows = {r["model"]: {**r, "epoch_s": r["epoch_cpu_s"]} for r in rows}
+        cpu_total = sum(full_hours(cpu_rows, train_scale, val_scale).values())
         lines += [
             f"Implied hours of the full row list ({len(FULL.dense)} dense rows x {FULL.dense_epochs}"
-            f" epochs, {len(FULL.pruned)} pruned rows x {FULL.recovery_epochs} epochs with validation, up"
-            f" to {len(FULL.pruned)} scratch rows x {FULL.dense_epochs + FULL.recovery_epochs} epochs; a"
+            f" epochs, {len(FULL.pruned)} pruned rows x {FULL.recovery_epochs} epochs with validation,"
+            f" {len(scratch_rows())} scratch rows (one per distinct width set) x"
+            f" {FULL.dense_epochs + FULL.recovery_epochs} epochs; a"
             " pruned model's epoch costed as its dense model's, an upper bound; KD's teacher not"
             f" counted): dense {hours['dense']:.1f} h, pruned {hours['pruned']:.1f} h, scratch"
-            f" {hours['scratch']:.1f} h, **total {total:.1f} h** ({total / 24:.1f} days) on this machine.",
+            f" {hours['scratch']:.1f} h, **total {total:.1f} h** ({total / 24:.1f} days) at the wall times"
+            f" measured; at the CPU times (an idle machine, threads not overlapping) {cpu_total:.1f} h, at"
+            f" half of them (perfect 2-thread overlap) {cpu_total / 2:.1f} h.",
             "",
         ]
     import ultralytics
