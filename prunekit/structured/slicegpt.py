@@ -153,9 +153,12 @@ def stream_map(model: nn.Module) -> StreamMap:
         norm = next(
             (f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, kinds)), None
         )
+        named = sorted(
+            f"{k.rpartition('.')[2]} ({k.partition('.')[0]})" if "." in k else k for k in STREAM_MAPS
+        )
         bare = {k.rpartition(".")[2] for k in STREAM_MAPS}
         raise ConfigError(
-            f"stream='slicegpt' follows the pre-norm residual stream of {', '.join(sorted(STREAM_MAPS))}; "
+            f"stream='slicegpt' follows the pre-norm residual stream of {', '.join(named)}; "
             f"{_qualified(cls) if cls.__name__ in bare else cls.__name__} is not one of them"
             + (f" (its first norm is {norm}: register a map with register_stream_map)" if norm else "")
             + "; stream=True cuts the stream directly"
