@@ -130,7 +130,7 @@ def pruned_copy(name: str, dense: nn.Module, ratio: float, x: torch.Tensor) -> n
     if ratio and name.startswith("yolo"):
         from prunekit.models.ultralytics import prune_yolo
 
-        prune_yolo(pruned.model, ratio, imgsz=int(x.shape[-1]))
+        prune_yolo(pruned.model, ratio=ratio, imgsz=int(x.shape[-1]))
     elif ratio:
         pk.prune(pruned, x, ratio=ratio, round_to=8)
     return pruned.eval()
