@@ -98,8 +98,8 @@ def parse_model(key: str) -> tuple[str, int]:
         raise ConfigError(f"unknown model {name!r}; choose from {', '.join(SIZES)} (as NAME or NAME@SIZE)")
     if not size:
         return name, SIZES[name]
-    if not size.isdigit() or int(size) < 32 or (name.startswith("yolo") and int(size) % 32):
-        raise ConfigError(f"bad size in {key!r}: a whole number of pixels >= 32 (YOLO: a multiple of 32)")
+    if not size.isdigit() or int(size) < 1 or (name.startswith("yolo") and int(size) % 32):
+        raise ConfigError(f"bad size in {key!r}: a positive whole number of pixels (YOLO: a multiple of 32)")
     return name, int(size)
 
 
@@ -401,9 +401,10 @@ def table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return markdown_table(header, rows, align="lllrrrrrrl")
 
 
-def reading(records: Sequence[Mapping[str, Any]], runtimes: Sequence[str]) -> list[str]:
+def reading(records: Sequence[Mapping[str, Any]], skipped: Sequence[str]) -> list[str]:
     """Sentences computed from the records: efficiency per runtime and thread count, the runtime where
-    each model's cut pays best and worst, agreement, failed rows, missing rows and the rounds' spread."""
+    each model's cut pays best and worst, agreement, the rounds' spread, failed rows and the runtimes
+    ``skipped`` (not installed)."""
     ok = [r for r in records if not r.get("error")]
     out = []
     if ok:
@@ -421,9 +422,9 @@ def reading(records: Sequence[Mapping[str, Any]], runtimes: Sequence[str]) -> li
             + "; ".join(parts)
             + "."
         )
-        per_model = []
+        per_model, top = [], max(r["ratio"] for r in ok)
         for key in dict.fromkeys(r["model"] for r in ok):
-            mine = [r for r in ok if r["model"] == key and r["ratio"] == max(RATIOS) and r["threads"] == 1]
+            mine = [r for r in ok if r["model"] == key and r["ratio"] == top and r["threads"] == 1]
             if len({r["runtime"] for r in mine}) > 1:
                 hi, lo = max(mine, key=lambda r: r["speedup"]), min(mine, key=lambda r: r["speedup"])
                 per_model.append(
@@ -432,7 +433,7 @@ def reading(records: Sequence[Mapping[str, Any]], runtimes: Sequence[str]) -> li
                 )
         if per_model:
             out.append(
-                f"Ratio {max(RATIOS)}, 1 thread, fastest and slowest runtime per model: "
+                f"Ratio {top}, 1 thread, the runtime where the cut pays most and least, per model: "
                 + "; ".join(per_model)
                 + "."
             )
@@ -468,14 +469,14 @@ def reading(records: Sequence[Mapping[str, Any]], runtimes: Sequence[str]) -> li
             + ", ".join(f"{m} {q} {rt}" for m, q, rt in failed)
             + "."
         )
-    absent = [rt for rt in RUNTIMES if rt not in runtimes]
-    if absent:
-        out.append(f"Not in this run (not installed): {', '.join(absent)}.")
+    if skipped:
+        extras = ", ".join(f'{rt} (pip install "prunekit[{get_runtime(rt).extra}]")' for rt in skipped)
+        out.append(f"Not in this run (not installed): {extras}.")
     return out
 
 
 def markdown(
-    records: Sequence[Mapping[str, Any]], line: str, settings: Settings, runtimes: Sequence[str]
+    records: Sequence[Mapping[str, Any]], line: str, settings: Settings, skipped: Sequence[str]
 ) -> str:
     load = [r["load_1m"] for r in records if "load_1m" in r]
     when = sorted(r["utc"] for r in records if "utc" in r)
@@ -498,7 +499,7 @@ def markdown(
         "",
         *table(records),
         "",
-        *reading(records, runtimes),
+        *reading(records, skipped),
     ]
     return "\n".join(lines)
 
@@ -535,7 +536,8 @@ def main() -> None:
         print(f"error: {first_line(err)}", file=sys.stderr)
         raise SystemExit(2) from err
     installed = [r for r in runtimes if get_runtime(r).available()]
-    for runtime in sorted(set(runtimes) - set(installed)):
+    skipped = [r for r in runtimes if r not in installed]
+    for runtime in skipped:
         print(f'skip {runtime}: not installed (pip install "prunekit[{get_runtime(runtime).extra}]")')
     path = Path(args.json)
     write = not (args.quick or args.no_write)
@@ -543,7 +545,7 @@ def main() -> None:
     line += f" Load average {os.getloadavg()[0]:.1f} when the run started."
     records = [] if (args.fresh or args.quick) else load_cache(settings, path)
     if args.report:
-        finish("edge_runtimes", markdown(records, line, settings, installed), args, write=write)
+        finish("edge_runtimes", markdown(records, line, settings, skipped), args, write=write)
         return
     total, rows = 0.0, []
     for key in keys:
@@ -575,7 +577,7 @@ def main() -> None:
         for key, ratio, runtime, seconds, new in rows:
             print(f"estimate at full settings, {key} {ratio} {runtime}: {estimate(seconds, new, FULL):.0f} s")
         return
-    finish("edge_runtimes", markdown(records, line, settings, installed), args, write=write)
+    finish("edge_runtimes", markdown(records, line, settings, skipped), args, write=write)
 
 
 def estimate(seconds: float, records: Sequence[Mapping[str, Any]], target: Settings) -> float:
@@ -584,7 +586,7 @@ def estimate(seconds: float, records: Sequence[Mapping[str, Any]], target: Setti
 
     >>> rec = {"dense_ms": 10.0, "pruned_ms": 5.0, "runs": 10, "warmup": 3, "rounds": 3, "opset": 17}
     >>> round(estimate(2.0, [rec], Settings(runs=20, warmup=3, rounds=3)), 3)
-    2.99
+    2.45
     """
     if not records or records[0].get("error"):
         return seconds
