@@ -437,7 +437,6 @@ def reading(records: Sequence[Mapping[str, Any]], skipped: Sequence[str]) -> lis
                 + "; ".join(per_model)
                 + "."
             )
-        scaling = [r["speedup"] for r in ok if r["threads"] == 2]
         singles = {(r["model"], r["ratio"], r["runtime"]): r["speedup"] for r in ok if r["threads"] == 1}
         ratios = [
             r["speedup"] / singles[k]
@@ -445,7 +444,7 @@ def reading(records: Sequence[Mapping[str, Any]], skipped: Sequence[str]) -> lis
             if r["threads"] == 2
             if (k := (r["model"], r["ratio"], r["runtime"])) in singles
         ]
-        if scaling and ratios:
+        if ratios:
             out.append(
                 f"At 2 threads the speedup is {statistics.median(ratios):.2f} times the 1-thread one "
                 f"(median over {len(ratios)} rows; {min(ratios):.2f}-{max(ratios):.2f})."
@@ -461,6 +460,12 @@ def reading(records: Sequence[Mapping[str, Any]], skipped: Sequence[str]) -> lis
             f"Round medians of one model differ by {100 * statistics.median(spread):.0f} % (median; "
             f"largest {100 * max(spread):.0f} %, {worst['model']} {worst['ratio']} {worst['runtime']} "
             f"{worst['threads']}t): the best round is kept."
+            + (
+                " That is more than 10 %: the machine was busy, so the ms columns are upper bounds and the "
+                "ratios noisier than the 2-decimal figures suggest."
+                if statistics.median(spread) > 0.1
+                else ""
+            )
         )
     failed = {(r["model"], r["ratio"], r["runtime"]): r["error"] for r in records if r.get("error")}
     if failed:
@@ -480,7 +485,10 @@ def markdown(
 ) -> str:
     load = [r["load_1m"] for r in records if "load_1m" in r]
     when = sorted(r["utc"] for r in records if "utc" in r)
-    convert = [s for r in records for s in r.get("export_s", {}).values()]
+    convert: dict[str, list[float]] = {}
+    for r in records:
+        convert.setdefault(r["runtime"], []).extend(r.get("export_s", {}).values())
+    seconds = ", ".join(f"{rt} {min(v):.0f}-{max(v):.0f} s" for rt, v in convert.items() if v)
     lines = [
         "## Edge runtimes: dense vs pruned, batch 1 (`bench/bench_edge.py`)",
         "",
@@ -490,12 +498,13 @@ def markdown(
         else line,
         "",
         f"Random weights, seed 0. Each model is converted once per runtime (ONNX opset {settings.opset} "
-        f"where a runtime converts from ONNX; {min(convert, default=0):.0f}-{max(convert, default=0):.0f} s "
-        "per conversion, not counted in latency). Latency: dense and pruned alternated, a warm-up of "
-        f"{settings.warmup} calls each, then {settings.rounds} rounds of {settings.runs} calls of each "
-        "(order flipped every round); ms is the best round's median. speedup = dense ms / pruned ms; MACs "
-        "reduction = dense MACs / pruned MACs; efficiency = speedup / MACs reduction. agree: both models "
-        "match PyTorch within the runtime's fp32 tolerance (max abs error / output scale <= 1e-3).",
+        "where a runtime converts from ONNX; LiteRT through litert-torch) and the conversion is not "
+        f"counted in latency (seconds per conversion: {seconds or 'none made'}). Latency: dense and pruned "
+        f"alternated, a warm-up of {settings.warmup} calls each, then {settings.rounds} rounds of "
+        f"{settings.runs} calls of each (order flipped every round); ms is the best round's median. "
+        "speedup = dense ms / pruned ms; MACs reduction = dense MACs / pruned MACs; efficiency = speedup / "
+        "MACs reduction. agree: both models match PyTorch within the runtime's fp32 tolerance (max abs "
+        "error / output scale <= 1e-3).",
         "",
         *table(records),
         "",
@@ -545,6 +554,8 @@ def main() -> None:
     line += f" Load average {os.getloadavg()[0]:.1f} when the run started."
     records = [] if (args.fresh or args.quick) else load_cache(settings, path)
     if args.report:
+        if path.exists() and records:  # the machine line of the run that measured the records
+            line = json.loads(path.read_text()).get("line", line)
         finish("edge_runtimes", markdown(records, line, settings, skipped), args, write=write)
         return
     total, rows = 0.0, []
