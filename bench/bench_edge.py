@@ -480,6 +480,18 @@ def reading(records: Sequence[Mapping[str, Any]], skipped: Sequence[str]) -> lis
     return out
 
 
+def order(record: Mapping[str, Any]) -> tuple:
+    """A record's place in the table: the zoo's order of models, then ratio, runtime and threads."""
+    runtimes = list(RUNTIMES)
+    return (
+        ZOO.index(record["model"]) if record["model"] in ZOO else len(ZOO),
+        record["model"],
+        record["ratio"],
+        runtimes.index(record["runtime"]) if record["runtime"] in runtimes else len(runtimes),
+        record["threads"],
+    )
+
+
 def markdown(
     records: Sequence[Mapping[str, Any]], line: str, settings: Settings, skipped: Sequence[str]
 ) -> str:
@@ -506,7 +518,7 @@ def markdown(
         "MACs reduction. agree: both models match PyTorch within the runtime's fp32 tolerance (max abs "
         "error / output scale <= 1e-3).",
         "",
-        *table(records),
+        *table(sorted(records, key=order)),
         "",
         *reading(records, skipped),
     ]
@@ -515,7 +527,8 @@ def markdown(
 
 def main() -> None:
     quick = "yolo11n@320 at ratio 0.5, 10 runs: per-row seconds and the full-settings estimate; no writes"
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[common_args(quick=quick)])
+    parent = common_args(threads=2, quick=quick)  # --threads: torch's, for pruning and the reference outputs
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[parent])
     ap.add_argument("--models", default=None, help=f"comma-separated NAME@SIZE (default: {','.join(ZOO)})")
     ap.add_argument("--ratios", default=None, help="comma-separated ratios (default 0.3,0.5)")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated runtimes")
@@ -544,6 +557,7 @@ def main() -> None:
     except (ConfigError, ValueError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         raise SystemExit(2) from err
+    torch.set_num_threads(args.threads)
     installed = [r for r in runtimes if get_runtime(r).available()]
     skipped = [r for r in runtimes if r not in installed]
     for runtime in skipped:
@@ -558,7 +572,7 @@ def main() -> None:
             line = json.loads(path.read_text()).get("line", line)
         finish("edge_runtimes", markdown(records, line, settings, skipped), args, write=write)
         return
-    total, rows = 0.0, []
+    total, rows, wall = 0.0, [], time.perf_counter()
     for key in keys:
         todo = [(q, rt) for q in ratios for rt in installed if not done(records, key, q, rt)]
         if not todo:
@@ -583,7 +597,7 @@ def main() -> None:
                     save_cache(records, settings, line, path)
         finally:
             model.close()
-    print(f"{len(rows)} rows in {total:.0f} s (pruning and model building not included)")
+    print(f"{len(rows)} rows in {total:.0f} s; {time.perf_counter() - wall:.0f} s with building and pruning")
     if args.quick:
         for key, ratio, runtime, seconds, new in rows:
             print(f"estimate at full settings, {key} {ratio} {runtime}: {estimate(seconds, new, FULL):.0f} s")
