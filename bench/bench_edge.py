@@ -262,7 +262,7 @@ class Row:
         self.build_s = time.perf_counter() - start
         self.pruned: dict[float, tuple[nn.Module, float, list[torch.Tensor]]] = {}
         self._work = tempfile.TemporaryDirectory(prefix="prunekit-bench-edge-")
-        self._dense_files: dict[str, tuple[Artifact, float]] = {}
+        self._dense_files: dict[str, tuple[Artifact, float] | Exception] = {}
 
     def _outputs(self, model: nn.Module) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -284,6 +284,20 @@ class Row:
         artifact = rt.export(model, self.x, path, opset=self.settings.opset)
         return artifact, time.perf_counter() - start
 
+    def _dense(self, rt: Runtime) -> tuple[Artifact, float]:
+        """The dense model's file on ``rt`` and its conversion seconds, converted on first use; a failed
+        conversion is raised again for the next ratio without converting again."""
+        found = self._dense_files.get(rt.name)
+        if found is None:
+            try:
+                found = self._export(rt, self.dense, f"{rt.name}-dense")
+            except Exception as err:
+                found = err
+            self._dense_files[rt.name] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
+
     def measure(self, ratio: float, runtime: str) -> tuple[list[dict], float]:
         """The records of this model at ``ratio`` on ``runtime`` and the row's seconds (pruning excluded:
         it is shared by every runtime)."""
@@ -304,9 +318,7 @@ class Row:
             "utc": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}",
         }
         try:
-            if runtime not in self._dense_files:
-                self._dense_files[runtime] = self._export(rt, self.dense, f"{runtime}-dense")
-            dense_file, dense_s = self._dense_files[runtime]
+            dense_file, dense_s = self._dense(rt)
             pruned_file, pruned_s = self._export(rt, model, f"{runtime}-pruned-{ratio}")
             base["export_s"] = {"dense": dense_s, "pruned": pruned_s}
             artifacts = {"dense": dense_file, "pruned": pruned_file}

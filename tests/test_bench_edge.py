@@ -28,8 +28,10 @@ class Converter(OnnxRuntime):
     """onnxruntime whose converter fails with a multi-line message, as onnx2tf / litert-torch do."""
 
     name = "failing"
+    calls = 0
 
     def _write(self, *args, **kwargs):
+        Converter.calls += 1
         raise ExportError("tiny converter cannot convert the model: op Foo unsupported\n  at node 3\n  trace")
 
 
@@ -81,6 +83,7 @@ def test_rows_record_the_issue_fields_failures_and_resume(zoo, tmp_path):
     try:
         records, seconds = row.measure(0.5, "onnxruntime")
         failed, _ = row.measure(0.5, "failing")
+        again, _ = row.measure(0.3, "failing")
     finally:
         row.close()
     assert seconds > 0 and [r["threads"] for r in records] == list(be.THREADS)
@@ -92,7 +95,8 @@ def test_rows_record_the_issue_fields_failures_and_resume(zoo, tmp_path):
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["pruned_ms"])
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["macs_reduction"])
     assert {r["error"] for r in failed} == {"tiny converter cannot convert the model: op Foo unsupported"}
-    assert {r["dense_ms"] for r in failed} == {None}
+    assert {r["dense_ms"] for r in failed} == {None} and again[0]["error"] == failed[0]["error"]
+    assert Converter.calls == 1  # the dense model's failed conversion is not tried again for ratio 0.3
 
     path = tmp_path / "edge.json"
     be.save_cache(records + failed, FAST, "Machine: test.", path)
