@@ -20,8 +20,10 @@ Records are written to ``bench/results/edge_runtimes.json`` as each row finishes
 settings skips the rows already there (``--fresh`` measures everything again; other settings start afresh).
 
     python bench/bench_edge.py --quick     # yolo11n@320 at ratio 0.5, 10 runs: per-row seconds and the
-                                           # estimate at full settings; writes nothing
+                                           # estimate at full settings; writes nothing (--models picks
+                                           # other rows to estimate)
     python bench/bench_edge.py             # the whole zoo; writes the JSON and the edge_runtimes section
+                                           # (rerun the same command to resume after a stop)
 """
 
 from __future__ import annotations
