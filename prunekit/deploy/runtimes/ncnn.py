@@ -127,6 +127,9 @@ class NCNN(Runtime):
         work.mkdir()
         try:
             with eval_mode(module), torch.no_grad():
+                # a dry run fills what the model caches per input shape (YOLO's anchors), so the trace
+                # and its check run see the same graph
+                module(*tensors)
                 torch.jit.trace(module, tensors).save(str(work / "model.pt"))
         except Exception as err:
             raise ExportError(f"cannot trace the model for pnnx: {first_line(err)}") from err
