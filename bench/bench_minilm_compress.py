@@ -369,8 +369,8 @@ def _before_rows(previous: dict | None) -> list[str]:
         a = r["after"]
         shape = f"{r['hidden']}/{r['heads']}/{r['ffn']}/{r['layers']}"
         out.append(f"{r['target']}x {shape} ({r['speedup']:.2f}x, "
-                   f"params {r['params_ratio']:.2f}, {longest} steps): mean cos {a['cosine_mean']:.3f}, "
-                   f"Spearman {a['spearman']:.3f}")  # fmt: skip
+                   f"params {r['params_ratio']:.2f}): undistilled mean cos {r['before']['cosine_mean']:.3f}, "
+                   f"after {longest} steps {a['cosine_mean']:.3f}, Spearman {a['spearman']:.3f}")  # fmt: skip
     return out
 
 
