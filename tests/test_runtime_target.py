@@ -205,6 +205,35 @@ def test_greedy_takes_least_importance_per_ms_saved():
     assert greedy_units(table, orders, costs, widths, budget_ms=2.1, round_to=2) == {0: [0, 1], 1: [0, 1]}
 
 
+def table_with(groups: dict, base_ms: float = 10.0) -> LatencyTable:
+    return LatencyTable.from_dict(
+        {"key": "k", "runtime": "toy", "runtime_version": "", "threads": 1, "cpu": "", "input_shapes": [],
+         "base_ms": base_ms, "groups": groups, "steps": {}, "seconds": 0.0, "measurements": 0}
+    )  # fmt: skip
+
+
+def test_greedy_looks_past_steps_that_save_nothing():
+    # group 0 saves nothing for its first two units (a plateau, or noise the table clipped to zero), then
+    # 6 ms at its third: 3 importance for 6 ms is the cheapest saving there is. Group 1 saves 1 ms per unit
+    # at 1 importance per ms. Stepping one unit at a time, group 0's first step costs importance for no ms
+    # and never goes first: the budget is met by cutting group 1 (and then group 0 as well).
+    table = table_with(
+        {
+            0: {"group": 0, "width": 4, "removable": 3, "units": [1, 2, 3], "saved_ms": [0.0, 0.0, 6.0]},
+            1: {"group": 1, "width": 4, "removable": 3, "units": [1, 2, 3], "saved_ms": [1.0, 2.0, 3.0]},
+        }
+    )
+    orders = {0: [0, 1, 2], 1: [0, 1, 2]}
+    widths = {0: 4, 1: 4}
+    costs = {0: torch.ones(4), 1: torch.ones(4)}
+    assert greedy_units(table, orders, costs, widths, budget_ms=5.0) == {0: [0, 1, 2]}
+    # past the plateau's saving the next cheapest is group 1, unit by unit
+    assert greedy_units(table, orders, costs, widths, budget_ms=6.3) == {0: [0, 1, 2], 1: [0]}
+    # a group whose steps save nothing at all is never cut, even for a budget beyond the table
+    flat = table_with({0: {"group": 0, "width": 4, "removable": 3, "units": [3], "saved_ms": [0.0]}})
+    assert greedy_units(flat, {0: [0, 1, 2]}, {0: torch.ones(4)}, {0: 4}, budget_ms=5.0) == {}
+
+
 @pytest.mark.parametrize("speedup", [1.5, 2.0])
 def test_speedup_target_on_a_runtime_is_reached_within_tolerance(toy, speedup):
     net, x = chain((32, 64, 48))
