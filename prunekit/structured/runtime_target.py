@@ -6,12 +6,15 @@ The search of a :class:`~prunekit.config.Target` whose ``runtime`` is set, in th
    (:mod:`prunekit.structured.latency_table`; read from its cache when the same model, runtime and machine
    were timed before). Its width step becomes ``round_to`` when the config leaves ``round_to`` unset.
 2. **Selection.** Units are taken greedily across all groups by the importance they carry per millisecond
-   they save (as in NetAdapt and NVIDIA's HALP): each group offers its next ``round_to`` units in its removal
-   order (lowest scores first); their cost is the sum of their scores, each divided by the mean score of its
-   group (as global ranking does, :func:`prunekit.structured.select.choose_units`), and their gain is the
-   latency the table says they save. The cheapest importance per ms saved goes first, until the saving the
-   table predicts for all groups together (:meth:`~prunekit.structured.latency_table.LatencyTable.predict`)
-   reaches the budget: the share of the dense time the target asks to remove.
+   they save (as in NetAdapt and NVIDIA's HALP): each group offers a move from where it stands to one of its
+   later stops (kept widths on ``round_to``'s step, units in its removal order, lowest scores first), the
+   stop with the least importance per ms over the whole move (its lower convex hull, :func:`greedy_units`),
+   so a step the table credits with no saving does not hide the saving behind it. A move's cost is the sum
+   of its units' scores, each divided by the mean score of its group (as global ranking does,
+   :func:`prunekit.structured.select.choose_units`), and its gain is the latency the table says it saves.
+   The cheapest importance per ms saved goes first, until the saving the table predicts for all groups
+   together (:meth:`~prunekit.structured.latency_table.LatencyTable.predict`) reaches the budget: the share
+   of the dense time the target asks to remove.
 3. **Correction.** The plan (with the road's plan transforms) is applied to a copy, exported and timed end to
    end next to the dense model (their runs alternated), both on the runtime with ``threads`` threads. When
    the measured latency is further than ``tolerance`` (relative) from the goal, the budget is scaled by how
@@ -187,7 +190,7 @@ class RuntimeTargetSearch:
             with torch.no_grad():
                 self.work = copy.deepcopy(scored.model)
             self.orders = orders_of(scored)
-            self.table = build_table(scored, self.orders, self.timer, cache=cache)
+            self.table = build_table(scored, self.orders, self.timer, cache=cache, round_to=cfg.round_to)
             self.round_to = cfg.round_to or self.table.round_to
             self.round_to_reason = (
                 "given" if cfg.round_to else f"latency table: {self.table.steps.get('note', '')}"
