@@ -128,6 +128,31 @@ def test_edge_runtime_roundtrip_matches_pytorch(tmp_path, name, module):
     assert all(a.ok for a in agreements), [a.to_dict() for a in agreements]
 
 
+class CachesAnchors(nn.Module):
+    """Like YOLO's head: an offset made from the input's shape on the first call and reused after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.shape, self.anchors = None, torch.empty(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shape != x.shape:
+            self.anchors, self.shape = torch.arange(x.shape[-1], dtype=x.dtype), x.shape
+        return self.conv(x) + self.anchors
+
+
+def test_ncnn_traces_a_model_that_caches_shape_dependent_state(tmp_path):
+    pytest.importorskip("pnnx", reason='pip install "prunekit[ncnn]"')
+    pytest.importorskip("ncnn", reason='pip install "prunekit[ncnn]"')
+    torch.manual_seed(0)
+    net, x = CachesAnchors().eval(), torch.randn(1, 3, 8, 8)
+    rt = get_runtime("ncnn")
+    artifact = rt.export(net, x, tmp_path / "m.param")  # torch.jit.trace's check of a fresh model fails
+    out = rt.load(artifact, threads=1).run(arrays(x))
+    np.testing.assert_allclose(out[0], net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in (*args, "--input-shape", "1,1,8,8")])
 

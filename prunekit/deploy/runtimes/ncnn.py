@@ -127,7 +127,8 @@ class NCNN(Runtime):
         work.mkdir()
         try:
             with eval_mode(module), torch.no_grad():
-                torch.jit.trace(module, tensors).save(str(work / "model.pt"))
+                module(*tensors)  # one forward first: a model caching shape-dependent state (YOLO's anchors)
+                torch.jit.trace(module, tensors).save(str(work / "model.pt"))  # then traces as it runs
         except Exception as err:
             raise ExportError(f"cannot trace the model for pnnx: {first_line(err)}") from err
         _run_pnnx(work / "model.pt", tensors, tmp / path.name, tmp / path.with_suffix(".bin").name)
