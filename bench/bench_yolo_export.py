@@ -151,6 +151,19 @@ def _row(r: dict) -> list:
     ]  # fmt: skip
 
 
+def _exporter_versions() -> dict[str, str]:
+    """Versions of the installed exporter packages whose versions decide a format's result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in ("openvino", "ncnn", "pnnx", "litert-torch", "ai-edge-litert"):
+        try:
+            found[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def main() -> None:
     quick = "scenes 300/60 at 160 px, 10 + 5 epochs, conf 0.001"
     ap = argparse.ArgumentParser(parents=[common_args(quick=quick)])
@@ -207,9 +220,18 @@ def main() -> None:
             "Ultralytics' NCNN backend leaves ncnn's thread count at its default (every core); on this"
             " shared, loaded machine its per-image times vary by 10x and more between rows and say little"
             " about the model.",
+            *(
+                [
+                    'LiteRT rows need the `[litert]` extra (`pip install -e ".[litert]"`: litert-torch,'
+                    " ai-edge-litert; about 700 MB), which the default install leaves out; ultralytics converts"
+                    " through litert-torch's `torch.export` capture, no TensorFlow."
+                ]
+                if any(r["format"] == "litert" and r["exported"] for r in rows)
+                else []
+            ),
             *(f"Export failure: `{e}`" for e in errors),
             "",
-            machine_line(args.threads, ultralytics=ultralytics.__version__),
+            machine_line(args.threads, ultralytics=ultralytics.__version__, **_exporter_versions()),
         ]
     )
     finish("yolo-export", text, args)

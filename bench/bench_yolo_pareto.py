@@ -8,7 +8,9 @@ Rows, each trained with ultralytics' own trainer (``workers=0``, CPU, ``plots=Fa
   recovered in ``R`` epochs by each method of :func:`prunekit.models.yolo_recipe.run_recipe`: ``oneshot``
   (cut, fine-tune ``R``), ``sparsity`` (group-lasso training ``R/2``, cut, fine-tune the rest), ``gradual``
   (gradual pruning ``R/2``, fine-tune the rest), each without and with distillation from the dense model
-  (``--quick``: YOLO11n at 2x, one-shot without KD and gradual with KD);
+  (``--quick``: YOLO11n at 2x, one-shot without KD and gradual with KD; ``--medium``: YOLO11n at 2x, every
+  method with and without KD, on 1,000 images at 224 px, 60 dense + 20 recovery epochs: about 2 hours on an
+  idle 2-core machine, where the full budget is 84 h or more, section ``yolo-epoch``);
 - **scratch**: each pruned architecture (its widths: rebuilt from the pruned checkpoint's yaml where it states
   them, else the pruned module with every parameter re-initialised as ultralytics initialises a new model)
   trained from random init for ``E + R`` epochs, the dense + recovery budget of the pruned row.
@@ -23,7 +25,7 @@ mAP50-95 (ultralytics' validator on the val split), onnxruntime latency (batch 1
 checkpoints still exist, so the bench resumes where it stopped). Checkpoints and ultralytics' runs go under
 ``--work`` (default ``runs/yolo_pareto/<mode>``).
 
-    .venv/bin/python bench/bench_yolo_pareto.py --quick [--no-write] [--threads 2] [--only dense]
+    .venv/bin/python bench/bench_yolo_pareto.py --quick|--medium [--no-write] [--threads 2] [--only dense]
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ FULL_PRUNED = tuple(
 )
 FULL = Budget(n_train=2000, n_val=400, imgsz=320, dense_epochs=100, recovery_epochs=30, batch=16, seed=0,
               dense=("yolov8n", "yolov8s", "yolo11n", "yolo11s"), pruned=FULL_PRUNED)  # fmt: skip
+MEDIUM = Budget(n_train=1000, n_val=200, imgsz=224, dense_epochs=60, recovery_epochs=20, batch=16, seed=0,
+                dense=("yolo11n",), pruned=tuple(("yolo11n", "2x", method, kd) for method in METHODS
+                                                 for kd in (False, True)))  # fmt: skip
 QUICK = Budget(n_train=256, n_val=64, imgsz=128, dense_epochs=10, recovery_epochs=4, batch=8, seed=0,
                dense=("yolo11n", "yolov8n"), pruned=(("yolo11n", "2x", "oneshot", False),
                                                      ("yolo11n", "2x", "gradual", True)),
@@ -420,7 +425,7 @@ def section(rows: list[dict], budget: Budget, mode: str, threads: int, minutes: 
     return "\n".join([
         "## YOLO: pruned detectors vs the smaller model from scratch (Pareto)",
         "",
-        f"`bench/bench_yolo_pareto.py{' --quick' if mode == 'quick' else ''}`: scenes set "
+        f"`bench/bench_yolo_pareto.py{'' if mode == 'full' else ' --' + mode}`: scenes set "
         f"({budget.n_train} train / {budget.n_val} val images at {budget.imgsz} px, seed {budget.seed}), "
         f"dense rows {budget.dense_epochs} epochs from random init, pruned rows {budget.recovery_epochs} "
         f"recovery epochs from the dense checkpoint, scratch rows the pruned widths from random init for "
@@ -451,13 +456,18 @@ def section(rows: list[dict], budget: Budget, mode: str, threads: int, minutes: 
 def main() -> None:
     quick = "YOLO11n/YOLOv8n, 2x rows only, 128 px"
     ap = argparse.ArgumentParser(parents=[common_args(threads=2, quick=quick)])
+    ap.add_argument(
+        "--medium",
+        action="store_true",
+        help="YOLO11n at 2x, all methods with and without KD, 1,000 images at 224 px, 60 + 20 epochs",
+    )
     ap.add_argument("--work", default=None, help="checkpoints and runs (default runs/yolo_pareto/<mode>)")
     ap.add_argument("--json", default=str(RESULTS_JSON), help="the per-row record (resumable cache)")
     ap.add_argument("--only", choices=("dense",), default=None, help="stop after the dense rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    mode = "quick" if args.quick else "full"
-    budget = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "medium" if args.medium else "full"
+    budget = {"quick": QUICK, "medium": MEDIUM, "full": FULL}[mode]
     work = Path(args.work) if args.work else ROOT / "runs" / "yolo_pareto" / mode
     bench = Bench(budget, work, Path(args.json), mode)
     rows = bench.run(args.only)
@@ -469,4 +479,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["FULL", "QUICK", "Bench", "Budget"]
+__all__ = ["FULL", "MEDIUM", "QUICK", "Bench", "Budget"]

@@ -1,7 +1,8 @@
-"""How much the yaml-trainable prune (the default ``prune_yolo``, whose ``model.yaml`` ultralytics' stock
-``train()`` rebuilds) gives up against the free prune (``trainable=False``): MACs and params kept per model
-and ratio, random weights, 80 classes; also with ``stock_modules=True`` (a yaml naming only ultralytics'
-modules). Writes section ``yolo-yaml`` of docs/RESULTS.md.
+"""How much the yaml-trainable prune (``prune_yolo(..., stock_modules=False)``, whose ``model.yaml``
+ultralytics' ``train()`` rebuilds through ``Prunekit<Layer>`` rows) gives up against the free prune
+(``trainable=False``): MACs and params kept per model and ratio, random weights, 80 classes, and the layers
+whose groups it keeps whole with the reason; also the default ``stock_modules=True`` (a yaml naming only
+ultralytics' modules). Writes section ``yolo-yaml`` of docs/RESULTS.md.
 
     .venv/bin/python bench/bench_yolo_yaml.py [--imgsz 320] [--threads 1] [--no-write] [--quick]
 """
@@ -22,11 +23,12 @@ def one(cfg: str, ratio: float, imgsz: int) -> dict:
     from prunekit.models.ultralytics import load_yolo, prune_yolo
 
     t0 = time.perf_counter()
-    free = prune_yolo(load_yolo(cfg), ratio, imgsz=imgsz, trainable=False)
+    free = prune_yolo(load_yolo(cfg), ratio=ratio, imgsz=imgsz, trainable=False)
     model = load_yolo(cfg)
-    yaml = prune_yolo(model, ratio, imgsz=imgsz)
-    stock = prune_yolo(load_yolo(cfg), ratio, imgsz=imgsz, stock_modules=True)
+    yaml = prune_yolo(model, ratio=ratio, imgsz=imgsz, stock_modules=False)
+    stock = prune_yolo(load_yolo(cfg), ratio=ratio, imgsz=imgsz, stock_modules=True)
     stated = [row[2] for row in model.yaml["backbone"] + model.yaml["head"] if row[2].startswith("Prunekit")]
+    why = yaml.plan.meta["ultralytics"]["kept_for_yaml_why"]
     return {
         "model": cfg.removesuffix(".yaml"),
         "ratio": ratio,
@@ -37,6 +39,7 @@ def one(cfg: str, ratio: float, imgsz: int) -> dict:
         "stock_macs": stock.macs_ratio,
         "kept": len(yaml.plan.meta["ultralytics"]["kept_for_yaml"]),
         "stated": ", ".join(sorted(set(stated))),
+        "why": "; ".join(sorted(set(why.values()))) or "—",
         "seconds": time.perf_counter() - t0,
     }
 
@@ -53,7 +56,7 @@ def main() -> None:
             rows.append(one(cfg, ratio, imgsz))
             print(rows[-1], flush=True)
     header = ["model", "ratio", "MACs free", "MACs yaml", "yaml / free", "MACs stock-modules yaml"]
-    header += ["params free / yaml", "groups kept", "stated rows"]
+    header += ["params free / yaml", "groups kept", "stated rows", "kept because"]
     table = markdown_table(
         header,
         [
@@ -67,10 +70,11 @@ def main() -> None:
                 f"{r['free_params']:.3f} / {r['yaml_params']:.3f}",
                 r["kept"],
                 r["stated"],
+                r["why"],
             ]
             for r in rows
         ],
-        align="lrrrrrrrl",
+        align="lrrrrrrrll",
     )
     import ultralytics
 
@@ -79,10 +83,14 @@ def main() -> None:
             "## YOLO: yaml-trainable prune vs free prune",
             "",
             f"Random weights, 80 classes, imgsz {imgsz}, L2 criterion, local scope; MACs kept (after/before)."
-            " *free*: `prune_yolo(..., trainable=False)`; *yaml*: the default, whose checkpoint ultralytics'"
-            " stock `train()` rebuilds (derived widths stated through `Prunekit<Layer>` rows);"
-            " *stock-modules*: `stock_modules=True`, a yaml naming only ultralytics' modules. *groups kept*:"
-            " groups the yaml could not state and so left whole. `bench/bench_yolo_yaml.py`.",
+            " *free*: `prune_yolo(..., trainable=False)`; *yaml*: `stock_modules=False`, whose checkpoint "
+            "ultralytics' `train()` rebuilds once `prunekit.models.yolo_modules.register()` ran (every "
+            "width, derived ones and widths that are not multiples of 8 included, stated through "
+            "`Prunekit<Layer>` rows, C2f/C2PSA hidden widths `c` too); *stock-modules*: the default "
+            "`stock_modules=True`, a yaml naming only ultralytics' modules (widths rounded to multiples of "
+            "8), which `yolo train` rebuilds in a process without prunekit. *groups kept*: groups the yaml "
+            "could not state and so left whole; *kept because*: the layer and reason "
+            "(`plan.meta['ultralytics']['kept_for_yaml_why']`). `bench/bench_yolo_yaml.py`.",
             "",
             *table,
             "",

@@ -99,3 +99,46 @@ def test_projection_saves_as_a_dense_module_and_reloads_stock(tmp_path):
     assert "Dense" in [type(m).__name__ for m in back]
     diff = (back.encode(TEXTS, convert_to_tensor=True) - student.embed(TEXTS)).abs().max()
     assert float(diff) < 1e-4
+
+
+def _tiny_dir(path) -> str:
+    """A random 64-wide, 4-head, 3-layer BERT encoder with the MiniLM tokenizer, written to ``path``."""
+    enc = _tiny()
+    enc.encoder.save_pretrained(str(path))
+    enc.tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.mark.filterwarnings("ignore:no spec rebuilds")
+def test_projection_and_stream_cut_replay_through_prunekit_load(tmp_path):
+    import prunekit as pk
+    from prunekit.models.sentence import infer_sentence, load_sentence
+
+    source = _tiny_dir(tmp_path / "enc")
+    assert infer_sentence(load_sentence(source)) == f"sentence:{source}"
+    student = add_projection(load_sentence(source))
+    assert infer_sentence(student) == f"sentence:{source}+projection"
+    x = student.tokenize(TEXTS[:4])
+    res = prune(student, x, ratio=0.5, stream=True, data=[x], measure=False)
+    assert student.encoder.get_input_embeddings().embedding_dim == 32
+    # without a spec the saved one is inferred from the embedder as it was before the plan
+    saved = pk.save(student, tmp_path / "ck", plan=res.plan)
+    assert saved.spec == f"sentence:{source}+projection"
+    back = pk.load(tmp_path / "ck")
+    assert back.projection is not None and back.projection.weight.shape == (64, 32)
+    assert torch.allclose(back.embed(TEXTS), student.embed(TEXTS), atol=1e-6)
+    # with a layer removed the spec is not inferred (the stand-in is not the built model): it is given
+    prune_layers(student, x, n=1, data=[x])
+    spec = f"sentence:{source}+projection"
+    assert pk.save(student, tmp_path / "ck2", spec=spec, plan=res.plan).spec == spec
+    back = pk.load(tmp_path / "ck2")
+
+    def kept(emb: SentenceEmbedder) -> int:
+        return sum(not isinstance(m, SkipBlock) for m in emb.encoder.encoder.layer)
+
+    assert kept(back) == kept(student) == 2
+    assert torch.allclose(back.embed(TEXTS), student.embed(TEXTS), atol=1e-6)
+    # the spec without the suffix builds no projection: one clear refusal, nothing written
+    with pytest.raises(ConfigError, match=r"projection\.weight"):
+        pk.save(student, tmp_path / "ck3", spec=f"sentence:{source}", plan=res.plan)
+    assert not (tmp_path / "ck3").exists()

@@ -146,6 +146,19 @@ def test_unsupported_model_names_its_norm():
         pk.prune(net, torch.zeros(1, 3), ratio=0.25, stream="slicegpt", data=[torch.zeros(2, 3)])
 
 
+def test_a_class_of_a_followed_name_from_another_package_is_refused_by_its_module():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("deit_tiny_patch16_224", img_size=32, pretrained=False).eval()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(
+        ConfigError,
+        match=r"timm\.models\.vision_transformer\.VisionTransformer is not one of them \(its first norm",
+    ):
+        pk.prune(model, x, ratio=0.25, stream="slicegpt", data=[torch.randn(2, 3, 32, 32)])
+    assert _unchanged(model, before)
+
+
 def test_tied_head_is_refused():
     model = llama(tied=True)
     before = copy.deepcopy(model.state_dict())

@@ -134,6 +134,20 @@ def test_verify_exact_of_an_approximate_plan_is_one_config_error() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_an_exact_reference_for_an_approximate_plan_is_one_config_error() -> None:
+    from prunekit.structured.oracle import reference_outputs
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = pk.plan_prune(model, _ids(), ratio=0.5, stream=True, data=CALIB)[0]
+    assert plan.approximate
+    ref = reference_outputs(model, plan, _ids())
+    with pytest.raises(ConfigError, match=r"the plan is approximate .*an exact check against the masked"):
+        apply(model, plan, _ids(), reference=ref)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    apply(model, plan, _ids())  # without the reference the same plan cuts
+
+
 def test_bad_calibration_data() -> None:
     model = _model()
     with pytest.raises(ConfigError, match="pass data="):

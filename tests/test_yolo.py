@@ -317,27 +317,38 @@ def test_prune_yolo_takes_a_config_and_builds_its_result_like_prune(monkeypatch)
         prune_yolo(load_yolo("yolov8n.yaml"), 0.3, imgsz=IMGSZ, trainable=False)
 
 
-def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modules():
-    """Head hidden widths, C3k2 bottleneck widths: the yaml states them through Prunekit<Layer> rows, so the
-    yaml-trainable prune cuts within 10 % of the free prune's MACs; the built modules are ultralytics' own."""
-    from ultralytics.nn.modules import C3k2, Detect
+def _derived_attrs(model):
+    """The widths a block's constructor derives and no tensor shows: C2f/PSA ``c``, Attention heads."""
+    names = ("c", "num_heads", "key_dim", "head_dim")
+    return {n: [getattr(m, a) for a in names if hasattr(m, a)] for n, m in model.named_modules()}
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modules(cfg, ratio):
+    """Head hidden widths, C3k2 bottleneck widths, C2PSA's hidden width, widths that are not multiples of 8:
+    the yaml states them through Prunekit<Layer> rows, so the yaml-trainable prune keeps no group whole and
+    cuts as much as the free prune; the built modules are ultralytics' own and compute the same function."""
+    from ultralytics.nn.modules import C2f, C3k2, Detect
 
     from prunekit.models.yolo_yaml import rebuild, shape_mismatches
 
-    free = prune_yolo(load_yolo("yolo11n.yaml"), ratio=0.5, imgsz=IMGSZ, trainable=False)
-    model = load_yolo("yolo11n.yaml")
-    res = prune_yolo(model, ratio=0.5, imgsz=IMGSZ, stock_modules=False)
+    free = prune_yolo(load_yolo(cfg), ratio=ratio, imgsz=IMGSZ, trainable=False)
+    model = load_yolo(cfg)
+    res = prune_yolo(model, ratio=ratio, imgsz=IMGSZ, stock_modules=False)
     assert res.macs_ratio <= 1.10 * free.macs_ratio
+    assert res.plan.meta["ultralytics"]["kept_for_yaml"] == []
     rows = model.yaml["backbone"] + model.yaml["head"]
-    assert rows[-1][2] == "PrunekitDetect" and rows[2][2] == "PrunekitC3k2"
+    assert rows[-1][2] == "PrunekitDetect"
     assert shape_mismatches(model, model.yaml) == []
     built = rebuild(model, model.yaml)
-    assert type(built.model[-1]) is Detect and type(built.model[2]) is C3k2  # stock classes get pickled
+    assert type(built.model[-1]) is Detect and type(built.model[2]) in (C2f, C3k2)  # stock classes pickle
+    assert _derived_attrs(built) == _derived_attrs(model)
     built.load_state_dict(model.state_dict())
     x = example_inputs(model, IMGSZ)
     assert torch.equal(built.eval()(x)[0], model.eval()(x)[0])  # same function, not only same shapes
-    stock = load_yolo("yolo11n.yaml")
-    prune_yolo(stock, ratio=0.5, imgsz=IMGSZ)  # the default: ultralytics' modules only
+    stock = load_yolo(cfg)
+    prune_yolo(stock, ratio=ratio, imgsz=IMGSZ)  # the default: ultralytics' modules only
     assert not any(r[2].startswith("Prunekit") for r in stock.yaml["backbone"] + stock.yaml["head"])
     assert shape_mismatches(stock, stock.yaml) == []
 

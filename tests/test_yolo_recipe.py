@@ -274,3 +274,49 @@ def test_recipe_bad_input_is_one_error_line_and_leaves_the_files(scenes, dense, 
         result.exit_code == 2
         and "pruning options belong in the recipe, not on the command line (--ratio)" in result.output
     )
+
+
+def test_trainable_gradual_ends_in_a_checkpoint_stock_train_rebuilds(scenes, dense, tmp_path):
+    """GradualPruning(trainable=True): the final cut goes through the yaml path, so ultralytics' own trainer
+    (no prunekit trainer class) rebuilds the gradually pruned widths from the checkpoint's yaml."""
+    from prunekit.models.yolo_yaml import shape_mismatches
+
+    gradual = GradualPruning(ratio=0.4, start=0.0, end=1.0, steps=1, trainable=True)
+    trainer = _train(dense, recovery_trainer(gradual=gradual), **_args(scenes, tmp_path, "gradual"))
+    assert trainer.yaml_kept == {}  # YOLOv8n: every group's cut can be stated
+    pruned = load_yolo(str(trainer.pruned))
+    dense_params = sum(p.numel() for p in load_yolo(str(dense)).parameters())
+    assert sum(p.numel() for p in pruned.parameters()) < 0.8 * dense_params
+    rows = pruned.yaml["backbone"] + pruned.yaml["head"]
+    assert rows[-1][2] == "PrunekitDetect" and pruned.yaml["width_multiple"] == 1.0
+    assert shape_mismatches(pruned, pruned.yaml) == []
+    assert trainer.prunekit_plan.meta["ultralytics"]["kept_for_yaml"] == []
+    yolo = ultralytics.YOLO(str(trainer.pruned))
+    yolo.train(**_args(scenes, tmp_path, "stock"))  # ultralytics' DetectionTrainer: rebuilds from the yaml
+    assert [p.shape for p in yolo.trainer.model.parameters()] == [p.shape for p in pruned.parameters()]
+
+
+def test_trainable_gradual_never_masks_groups_the_yaml_cannot_state():
+    """YOLO12's A2C2f derives widths no yaml row states: those groups are found on a trial cut, with the
+    layer and reason, and a pruner told to keep them whole never removes their units."""
+    from prunekit.config import PruneConfig
+    from prunekit.models.ultralytics import HeadOutputs, _ignore, example_inputs
+    from prunekit.models.yolo_recover import unstatable_groups
+    from prunekit.schedules.structured_gradual import StructuredGradualPruner
+    from prunekit.structured import pipeline
+
+    model = load_yolo("yolo12n.yaml")
+    x = example_inputs(model, IMGSZ)
+    report = pipeline.trace(HeadOutputs(model), x, PruneConfig(ignore=_ignore(model, ())), "test")
+    why = unstatable_groups(model, report, x, GradualPruning(ratio=0.5), IMGSZ)
+    assert why and all(reason.startswith("layer ") for reason in why.values())
+    assert any("A2C2f" in reason for reason in why.values())
+    pruner = StructuredGradualPruner(
+        HeadOutputs(model), x, 0.5, start_step=0, end_step=1, frequency=1, ignore=_ignore(model, ()),
+        keep_whole=why,
+    )  # fmt: skip
+    pruner.step()
+    assert pruner.removed_units() > 0 and not set(pruner.removed) & set(why)
+    with pytest.raises(ConfigError, match="keep_whole"):
+        StructuredGradualPruner(HeadOutputs(model), x, 0.5, start_step=0, end_step=1, frequency=1,
+                                keep_whole=[10**6])  # fmt: skip

@@ -104,13 +104,18 @@ def minilm_path() -> Path:
 
 def load_minilm(path: str | Path | None = None) -> SentenceEmbedder:
     """The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, 384 wide), offline, in eval mode;
-    ``path``: another local encoder directory with its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
+    ``path``: another local encoder directory with its tokenizer. Under a meta-device context (an
+    architecture check, :func:`prunekit.models.record.same_architecture`) the encoder is built from its
+    config alone, without reading weights."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     directory = str(path or minilm_path())
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+        if torch.empty(0).device.type == "meta":  # from_pretrained refuses meta; the shapes are the config's
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory, local_files_only=True))
+        else:
+            encoder = AutoModel.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load a sentence encoder from {directory}: {first}") from err
@@ -118,17 +123,45 @@ def load_minilm(path: str | Path | None = None) -> SentenceEmbedder:
 
 
 MINILM = "all-MiniLM-L6-v2"
+#: spec suffix: the embedder with :func:`add_projection`'s identity projection (``sentence:DIR+projection``)
+PROJECTION = "+projection"
 
 
 def load_sentence(text: str) -> SentenceEmbedder:
-    """The model of a ``sentence:`` spec: ``all-MiniLM-L6-v2`` or a local model directory."""
-    if text == MINILM:
-        return load_minilm()
-    if not Path(text).is_dir():
+    """The model of a ``sentence:`` spec: ``all-MiniLM-L6-v2`` or a local model directory, either followed
+    by ``+projection`` for the embedder with :func:`add_projection`'s identity projection."""
+    base = text.removesuffix(PROJECTION)
+    if base == MINILM:
+        embedder = load_minilm()
+    elif Path(base).is_dir():
+        embedder = load_minilm(base)
+    else:
         raise ModelLoadError(
-            f"sentence: specs are sentence:{MINILM} or sentence:DIR (a local model), got {text!r}"
+            f"sentence: specs are sentence:{MINILM} or sentence:DIR (a local model), each optionally "
+            f"followed by {PROJECTION}, got {text!r}"
         )
-    return load_minilm(text)
+    return add_projection(embedder) if text.endswith(PROJECTION) else embedder
+
+
+def infer_sentence(model: nn.Module) -> str | None:
+    """The ``sentence:`` spec that builds ``model``: a :class:`SentenceEmbedder` whose encoder was loaded
+    from a local directory (the shipped all-MiniLM-L6-v2 by name), ``+projection`` when it has a square
+    bias-free projection; None for anything else (the caller checks that the spec builds ``model``)."""
+    if type(model) is not SentenceEmbedder:
+        return None
+    source = getattr(getattr(model.encoder, "config", None), "_name_or_path", "")
+    if not source or not Path(source).is_dir():
+        return None
+    try:
+        spec = MINILM if Path(source).resolve() == minilm_path().resolve() else str(Path(source).resolve())
+    except ModelLoadError:  # the MiniLM package is absent: the directory itself names the encoder
+        spec = str(Path(source).resolve())
+    proj = model.projection
+    if proj is None:
+        return f"sentence:{spec}"
+    if proj.bias is not None or proj.in_features != proj.out_features:
+        return None
+    return f"sentence:{spec}{PROJECTION}"
 
 
 def _sentence_inputs(model: nn.Module, shape: tuple[int, ...]) -> ExampleInputs:
@@ -577,5 +610,6 @@ FAMILY = register_family(
         input_shape=lambda _: (1, 8),
         example_inputs=_sentence_inputs,
         local_paths=True,
+        infer_spec=infer_sentence,
     )
 )

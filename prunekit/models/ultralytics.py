@@ -248,7 +248,7 @@ class YamlTrainable:
             return self.finish(plan)
 
         try:
-            plan, self.yaml, kept = trainable_plan(
+            plan, self.yaml, kept, why = trainable_plan(
                 self.detector,
                 HeadOutputs,
                 scored.example_inputs,
@@ -263,6 +263,7 @@ class YamlTrainable:
                 "(`prunekit yolo prune --free`) and fine-tune with finetune_yolo"
             ) from err
         plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
+        plan.meta["ultralytics"]["kept_for_yaml_why"] = {str(g): why[g] for g in sorted(kept)}
         return plan
 
 
@@ -292,13 +293,14 @@ def prune_yolo(
     pruned model runs at every size). A ``YOLO`` object's cached predictor is dropped so the next
     ``predict`` uses the pruned layers.
 
-    ``trainable=True`` keeps to widths that ``model.yaml`` can state (multiples of 8, ``round_to`` defaults
-    to 8; a few groups whose width ultralytics derives from another stay whole) and writes them into
-    ``model.yaml``, so ultralytics' stock ``train()`` rebuilds the pruned model (see
-    :mod:`prunekit.models.yolo_yaml`). ``stock_modules=True`` (the default) names only ultralytics' modules,
-    so ``yolo train`` in a process that never imports prunekit rebuilds it; widths ultralytics derives inside
-    a layer (head hidden convs, SPPF, bottlenecks) then stay whole. ``stock_modules=False`` cuts those too,
-    stated in ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved modules are
+    ``trainable=True`` keeps to widths that ``model.yaml`` can state and writes them into ``model.yaml``, so
+    ultralytics' stock ``train()`` rebuilds the pruned model (see :mod:`prunekit.models.yolo_yaml`).
+    ``stock_modules=True`` (the default) names only ultralytics' modules, so ``yolo train`` in a process that
+    never imports prunekit rebuilds it; widths must then be multiples of 8 (``round_to`` defaults to 8) and
+    widths ultralytics derives inside a layer (head hidden convs, SPPF, bottlenecks) stay whole.
+    ``stock_modules=False`` cuts those too, and any width (``round_to`` as given, by default none, as
+    ``trainable=False``), stated in ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved
+    modules are
     ultralytics' own, but a process that trains from that yaml must register the names first
     (``load_yolo`` and ``prune_yolo`` do; else :func:`prunekit.models.yolo_modules.register`), and without
     them its ``train()`` fails on the unknown name (never silently dense). ``trainable=False`` prunes
@@ -324,7 +326,7 @@ def prune_yolo(
     finish = C2fAttrs(detector, imgsz, trainable)
     yaml_step = YamlTrainable(detector, finish, stock_modules) if trainable else None
     transforms: list[PlanTransform] = [finish] if yaml_step is None else [finish, yaml_step]
-    if trainable and cfg.round_to is None:
+    if trainable and stock_modules and cfg.round_to is None:  # a stock row rounds its width up to 8
         cfg = cfg.replace(round_to=8)
     view = HeadOutputs(detector)
     result = pipeline.run(detector, x, cfg, verb="prune_yolo", view=view, transforms=transforms)

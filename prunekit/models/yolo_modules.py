@@ -10,7 +10,12 @@ cuts changed them could not be rebuilt by ultralytics' trainer. A yaml row such 
 
 builds the stock layer from the arguments ``parse_model`` gives it (for a head: ``nc`` and the appended
 ``reg_max``, ``end2end`` and input widths; then the stated ``legacy``), and gives every listed ``Conv2d`` (and
-the ``BatchNorm2d`` of its ``Conv``) the stated ``[out, in]``. The module built **is** the stock class:
+the ``BatchNorm2d`` of its ``Conv``) the stated ``[out, in]``. An integer entry ``c`` states the hidden width
+of a C2f-like or PSA-like block (``self.c``): the block is built with the expansion ``e`` that gives it, so
+what the constructor derives from it (an ``Attention``'s head count and key width, ``forward_split``'s sizes)
+is that of the pruned block. Since every conv width is stated, the widths need not be multiples of 8 (the
+rounding ``parse_model`` applies to a row's first argument only changes what the constructor is given).
+The module built **is** the stock class:
 checkpoints pickle ultralytics' own classes and load, predict, validate and export in a process that never
 imports prunekit. Rebuilding from the yaml (``train()``) needs the ``Prunekit<Layer>`` names in ultralytics'
 model namespace: :func:`register` puts them there (``load_yolo``, ``prune_yolo`` and every rebuild call it);
@@ -27,6 +32,7 @@ activation ``m is SPPF`` gives it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -40,6 +46,8 @@ HEADS = ("Detect", "Segment", "Segment26", "Pose", "Pose26", "OBB", "OBB26")
 LAYERS = ("Conv", "C2f", "C3k2", "C3", "C3x", "C2PSA", "C2fPSA", "PSA", "SPPF", "SPP", "Bottleneck",
           "C3Ghost", "ELAN1", "RepNCSPELAN4", "SCDown", "RepC3")  # fmt: skip
 _LEGACY_OFF = ("C3k2", "A2C2f", "C2fCIB")  # their stock rows switch the heads to the non-legacy branch
+# blocks whose constructor asserts c1 == c2 and derives ``c`` from c1 (the C2f-likes derive it from c2)
+_SAME_IO = ("C2PSA", "C2fPSA", "PSA")
 
 
 def _stock(name: str) -> type:
@@ -67,14 +75,43 @@ def _build(cls: type, args: tuple) -> nn.Module:
         _stock(cls.base).legacy = legacy  # as parse_model does for a stock head row
     else:
         *args, convs = args
+        args = _hidden_args(cls.base, list(args), convs.get("c"))
     module = _stock(cls.base)(*args)
+    c = convs.get("c")
+    if isinstance(c, int) and getattr(module, "c", None) != c:
+        if "e" in inspect.signature(_stock(cls.base)).parameters:
+            raise ValueError(f"{PREFIX}{cls.base}: built with c={module.c}, the row states c={c}")
+        module.c = c  # no expansion argument (ELAN1, RepNCSPELAN4): only forward_split reads c
     if cls.base == "SPPF" and len(args) <= 3:  # as parse_model does for a short (pre-YOLO26) SPPF row
         from ultralytics.nn.modules import Conv
 
         module.cv1.act = Conv.default_act
-    for path, (out, in_) in convs.items():
-        _resize(module, path, int(out), int(in_))
+    for path, widths in convs.items():
+        if path != "c":
+            _resize(module, path, int(widths[0]), int(widths[1]))
     return module
+
+
+def _hidden_args(base: str, args: list, c: int | None) -> list:
+    """``args`` (``c1, c2, ...`` as ``parse_model`` passes them) with ``e`` set so the block's ``c`` is ``c``;
+    a block asserting ``c1 == c2`` gets ``c2 = c1`` (its output conv's width is stated in the table).
+
+    >>> _hidden_args("C2PSA", [40, 48, 1, 0.5], 128)
+    [40, 40, 1, 3.2125]
+    """
+    if base in _SAME_IO:
+        args[1] = args[0]
+    if c is None:
+        return args
+    params = inspect.signature(_stock(base)).parameters
+    names = list(params)
+    if "e" not in names:
+        return args
+    pos = names.index("e")
+    while len(args) < pos:
+        args.append(params[names[len(args)]].default)
+    e = (c + 0.5) / (args[0] if base in _SAME_IO else args[1])
+    return [*args[:pos], e, *args[pos + 1 :]]
 
 
 def _class(base: str) -> type:
@@ -114,8 +151,14 @@ def _resize(module: nn.Module, path: str, out: int, in_: int) -> None:
         parent.bn = nn.BatchNorm2d(out, eps=bn.eps, momentum=bn.momentum)
 
 
-def _convs(layer: nn.Module) -> dict[str, list[int]]:
-    return {n: [m.out_channels, m.in_channels] for n, m in layer.named_modules() if isinstance(m, nn.Conv2d)}
+def _convs(layer: nn.Module) -> dict[str, Any]:
+    """Every ``Conv2d`` of ``layer`` as ``path: [out, in]``; ``c: width`` for a block with a hidden width."""
+    table: dict[str, Any] = {
+        n: [m.out_channels, m.in_channels] for n, m in layer.named_modules() if isinstance(m, nn.Conv2d)
+    }
+    if isinstance(getattr(layer, "c", None), int):
+        table["c"] = int(layer.c)
+    return table
 
 
 def stated_row(layer: nn.Module, row: list, legacy: bool) -> list | None:

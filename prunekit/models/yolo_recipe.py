@@ -59,7 +59,10 @@ class YoloRecipe:
     ratio: float = 0.5
     criterion: str | None = None  # default: the penalty's (sparsity), l2 otherwise
     imgsz: int = 320
-    trainable: bool = True  # oneshot/sparsity: widths model.yaml states (stock `yolo train` keeps them)
+    #: widths model.yaml states, so ultralytics' train() rebuilds the pruned model: oneshot/sparsity through
+    #: ultralytics' modules only (``prune_yolo``'s default); gradual through ``Prunekit<Layer>`` rows
+    #: (``GradualPruning(trainable=True)``: a training process registers them, prunekit's imports do)
+    trainable: bool = True
     sparsity_epochs: int = 10
     gradual_epochs: int = 10
     finetune_epochs: int = 10
@@ -106,7 +109,9 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
         raise ConfigError(f"{source}: method must be one of {', '.join(METHODS)}, got {method!r}")
     sparsity_keys = tuple(f.name for f in fields(SparsityTraining))
     sparsity = SparsityTraining(**_known(data.get("sparsity", {}), sparsity_keys, f"{source} (sparsity)"))
-    gradual_keys = tuple(f.name for f in fields(GradualPruning) if f.name not in ("ratio", "criterion"))
+    gradual_keys = tuple(
+        f.name for f in fields(GradualPruning) if f.name not in ("ratio", "criterion", "trainable")
+    )
     gradual_opts = _known(data.get("gradual", {}), gradual_keys, f"{source} (gradual)")
     ratio = _fraction(data.get("ratio", 0.5), "ratio", high=0.95)
     criterion = data.get("criterion")
@@ -119,16 +124,17 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> YoloRecipe:
             f"{source}: criterion {criterion!r} needs calibration data; the recipe cuts with a data-free one "
             "(l2, l1, bn_scale, fpgm, ...)"
         )
+    for key in ("kd", "trainable"):
+        if not isinstance(data.get(key, False), bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {data[key]!r}")
     gradual = None
     if method == "gradual":
-        gradual = GradualPruning(ratio=ratio, criterion=criterion, **gradual_opts)
+        trainable = data.get("trainable", True)
+        gradual = GradualPruning(ratio=ratio, criterion=criterion, trainable=trainable, **gradual_opts)
     imgsz = data.get("imgsz", 320)
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise ConfigError(f"{source}: imgsz must be a positive multiple of 32, got {imgsz!r}")
     train = dict(_known(data.get("train", {}), TRAIN_KEYS, f"{source} (train)"))
-    for key in ("kd", "trainable"):
-        if not isinstance(data.get(key, False), bool):
-            raise ConfigError(f"{source}: {key} must be true or false, got {data[key]!r}")
     project = data.get("project")
     if project is not None and not isinstance(project, str):
         raise ConfigError(f"{source}: project must be a directory path, got {project!r}")

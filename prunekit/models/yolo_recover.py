@@ -23,7 +23,14 @@ trainer's own seams (``optimizer_step``, ``save_model``, ``final_eval`` and call
   ultralytics validates and saves). At the end of training the final EMA is cut physically and written as
   ``weights/pruned.pt`` (:func:`~prunekit.models.ultralytics.save_yolo`, the plan inside), a normal pruned
   checkpoint that ``YOLO("pruned.pt")`` and ``yolo val`` use and :func:`~prunekit.models.yolo_train.
-  finetune_yolo` fine-tunes (its widths are free, so ``model.yaml`` does not state them).
+  finetune_yolo` fine-tunes. By default its widths are free (``model.yaml`` does not state them);
+  ``GradualPruning(trainable=True)`` makes it yaml-trainable, as ``prune_yolo(..., stock_modules=False)``:
+  at the start the groups whose cut ``model.yaml`` cannot state even through ``Prunekit<Layer>`` rows are
+  found on a trial cut at the final ratio and never masked, and the final cut goes through
+  :func:`~prunekit.models.yolo_yaml.trainable_plan`, so the checkpoint's ``model.yaml`` rebuilds the pruned
+  model in ultralytics' own ``train()`` (once :func:`~prunekit.models.yolo_modules.register` ran, as
+  importing :mod:`prunekit.models.ultralytics` does). A masked group the final yaml still cannot state stays
+  in the checkpoint with its removed units at zero (the same function; the plan's meta names it).
 - **atomic checkpoints**: ``last.pt``/``best.pt``/``epochN.pt`` (every epoch, and the optimizer-stripped
   final copies) are written to a temporary file and renamed, so an interrupted run leaves the last good
   checkpoint.
@@ -128,7 +135,8 @@ class SparsityTraining:
 class GradualPruning:
     """Options of gradual pruning: the final ``ratio`` of units removed, reached by a cubic schedule from
     ``start`` to ``end`` (fractions of the run's batches) in ``steps`` pruning steps; ``criterion``,
-    ``scope`` and ``max_ratio`` as in :func:`prunekit.prune`."""
+    ``scope`` and ``max_ratio`` as in :func:`prunekit.prune`. ``trainable``: end in a yaml-trainable
+    checkpoint (groups the yaml cannot state are never masked; the ratio is that of the others' units)."""
 
     ratio: float = 0.5
     start: float = 0.0
@@ -137,8 +145,11 @@ class GradualPruning:
     criterion: str = "l2"
     scope: str = "global"
     max_ratio: float = 0.9
+    trainable: bool = False  # end in a checkpoint whose model.yaml states its widths (module doc)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trainable, bool):
+            raise ConfigError(f"trainable must be true or false, got {self.trainable!r}")
         _fraction(self.ratio, "ratio", high=0.95)
         _fraction(self.start, "start")
         _fraction(self.end, "end")
@@ -247,6 +258,7 @@ class _Recovery:
         self.penalty: CoupledPenalty | None = None
         self.pruner: Any = None
         self.pruned: Path | None = None  # the physically cut checkpoint of a gradual run
+        self.yaml_kept: dict[int, str] = {}  # groups a trainable gradual run never masks, and why
         #: ``(batch, strength, penalty)`` at every optimizer step with a penalty
         self.sparsity_log: list[tuple[int, float, float]] = []
         self.batches_done = 0  #: training batches run so far, resumed epochs included (the schedules' clock)
@@ -341,14 +353,51 @@ def _on_train_start(trainer: Any) -> None:
     was_training = student.training
     student.eval()
     try:
-        trainer.pruner = StructuredGradualPruner(
-            HeadOutputs(student), x, gradual.ratio, start_step=start, end_step=end, frequency=frequency,
-            criterion=gradual.criterion, scope=gradual.scope, max_ratio=gradual.max_ratio,
-            ignore=_ignore(student, ()),
-        )  # fmt: skip
+        options = dict(start_step=start, end_step=end, frequency=frequency, criterion=gradual.criterion,
+                       scope=gradual.scope, max_ratio=gradual.max_ratio,
+                       ignore=_ignore(student, ()))  # fmt: skip
+        trainer.pruner = StructuredGradualPruner(HeadOutputs(student), x, gradual.ratio, **options)
+        if gradual.trainable:
+            report = trainer.pruner.report
+            trainer.yaml_kept = unstatable_groups(student, report, x, gradual, trainer._imgsz())
+            if trainer.yaml_kept:
+                trainer.pruner = StructuredGradualPruner(
+                    HeadOutputs(student), x, gradual.ratio, keep_whole=trainer.yaml_kept, **options
+                )
     finally:
         student.train(was_training)
     trainer.pruner_inputs = x
+
+
+def unstatable_groups(
+    detector: nn.Module, report: Any, x: Tensor, gradual: GradualPruning, imgsz: int
+) -> dict[int, str]:
+    """Prunable groups of ``report`` whose cut ``detector``'s yaml cannot state through ``Prunekit<Layer>``
+    rows, with why: found by :func:`~prunekit.models.yolo_yaml.trainable_plan` on a trial local cut of
+    ``gradual.ratio`` of every group (``detector`` is not changed).
+
+    >>> from prunekit.models.ultralytics import load_yolo
+    >>> m = load_yolo("yolo11n.yaml"); x = example_inputs(m, 64)
+    >>> report = pipeline.trace(HeadOutputs(m), x, PruneConfig(ignore=_ignore(m, ())), "doc")
+    >>> unstatable_groups(m, report, x, GradualPruning(ratio=0.5), 64)
+    {}
+    """
+    from prunekit.models.yolo_yaml import trainable_plan
+    from prunekit.structured.select import build_plan, choose_units
+
+    detector = copy.deepcopy(detector).cpu()
+    x = x.cpu()
+    scores = {g.id: torch.arange(g.width, dtype=torch.float32) for g in report.groups}
+    removed = choose_units(report, scores, gradual.ratio, "local", None, gradual.max_ratio)
+    finish = C2fAttrs(detector, imgsz, trainable=True)
+    trial = finish(build_plan(report, removed, {}))
+    try:
+        _plan, _yaml, _kept, why = trainable_plan(
+            detector, HeadOutputs, x, trial, report, lambda _m, p: finish(p), stock_modules=False
+        )
+    except ValueError as err:
+        raise ConfigError(f"gradual trainable=True: {err}; use trainable=False (free widths)") from err
+    return why
 
 
 def _ema_student(trainer: Any) -> nn.Module | None:
@@ -377,11 +426,34 @@ def _on_train_end(trainer: Any) -> None:
         pruner.step()
     model = copy.deepcopy(ema).float().eval()
     pruner.zero_removed(model)
-    plan = C2fAttrs(model, trainer._imgsz(), trainable=False)(pruner.plan())
+    trainable = trainer.prunekit_gradual.trainable
+    finish = C2fAttrs(model, trainer._imgsz(), trainable=trainable)
+    plan = finish(pruner.plan())
+    yaml = None
+    if trainable:
+        plan, yaml = _yaml_cut(model.cpu(), plan, pruner, trainer.pruner_inputs.cpu(), finish)
+        plan.meta["ultralytics"]["never_masked"] = {str(g): w for g, w in trainer.yaml_kept.items()}
     apply(HeadOutputs(model), plan, trainer.pruner_inputs.to(next(model.parameters()).device))
+    if yaml is not None:
+        model.yaml = yaml  # states every pruned width: ultralytics' train() rebuilds this model
     model.args = vars(trainer.args) if hasattr(trainer.args, "__dict__") else dict(trainer.args)
     trainer.pruned = save_yolo(model.cpu(), Path(trainer.wdir) / PRUNED_NAME, plans=plan)
     trainer.prunekit_plan = plan
+
+
+def _yaml_cut(model: nn.Module, plan: Any, pruner: Any, x: Tensor, finish: C2fAttrs) -> tuple[Any, dict]:
+    """``plan`` restricted to what ``model.yaml`` states through ``Prunekit<Layer>`` rows, and that yaml."""
+    from prunekit.models.yolo_yaml import trainable_plan
+
+    try:
+        plan, yaml, kept, why = trainable_plan(
+            model, HeadOutputs, x, plan, pruner.report, lambda _m, p: finish(p), stock_modules=False
+        )
+    except ValueError as err:
+        raise ConfigError(f"gradual trainable=True: the yaml cannot state the final cut ({err})") from err
+    plan.meta["ultralytics"]["kept_for_yaml"] = sorted(kept)
+    plan.meta["ultralytics"]["kept_for_yaml_why"] = {str(g): why[g] for g in sorted(kept)}
+    return plan, yaml
 
 
 def recovery_trainer(

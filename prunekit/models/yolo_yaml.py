@@ -5,7 +5,8 @@
 that is the dense network. A yaml can, however, state most pruned widths exactly:
 
 - ``width_multiple`` and ``depth_multiple`` become 1 and ``scales`` go, so each layer's first argument is its
-  real output width (ultralytics still rounds it up to a multiple of 8: pruned widths must be multiples of 8);
+  real output width (ultralytics still rounds it up to a multiple of 8: a stock row states multiples of 8;
+  a ``Prunekit<Layer>`` row states any width, see :mod:`prunekit.models.yolo_modules`);
 - C2f-like blocks (``C2f``, ``C3k2``, ...) get their expansion ``e`` set so that ``int(c2 * e)`` is the pruned
   hidden width ``c``;
 - Segment heads get their proto width.
@@ -217,8 +218,9 @@ def trainable_plan(
     finish: Any,
     *,
     stock_modules: bool = False,
-) -> tuple[Plan, dict, list[int]]:
-    """Shrink ``plan`` until a yaml rebuilds the pruned model exactly; return it, that yaml, the kept groups.
+) -> tuple[Plan, dict, list[int], dict[int, str]]:
+    """Shrink ``plan`` until a yaml rebuilds the pruned model exactly; return it, that yaml, the kept groups
+    and why each was kept (the layer, its type and the tensor the yaml could not rebuild).
 
     A layer the yaml's stock row cannot rebuild is first stated as a ``Prunekit<Layer>`` row (unless
     ``stock_modules``); groups are kept whole only where that does not rebuild it either.
@@ -231,6 +233,7 @@ def trainable_plan(
         for m in g.members:
             owner.setdefault((m.name, m.dim), set()).add(g.id)
     kept: list[int] = []
+    why: dict[int, str] = {}
     stated: set[int] = set()
     for _ in range(MAX_ROUNDS):
         trial_model = copy.deepcopy(model)
@@ -244,15 +247,40 @@ def trainable_plan(
                 break
             stated |= new
         if not bad:
-            return plan, yaml, kept
+            return plan, yaml, kept, why
         drop = _groups_to_keep(bad, owner, removed, trial_model)
         if not drop:
             raise ValueError(f"the yaml cannot reproduce {bad[0][0]} and no pruned group explains it")
+        reason = _why_kept(trial_model, bad[0][0], stated, stock_modules)
         for gid in drop:
             removed.pop(gid)
             kept.append(gid)
+            why[gid] = reason
         plan = finish(model, build_plan(report, removed, plan.meta))
     raise ValueError(f"no yaml-expressible plan after {MAX_ROUNDS} rounds")
+
+
+def _why_kept(model: nn.Module, tensor: str, stated: set[int], stock_modules: bool) -> str:
+    """Why the layer holding ``tensor`` cannot be rebuilt with its cut, in words.
+
+    >>> from prunekit.models.ultralytics import load_yolo
+    >>> _why_kept(load_yolo("yolov8n.yaml"), "model.9.cv1.conv.weight", set(), True)
+    'layer 9 (SPPF): model.9.cv1.conv.weight: a stock SPPF row cannot state this width (stock_modules)'
+    """
+    parts = tensor.split(".")
+    if parts[0] != "model" or not parts[1].isdigit():
+        return f"{tensor}: not in a yaml layer"
+    i = int(parts[1])
+    kind = type(model.model[i]).__name__
+    if stock_modules:
+        how = f"a stock {kind} row cannot state this width (stock_modules)"
+    elif i in stated:
+        how = f"its Prunekit{kind} row does not rebuild it"
+    elif not statable(model, i):
+        how = f"{kind} has no Prunekit row and its stock row cannot state this width"
+    else:
+        how = "the yaml cannot state this width"
+    return f"layer {i} ({kind}): {tensor}: {how}"
 
 
 def _mismatches(model: nn.Module, yaml: dict) -> list[tuple[str, list[int]]]:

@@ -22,6 +22,7 @@ change the model's eval outputs. Parameters are new objects after ``finalize``: 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,7 +49,8 @@ class StructuredGradualPruner:
     start_step + frequency, ..., end_step``. ``criterion``/``scope``/``ignore``/``max_ratio`` as in
     :func:`prunekit.prune` (or a :class:`prunekit.PruneConfig` as ``config``, its ratio replaced by the
     schedule's; the scope is ``"global"`` unless given); ``data``/``loss_fn`` feed data-driven criteria,
-    re-scored at every pruning step.
+    re-scored at every pruning step. ``keep_whole``: ids of prunable groups (of :attr:`report`) never pruned;
+    the schedule's ratio is then that of the other groups' units.
 
     >>> net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
     >>> x = torch.randn(4, 6)
@@ -78,6 +80,7 @@ class StructuredGradualPruner:
         max_ratio: float | None = None,
         data: Any = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
+        keep_whole: Iterable[int] = (),
     ) -> None:
         self.schedule = CubicSchedule.checked(
             initial_ratio,
@@ -106,6 +109,14 @@ class StructuredGradualPruner:
         self.config = pipeline.with_names(self.config, model)
         self.report = pipeline.trace(model, example_inputs, self.config, "StructuredGradualPruner")
         self.groups = {g.id: g for g in self.report.prunable_groups}
+        #: ids of groups never pruned (``keep_whole``); the ratio is that of the other groups' units
+        self.keep_whole = sorted(set(keep_whole))
+        unknown = set(self.keep_whole) - set(self.groups)
+        if unknown:
+            raise ConfigError(f"keep_whole: no prunable group with id {sorted(unknown)[0]}")
+        self._selectable = dataclasses.replace(
+            self.report, groups=[g for g in self.report.groups if g.id not in set(self.keep_whole)]
+        )
         self.total_units = sum(g.width for g in self.groups.values())
         self.removed: dict[int, list[int]] = {}
         self.last_step = 0
@@ -146,7 +157,7 @@ class StructuredGradualPruner:
             s = s.clamp_min(1e-30)
             s[self.removed.get(gid, [])] = 0.0
             scores[gid] = s
-        new = choose_units(self.report, scores, ratio, self.scope, None, self.max_ratio)
+        new = choose_units(self._selectable, scores, ratio, self.scope, None, self.max_ratio)
         for gid, units in self.removed.items():
             if not set(units) <= set(new.get(gid, [])):
                 raise RuntimeError(f"group {gid}: a removed unit came back (selection is not monotone)")

@@ -171,8 +171,9 @@ def apply(
     taken from the model before the cut) its outputs must also equal the masked reference's within the
     oracle's tolerance, decisions replayed as in :func:`prunekit.check`.
 
-    Returns the model. Raises PlanError (model untouched) when the plan does not fit, ApplyError (model
-    restored bit-exactly) when cutting or a verification fails.
+    Returns the model. Raises PlanError (model untouched) when the plan does not fit, ConfigError (model
+    untouched) for a ``reference`` with an approximate plan (``Plan.approximate``: an exact check cannot
+    hold), ApplyError (model restored bit-exactly) when cutting or a verification fails.
     """
     eager_module(model, "apply")
     if not isinstance(plan, Plan):
@@ -181,6 +182,12 @@ def apply(
         )
     if reference is not None and example_inputs is None:
         raise ConfigError("apply: a reference needs the example inputs it was computed on")
+    if reference is not None and plan.approximate:
+        raise ConfigError(
+            f"apply: the plan is approximate ({'; '.join(plan.approximate)}), so an exact check against the "
+            "masked reference cannot hold; apply it without reference= and measure the error against the "
+            "original model (prunekit.structured.stream.original_outputs / relative_error)"
+        )
     state = _state(model)
     modules = dict(model.named_modules())
     kept = validate(model, plan, state, modules)

@@ -19,8 +19,8 @@ directions, and their activation energy is the eigenvalues: the direct stream cu
 average over the ``D'`` kept channels, so their weights become ``sqrt(D / D')`` (:func:`rescale`): the
 norm of the kept part is what the full norm saw, up to the deleted energy.
 
-What the transform follows is stated per model class (:data:`STREAM_MAPS`, a registry:
-:func:`register_stream_map`): Hugging Face ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` /
+What the transform follows is stated per model class (:data:`STREAM_MAPS`, a registry by qualified
+class name: :func:`register_stream_map`): Hugging Face ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` /
 ``MistralForCausalLM`` (RMSNorm, untied head) and torchvision ``VisionTransformer`` (LayerNorm, converted).
 Any other model is refused in one line naming its class and first norm. The plan records the transform
 (``Plan.meta["transform"]``: kind, norms, the LayerNorms made RMSNorm); a saved checkpoint holds the
@@ -85,8 +85,13 @@ STREAM_MAPS: dict[str, Callable[[nn.Module], StreamMap]] = {}
 
 
 def register_stream_map(class_name: str, build: Callable[[nn.Module], StreamMap]) -> None:
-    """Let ``stream="slicegpt"`` follow models of class ``class_name`` (exact name) with ``build``."""
+    """Let ``stream="slicegpt"`` follow models of class ``class_name`` with ``build``: the class's qualified
+    name (``module.Class``, which wins) or its bare name (any class of that name)."""
     STREAM_MAPS[class_name] = build
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _lin(m: nn.Module) -> Linear:
@@ -133,22 +138,28 @@ def _torchvision_vit(model: nn.Module) -> StreamMap:
     return StreamMap(emb, writers, norms, True, model.hidden_dim)
 
 
-for _name in ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"):
-    register_stream_map(_name, _hf_causal_lm)
-register_stream_map("VisionTransformer", _torchvision_vit)
+for _name in ("llama.modeling_llama.Llama", "qwen2.modeling_qwen2.Qwen2", "mistral.modeling_mistral.Mistral"):
+    register_stream_map(f"transformers.models.{_name}ForCausalLM", _hf_causal_lm)
+# by module too: timm's VisionTransformer has the same class name and another layout
+register_stream_map("torchvision.models.vision_transformer.VisionTransformer", _torchvision_vit)
 
 
 def stream_map(model: nn.Module) -> StreamMap:
     """The :class:`StreamMap` of ``model``, or one ConfigError naming what the transform cannot follow."""
-    build = STREAM_MAPS.get(type(model).__name__)
+    cls = type(model)
+    build = STREAM_MAPS.get(_qualified(cls)) or STREAM_MAPS.get(cls.__name__)
     if build is None:
         kinds = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
         norm = next(
             (f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, kinds)), None
         )
+        named = sorted(
+            f"{k.rpartition('.')[2]} ({k.partition('.')[0]})" if "." in k else k for k in STREAM_MAPS
+        )
+        bare = {k.rpartition(".")[2] for k in STREAM_MAPS}
         raise ConfigError(
-            f"stream='slicegpt' follows the pre-norm residual stream of {', '.join(sorted(STREAM_MAPS))}; "
-            f"{type(model).__name__} is not one of them"
+            f"stream='slicegpt' follows the pre-norm residual stream of {', '.join(named)}; "
+            f"{_qualified(cls) if cls.__name__ in bare else cls.__name__} is not one of them"
             + (f" (its first norm is {norm}: register a map with register_stream_map)" if norm else "")
             + "; stream=True cuts the stream directly"
         )

@@ -127,8 +127,10 @@ class NCNN(Runtime):
         work.mkdir()
         try:
             with eval_mode(module), torch.no_grad():
-                module(*tensors)  # one forward first: a model caching shape-dependent state (YOLO's anchors)
-                torch.jit.trace(module, tensors).save(str(work / "model.pt"))  # then traces as it runs
+                # a dry run fills what the model caches per input shape (YOLO's anchors), so the trace
+                # and its check run see the same graph
+                module(*tensors)
+                torch.jit.trace(module, tensors).save(str(work / "model.pt"))
         except Exception as err:
             raise ExportError(f"cannot trace the model for pnnx: {first_line(err)}") from err
         _run_pnnx(work / "model.pt", tensors, tmp / path.name, tmp / path.with_suffix(".bin").name)
