@@ -46,6 +46,7 @@ from prunekit._atomic import write_text
 from prunekit.demo.run import environment
 from prunekit.deploy.runtimes import get_runtime
 from prunekit.structured.latency_table import ENV, Timer
+from prunekit.structured.runtime_target import CORRECTIONS, TOLERANCE
 
 MODELS = ("mobilenet_v2", "yolo11n")
 RUNTIMES = ("onnxruntime", "openvino", "ncnn")
@@ -222,7 +223,8 @@ def markdown(records: list[dict], line: str, quick: bool) -> str:
         f"{line} Input {sizes}{' (--quick)' if quick else ''}, random init (seed 0: "
         "torchvision; ultralytics' yaml with free-width pruning through `prune_yolo`), batch 1. "
         "*latency-aware*: `prunekit.prune(model, x, target=Target(speedup=S, runtime=R))` (latency table, "
-        "greedy importance per ms saved, up to 3 end-to-end corrections, tolerance 5 %). *search reached* "
+        f"greedy importance per ms saved, up to {CORRECTIONS} end-to-end corrections, tolerance "
+        f"{TOLERANCE:.0%}). *search reached* "
         "is the search's own measurement, *re-measured* a new timing next to the dense model (runs "
         "alternated). *MACs target*: plain `Target(macs=m)` (global L2, the same criterion), `m` bisected "
         "until its measured speedup on the same runtime is the latency-aware model's re-measured one (first "

@@ -61,7 +61,7 @@ __all__ = ["TOLERANCE", "RuntimeTargetSearch", "greedy_units"]
 #: relative distance from the goal latency within which a measured plan is accepted
 TOLERANCE = 0.05
 #: at most this many re-selections after the first measured plan
-CORRECTIONS = 3
+CORRECTIONS = 6
 #: A correction changes the budget by at most this factor either way (one noisy timing cannot over-cut).
 MAX_STEP = 2.0
 
