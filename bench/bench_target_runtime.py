@@ -1,23 +1,27 @@
-"""Latency-aware pruning on a deployment runtime vs a MACs target of the same ratio.
+"""Latency-aware pruning on a deployment runtime vs plain MACs-target pruning at the same measured speedup.
 
-For each model (torchvision ResNet-18 and MobileNetV2, ultralytics YOLO11n with free widths; random init, seed
-0), runtime (onnxruntime, OpenVINO: the installed ones) and requested speedup (1.5x, 2x), batch 1, 1 thread:
+For each model (torchvision MobileNetV2 at 224 px, ultralytics YOLO11n with free widths at 320 px; random
+init, seed 0; ``--models resnet18`` adds ResNet-18 at 224 px as an extra), runtime (onnxruntime, OpenVINO,
+NCNN: the installed ones; LiteRT with ``--runtimes ...,litert`` when ``ai-edge-litert`` and ``litert-torch``
+are) and requested speedup (2x; ``--speedups 1.5,2``), batch 1, 1 thread:
 
 - ``latency``: ``prunekit.prune(copy, x, target=Target(speedup=S, runtime=R))``: the latency table (built
-  once per model and runtime, into a fresh cache directory unless ``--cache-dir``; its time is reported
-  with the first speedup, the second reads it back), the greedy selection and the end-to-end corrections.
-- ``macs``: ``prunekit.prune(copy, x, target=Target(macs=1/S))``, the MACs-targeting baseline at the same
-  ratio (global L2, the same criterion), then timed on the same runtime.
+  once per model and runtime, into a fresh cache directory unless ``--cache-dir``; its seconds are
+  reported with the first speedup, the next ones read it back), the greedy selection and the end-to-end
+  corrections.
+- ``macs``: plain MACs-target pruning (``Target(macs=m)``, global L2, the same criterion), with ``m``
+  bisected (``--bisect`` steps, on log ``m``) until its model's speedup measured on the same runtime is the
+  latency-aware model's re-measured speedup: the same-speedup point of MACs targeting. Its first step is
+  ``m = 1/S``, the MACs target of the same ratio.
 
-Both pruned models are then re-timed next to the dense one on the runtime (runs alternated,
-:meth:`prunekit.structured.latency_table.Timer.pair`): the speedup columns are those re-measurements; the
-search's own reading is the ``search reached`` column. Records go to ``bench/results/target_runtime.json``
-and the ``target_runtime`` section of docs/RESULTS.md.
+Every pruned model is timed next to the dense one on the runtime (runs alternated,
+:meth:`prunekit.structured.latency_table.Timer.pair`). Reported per row: both models' MACs and params kept at
+that speedup and their efficiency (speedup / MACs reduction), the table's and the search's seconds, and the
+bisection's. Records go to ``bench/results/target_runtime.json`` and the ``target_runtime`` section of
+docs/RESULTS.md.
 
-    python bench/bench_target_runtime.py --quick    # 128 px, 10 runs per timing; about an hour on a loaded
-                                                    # 2-core machine (rows are written as each model x
-                                                    # runtime finishes)
-    python bench/bench_target_runtime.py            # 224 px
+    python bench/bench_target_runtime.py --quick    # 128 px, 10 runs per timing, 2 bisection steps
+    python bench/bench_target_runtime.py            # 224 px (YOLO11n 320 px), 20 runs, 4 bisection steps
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import tempfile
@@ -41,10 +46,15 @@ from prunekit._atomic import write_text
 from prunekit.demo.run import environment
 from prunekit.deploy.runtimes import get_runtime
 from prunekit.structured.latency_table import ENV, Timer
+from prunekit.structured.runtime_target import CORRECTIONS, TOLERANCE
 
-MODELS = ("resnet18", "mobilenet_v2", "yolo11n")
-RUNTIMES = ("onnxruntime", "openvino")
-SPEEDUPS = (1.5, 2.0)
+MODELS = ("mobilenet_v2", "yolo11n")
+RUNTIMES = ("onnxruntime", "openvino", "ncnn")
+SPEEDUPS = (2.0,)
+#: input size per model in the full run (--quick: 128 px for all)
+SIZES = {"mobilenet_v2": 224, "yolo11n": 320, "resnet18": 224}
+#: a bisection step within this relative distance of the speedup sought ends the bisection
+NEAR = 0.03
 JSON = Path(__file__).parent / "results" / "target_runtime.json"
 
 
@@ -79,25 +89,54 @@ def kept(result: pk.PruneResult) -> dict[str, float]:
     return {"macs_kept": result.macs_ratio, "params_kept": result.params_ratio}
 
 
-def one(name: str, runtime: str, size: int, threads: int, runs: int) -> list[dict]:
+def macs_at_speedup(
+    name: str, dense: torch.nn.Module, x: torch.Tensor, timer: Timer, session, goal: float, steps: int
+) -> dict:
+    """Plain MACs-target pruning whose measured speedup on ``timer``'s runtime is ``goal``: ``Target(macs=m)``
+    with ``m`` bisected on a log scale (speedup falls as ``m`` grows), first ``m = 1/goal``; the step
+    nearest the goal is returned with every step tried."""
+    start = time.perf_counter()
+    low, high = 0.02, 1.0  # MACs kept: too fast below ``low``'s side, too slow above ``high``'s
+    m, tried = min(0.95, 1.0 / goal), []
+    for _ in range(max(1, steps)):
+        model = copy.deepcopy(dense)
+        res = prune_to(name, model, x, pk.PruneConfig(target=pk.Target(macs=m)))
+        dense_ms, ms = timer.pair(session, timer.load(model))
+        tried.append({"macs_target": m, "speedup": dense_ms / ms, "dense_ms": dense_ms, "pruned_ms": ms,
+                      **kept(res)})  # fmt: skip
+        if abs(tried[-1]["speedup"] / goal - 1) <= NEAR:
+            break
+        if tried[-1]["speedup"] > goal:
+            low = max(low, m)
+        else:
+            high = min(high, m)
+        m = math.sqrt(low * high)
+    best = min(tried, key=lambda t: abs(t["speedup"] / goal - 1))
+    return best | {"steps": tried, "bisect_seconds": time.perf_counter() - start}
+
+
+def efficiency(speedup: float, macs_kept: float) -> float:
+    """Speedup over MACs reduction (dense MACs / pruned MACs): 1 when latency falls as the MACs do."""
+    return speedup * macs_kept
+
+
+def one(name: str, runtime: str, size: int, threads: int, runs: int, speedups, steps: int) -> list[dict]:
     dense, x = build(name, size)
     timer = Timer(runtime, threads, runs, x)
     dense_session = timer.load(dense)
     records = []
     try:
-        for speedup in SPEEDUPS:
+        for speedup in speedups:
             latency_model = copy.deepcopy(dense)
             start = time.perf_counter()
             target = pk.Target(speedup=speedup, runtime=runtime, threads=threads)
             lat = prune_to(name, latency_model, x, pk.PruneConfig(target=target, latency_runs=runs))
             lat_seconds = time.perf_counter() - start
-            macs_model = copy.deepcopy(dense)
-            start = time.perf_counter()
-            mac = prune_to(name, macs_model, x, pk.PruneConfig(target=pk.Target(macs=1 / speedup)))
-            mac_seconds = time.perf_counter() - start
             dense_a, lat_ms = timer.pair(dense_session, timer.load(latency_model))
-            dense_b, mac_ms = timer.pair(dense_session, timer.load(macs_model))
+            reached = dense_a / lat_ms
+            mac = macs_at_speedup(name, dense, x, timer, dense_session, reached, steps)
             info = lat.target
+            table_s = info["table"]["seconds"] if not info["table"]["cached"] else 0.0
             records.append(
                 {
                     "model": name,
@@ -108,32 +147,33 @@ def one(name: str, runtime: str, size: int, threads: int, runs: int) -> list[dic
                     "requested_speedup": speedup,
                     "search_reached_speedup": info["reached_speedup"],
                     "latency": {
-                        "speedup": dense_a / lat_ms,
+                        "speedup": reached,
                         "dense_ms": dense_a,
                         "pruned_ms": lat_ms,
                         **kept(lat),
+                        "efficiency": efficiency(reached, lat.macs_ratio),
                         "round_to": info["round_to"],
                         "round_to_reason": info["round_to_reason"],
                         "evaluations": info["evaluations"],
                         "search_seconds": lat_seconds,
+                        "select_seconds": lat_seconds - table_s,
                         "table_cached": info["table"]["cached"],
                         "table_seconds": info["table"]["seconds"],
                         "table_measurements": info["table"]["measurements"],
                     },
-                    "macs": {
-                        "speedup": dense_b / mac_ms,
-                        "dense_ms": dense_b,
-                        "pruned_ms": mac_ms,
-                        **kept(mac),
-                        "search_seconds": mac_seconds,
-                    },
+                    "macs": mac | {"efficiency": efficiency(mac["speedup"], mac["macs_kept"])},
                 }
             )
             r = records[-1]
             print(
-                f"{name} {runtime} {speedup}x: latency-aware {r['latency']['speedup']:.2f}x "
-                f"(MACs kept {r['latency']['macs_kept']:.3f}, {lat_seconds:.0f} s), MACs target "
-                f"{r['macs']['speedup']:.2f}x (MACs kept {r['macs']['macs_kept']:.3f})",
+                f"{name} {runtime} {speedup}x: latency-aware {reached:.2f}x (MACs / params kept "
+                f"{lat.macs_ratio:.3f} / {lat.params_ratio:.3f}, "
+                f"efficiency {r['latency']['efficiency']:.2f}; "
+                f"table {table_s:.0f} s, search {lat_seconds - table_s:.0f} s); MACs target at "
+                f"{mac['speedup']:.2f}x: MACs / params kept "
+                f"{mac['macs_kept']:.3f} / {mac['params_kept']:.3f}, "
+                f"efficiency {r['macs']['efficiency']:.2f} ({len(mac['steps'])} steps, "
+                f"{mac['bisect_seconds']:.0f} s)",
                 flush=True,
             )
     finally:
@@ -146,43 +186,54 @@ def markdown(records: list[dict], line: str, quick: bool) -> str:
     for r in records:
         lat, mac = r["latency"], r["macs"]
         table = (
-            "cached" if lat["table_cached"] else f"{lat['table_seconds']:.0f} s ({lat['table_measurements']})"
+            "cached" if lat["table_cached"] else f"{lat['table_seconds']:.0f} ({lat['table_measurements']})"
         )
         rows.append(
             [
                 r["model"],
+                f"{r['input'][-1]}",
                 r["runtime"],
                 f"{r['requested_speedup']:.1f}x",
                 f"{r['search_reached_speedup']:.2f}x",
                 f"{lat['speedup']:.2f}x",
                 f"{lat['macs_kept']:.3f} / {lat['params_kept']:.3f}",
+                f"{lat['efficiency']:.2f}",
                 lat["round_to"],
                 table,
-                f"{lat['search_seconds']:.0f}",
+                f"{lat['select_seconds']:.0f}",
                 f"{mac['speedup']:.2f}x",
                 f"{mac['macs_kept']:.3f} / {mac['params_kept']:.3f}",
+                f"{mac['efficiency']:.2f}",
+                f"{mac['macs_target']:.3f} ({len(mac['steps'])})",
+                f"{mac['bisect_seconds']:.0f}",
                 f"{lat['dense_ms']:.2f}",
             ]
         )
     header = [
-        "model", "runtime", "requested", "search reached", "re-measured", "MACs / params kept", "round_to",
-        "table (timings)", "search s", "MACs target: speedup", "MACs target: MACs / params kept", "dense ms",
+        "model", "px", "runtime", "requested", "search reached", "re-measured", "MACs / params kept",
+        "efficiency", "round_to", "table s (timings)", "search s", "MACs target: speedup",
+        "MACs target: MACs / params kept", "MACs target: efficiency", "MACs target m (steps)", "bisect s",
+        "dense ms",
     ]  # fmt: skip
-    size = records[0]["input"][-1] if records else 0
+    px = {r["model"]: r["input"][-1] for r in records}
+    sizes = ", ".join(f"{m} {v} px" for m, v in px.items())
     lines = [
         "## Latency-aware pruning on the deployment runtime (`bench/bench_target_runtime.py`)",
         "",
-        f"{line} Input 1x3x{size}x{size}{' (--quick)' if quick else ''}, random init (seed 0: torchvision; "
-        "ultralytics' yaml with free-width pruning through `prune_yolo`), batch 1. "
+        f"{line} Input {sizes}{' (--quick)' if quick else ''}, random init (seed 0: "
+        "torchvision; ultralytics' yaml with free-width pruning through `prune_yolo`), batch 1. "
         "*latency-aware*: `prunekit.prune(model, x, target=Target(speedup=S, runtime=R))` (latency table, "
-        "greedy importance per ms saved, up to 3 end-to-end corrections, tolerance 5 %); *MACs target*: "
-        "`Target(macs=1/S)`, global L2, the same criterion. *search reached* is the search's own "
-        "measurement; *re-measured* and the MACs target's speedup are re-timed afterwards, each next to the "
-        "dense model with runs alternated. *table*: seconds to build the latency table (number of timed "
-        "models), once per model and runtime; the second speedup reads it from the cache. *search s* "
-        "includes the table when it was built.",
+        f"greedy importance per ms saved, up to {CORRECTIONS} end-to-end corrections, tolerance "
+        f"{TOLERANCE:.0%}). *search reached* "
+        "is the search's own measurement, *re-measured* a new timing next to the dense model (runs "
+        "alternated). *MACs target*: plain `Target(macs=m)` (global L2, the same criterion), `m` bisected "
+        "until its measured speedup on the same runtime is the latency-aware model's re-measured one (first "
+        "step `m = 1/S`; steps in brackets): the two models compared at the same speedup. *efficiency*: "
+        "speedup / MACs reduction (dense MACs / pruned MACs). *table s*: seconds to build the latency table "
+        "(number of timed models), once per model and runtime; *search s*: the selection and end-to-end "
+        "corrections after it.",
         "",
-        *markdown_table(header, rows, align="llrrrrrrrrrr"),
+        *markdown_table(header, rows, align="lrlrrrrrrrrrrrrrr"),
         "",
         *summary(records),
     ]
@@ -190,7 +241,7 @@ def markdown(records: list[dict], line: str, quick: bool) -> str:
 
 
 def summary(records: list[dict]) -> list[str]:
-    """Sentences computed from the records: how often each approach lands within 10 % of the request."""
+    """Sentences computed from the records: the goals of issue 16 as measured."""
     if not records:
         return []
 
@@ -199,32 +250,42 @@ def summary(records: list[dict]) -> list[str]:
 
     n = len(records)
     lat = sum(near(r["latency"]["speedup"], r["requested_speedup"]) for r in records)
-    mac = sum(near(r["macs"]["speedup"], r["requested_speedup"]) for r in records)
-    ratio = [r["macs"]["speedup"] / r["requested_speedup"] for r in records]
-    fewer = sum(r["latency"]["macs_kept"] > r["macs"]["macs_kept"] for r in records)
+    same = [r for r in records if abs(r["macs"]["speedup"] / r["latency"]["speedup"] - 1) <= 0.10]
+    more_macs = sum(r["latency"]["macs_kept"] > r["macs"]["macs_kept"] for r in same)
+    more_params = sum(r["latency"]["params_kept"] > r["macs"]["params_kept"] for r in same)
+    yolo = [
+        f"{r['runtime']} {r['latency']['efficiency']:.2f} (MACs target {r['macs']['efficiency']:.2f})"
+        for r in records
+        if r["model"] == "yolo11n" and r["requested_speedup"] == 2.0 and r["runtime"] in ("openvino", "ncnn")
+    ]
     ran = {(r["model"], r["runtime"]) for r in records}
     missing = [f"{m} on {rt}" for m in MODELS for rt in RUNTIMES if (m, rt) not in ran]
     absent = f" Not in this run: {', '.join(missing)}." if missing else ""
     spread = {}
     for r in records:
         times = spread.setdefault(f"{r['model']} on {r['runtime']}", [])
-        times += [r["latency"]["dense_ms"], r["macs"]["dense_ms"]]
+        times += [r["latency"]["dense_ms"], *(t["dense_ms"] for t in r["macs"]["steps"])]
     drift = "; ".join(f"{k} {min(v):.3g}-{max(v):.3g} ms" for k, v in spread.items())
     return [
-        f"The same dense model timed in this run (the re-measurements): {drift}. Where that spread is larger "
-        "than the speedups compared, the machine's load, not the pruning, decides the columns: such rows "
-        "say nothing about either method and need a quiet machine.",
+        f"The same dense model timed in this run (each pruned model's partner): {drift}. Where that spread "
+        "is larger than the speedups compared, the machine's load, not the pruning, decides the columns.",
         "",
-        f"Re-measured speedup within 10 % of the request: latency-aware {lat} of {n} rows, MACs target of "
-        f"the same ratio {mac} of {n} (its speedup is {min(ratio):.2f}-{max(ratio):.2f} of the request). The "
-        f"latency-aware model keeps more MACs than the MACs-target model in {fewer} of {n} rows.{absent}",
+        f"Goals as measured: re-measured speedup within 10 % of the request in {lat} of {n} rows. Of the "
+        f"{len(same)} rows whose MACs-target bisection ended within 10 % of the latency-aware speedup, the "
+        f"latency-aware model keeps more MACs in {more_macs} and more params in {more_params}. Efficiency of "
+        f"YOLO11n at 2x: {'; '.join(yolo) if yolo else 'not in this run'} (goal >= 0.8).{absent}",
         "",
     ]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(parents=[common_args(threads=1, quick="128 px input instead of 224")])
+    ap = argparse.ArgumentParser(parents=[common_args(threads=1, quick="128 px input, fewer runs and steps")])
     ap.add_argument("--runs", type=int, default=None, help="timed runs per measurement (20; 10 with --quick)")
+    ap.add_argument(
+        "--bisect", type=int, default=None, help="MACs-target bisection steps (4; 2 with --quick)"
+    )
+    ap.add_argument("--speedups", default=",".join(map(str, SPEEDUPS)), help="requested speedups (2.0)")
+    ap.add_argument("--yolo-size", type=int, default=SIZES["yolo11n"], help="YOLO11n input px (320)")
     ap.add_argument("--cache-dir", default=None, help="latency-table cache root (default: a fresh one)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
@@ -240,17 +301,25 @@ def main() -> None:
         line = machine_line(args.threads, **versions({r["runtime"]: r["runtime_version"] for r in records}))
         write(records, line, args, quick=all(d["quick"] for d in loaded))
         return
-    size = 128 if args.quick else 224
+    sizes = dict(SIZES, yolo11n=args.yolo_size)
     args.runs = args.runs or (10 if args.quick else 20)
-    runtimes = [r for r in args.runtimes.split(",") if get_runtime(r).available()]
+    steps = args.bisect or (2 if args.quick else 4)
+    speedups = [float(v) for v in args.speedups.split(",")]
+    runtimes = []
+    for r in args.runtimes.split(","):
+        if get_runtime(r).available():
+            runtimes.append(r)
+        else:
+            print(f'skipped: runtime {r} is not installed (pip install "prunekit[{get_runtime(r).extra}]")')
     records: list[dict] = []
     line = machine_line(args.threads, **versions({r: get_runtime(r).version() for r in runtimes}))
     line += f" Load average {os.getloadavg()[0]:.1f} when the run started (other work makes timings noisy)."
     with tempfile.TemporaryDirectory(prefix="prunekit-bench-latency-") as fresh:
         os.environ[ENV] = args.cache_dir or fresh  # the latency tables' cache root
         for name in args.models.split(","):
+            size = 128 if args.quick else sizes[name]
             for runtime in runtimes:
-                records += one(name, runtime, size, args.threads, args.runs)
+                records += one(name, runtime, size, args.threads, args.runs, speedups, steps)
                 write(
                     records, line, args, args.quick
                 )  # after each model x runtime: a stopped run keeps its rows

@@ -24,7 +24,15 @@ from prunekit.config import PruneConfig, Target
 from prunekit.deploy.runtimes import RUNTIMES, Artifact, Runtime, register_runtime, timing
 from prunekit.errors import ConfigError, ExportError
 from prunekit.recipe import load_recipe
-from prunekit.structured.latency_table import LatencyTable, Timer, _pruned, build_table, cache_dir, orders_of
+from prunekit.structured.latency_table import (
+    LatencyTable,
+    Timer,
+    _pruned,
+    build_table,
+    cache_dir,
+    orders_of,
+    points,
+)
 from prunekit.structured.latency_table import narrowed as plan_of
 from prunekit.structured.pipeline import traced
 from prunekit.structured.runtime_target import greedy_units
@@ -142,11 +150,10 @@ def test_table_records_what_narrowing_each_group_alone_saves(toy):
     assert table.base_ms == pytest.approx(toy_ms(net, x, 8))
     orders = orders_of(scored)
     for gid, entry in table.groups.items():
-        assert entry.units == [
-            math.ceil(entry.removable / 3),
-            math.ceil(2 * entry.removable / 3),
-            entry.removable,
-        ]
+        # timed at half and all of its removable units, kept widths on the runtime's step (8 here)
+        assert entry.units == points(entry.removable, entry.width, 8) and len(entry.units) == 2
+        assert all((entry.width - k) % 8 == 0 for k in entry.units)
+        assert entry.units[-1] > entry.removable - 8 and abs(entry.units[0] - entry.removable / 2) <= 4
         assert entry.saved_ms == sorted(entry.saved_ms) and entry.saved_ms[0] >= 0
         k = entry.units[-1]
         cut = _pruned(net, plan_of(scored, {gid: orders[gid][:k]}), x)
@@ -205,6 +212,35 @@ def test_greedy_takes_least_importance_per_ms_saved():
     assert greedy_units(table, orders, costs, widths, budget_ms=2.1, round_to=2) == {0: [0, 1], 1: [0, 1]}
 
 
+def table_with(groups: dict, base_ms: float = 10.0) -> LatencyTable:
+    return LatencyTable.from_dict(
+        {"key": "k", "runtime": "toy", "runtime_version": "", "threads": 1, "cpu": "", "input_shapes": [],
+         "base_ms": base_ms, "groups": groups, "steps": {}, "seconds": 0.0, "measurements": 0}
+    )  # fmt: skip
+
+
+def test_greedy_looks_past_steps_that_save_nothing():
+    # group 0 saves nothing for its first two units (a plateau, or noise the table clipped to zero), then
+    # 6 ms at its third: 3 importance for 6 ms is the cheapest saving there is. Group 1 saves 1 ms per unit
+    # at 1 importance per ms. Stepping one unit at a time, group 0's first step costs importance for no ms
+    # and never goes first: the budget is met by cutting group 1 (and then group 0 as well).
+    table = table_with(
+        {
+            0: {"group": 0, "width": 4, "removable": 3, "units": [1, 2, 3], "saved_ms": [0.0, 0.0, 6.0]},
+            1: {"group": 1, "width": 4, "removable": 3, "units": [1, 2, 3], "saved_ms": [1.0, 2.0, 3.0]},
+        }
+    )
+    orders = {0: [0, 1, 2], 1: [0, 1, 2]}
+    widths = {0: 4, 1: 4}
+    costs = {0: torch.ones(4), 1: torch.ones(4)}
+    assert greedy_units(table, orders, costs, widths, budget_ms=5.0) == {0: [0, 1, 2]}
+    # past the plateau's saving the next cheapest is group 1, unit by unit
+    assert greedy_units(table, orders, costs, widths, budget_ms=6.3) == {0: [0, 1, 2], 1: [0]}
+    # a group whose steps save nothing at all is never cut, even for a budget beyond the table
+    flat = table_with({0: {"group": 0, "width": 4, "removable": 3, "units": [3], "saved_ms": [0.0]}})
+    assert greedy_units(flat, {0: [0, 1, 2]}, {0: torch.ones(4)}, {0: 4}, budget_ms=5.0) == {}
+
+
 @pytest.mark.parametrize("speedup", [1.5, 2.0])
 def test_speedup_target_on_a_runtime_is_reached_within_tolerance(toy, speedup):
     net, x = chain((32, 64, 48))
@@ -255,19 +291,21 @@ def test_width_steps_of_the_runtime_become_round_to(toy):
 
 
 def test_latency_target_on_a_runtime_and_given_round_to(toy):
+    # round_to=2, not the table's 8: the groups are timed at even widths; (at round_to=4 the toy, 1.5x slower
+    # at widths that are not multiples of 8, has no plan within 5 % of this goal: 0.89 or 1.12 of it)
     net, x = chain((32, 64, 48))
     goal = 0.6 * toy_ms(net, x, 8)
     res = pk.prune(
         net,
         x,
-        PruneConfig(target=Target(latency_ms=goal, runtime="toy", threads=2), round_to=4, latency_runs=3),
+        PruneConfig(target=Target(latency_ms=goal, runtime="toy", threads=2), round_to=2, latency_runs=3),
     )
     info = res.target
-    assert info["threads"] == 2 and info["round_to"] == 4 and info["round_to_reason"] == "given"
+    assert info["threads"] == 2 and info["round_to"] == 2 and info["round_to_reason"] == "given"
     assert (
         info["reached_ms"] == pytest.approx(toy_ms(net, x, 8)) and abs(info["reached_ms"] / goal - 1) <= 0.05
     )
-    assert info["requested_ms"] == pytest.approx(goal) and res.plan.meta["round_to"] == 4
+    assert info["requested_ms"] == pytest.approx(goal) and res.plan.meta["round_to"] == 2
 
 
 def test_unreachable_or_already_met_targets_leave_the_model_whole(toy):

@@ -2,25 +2,30 @@
 
 For each prunable group the whole model is exported through the runtime seam
 (:mod:`prunekit.deploy.runtimes`), loaded with ``threads`` threads and timed with only that group narrowed:
-by 1/3, 2/3 and all of its removable units (:func:`removal_order`: lowest scores first, never a pinned unit,
-never more than ``max_ratio`` of the group, never a member's last index). The latency a group saves at any
-number of removed units is interpolated linearly between those points and ``(0, 0)``; the measured savings are
-made non-decreasing (a later point never reads less than an earlier one, timing noise put aside) and never
-negative. Each narrowed model is timed with its runs alternated with the dense model's (:meth:`Timer.pair`)
-and recorded as the dense time times their ratio, so a change in the machine's load during the table does not
-read as a saving. Several groups combine as a product of the shares each keeps
+by half and by all of its removable units (:func:`removal_order`: lowest scores first, never a pinned unit,
+never more than ``max_ratio`` of the group, never a member's last index), each count moved so the kept width
+is a multiple of the width step (:func:`points`; the search's ``round_to`` when given, else the step the
+width probe below measured), since a runtime that is slow at other widths would otherwise read as saving
+nothing. The latency a group saves at any number of removed units is interpolated linearly between those
+points and ``(0, 0)``; the measured savings are made non-decreasing (a later point never reads less than an
+earlier one, timing noise put aside) and never negative. Each narrowed model is timed with its runs
+alternated with the dense model's (:meth:`Timer.pair`) and recorded as the dense time times their ratio, so a
+change in the machine's load during the table does not read as a saving. On runtimes that load ONNX files
+(:data:`LOADS_ONNX`) the table's models are exported without the output comparison a deployment export
+runs (:meth:`Timer.load`). Several groups combine as a product of the shares each keeps
 (:meth:`LatencyTable.predict`), which :mod:`prunekit.structured.runtime_target` corrects with end-to-end
 measurements.
 
-**Width steps.** The table also times the group that saves the most, at kept widths ``A``, ``A-1``, ``A-2``,
-``A-4``, ``A-8`` and ``A-16`` (``A`` a multiple of 16 near 2/3 of its width; ``A`` twice, for the noise).
-Each time is compared with the straight line through the times at ``A-16`` and ``A``; a width whose time
-lies above that line by more than the margin (three times the spread of the two timings of ``A``, at least
-2 % of it) is a width the runtime is slow at. The step chosen (:attr:`LatencyTable.round_to`) is the smallest
-of 1, 2, 4, 8, 16 such that no measured width that is a multiple of it is slow; with no slow width at all the
-steps are noise and the step is 1 (:attr:`LatencyTable.steps` says which, with the times). A search uses it as
-``round_to`` when the user left ``round_to`` unset. A model with no group at least 32 units wide keeps
-``round_to=1``.
+**Width steps.** Before the groups, the table times one group, the one whose units carry the most MACs
+among those at least 32 wide (:func:`_probe_group`), at kept widths ``A``, ``A-1``, ``A-2``, ``A-4``,
+``A-8`` and ``A-16`` (``A`` a multiple of 16 near 2/3 of its width; ``A`` twice, for the noise, the second
+time on the same loaded model). Each time is compared with the straight line through the times at ``A-16``
+and ``A``; a width whose time lies above that line by more than the margin (three times the spread of the
+two timings of ``A``, at least 2 % of it) is a width the runtime is slow at. The step chosen
+(:attr:`LatencyTable.round_to`) is the smallest of 1, 2, 4, 8, 16 such that no measured width that is a
+multiple of it is slow; with no slow width at all the steps are noise and the step is 1
+(:attr:`LatencyTable.steps` says which, with the times). A search uses it as ``round_to`` when the user left
+``round_to`` unset. A model with no group at least 32 units wide keeps ``round_to=1``.
 
 **Cache.** A table is stored as JSON (written atomically, under the umask) in ``cache_dir``, by default
 ``$PRUNEKIT_CACHE_DIR/latency`` or ``~/.cache/prunekit/latency``, named by a key hashed from the runtime, its
@@ -36,7 +41,7 @@ model, machine or runtime builds a new table; the same one reads it back (``Late
 >>> removal_order(g, torch.arange(8.0).flip(0), 0.9)
 [7, 6, 5, 4, 3, 2, 1]
 >>> points(7)
-[3, 5, 7]
+[4, 7]
 """
 
 from __future__ import annotations
@@ -59,9 +64,10 @@ from torch import nn
 from prunekit._atomic import write_text
 from prunekit._inputs import ExampleInputs
 from prunekit._jsondata import JsonData
-from prunekit.deploy.runtimes import Runtime, Session, arrays, get_runtime, time_session
+from prunekit.deploy.runtimes import Artifact, Runtime, Session, arrays, get_runtime, time_session
 from prunekit.graph.groups import Group
 from prunekit.measure.latency import cpu_model
+from prunekit.measure.macs import macs_by_module
 from prunekit.plan import Plan
 from prunekit.progress import progress_bar
 from prunekit.structured.cut import apply
@@ -71,9 +77,9 @@ from prunekit.structured.select import _Budget, _cap, build_plan
 __all__ = ["LatencyTable", "Timer", "build_table", "cache_dir", "points", "removal_order"]
 
 #: bump when the table's JSON changes shape or meaning: older files are then never read
-FORMAT = 1
+FORMAT = 2
 #: the fractions of a group's removable units timed
-FRACTIONS = (1 / 3, 2 / 3, 1.0)
+FRACTIONS = (0.5, 1.0)
 #: the width steps considered for ``round_to``
 STEPS = (1, 2, 4, 8, 16)
 #: kept widths below the aligned width ``A`` timed by the width-step probe
@@ -81,6 +87,9 @@ PROBE = (1, 2, 4, 8, 16)
 ENV = "PRUNEKIT_CACHE_DIR"
 #: the ONNX opset models are exported with for timing
 OPSET = 17
+#: runtimes whose sessions load an ONNX file as it is (OpenVINO compiles ONNX directly): the table's
+#: entries skip the verified export and the conversion
+LOADS_ONNX = ("onnxruntime", "openvino")
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -106,13 +115,21 @@ def removal_order(group: Group, scores: torch.Tensor, max_ratio: float) -> list[
     return list(budget.removed)
 
 
-def points(n: int) -> list[int]:
-    """The numbers of removed units timed for a group with ``n`` removable units (1/3, 2/3, all).
+def points(n: int, width: int = 0, step: int = 1) -> list[int]:
+    """The numbers of removed units timed for a group with ``n`` removable units: half and all of them,
+    each moved to the nearest count that leaves a multiple of ``step`` of the group's ``width`` (all: the
+    most such count), so a runtime that is slow at other widths is timed at the widths a search keeps.
 
-    >>> points(1), points(2), points(30)
-    ([1], [1, 2], [10, 20, 30])
+    >>> points(1), points(2), points(30), points(30, 64, 16), points(28, 32, 8), points(3, 20, 16)
+    ([1], [1, 2], [15, 30], [16], [16, 24], [2, 3])
     """
-    return sorted({max(1, math.ceil(f * n - 1e-9)) for f in FRACTIONS}) if n > 0 else []
+    if n <= 0:
+        return []
+    targets = [max(1, math.ceil(f * n - 1e-9)) for f in FRACTIONS]
+    aligned = [k for k in range(1, n + 1) if (width - k) % step == 0] if step > 1 else []
+    if aligned:
+        targets = [min(aligned, key=lambda k: (abs(k - t), -k)) for t in targets[:-1]] + [aligned[-1]]
+    return sorted(set(targets))
 
 
 class Timer:
@@ -134,11 +151,22 @@ class Timer:
         self._work = tempfile.TemporaryDirectory(prefix="prunekit-latency-")
         self._count = 0
 
-    def load(self, model: nn.Module) -> Session:
-        """``model`` exported to the runtime and loaded; its files are removed once it is loaded."""
+    def load(self, model: nn.Module, verified: bool = True) -> Session:
+        """``model`` exported to the runtime and loaded; its files are removed once it is loaded.
+
+        ``verified=False`` (the table's entries) skips what only proves the export right: on runtimes that
+        load an ONNX file (:data:`LOADS_ONNX`) the file is written without comparing onnxruntime's outputs
+        with PyTorch's and loaded as it is, the same graph the verified export and conversion give."""
         self._count += 1
         path = Path(self._work.name) / f"m{self._count}{self.rt.suffix}"
-        artifact = self.rt.export(model, self.example_inputs, path, opset=self.opset)
+        if not verified and self.rt.name in LOADS_ONNX:
+            from prunekit.deploy.onnx_export import export_onnx
+
+            onnx_file = path.with_suffix(".onnx")
+            export_onnx(model, self.example_inputs, onnx_file, opset=self.opset, verify=False)
+            artifact = Artifact(self.rt.name, str(onnx_file), [str(onnx_file)])
+        else:
+            artifact = self.rt.export(model, self.example_inputs, path, opset=self.opset)
         try:
             return self.rt.load(artifact, threads=self.threads)
         finally:
@@ -310,6 +338,33 @@ def _steps(times: dict[int, float], repeat: float, aligned: int) -> dict[str, An
     }
 
 
+def _aligned(group: Group, removable: int) -> int | None:
+    """The probe's aligned width for ``group``: a multiple of 16 near 2/3 of its width from which 16 more
+    units can be removed, or None."""
+    lowest = max(1, group.width - removable)  # the narrowest width the group can be cut to
+    choices = [a for a in range(32, group.width + 1, 16) if a - 16 >= lowest]
+    return min(choices, key=lambda a: abs(a - 2 * group.width / 3)) if choices else None
+
+
+def _probe_group(scored: Scored, groups: dict[int, Group], orders: dict[int, list[int]]) -> Group | None:
+    """The group the width-step probe narrows: of those with an aligned width (:func:`_aligned`), the one
+    whose units carry the most MACs (each member layer's MACs times the share of its dim the group covers),
+    so that a width the runtime is slow at shows above the timing noise."""
+    candidates = [g for g in groups.values() if g.width >= 32 and _aligned(g, len(orders[g.id]))]
+    if not candidates:
+        return None
+    macs = macs_by_module(scored.model, scored.example_inputs)
+
+    def weight(g: Group) -> float:
+        share: dict[str, float] = {}
+        for m in g.members:
+            module = m.name.rsplit(".", 1)[0] if "." in m.name else ""
+            share[module] = max(share.get(module, 0.0), len(m.index) / max(1, m.size))
+        return sum(macs.get(module, 0) * f for module, f in share.items())
+
+    return max(candidates, key=weight)
+
+
 def build_table(
     scored: Scored,
     orders: dict[int, list[int]],
@@ -317,13 +372,16 @@ def build_table(
     *,
     cache: str | os.PathLike | None = None,
     use_cache: bool = True,
+    round_to: int | None = None,
 ) -> LatencyTable:
     """The latency table of ``scored.model`` on ``timer``'s runtime (module docstring), read from the cache
     in ``cache`` (:func:`cache_dir`) when a table with the same key is there, else measured and stored.
 
-    ``orders`` is each group's :func:`removal_order`; a group with none is left out of the table.
+    ``orders`` is each group's :func:`removal_order`; a group with none is left out of the table. The groups
+    are timed at kept widths on ``round_to``'s step when it is given (the step the search will keep), else
+    on the step the width probe chose.
     """
-    key, record = structure_key(scored, orders, timer)
+    key, record = structure_key(scored, orders, timer, {"round_to": round_to} if round_to else None)
     directory = cache_dir(cache)
     path = directory / f"{timer.rt.name}-{key[:24]}.json"
     if use_cache and path.is_file():
@@ -339,50 +397,53 @@ def build_table(
     with torch.no_grad():
         work = copy.deepcopy(scored.model)
     groups = {g.id: g for g in scored.report.prunable_groups if orders.get(g.id)}
-    todo = {gid: points(len(orders[gid])) for gid in groups}
-    probe_group = None
-    total = 1 + sum(len(p) for p in todo.values()) + len(PROBE) + 2
+    probe_group = _probe_group(scored, groups, orders)
+    todo = {gid: len(orders[gid]) for gid in groups}
+    total = 1 + 2 * len(todo) + (len(PROBE) + 1 if probe_group is not None else 0)
     measured = 1
     with progress_bar(f"latency table ({timer.rt.name})", total) as bar:
-        dense = timer.load(work)
+        dense = timer.load(work, verified=False)
         base = timer.time_session(dense)
         bar.advance()
 
-        def relative(plan: Plan) -> float:
-            """The ms of ``plan``'s model in the table's time: ``base`` x its time over the dense one's."""
-            dense_ms, ms = timer.pair(dense, timer.load(_pruned(work, plan, scored.example_inputs)))
+        def relative(plan: Plan | None, session: Session | None = None) -> tuple[float, Session]:
+            """The ms of ``plan``'s model (or of ``session``, already loaded) in the table's time: ``base``
+            x its time over the dense one's, timed alternately with it; and its session."""
+            if session is None:
+                session = timer.load(_pruned(work, plan, scored.example_inputs), verified=False)
+            dense_ms, ms = timer.pair(dense, session)
             bar.advance()
-            return base * ms / dense_ms
+            return base * ms / dense_ms, session
 
+        steps = {
+            "round_to": 1,
+            "note": "no group is 32 units wide or more with 16 to lose below a multiple of 16: round_to=1",
+        }
+        if probe_group is not None:  # the width-step probe first: the groups are timed at its widths
+            g, order = probe_group, orders[probe_group.id]
+            aligned = _aligned(g, len(order))
+            times: dict[int, float] = {}
+            first = None
+            for width in [aligned, *(aligned - d for d in PROBE)]:
+                plan = narrowed(scored, {g.id: order[: g.width - width]} if width < g.width else {})
+                times[width], session = relative(plan)
+                first = first or session
+                measured += 1
+            repeat, _ = relative(None, first)  # ``aligned`` again, its session reused: the noise
+            measured += 1
+            steps = _steps(times, repeat, aligned) | {"group": g.id, "group_width": g.width}
+        step = round_to or steps["round_to"]
         entries = {}
-        for gid, ks in todo.items():
+        for gid, n in todo.items():
+            g = groups[gid]
+            ks = points(n, g.width, step)
             saved, best = [], 0.0
             for k in ks:
-                ms = relative(narrowed(scored, {gid: orders[gid][:k]}))
+                ms, _ = relative(narrowed(scored, {gid: orders[gid][:k]}))
                 best = max(best, base - ms, 0.0)  # non-decreasing, never negative
                 saved.append(best)
                 measured += 1
-            g = groups[gid]
-            entries[gid] = GroupLatency(gid, g.width, len(orders[gid]), ks, saved)
-        if entries:  # the width-step probe runs on the group that saves the most
-            probe_group = groups[max(entries, key=lambda gid: entries[gid].saved_ms[-1])]
-        steps = {"round_to": 1, "note": "no group is 32 units wide or more: round_to=1"}
-        if probe_group is not None and probe_group.width >= 32:
-            g, order = probe_group, orders[probe_group.id]
-            lowest = max(1, g.width - len(order))  # the narrowest width the group can be cut to
-            choices = [a for a in range(32, g.width + 1, 16) if a - 16 >= lowest]
-            if choices:
-                aligned = min(choices, key=lambda a: abs(a - 2 * g.width / 3))
-                times: dict[int, float] = {}
-                for width in [aligned, *(aligned - d for d in PROBE), aligned]:
-                    ms = relative(
-                        narrowed(scored, {g.id: order[: g.width - width]} if width < g.width else {})
-                    )
-                    repeat, times[width] = (ms, times[width]) if width in times else (None, ms)
-                    measured += 1
-                steps = _steps(times, repeat, aligned) | {"group": g.id, "group_width": g.width}
-            else:
-                steps["note"] = f"group {g.id} cannot lose 16 units below a multiple of 16: round_to=1"
+            entries[gid] = GroupLatency(gid, g.width, n, ks, saved)
     table = LatencyTable(
         key=key,
         runtime=timer.rt.name,

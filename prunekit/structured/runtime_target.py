@@ -6,12 +6,15 @@ The search of a :class:`~prunekit.config.Target` whose ``runtime`` is set, in th
    (:mod:`prunekit.structured.latency_table`; read from its cache when the same model, runtime and machine
    were timed before). Its width step becomes ``round_to`` when the config leaves ``round_to`` unset.
 2. **Selection.** Units are taken greedily across all groups by the importance they carry per millisecond
-   they save (as in NetAdapt and NVIDIA's HALP): each group offers its next ``round_to`` units in its removal
-   order (lowest scores first); their cost is the sum of their scores, each divided by the mean score of its
-   group (as global ranking does, :func:`prunekit.structured.select.choose_units`), and their gain is the
-   latency the table says they save. The cheapest importance per ms saved goes first, until the saving the
-   table predicts for all groups together (:meth:`~prunekit.structured.latency_table.LatencyTable.predict`)
-   reaches the budget: the share of the dense time the target asks to remove.
+   they save (as in NetAdapt and NVIDIA's HALP): each group offers a move from where it stands to one of its
+   later stops (kept widths on ``round_to``'s step, units in its removal order, lowest scores first), the
+   stop with the least importance per ms over the whole move (its lower convex hull, :func:`greedy_units`),
+   so a step the table credits with no saving does not hide the saving behind it. A move's cost is the sum
+   of its units' scores, each divided by the mean score of its group (as global ranking does,
+   :func:`prunekit.structured.select.choose_units`), and its gain is the latency the table says it saves.
+   The cheapest importance per ms saved goes first, until the saving the table predicts for all groups
+   together (:meth:`~prunekit.structured.latency_table.LatencyTable.predict`) reaches the budget: the share
+   of the dense time the target asks to remove.
 3. **Correction.** The plan (with the road's plan transforms) is applied to a copy, exported and timed end to
    end next to the dense model (their runs alternated), both on the runtime with ``threads`` threads. When
    the measured latency is further than ``tolerance`` (relative) from the goal, the budget is scaled by how
@@ -42,6 +45,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,7 +61,7 @@ __all__ = ["TOLERANCE", "RuntimeTargetSearch", "greedy_units"]
 #: relative distance from the goal latency within which a measured plan is accepted
 TOLERANCE = 0.05
 #: at most this many re-selections after the first measured plan
-CORRECTIONS = 3
+CORRECTIONS = 6
 #: A correction changes the budget by at most this factor either way (one noisy timing cannot over-cut).
 MAX_STEP = 2.0
 
@@ -81,38 +85,77 @@ def greedy_units(
     round_to: int = 1,
 ) -> dict[int, list[int]]:
     """Units removed per group (ids -> unit indices) so the table's predicted saving reaches ``budget_ms``,
-    taking the steps of least importance per ms saved first (module docstring). ``costs[g][u]`` is unit
-    ``u``'s normalised importance; a group not in ``table`` stays whole. The last step is kept only when it
-    lands nearer the budget than stopping before it. Returns everything the table allows when the budget is
-    beyond it."""
-    heap: list[tuple[float, int, int, int]] = []  # (cost per ms, group, step index into stops, tie)
-    stops = {}
+    taking the moves of least importance per ms saved first (module docstring). ``costs[g][u]`` is unit
+    ``u``'s normalised importance; a group not in ``table`` stays whole.
+
+    A group's move runs from where it stands to whichever later stop has the least importance per ms saved
+    over the whole move (:func:`_best_move`: a step that saves nothing on its own cannot block the larger
+    saving behind it), so the greedy walks each group's lower convex hull of (ms saved, importance). The move
+    that reaches the budget stops at its first stop that does, or the one before when that lands nearer.
+    Moves that save nothing are never taken: past everything the table credits with a saving, a budget
+    gets just that."""
+    heap: list[tuple[float, int, int, int]] = []  # (cost per ms, group, from stop, to stop)
+    curves: dict[int, tuple[np.ndarray, np.ndarray, list[int]]] = {}
     for gid, order in orders.items():
         if gid not in table.groups or not order:
             continue
-        stops[gid] = _steps(widths[gid], len(order), round_to)
-        _push(heap, table, orders, costs, stops, gid, 0)
-    at = dict.fromkeys(stops, 0)
-    previous = dict(at)
-    while heap and table.saved(at) < budget_ms:
-        _, gid, i, _ = heapq.heappop(heap)
-        previous = dict(at)
-        at[gid] = stops[gid][i + 1]
-        _push(heap, table, orders, costs, stops, gid, i + 1)
-    if budget_ms - table.saved(previous) < table.saved(at) - budget_ms:
-        at = previous  # the last step overshot by more than stopping short of it misses
-    return {gid: sorted(orders[gid][:k]) for gid, k in at.items() if k}
+        stops = _steps(widths[gid], len(order), round_to)
+        entry = table.groups[gid]
+        spent = np.concatenate([[0.0], np.cumsum(costs[gid][order].double().numpy())])[stops]
+        saved = np.array([entry.saved(k) for k in stops])
+        curves[gid] = (spent, saved, stops)
+        _push(heap, curves, gid, 0)
+    at = dict.fromkeys(curves, 0)  # each group's stop index
+    base = table.base_ms
+    kept = dict.fromkeys(curves, 1.0)  # each group's share of the dense time kept (LatencyTable.predict)
+
+    def saving(gid: int, i: int) -> float:
+        """The predicted saving with group ``gid`` at stop ``i`` and the others where they stand."""
+        share = max(0.0, 1.0 - curves[gid][1][i] / base) if base > 0 else 1.0
+        return base * (1.0 - math.prod(v for g, v in kept.items() if g != gid) * share)
+
+    now, done = 0.0, budget_ms <= 0
+    while heap and not done:
+        _, gid, i, j = heapq.heappop(heap)
+        before = now
+        for k in range(i + 1, j + 1):  # the move's stops in turn: the first that reaches the budget ends it
+            now = saving(gid, k)
+            if now >= budget_ms:
+                done = True
+                if budget_ms - before < now - budget_ms:
+                    k, now = k - 1, before  # the stop before misses by less than this one overshoots
+                break
+            before = now
+        at[gid] = k
+        kept[gid] = max(0.0, 1.0 - curves[gid][1][k] / base) if base > 0 else 1.0
+        if not done:
+            _push(heap, curves, gid, j)
+    return {gid: sorted(orders[gid][: curves[gid][2][i]]) for gid, i in at.items() if i}
 
 
-def _push(heap: list, table: LatencyTable, orders: dict, costs: dict, stops: dict, gid: int, i: int) -> None:
-    if i + 1 >= len(stops[gid]):
-        return
-    before, after = stops[gid][i], stops[gid][i + 1]
-    units = orders[gid][before:after]
-    cost = float(costs[gid][units].sum())
-    gain = table.groups[gid].saved(after) - table.groups[gid].saved(before)
-    ratio = cost / gain if gain > 1e-12 else math.inf
-    heapq.heappush(heap, (ratio, gid, i, after))
+def _best_move(spent: np.ndarray, saved: np.ndarray, i: int) -> tuple[float, int] | None:
+    """The least importance per ms saved from stop ``i`` to any later stop and the farthest such stop, or
+    None when no later stop saves more than stop ``i``.
+
+    >>> _best_move(np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0, 6.0]), 0)
+    (0.5, 3)
+    >>> _best_move(np.array([0.0, 1.0, 5.0]), np.array([0.0, 2.0, 3.0]), 0)
+    (0.5, 1)
+    """
+    gain = saved[i + 1 :] - saved[i]
+    ok = gain > 1e-12
+    if not ok.any():
+        return None
+    ratio = np.where(ok, (spent[i + 1 :] - spent[i]) / np.where(ok, gain, 1.0), np.inf)
+    best = float(ratio.min())
+    return best, i + 1 + int(np.flatnonzero(ratio <= best * (1 + 1e-9) + 1e-15)[-1])
+
+
+def _push(heap: list, curves: dict, gid: int, i: int) -> None:
+    spent, saved, _ = curves[gid]
+    move = _best_move(spent, saved, i)
+    if move is not None:
+        heapq.heappush(heap, (move[0], gid, i, move[1]))
 
 
 def normalised(scored: Scored) -> dict[int, torch.Tensor]:
@@ -147,7 +190,7 @@ class RuntimeTargetSearch:
             with torch.no_grad():
                 self.work = copy.deepcopy(scored.model)
             self.orders = orders_of(scored)
-            self.table = build_table(scored, self.orders, self.timer, cache=cache)
+            self.table = build_table(scored, self.orders, self.timer, cache=cache, round_to=cfg.round_to)
             self.round_to = cfg.round_to or self.table.round_to
             self.round_to_reason = (
                 "given" if cfg.round_to else f"latency table: {self.table.steps.get('note', '')}"
