@@ -223,8 +223,8 @@ def main() -> None:
             *(
                 [
                     'LiteRT rows need the `[litert]` extra (`pip install -e ".[litert]"`: litert-torch,'
-                    " ai-edge-litert; about 700 MB), which the default install leaves out; ultralytics converts"
-                    " through litert-torch's `torch.export` capture, no TensorFlow."
+                    " ai-edge-litert; about 700 MB), which the default install leaves out; ultralytics"
+                    " converts through litert-torch's `torch.export` capture, no TensorFlow."
                 ]
                 if any(r["format"] == "litert" and r["exported"] for r in rows)
                 else []
