@@ -22,8 +22,9 @@ target; the MACs actually reached are recorded. Every row records params, MACs (
 mAP50-95 (ultralytics' validator on the val split), onnxruntime latency (batch 1, one thread, through
 :func:`prunekit.deploy.runtimes.measure.runtime_latency`) and training seconds, into
 ``bench/results/yolo_pareto.json`` (rewritten atomically after every row; a rerun skips finished rows whose
-checkpoints still exist, so the bench resumes where it stopped). Checkpoints and ultralytics' runs go under
-``--work`` (default ``runs/yolo_pareto/<mode>``).
+checkpoints still exist, so the bench resumes where it stopped; an interrupted dense or scratch row
+continues from its ``last.pt`` with ultralytics' ``resume``, a pruned row's recipe starts again).
+Checkpoints and ultralytics' runs go under ``--work`` (default ``runs/yolo_pareto/<mode>``).
 
     .venv/bin/python bench/bench_yolo_pareto.py --quick|--medium [--no-write] [--threads 2] [--only dense]
 """
@@ -143,6 +144,14 @@ def arch_key(detector: torch.nn.Module) -> str:
 # models
 
 
+def unfinished_epochs(last: Path) -> int:
+    """Epochs an interrupted ultralytics run saved in ``last`` (0: no such run, or it finished)."""
+    if not last.is_file():
+        return 0
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    return ckpt.get("epoch", -1) + 1 if ckpt.get("optimizer") is not None else 0
+
+
 def random_init(cfg: str, seed: int) -> torch.nn.Module:
     """A new ``cfg`` detector for the scenes classes, initialised by ultralytics from ``seed``."""
     from ultralytics.nn.tasks import DetectionModel
@@ -242,13 +251,22 @@ class Bench:
         return row
 
     def _train(self, init: Path, epochs: int, name: str) -> tuple[Path, float]:
+        """Train ``init`` for ``epochs`` (resuming an interrupted run of the same name from its ``last.pt``);
+        the seconds are this call's, scaled to all ``epochs`` when it resumed."""
         from prunekit.models.yolo_train import finetune_yolo
 
+        last = self.work / "train" / name / "weights" / "last.pt"
+        done = unfinished_epochs(last)
         t0 = time.perf_counter()
-        yolo = finetune_yolo(str(init), data=str(self.data), epochs=epochs, name=name, val=False,
-                             **_train_args(self.budget, self.work / "train"))  # fmt: skip
+        if done:
+            print(f"resuming {name} after epoch {done} of {epochs}", flush=True)
+            yolo = finetune_yolo(str(last), data=str(self.data), resume=True, workers=0, val=False)
+        else:
+            yolo = finetune_yolo(str(init), data=str(self.data), epochs=epochs, name=name, val=False,
+                                 **_train_args(self.budget, self.work / "train"))  # fmt: skip
+        seconds = (time.perf_counter() - t0) * epochs / (epochs - done)
         best = Path(yolo.trainer.best)
-        return (best if best.is_file() else Path(yolo.trainer.last)), time.perf_counter() - t0
+        return (best if best.is_file() else Path(yolo.trainer.last)), seconds
 
     def _row(self, key: str, ckpt: Path, base: dict, train_s: float) -> dict:
         stats = measure(ckpt, self.data, self.budget, self.work / "val", key)

@@ -86,6 +86,20 @@ def test_every_head_prunes_exactly_and_keeps_its_outputs(cfg):
     assert model.model[-1].dfl.conv.in_channels == 16  # DFL bins untouched
 
 
+def test_a_head_in_export_mode_keeps_every_branch_output():
+    """YOLO26 exported without end2end returns the one-to-many decode only; its one-to-one branch must keep
+    its classes and boxes all the same, so the pruned model still runs end2end and trains."""
+    model = load_yolo("yolo26n.yaml")
+    head = model.model[-1]
+    head.export, head.end2end = True, False
+    widths = {n: [b[-1].out_channels for b in getattr(head, n)] for n in ("one2one_cv2", "one2one_cv3")}
+    prune_yolo(model, ratio=0.3, imgsz=IMGSZ, trainable=False)
+    assert {n: [b[-1].out_channels for b in getattr(head, n)] for n in widths} == widths
+    head.export, head.end2end = False, True
+    x = example_inputs(model, IMGSZ)
+    assert model(x)[0].shape[-1] == 6  # end2end: (x1, y1, x2, y2, score, class) per detection
+
+
 def test_yolo11_keeps_c2psa_attention_whole_and_says_why():
     model = load_yolo("yolo11n.yaml")
     attn = model.model[10].m[0].attn

@@ -174,7 +174,10 @@ class HeadOutputs(nn.Module):
     """The ultralytics model seen through the outputs that must keep their shapes (all but ``feats``).
 
     It shares the model's layers under the same names (``model.0.conv.weight``...), so a plan made on it
-    applies to the ultralytics model itself, and cutting it cuts the model.
+    applies to the ultralytics model itself, and cutting it cuts the model. It runs with every head's
+    ``export`` flag off, so the raw predictions of every branch are outputs: in export mode a YOLO26 head
+    returns only its one-to-many decode, and its one-to-one branch (still computed) would look like dead
+    channels free to cut, though ``end2end`` inference and training read it.
 
     >>> m = load_yolo("yolov8n.yaml")
     >>> [n for n, _ in HeadOutputs(m).named_parameters()] == [n for n, _ in m.named_parameters()]
@@ -187,7 +190,14 @@ class HeadOutputs(nn.Module):
         self._forward = model.forward  # a bound method, not a submodule: names stay those of the model
 
     def forward(self, x: torch.Tensor) -> Any:
-        return _without_feats(self._forward(x))
+        heads = [m for m in self.model.modules() if getattr(m, "export", None) is True]
+        for m in heads:
+            m.export = False
+        try:
+            return _without_feats(self._forward(x))
+        finally:
+            for m in heads:
+                m.export = True
 
 
 def _c2f_attrs(model: nn.Module, plan: Plan) -> dict[str, dict[str, list[int]]]:
