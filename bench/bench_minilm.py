@@ -17,13 +17,8 @@ from _common import common_args, finish, machine_line
 
 from prunekit.measure.latency import measure_latency
 from prunekit.measure.macs import count_macs
-from prunekit.models.sentence import (
-    copy_embedder,
-    distill,
-    fidelity,
-    load_minilm,
-    unlabeled_text,
-)
+from prunekit.models.corpus import unlabeled_text
+from prunekit.models.sentence import copy_embedder, distill, fidelity, load_minilm
 from prunekit.sparse import remove_masks, sparsify
 from prunekit.structured import prune
 from prunekit.structured.target import Target

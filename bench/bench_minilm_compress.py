@@ -1,6 +1,6 @@
 """Real all-MiniLM-L6-v2 compressed to measured latency targets (1.5x, 2x, 3x): heads + FFN + hidden size
 (the residual stream, prunekit's direct cut) + layers, then layer-wise distillation from the dense model on
-the offline package corpus (:func:`prunekit.models.sentence.package_corpus`). Each finished row is kept in
+the offline package corpus (:func:`prunekit.models.corpus.package_corpus`). Each finished row is kept in
 ``bench/results/minilm_compress.json`` (a rerun with the same settings resumes); writes section
 ``minilm-compress`` of docs/RESULTS.md (not in ``--quick`` mode), with the previous method's run (uniform
 k/12 cuts, kept in the JSON as ``full-uniform``) as the before.
@@ -36,6 +36,7 @@ from prunekit.deploy.pretrained import save_sentence_transformer
 from prunekit.errors import ExportError
 from prunekit.measure.latency import measure_latency
 from prunekit.measure.macs import count_macs
+from prunekit.models.corpus import package_corpus
 from prunekit.models.sentence import (
     SentenceEmbedder,
     add_projection,
@@ -43,7 +44,6 @@ from prunekit.models.sentence import (
     distill_layerwise,
     fidelity,
     load_minilm,
-    package_corpus,
     stream_channels,
 )
 from prunekit.structured import pipeline
@@ -271,6 +271,13 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
     }  # fmt: skip
 
 
+def mode_of(args: argparse.Namespace) -> str:
+    """The cached run's name: ``quick`` or ``full``, then ``+SOURCE`` for each corpus source but the default
+    ``packages`` (so runs on other corpora sit beside the packages-only run)."""
+    extra = [s for s in args.corpus if s != "packages"]
+    return ("quick" if args.quick else "full") + "".join(f"+{s}" for s in extra)
+
+
 def _load_cache(mode: str, key: str, fresh: bool) -> dict:
     """The cached run of ``mode`` (``quick`` or ``full``) if its settings ``key`` matches, else a new one."""
     data = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
@@ -289,7 +296,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(th)
     sents = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()]
     t0 = time.perf_counter()
-    texts = package_corpus(exclude=sents)
+    texts = package_corpus(exclude=sents, sources=args.corpus)
     corpus_s = time.perf_counter() - t0
     dense = load_minilm()
     tokens = sum(len(t) for t in dense.tokenizer(texts)["input_ids"])
@@ -300,7 +307,7 @@ def run(args: argparse.Namespace) -> dict:
     targets = (2.0,) if args.quick else args.targets
     settings = [args.quick, args.lr, args.runs, args.rounds, th, args.train_threads, len(texts),
                 args.criterion, args.stream, SHAPES]  # fmt: skip
-    cache = _load_cache("quick" if args.quick else "full", json.dumps(settings), args.fresh)
+    cache = _load_cache(mode_of(args), json.dumps(settings), args.fresh)
     if "shapes" not in cache:
         grid = QUICK_SHAPES if args.quick else SHAPES
         cache["shapes"] = search(dense, x, grid, args.search_runs, args.rounds, th)
@@ -331,7 +338,7 @@ def run(args: argparse.Namespace) -> dict:
         "corpus_s": corpus_s, "dense_params": params(dense), "dense_macs": count_macs(dense, x),
         "dense_ms": speedup(dense, dense, x, args.runs, args.rounds, th)[1],
         "runs": args.runs, "rounds": args.rounds, "lr": args.lr, "train_threads": args.train_threads,
-        "criterion": args.criterion, "stream": args.stream,
+        "criterion": args.criterion, "stream": args.stream, "sources": list(args.corpus),
     }  # fmt: skip
     _save_cache(cache)
     return cache
@@ -374,8 +381,20 @@ def _before_rows(previous: dict | None) -> list[str]:
     return out
 
 
+#: how the section describes each corpus source
+SOURCE_TEXT = {
+    "packages": "the prose of the installed packages (docstrings of every Python file in site-packages, "
+    ".rst/.md/.txt documents, licences, METADATA descriptions) and the standard library's docstrings and "
+    "reference manual",
+    "wordnet": "the usage examples of WordNet 3.0's glosses (Debian `wordnet-base`: everyday sentences "
+    "such as 'These pictures bring back sad memories.')",
+    "fortunes": "the epigrams, quotations and jokes of Debian's `fortunes` package",
+}
+
+
 def markdown(cache: dict, previous: dict | None = None) -> str:
     env = cache["env"]
+    sources = env.get("sources", ["packages"])
     rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"]))
     table = [["dense", "384 / 12 / 1536 / 6", f"{env['dense_params'] / 1e6:.2f} M", "1.00",
               f"{env['dense_macs'] / 1e9:.3f} G", f"{env['dense_ms']:.0f}", "1.00x", "1.000 / 1.000",
@@ -399,10 +418,10 @@ def markdown(cache: dict, previous: dict | None = None) -> str:
         f"the {env['sentences']} sentences of `bench/data/sentences.txt` against the dense embeddings, "
         "before / after distillation (mean and min cosine, Spearman of all pairwise similarities).",
         "",
-        f"Corpus: `package_corpus()`, {env['corpus']:,} sentences ({env['tokens'] / 1e6:.2f} M word-piece "
-        "tokens with [CLS]/[SEP]) from the prose of the installed packages (docstrings of every Python file "
-        "in site-packages, .rst/.md/.txt documents, licences, METADATA descriptions) and the standard "
-        "library's docstrings and reference manual; deduplicated, every exact or near-exact (word Jaccard "
+        f"Corpus: `package_corpus(sources={tuple(sources)})`, {env['corpus']:,} sentences "
+        f"({env['tokens'] / 1e6:.2f} M word-piece tokens with [CLS]/[SEP]) from "
+        + "; ".join(SOURCE_TEXT[s] for s in sources)
+        + "; deduplicated, every exact or near-exact (word Jaccard "
         "≥ 0.8) copy of an evaluation sentence removed, shuffled with seed 0, cached ("
         + (
             f"built in {env['corpus_s']:.0f} s in this run"
@@ -454,8 +473,9 @@ def markdown(cache: dict, previous: dict | None = None) -> str:
         pts = ", ".join(f"{c['step']}: {c['held_cos']:.3f} / {c['held_spearman']:.3f}" for c in r["curve"])
         lines.append(f"- {r['target']}x, {r['steps']} steps, distillation curve (step: held-out mean cos / "
                      f"Spearman): {pts}; at the end held-out {r['curve'][-1]['held_cos']:.3f} vs the "
-                     f"evaluation sentences' {r['after']['cosine_mean']:.3f} (the corpus is the packages' "
-                     "technical prose, the evaluation set everyday sentences).")  # fmt: skip
+                     f"evaluation sentences' {r['after']['cosine_mean']:.3f}"
+                     + (" (the corpus is the packages' technical prose, the evaluation set everyday "
+                        "sentences)." if sources == ["packages"] else "."))  # fmt: skip
     for name, scores in sorted(cache.get("ablation", {}).items()):
         h, f, n = name.split(",")
         parts = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
@@ -538,6 +558,12 @@ def main() -> None:
                         help="speedup targets, comma-separated (default 1.5,2,3)")  # fmt: skip
     parser.add_argument("--criterion", default="wanda", help="heads/FFN criterion (default wanda)")
     parser.add_argument("--stream", default="output", help="stream importance (default output)")
+    parser.add_argument(
+        "--corpus",
+        default=("packages",),
+        type=lambda t: tuple(t.split(",")),
+        help="comma-separated corpus sources (packages, wordnet, fortunes; default packages)",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore the cached rows")
     parser.add_argument("--report", action="store_true", help="write the section from the cached rows only")
     args = parser.parse_args()
@@ -546,7 +572,7 @@ def main() -> None:
     if args.quick:
         args.runs, args.rounds = 3, 1
     if args.report:
-        cache = json.loads(CACHE.read_text())["quick" if args.quick else "full"]
+        cache = json.loads(CACHE.read_text())[mode_of(args)]
     else:
         cache = run(args)
     previous = json.loads(CACHE.read_text()).get(PREVIOUS) if CACHE.is_file() else None

