@@ -392,7 +392,20 @@ SOURCE_TEXT = {
 }
 
 
-def markdown(cache: dict, previous: dict | None = None) -> str:
+def _other_corpus_rows(other: dict | None) -> list[str]:
+    """The packages-corpus run's rows (the longest distillation per target) as text."""
+    if not other or not other.get("rows"):
+        return []
+    best: dict[float, dict] = {}
+    for r in other["rows"].values():
+        if r["steps"] >= best.get(r["target"], {"steps": -1})["steps"]:
+            best[r["target"]] = r
+    return [f"{t}x {r['hidden']}/{r['heads']}/{r['ffn']}/{r['layers']}, {r['steps']} steps: mean cos "
+            f"{r['after']['cosine_mean']:.3f}, Spearman {r['after']['spearman']:.3f}"
+            for t, r in sorted(best.items())]  # fmt: skip
+
+
+def markdown(cache: dict, previous: dict | None = None, packages: dict | None = None) -> str:
     env = cache["env"]
     sources = env.get("sources", ["packages"])
     rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"]))
@@ -487,6 +500,10 @@ def markdown(cache: dict, previous: dict | None = None) -> str:
         lines.append("- Before (the previous run of this bench: uniform k/12 cuts of heads, FFN and stream, "
                      "L2-ranked heads/FFN, input-energy stream ranking): "
                      + "; ".join(before) + ".")  # fmt: skip
+    other = _other_corpus_rows(packages) if sources != ["packages"] else []
+    if other:
+        lines.append("- The same bench on the packages corpus alone (`--corpus packages`, an earlier run): "
+                     + "; ".join(other) + ".")  # fmt: skip
     goals = {1.5: 0.95, 2.0: 0.90}
     for r in rows:
         if r["target"] not in goals:
@@ -575,8 +592,9 @@ def main() -> None:
         cache = json.loads(CACHE.read_text())[mode_of(args)]
     else:
         cache = run(args)
-    previous = json.loads(CACHE.read_text()).get(PREVIOUS) if CACHE.is_file() else None
-    finish("minilm-compress", markdown(cache, previous), args, write=not args.quick)
+    data = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    packages = data.get("quick" if args.quick else "full")
+    finish("minilm-compress", markdown(cache, data.get(PREVIOUS), packages), args, write=not args.quick)
 
 
 if __name__ == "__main__":

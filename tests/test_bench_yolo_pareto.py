@@ -62,3 +62,36 @@ def test_scratch_copy_has_the_pruned_widths_and_new_weights():
     assert not torch.equal(w0, w1)
     dfl = fresh.model[-1].dfl  # the box decoder's fixed bin indices survive the re-initialisation
     assert torch.equal(dfl.conv.weight.flatten(), torch.arange(dfl.c1, dtype=torch.float))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_dense_row_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ultralytics.utils import callbacks
+
+    def stop_after_first_epoch(trainer):
+        if trainer.epoch == 0:
+            raise _Stop
+
+    budget = dataclasses.replace(TINY, dense_epochs=2, pruned=())
+    hooks = callbacks.default_callbacks["on_fit_epoch_end"]  # the dict every new trainer copies
+    monkeypatch.setitem(callbacks.default_callbacks, "on_fit_epoch_end", [*hooks, stop_after_first_epoch])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        work, results = tmp_path / "work", tmp_path / "pareto.json"
+        with pytest.raises(_Stop):
+            bp.Bench(budget, work, results, "tiny").run()
+        last = work / "train" / "dense-yolov8n" / "weights" / "last.pt"
+        assert bp.unfinished_epochs(last) == 1
+        monkeypatch.undo()
+        (row,) = bp.Bench(budget, work, results, "tiny").run()
+        assert row["epochs"] == 2 and bp.unfinished_epochs(last) == 0  # finished: optimizer stripped
+        csv = (work / "train" / "dense-yolov8n" / "results.csv").read_text().splitlines()
+        assert [line.split(",")[0].strip() for line in csv[1:]] == ["1", "2"]  # epoch 2 followed epoch 1
+    finally:
+        torch.set_num_threads(threads)
