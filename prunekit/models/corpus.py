@@ -6,7 +6,7 @@ drops duplicates and every copy of the evaluation sentences, shuffles with a see
 - ``packages``: the prose shipped with the installed Python packages (docstrings, documents, licences,
   package descriptions) and the standard library's docstrings and reference manual: large, technical;
 - ``wordnet``: the example sentences of the WordNet lexical database (Debian ``wordnet-base``), everyday
-  usage such as "The patient is respiring";
+  usage such as "These pictures bring back sad memories.";
 - ``fortunes``: the fortune-cookie epigrams, quotations and jokes of Debian's ``fortunes`` package.
 
 A source that is asked for but not installed is an error naming the package to install, never an empty
