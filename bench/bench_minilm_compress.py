@@ -424,8 +424,8 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
     lines = [
         "## all-MiniLM-L6-v2 compressed to latency targets: heads + FFN + hidden size + layers, distilled",
         "",
-        f"`bench/bench_minilm_compress.py`. {env['machine']} Timings were taken on a shared 2-core machine "
-        "loaded by other engineers' jobs (latency: median of "
+        f"`bench/bench_minilm_compress.py`. {env['machine']} Timings were taken on a shared 2-core machine, "
+        "where other work makes them noisy (latency: median of "
         f"{env['runs']} runs on a batch of the first 8 evaluation sentences, padded, best of {env['rounds']} "
         "rounds interleaved with the dense model; speedup = dense / pruned in those rounds). Fidelity: "
         f"the {env['sentences']} sentences of `bench/data/sentences.txt` against the dense embeddings, "
@@ -439,7 +439,7 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
         + (
             f"built in {env['corpus_s']:.0f} s in this run"
             if env["corpus_s"] > 5
-            else "read from its cache in this run; a build takes about 65 s here"
+            else "read from its cache in this run; a build of the packages source takes about 65 s here"
         )
         + "). The first 64 sentences give the "
         "activation statistics of the stream cut and the layer scores, the next 64 (*held-out*) pick the "
