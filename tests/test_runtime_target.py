@@ -356,7 +356,7 @@ def test_eager_timed_targets_use_and_report_threads():
     net, x = chain((8, 16), size=8)
     res = pk.prune(net, x, PruneConfig(target=Target(latency_ms=1e6, threads=2), latency_runs=3))
     assert res.target["threads"] == 2 and res.target["runtime"] == "pytorch" and res.removed_units == 0
-    net, x = chain((8, 16), size=8)
+    net, x = chain((64, 128), size=32)  # milliseconds of convs: a deep cut is faster beyond timing noise
     res = pk.prune(net, x, PruneConfig(target=Target(speedup=1.01), latency_runs=3, max_ratio=0.99))
     assert res.target["threads"] == 1 and res.target["metric"] == "speedup"
     assert res.target["reached_speedup"] == pytest.approx(res.target["before"] / res.target["after"])
