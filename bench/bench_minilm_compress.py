@@ -1,11 +1,12 @@
 """Real all-MiniLM-L6-v2 compressed to measured latency targets (1.5x, 2x, 3x): heads + FFN + hidden size
 (the residual stream, prunekit's direct cut) + layers, then layer-wise distillation from the dense model on
-the offline package corpus (:func:`prunekit.models.corpus.package_corpus`). Each finished row is kept in
+an offline corpus (:func:`prunekit.models.corpus.package_corpus`, ``--corpus``). Each finished row is kept in
 ``bench/results/minilm_compress.json`` (a rerun with the same settings resumes); writes section
 ``minilm-compress`` of docs/RESULTS.md (not in ``--quick`` mode), with the previous method's run (uniform
 k/12 cuts, kept in the JSON as ``full-uniform``) as the before.
 
     .venv/bin/python bench/bench_minilm_compress.py [--quick] [--steps 300] [--lr 5e-4] [--fresh] [--no-write]
+        [--corpus wordnet,fortunes]   # needs: apt-get install wordnet-base fortunes
 
 Shapes: ``(heads, FFN, layers)`` from :data:`SHAPES`; a shape keeps ``heads`` heads of 32, a stream of
 ``32 * heads`` channels (12 heads: the stream is not cut) and ``ffn`` FFN neurons in every layer, so stock
