@@ -175,6 +175,8 @@ def _yolo() -> torch.nn.Module:
 MODELS: dict[str, Case] = {
     "torchvision vit_b_16 (64 px)": Case(_vit, _images(64), _tp_torchvision_vit),
     "torchvision swin_t (64 px)": Case(_tv("swin_t"), _images(64)),
+    "torchvision swin_v2_t (64 px)": Case(_tv("swin_v2_t"), _images(64)),
+    "torchvision maxvit_t (224 px)": Case(_tv("maxvit_t"), _images(224)),
     "torchvision convnext_tiny (64 px)": Case(_tv("convnext_tiny"), _images(64)),
     "timm deit_small_patch16_224 (64 px)": Case(_deit, _images(64), _tp_timm_vit),
     "BERT-base config (seq 16)": Case(_bert, _tokens(30522)),

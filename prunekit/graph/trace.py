@@ -283,14 +283,18 @@ def trace(model: nn.Module, example_inputs: ExampleInputs, stream: bool = False)
     """Run ``model`` once (eval mode, no grad) on ``example_inputs`` and return the labelled trace.
 
     ``stream=True`` cuts norms over channel slots approximately instead of pinning them
-    (:mod:`prunekit.graph.stream`).
+    (:mod:`prunekit.graph.stream`). Attention modules with a prunable form (torchvision's Swin and
+    MaxViT) run in it for the trace (:mod:`prunekit.structured.attention_forms`), as :func:`prunekit.apply`
+    will cut them.
 
     >>> tr = trace(torch.nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 8, 8))
     >>> tr.n_slots  # 3 input channels, 8 output channels, 8 bias entries
     19
     """
+    from prunekit.structured.attention_forms import prunable_forms  # structured/ imports graph/
+
     tracer = Tracer(model, stream)
-    with eval_scope(model, tracer.module_stack), _Mode(tracer):
+    with prunable_forms(model), eval_scope(model, tracer.module_stack), _Mode(tracer):
         out = call_model(model, example_inputs)
     tracer.op, tracer.module_stack = "output", [""]
     for t in flatten_tensors(out):

@@ -17,6 +17,7 @@ torch.Size([3, 2])
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from prunekit._keywords import keyword_only
 from prunekit._validate import eager_module
 from prunekit.errors import ApplyError, ConfigError, PlanError
 from prunekit.plan import Plan
+from prunekit.structured.attention_forms import make_prunable, swappable
 from prunekit.structured.consistency import mismatches
 from prunekit.structured.mha import CLASS_SWAPS
 from prunekit.structured.oracle import Reference, compare_with, run_outputs
@@ -193,8 +195,13 @@ def apply(
     kept = validate(model, plan, state, modules)
     undo_tensors: list[tuple[nn.Module, str, str, torch.Tensor]] = []
     undo_attrs: list[tuple[nn.Module, str, Any]] = []
+    undo_forms: list[Callable[[], None]] = []
     step = "slicing"
     try:
+        step = "turning attention into its prunable form"
+        for mname, module in modules.items():
+            if swappable(module) and _touches(plan, mname):
+                undo_forms.append(make_prunable(module))
         step = "replaying the stream transform"
         for module in replay_transform(model, plan.meta):
             undo_attrs.append((module, "__class__", nn.LayerNorm))
@@ -230,10 +237,18 @@ def apply(
             _set_attr(module, attr, value)
         for module, local, kind, old in reversed(undo_tensors):
             _replace(module, local, kind, old)
+        for undo in reversed(undo_forms):
+            undo()
         if not isinstance(exc, Exception):
             raise
         raise ApplyError(f"{step} failed ({type(exc).__name__}: {exc}); the model was restored") from exc
     return model
+
+
+def _touches(plan: Plan, mname: str) -> bool:
+    """Does ``plan`` cut a tensor of module ``mname`` (or of a submodule) or set one of its attributes?"""
+    prefix = mname + "."
+    return any(n == mname or n.startswith(prefix) for n in [*plan.removals, *plan.attrs])
 
 
 def _group_of(plan: Plan, name: str) -> str:
