@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import sys
 import time
@@ -313,9 +314,10 @@ def main() -> None:
     if args.tp_path:
         sys.path.insert(0, args.tp_path)
     try:
-        import torch_pruning
+        import torch_pruning  # noqa: F401  (importable: the peer runs)
 
-        tp_ok, tp_version = True, torch_pruning.__version__
+        tp_ok = True
+        tp_version = importlib.metadata.version("torch-pruning")
     except ImportError:
         tp_version = "absent"
     if args.from_json:

@@ -121,3 +121,20 @@ def test_maxvit_heads_are_cut_exactly() -> None:
     report = pk.check(model, x, ratio=0.5)
     assert report.ok and report.status == "exact"
     assert report.params_ratio < 0.55  # 0.605 when every merge of heads into the input's width pinned them
+
+
+def test_a_pruned_swin_pickles_and_unpickles_in_a_fresh_process(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    model, x = _swin(), torch.randn(1, 3, 32, 32)
+    pk.prune(model, x, ratio=0.5)
+    with torch.no_grad():
+        y = model(x)
+    torch.save({"model": model, "x": x, "y": y}, tmp_path / "m.pt")
+    code = (
+        "import torch; d = torch.load(r'%s', weights_only=False); m = d['model']; "
+        "print(type(m.features[1][0].attn).__name__, torch.equal(m(d['x']), d['y']))" % (tmp_path / "m.pt")
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PrunableShiftedWindowAttention", "True"]

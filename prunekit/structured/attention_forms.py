@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -78,6 +79,24 @@ def swappable(module: nn.Module) -> bool:
     return _form(module) is not None
 
 
+def _prunable_class(cls: type, form: Form) -> type:
+    """The prunable subclass of ``cls``: an attribute of this module by its name, so pickle finds it."""
+    if cls not in _CLASSES:
+        name = f"Prunable{cls.__name__}"
+        forward = form.forward
+        sub = type(name, (cls,), {"forward": lambda self, x: forward(self, x), "__module__": __name__})
+        _CLASSES[cls] = globals()[name] = sub
+    return _CLASSES[cls]
+
+
+def __getattr__(name: str) -> type:
+    """A prunable class by its name (``PrunableShiftedWindowAttention``), built on first use (unpickling)."""
+    for (path, class_name), form in _REGISTRY.items():
+        if name == f"Prunable{class_name}":
+            return _prunable_class(getattr(importlib.import_module(path), class_name), form)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_prunable_form(module: nn.Module) -> bool:
     return type(module) in _CLASSES.values()
 
@@ -90,15 +109,8 @@ def make_prunable(module: nn.Module) -> Callable[[], None]:
     if form is None:
         return lambda: None
     cls = type(module)
-    if cls not in _CLASSES:
-        forward = form.forward
-        _CLASSES[cls] = type(
-            f"Prunable{cls.__name__}",
-            (cls,),
-            {"forward": lambda self, x: forward(self, x), "__module__": __name__},
-        )
     attrs = form.prepare(module)
-    module.__class__ = _CLASSES[cls]
+    module.__class__ = _prunable_class(cls, form)
     for name, value in attrs.items():
         setattr(module, name, value)
 
