@@ -173,14 +173,12 @@ def window_attention(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n = x.size(1)
 
     logit_scale = getattr(module, "logit_scale", None)
-    qkv_bias = module.qkv.bias
-    if logit_scale is not None and qkv_bias is not None:  # V2 has no key bias
-        third = qkv_bias.numel() // 3
-        zeros = torch.zeros_like(qkv_bias[third : 2 * third])
-        qkv_bias = torch.cat([qkv_bias[:third], zeros, qkv_bias[2 * third :]])
-    qkv = F.linear(x, module.qkv.weight, qkv_bias)
-    qkv = qkv.reshape(x.size(0), n, 3, heads, module.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k, v = F.linear(x, module.qkv.weight).chunk(3, dim=-1)
+    if module.qkv.bias is not None:
+        bq, bk, bv = module.qkv.bias.chunk(3)
+        q, v = q + bq, v + bv
+        k = k if logit_scale is not None else k + bk  # V2 ignores the key bias
+    q, k, v = (t.reshape(x.size(0), n, heads, module.head_dim).transpose(1, 2) for t in (q, k, v))
     if logit_scale is not None:
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
