@@ -224,9 +224,28 @@ def ablation(dense, x, calib, held, held_emb, picks: dict, args) -> dict:
     return out
 
 
-def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape, args, th) -> dict:
+def reinitialise(student: SentenceEmbedder, seed: int = 0) -> None:
+    """Every weight of ``student`` drawn afresh as BERT initialises a new model (linears and embeddings
+    N(0, 0.02), biases 0, LayerNorms 1 / 0): the same shape, trained from scratch (the peer)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in student.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.weight.normal_(0.0, 0.02)
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.fill_(1.0)
+            bias = getattr(m, "bias", None)
+            if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm)) and bias is not None:
+                bias.zero_()
+
+
+def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape, args, th,
+        scratch: bool = False) -> dict:  # fmt: skip
+    """One compressed model at ``shape``, distilled; ``scratch``: the same shape from random init."""
     t0 = time.perf_counter()
     student, channels, removed = build(dense, x, calib, shape["heads"], shape["ffn"], shape["layers"], args)
+    if scratch:
+        reinitialise(student)
     prune_s = time.perf_counter() - t0
     before = fidelity(dense_emb, student.embed(sents))
     checkpoints = {max(1, round(args.steps * f)) for f in CURVE}
@@ -260,7 +279,9 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
             reload = "refused: " + str(err).split(": ", 1)[1].split(";")[0]
     return {
         "target": target, "shape": _name(shape), "removed": removed,
-        "variant": "heads+FFN+hidden+layers" if shape["heads"] < DENSE[0] else "FFN+layers (no stream cut)",
+        "variant": "the same shape from random init (peer)" if scratch
+        else "heads+FFN+hidden+layers" if shape["heads"] < DENSE[0] else "FFN+layers (no stream cut)",
+        "scratch": scratch,
         "hidden": int(student.encoder.get_input_embeddings().embedding_dim),
         "heads": int(layer0.attention.self.num_attention_heads),
         "ffn": int(layer0.intermediate.dense.out_features), "layers": shape["layers"],
@@ -331,6 +352,14 @@ def run(args: argparse.Namespace) -> dict:
         cache["rows"][name] = r
         _save_cache(cache)
         print(f"{name}: {json.dumps(r)}", flush=True)
+    for target in targets if args.peer else ():
+        name = f"{target}/{args.steps}/scratch"
+        if name not in cache["rows"]:
+            pick = cache["picks"][str(target)]
+            cache["rows"][name] = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick,
+                                      args, th, scratch=True)  # fmt: skip
+            _save_cache(cache)
+            print(f"{name}: {json.dumps(cache['rows'][name])}", flush=True)
     if not args.quick and "ablation" not in cache:
         cache["ablation"] = ablation(dense, x, calib, held, held_emb, cache["picks"], args)
         _save_cache(cache)
@@ -505,9 +534,21 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
     if other:
         lines.append("- The same bench on the packages corpus alone (`--corpus packages`, an earlier run): "
                      + "; ".join(other) + ".")  # fmt: skip
+    for peer in (r for r in rows if r.get("scratch")):
+        ours = next((r for r in rows if not r.get("scratch") and r["target"] == peer["target"]
+                     and r["steps"] == peer["steps"]), None)  # fmt: skip
+        if ours is not None:
+            a, b = ours["after"], peer["after"]
+            lines.append(
+                f"- Peer at {peer['target']}x ({peer['shape']}, {peer['steps']} steps each, the same loss, "
+                f"corpus and schedule): pruned from the dense model and distilled, mean cos "
+                f"{a['cosine_mean']:.3f} / Spearman {a['spearman']:.3f}; the same shape from random init, "
+                f"{b['cosine_mean']:.3f} / {b['spearman']:.3f} ({a['cosine_mean'] - b['cosine_mean']:+.3f} "
+                "mean cos for pruning)."
+            )
     goals = {1.5: 0.95, 2.0: 0.90}
     for r in rows:
-        if r["target"] not in goals:
+        if r["target"] not in goals or r.get("scratch"):
             continue
         g, a = goals[r["target"]], r["after"]
         miss = [f"{n} {a[f]:.3f} vs {g} ({a[f] - g:+.3f})" for n, f in (("mean cos", "cosine_mean"),
@@ -529,7 +570,7 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
         lines.append(f"- Goal at {r['target']}x, {r['steps']} steps (≥ {g} mean cos and Spearman"
                      + (", params ≤ 0.6" if r["target"] >= 2 else "") + f"): {state}.")  # fmt: skip
     for t in sorted({r["target"] for r in rows}):
-        runs = [r for r in rows if r["target"] == t]
+        runs = [r for r in rows if r["target"] == t and not r.get("scratch")]
         if len(runs) < 2 or t not in goals:
             continue
         a, b = runs[0], runs[-1]
@@ -581,6 +622,11 @@ def main() -> None:
         default=("packages",),
         type=lambda t: tuple(t.split(",")),
         help="comma-separated corpus sources (packages, wordnet, fortunes; default packages)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="also distil each target's shape from random init with the same steps (the scratch peer)",
     )
     parser.add_argument("--fresh", action="store_true", help="ignore the cached rows")
     parser.add_argument("--report", action="store_true", help="write the section from the cached rows only")
