@@ -48,6 +48,19 @@ def vit() -> nn.Module:
     return model
 
 
+def timm_vit() -> nn.Module:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=10
+    ).eval()
+    with torch.no_grad():  # timm starts the position embedding and class token small
+        for t in (model.pos_embed, model.cls_token):
+            t.normal_()
+    _perturb_norms(model, (nn.LayerNorm,))
+    return model
+
+
 def tokens(n: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 64, (n, 12), generator=torch.Generator().manual_seed(seed))
 
@@ -62,7 +75,7 @@ def out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.logits if hasattr(y, "logits") else y
 
 
-CASES = {"llama": (llama, tokens), "vit": (vit, images)}
+CASES = {"llama": (llama, tokens), "vit": (vit, images), "timm_vit": (timm_vit, images)}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -74,7 +87,7 @@ def test_rotated_model_equals_original(name):
     assert (out(model, x) - y0).abs().max() / y0.abs().max() < 1e-5
     ev = done.eigenvalues
     assert torch.all(ev[:-1] >= ev[1:]) and ev[0] > ev[-1]
-    if name == "vit":  # LayerNorm made RMSNorm by centring the stream
+    if name != "llama":  # LayerNorm made RMSNorm by centring the stream
         assert done.record["rmsnorm"] and all(
             type(model.get_submodule(n)) is slicegpt.CentredNorm for n in done.record["rmsnorm"]
         )
@@ -101,11 +114,11 @@ def test_prune_slicegpt_records_transform_and_is_approximate(name, tmp_path):
     # the norms average over the kept channels: their weight is sqrt(D / D')
     norm = model.get_submodule(t["norms"][0]).weight
     assert torch.allclose(norm, torch.full_like(norm, (t["width"] / norm.shape[0]) ** 0.5))
-    if name == "vit":  # save/load replays the LayerNorm -> RMSNorm change and the cut
+    if name != "llama":  # save/load replays the LayerNorm -> RMSNorm change and the cut
         with pytest.warns(UserWarning, match="no spec rebuilds"):
             pk.save(model, tmp_path / "ck", plan=res.plan)
-        back = pk.load(tmp_path / "ck", model=vit())
-        assert type(back.encoder.ln) is slicegpt.CentredNorm
+        back = pk.load(tmp_path / "ck", model=build())
+        assert type(back.get_submodule(t["norms"][-1])) is slicegpt.CentredNorm
         assert torch.equal(out(back, x), out(model, x))
 
 
@@ -146,16 +159,35 @@ def test_unsupported_model_names_its_norm():
         pk.prune(net, torch.zeros(1, 3), ratio=0.25, stream="slicegpt", data=[torch.zeros(2, 3)])
 
 
+class VisionTransformer(nn.Module):
+    """A class with a followed bare name (torchvision's and timm's ViT) but from this module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x))
+
+
 def test_a_class_of_a_followed_name_from_another_package_is_refused_by_its_module():
-    timm = pytest.importorskip("timm")
-    model = timm.create_model("deit_tiny_patch16_224", img_size=32, pretrained=False).eval()
+    model = VisionTransformer().eval()
     before = copy.deepcopy(model.state_dict())
-    x = torch.randn(1, 3, 32, 32)
     with pytest.raises(
-        ConfigError,
-        match=r"timm\.models\.vision_transformer\.VisionTransformer is not one of them \(its first norm",
+        ConfigError, match=r"test_slicegpt\.VisionTransformer is not one of them \(its first norm"
     ):
-        pk.prune(model, x, ratio=0.25, stream="slicegpt", data=[torch.randn(2, 3, 32, 32)])
+        pk.prune(model, torch.randn(1, 8), ratio=0.25, stream="slicegpt", data=[torch.randn(2, 8)])
+    assert _unchanged(model, before)
+
+
+def test_a_timm_vit_with_layer_scale_is_refused_and_left_unchanged():
+    timm = pytest.importorskip("timm")
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, init_values=0.1
+    ).eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match=r"blocks\.0 scales its outputs \(LayerScale\)"):
+        pk.prune(model, images(1, 0), ratio=0.25, stream="slicegpt", data=[images(2, 1)])
     assert _unchanged(model, before)
 
 

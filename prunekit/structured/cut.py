@@ -203,8 +203,8 @@ def apply(
             if swappable(module) and _touches(plan, mname):
                 undo_forms.append(make_prunable(module))
         step = "replaying the stream transform"
-        for module in replay_transform(model, plan.meta):
-            undo_attrs.append((module, "__class__", nn.LayerNorm))
+        for module, cls in replay_transform(model, plan.meta):
+            undo_attrs.append((module, "__class__", cls))
         for name in plan.removals:
             step = f"slicing {name}"
             old, holders = state[name]

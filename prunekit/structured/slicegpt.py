@@ -21,7 +21,8 @@ norm of the kept part is what the full norm saw, up to the deleted energy.
 
 What the transform follows is stated per model class (:data:`STREAM_MAPS`, a registry by qualified
 class name: :func:`register_stream_map`): Hugging Face ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` /
-``MistralForCausalLM`` (RMSNorm, untied head) and torchvision ``VisionTransformer`` (LayerNorm, converted).
+``MistralForCausalLM`` (RMSNorm, untied head), torchvision's and timm's ``VisionTransformer`` (LayerNorm,
+converted; timm's with class-token pooling and no LayerScale).
 Any other model is refused in one line naming its class and first norm. The plan records the transform
 (``Plan.meta["transform"]``: kind, norms, the LayerNorms made RMSNorm); a saved checkpoint holds the
 rotated weights, so load replays only the class change (:func:`replay`) and the cut; ``Q`` is not stored
@@ -45,6 +46,14 @@ from prunekit.errors import ConfigError, PlanError
 
 KIND = "slicegpt"
 REASON = "SliceGPT: the weakest principal directions of the stream deleted"
+
+
+#: classes whose forward is plain ``layer_norm`` over their weight and bias (made :class:`CentredNorm`)
+PLAIN_LAYERNORMS = ("torch.nn.modules.normalization.LayerNorm", "timm.layers.norm.LayerNorm")
+
+
+def _plain_layernorm(m: nn.Module) -> bool:
+    return _qualified(type(m)) in PLAIN_LAYERNORMS
 
 
 class CentredNorm(nn.LayerNorm):
@@ -138,10 +147,42 @@ def _torchvision_vit(model: nn.Module) -> StreamMap:
     return StreamMap(emb, writers, norms, True, model.hidden_dim)
 
 
+def _timm_vit(model: nn.Module) -> StreamMap:
+    """timm's ``VisionTransformer`` (DeiT, ViT; class-token pooling, plain pre-norm blocks)."""
+    whole = {"norm_pre": model.norm_pre, "fc_norm": model.fc_norm, "patch_embed.norm": model.patch_embed.norm}
+    for name, m in whole.items():
+        if not isinstance(m, nn.Identity):
+            raise ConfigError(
+                f"stream='slicegpt': timm's VisionTransformer with a {name} ({type(m).__name__})"
+            )
+    if getattr(model, "attn_pool", None) is not None or not isinstance(model.head, nn.Linear):
+        raise ConfigError(
+            "stream='slicegpt': timm's VisionTransformer with attention pooling or no linear head"
+        )
+    proj = model.patch_embed.proj
+    emb = [(proj.weight, 0)] + ([(proj.bias, 0)] if proj.bias is not None else [])
+    emb += [
+        (t, 2) for t in (model.cls_token, getattr(model, "reg_token", None), model.pos_embed) if t is not None
+    ]
+    norms, writers = [], []
+    for i, block in enumerate(model.blocks):
+        scales = [getattr(block, n, None) for n in ("ls1", "ls2")] + [getattr(block.attn, "norm", None)]
+        if not all(m is None or isinstance(m, nn.Identity) for m in scales):
+            raise ConfigError(
+                f"stream='slicegpt': blocks.{i} scales its outputs (LayerScale) or normalises heads"
+            )
+        norms.append((f"blocks.{i}.norm1", [_lin(block.attn.qkv)]))
+        norms.append((f"blocks.{i}.norm2", [_lin(block.mlp.fc1)]))
+        writers += [_lin(block.attn.proj), _lin(block.mlp.fc2)]
+    norms.append(("norm", [_lin(model.head)]))
+    return StreamMap(emb, writers, norms, True, model.embed_dim)
+
+
 for _name in ("llama.modeling_llama.Llama", "qwen2.modeling_qwen2.Qwen2", "mistral.modeling_mistral.Mistral"):
     register_stream_map(f"transformers.models.{_name}ForCausalLM", _hf_causal_lm)
 # by module too: timm's VisionTransformer has the same class name and another layout
 register_stream_map("torchvision.models.vision_transformer.VisionTransformer", _torchvision_vit)
+register_stream_map("timm.models.vision_transformer.VisionTransformer", _timm_vit)
 
 
 def stream_map(model: nn.Module) -> StreamMap:
@@ -195,8 +236,9 @@ def _fold(model: nn.Module, smap: StreamMap) -> None:
             beta.data.zero_()
 
 
-def _centre(model: nn.Module, smap: StreamMap) -> list[str]:
-    """Step 2 (LayerNorm): a mean-free stream, and the LayerNorms made :class:`CentredNorm`."""
+def _centre(model: nn.Module, smap: StreamMap, swapped: list[tuple[nn.Module, type]]) -> list[str]:
+    """Step 2 (LayerNorm): a mean-free stream, and the LayerNorms made :class:`CentredNorm` (each added to
+    ``swapped`` with its own class, for the undo)."""
     for t, dim in smap.embeddings:
         t.data.sub_(t.detach().double().mean(dim, keepdim=True).to(t.dtype))
     for w in smap.writers:
@@ -206,8 +248,9 @@ def _centre(model: nn.Module, smap: StreamMap) -> list[str]:
     names = []
     for name, _ in smap.norms:
         norm = model.get_submodule(name)
-        if type(norm) is not nn.LayerNorm:
-            raise ConfigError(f"stream='slicegpt': {name} is a {type(norm).__name__}, not a LayerNorm")
+        if not _plain_layernorm(norm):
+            raise ConfigError(f"stream='slicegpt': {name} is a {_qualified(type(norm))}, not a LayerNorm")
+        swapped.append((norm, type(norm)))
         norm.__class__ = CentredNorm
         names.append(name)
     return names
@@ -270,7 +313,7 @@ class Transformed:
     record: dict[str, Any]
     eigenvalues: torch.Tensor  #: of the stream's second moment, falling (mean per position and site)
     _backup: list[tuple[torch.Tensor, torch.Tensor]]
-    _swapped: list[nn.Module]
+    _swapped: list[tuple[nn.Module, type]]  #: the norms made CentredNorm, with their own classes
 
     def into_plan(self, plan: Any, scored: Any = None) -> Any:
         """Plan transform: the record under ``meta["transform"]`` and the deletion among the reasons the
@@ -284,8 +327,8 @@ class Transformed:
         """The model's weights and norm classes as they were before :func:`transform`."""
         for t, old in self._backup:
             t.data.copy_(old)
-        for m in self._swapped:
-            m.__class__ = nn.LayerNorm
+        for m, cls in self._swapped:
+            m.__class__ = cls
 
 
 def transform(model: nn.Module, data: Any) -> Transformed:
@@ -296,13 +339,12 @@ def transform(model: nn.Module, data: Any) -> Transformed:
     smap = stream_map(model)
     tensors = _tensors(smap, model)
     backup = [(t, t.detach().clone()) for t in {id(t): t for t in tensors}.values()]
-    swapped: list[nn.Module] = []
+    swapped: list[tuple[nn.Module, type]] = []
     done = Transformed({}, torch.zeros(0), backup, swapped)
     try:
         with torch.no_grad():
             _fold(model, smap)
-            centred = _centre(model, smap) if smap.layernorm else []
-            swapped += [model.get_submodule(n) for n in centred]
+            centred = _centre(model, smap, swapped) if smap.layernorm else []
             moment = _moment(model, smap, data)
             evals, evecs = torch.linalg.eigh(moment)
             order = torch.argsort(evals, descending=True)
@@ -323,10 +365,11 @@ def rescale(model: nn.Module, record: dict[str, Any]) -> None:
             w.data.fill_(math.sqrt(record["width"] / w.shape[0]))
 
 
-def replay(model: nn.Module, plan_meta: dict[str, Any]) -> list[nn.Module]:
+def replay(model: nn.Module, plan_meta: dict[str, Any]) -> list[tuple[nn.Module, type]]:
     """A recorded transform's structure on a freshly built ``model``: its LayerNorms made
     :class:`CentredNorm` (the weights, already rotated, come from the checkpoint). Returns the swapped
-    modules (for undo); PlanError when a recorded norm is missing or not a LayerNorm."""
+    modules with their own classes (for undo); PlanError when a recorded norm is missing or not a
+    LayerNorm."""
     record = plan_meta.get("transform")
     if not record:
         return []
@@ -340,8 +383,8 @@ def replay(model: nn.Module, plan_meta: dict[str, Any]) -> list[nn.Module]:
             raise PlanError(f"the plan's transform names a norm {name!r} the model lacks") from None
         if type(m) is CentredNorm:
             continue
-        if type(m) is not nn.LayerNorm:
+        if not _plain_layernorm(m):
             raise PlanError(f"the plan's transform makes {name!r} an RMSNorm, but it is a {type(m).__name__}")
+        swapped.append((m, type(m)))
         m.__class__ = CentredNorm
-        swapped.append(m)
     return swapped
