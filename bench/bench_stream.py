@@ -151,6 +151,12 @@ def _bert() -> torch.nn.Module:
     return BertForSequenceClassification(BertConfig())  # the bert-base-uncased sizes
 
 
+def _gpt2() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config())  # the gpt2 (124 M) sizes, lm_head tied to the token embedding
+
+
 LLAMA = {  # TinyLlama-1.1B's proportions at a quarter of its width: h 512, FFN 2.75 h, 8:1 GQA, 32 k vocab
     "hidden_size": 512,
     "intermediate_size": 1408,
@@ -181,6 +187,7 @@ MODELS: dict[str, Case] = {
     "torchvision convnext_tiny (64 px)": Case(_tv("convnext_tiny"), _images(64)),
     "timm deit_small_patch16_224 (64 px)": Case(_deit, _images(64), _tp_timm_vit),
     "BERT-base config (seq 16)": Case(_bert, _tokens(30522)),
+    "GPT-2 config (seq 16)": Case(_gpt2, _tokens(50257)),
     "Llama-style (h 512, 4 layers, GQA 8:1, seq 16)": Case(_llama, _tokens(32000)),
     "ultralytics yolo11n (128 px)": Case(_yolo, _images(128)),
 }

@@ -294,3 +294,26 @@ def test_output_and_weighted_importance_see_the_norm_scale_and_the_consumers(how
 def test_an_unknown_stream_importance_is_one_config_error() -> None:
     with pytest.raises(ConfigError, match="'output', 'weighted'"):
         pk.plan_prune(_model(), _ids(), ratio=0.1, stream="energy", data=CALIB)
+
+
+def test_gpt2_conv1d_views_follow_a_stream_cut(tmp_path) -> None:
+    # transformers' Conv1D sizes its output view by self.nf: before, that int pinned every stream, head and
+    # FFN group of GPT-2 in stream mode (nothing was cut)
+    transformers = pytest.importorskip("transformers")
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=16,
+                                      bos_token_id=0, eos_token_id=0)  # fmt: skip
+        return transformers.GPT2LMHeadModel(cfg).eval()
+
+    model, ids = build(), {"input_ids": _ids(1)}
+    res = pk.prune(model, ids, pk.PruneConfig(ratio=0.5, stream=True, data=[{"input_ids": _ids(2, 1)}]))
+    assert res.plan.approximate and model.transformer.wte.weight.shape == (VOCAB, 16)
+    assert model.lm_head.weight is model.transformer.wte.weight  # the tie kept
+    assert model.generate(**ids, max_new_tokens=2, do_sample=False).shape == (1, SEQ + 2)
+    with pytest.warns(UserWarning, match="no spec rebuilds"):
+        pk.save(model, tmp_path / "ck", plan=res.plan)
+    back = pk.load(tmp_path / "ck", model=build())
+    with torch.no_grad():
+        assert torch.equal(back(**ids).logits, model(**ids).logits)

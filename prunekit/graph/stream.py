@@ -43,8 +43,9 @@ from prunekit.graph.labels import align, reshape_blocks
 from prunekit.graph.trace import AttrRecord, Tracer
 
 REASON = "LayerNorm statistics over a cut width"
-#: attributes holding the residual width of the module that sizes a view with them
-WIDTH_ATTRS = ("hidden_dim", "hidden_size", "embed_dim", "d_model", "n_embd", "dim", "num_features")
+#: attributes holding the width of the module that sizes a view with them: the residual width, or the
+#: output width of transformers' Conv1D (GPT-2: ``x.view(*x.shape[:-1], self.nf)``)
+WIDTH_ATTRS = ("hidden_dim", "hidden_size", "embed_dim", "d_model", "n_embd", "dim", "num_features", "nf")
 
 #: the functions of a norm site whose output is the normalised stream (not the ``mean`` statistics)
 NORM_FUNCS = {F.layer_norm, torch.layer_norm, F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
