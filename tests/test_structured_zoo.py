@@ -76,4 +76,4 @@ def test_zoo_model_prunes_exactly(name: str) -> None:
     if log:
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
-    assert row["macs_ratio"] < 0.95 or name.startswith(("vit_", "swin", "maxvit"))
+    assert row["macs_ratio"] < 0.95 or name.startswith("vit_")
