@@ -175,6 +175,11 @@ def _timm_vit(model: nn.Module) -> StreamMap:
         norms.append((f"blocks.{i}.norm2", [_lin(block.mlp.fc1)]))
         writers += [_lin(block.attn.proj), _lin(block.mlp.fc2)]
     norms.append(("norm", [_lin(model.head)]))
+    for name, _ in norms:
+        if not _plain_layernorm(model.get_submodule(name)):
+            raise ConfigError(
+                f"stream='slicegpt': {name} is a {type(model.get_submodule(name)).__name__}, not a LayerNorm"
+            )
     return StreamMap(emb, writers, norms, True, model.embed_dim)
 
 
