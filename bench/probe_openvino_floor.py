@@ -3,9 +3,9 @@
 Exports a model of ``bench/bench_edge.py``'s zoo dense and pruned at ``--ratio`` (default 0.9, as far as
 ``prune_yolo`` cuts) to OpenVINO through prunekit's runtime seam, compiles both with ``PERF_COUNT`` on
 (1 thread, f32) and after a warm-up runs each ``--runs`` times, alternated. OpenVINO's own per-node
-profile of the last run, summed by executed layer type, is printed with each type's share of the model's
-time. A type whose milliseconds hardly change between the dense and the pruned model is part of the floor
-that ``bench/edge_floor.py`` fits.
+profile of the last run, summed by executed kernel and operation type, is printed with each one's share of
+the model's time. A kernel whose milliseconds hardly change between the dense and the pruned model is part
+of the floor that ``bench/edge_floor.py`` fits.
 
     python bench/probe_openvino_floor.py --model yolo11n@320 [--ratio 0.9] [--runs 50] [--json out.json]
 
@@ -49,8 +49,8 @@ def profile(xml: str, x: np.ndarray, runs: int) -> tuple[float, dict[str, float]
         times.append((time.perf_counter() - t0) * 1e3)
     by_type: dict[str, float] = defaultdict(float)
     for node in request.get_profiling_info():
-        if str(node.status).endswith("EXECUTED"):
-            by_type[node.exec_type or node.node_type] += node.real_time.total_seconds() * 1e3
+        if str(node.status).endswith("EXECUTED"):  # kernel (operation): "brgconv_avx512_f32 (Convolution)"
+            by_type[f"{node.exec_type} ({node.node_type})"] += node.real_time.total_seconds() * 1e3
     return statistics.median(times), dict(by_type), times
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, model in (("dense", dense), ("pruned", pruned)):
-            art = runtime.export(model, x, Path(tmp) / label / "model.xml")
+            art = runtime.export(model, x, Path(tmp) / f"{label}.xml")
             out[label] = {"xml": art.path, "macs": count_macs(model, x)}
         xs = arrays(x)[0]
         for _ in range(2):  # alternated, the second pass kept
@@ -83,12 +83,13 @@ def main() -> None:
           f"{p['ms']:.2f} ms pruned ({share:.3f} of dense)")  # fmt: skip
     types = sorted(set(d["by_type"]) | set(p["by_type"]), key=lambda t: -d["by_type"].get(t, 0.0))
     total_d, total_p = sum(d["by_type"].values()), sum(p["by_type"].values())
-    print(f"{'layer type':<28}{'dense ms':>10}{'share':>8}{'pruned ms':>11}{'share':>8}{'pruned/dense':>14}")
+    header = f"{'dense ms':>10}{'share':>8}{'pruned ms':>11}{'share':>8}{'pruned/dense':>14}"
+    print(f"{'kernel (operation)':<48}{header}")
     for t in types:
         a, b = d["by_type"].get(t, 0.0), p["by_type"].get(t, 0.0)
-        print(f"{t:<28}{a:>10.3f}{a / total_d:>8.1%}{b:>11.3f}{b / total_p:>8.1%}"
+        print(f"{t:<48}{a:>10.3f}{a / total_d:>8.1%}{b:>11.3f}{b / total_p:>8.1%}"
               f"{(b / a if a else float('nan')):>14.2f}")  # fmt: skip
-    print(f"{'sum of the profile':<28}{total_d:>10.3f}{'':>8}{total_p:>11.3f}")
+    print(f"{'sum of the profile':<48}{total_d:>10.3f}{'':>8}{total_p:>11.3f}")
     if args.json:
         keep = {k: {"ms": v["ms"], "macs": v["macs"], "by_type": v["by_type"]} for k, v in out.items()}
         Path(args.json).write_text(json.dumps({"model": args.model, "ratio": args.ratio, **keep}, indent=1))
