@@ -45,6 +45,7 @@ import prunekit as pk
 from prunekit._atomic import write_text
 from prunekit.demo.run import environment
 from prunekit.deploy.runtimes import get_runtime
+from prunekit.errors import ConfigError
 from prunekit.structured.latency_table import ENV, Timer
 from prunekit.structured.runtime_target import CORRECTIONS, TOLERANCE
 
@@ -130,7 +131,14 @@ def one(name: str, runtime: str, size: int, threads: int, runs: int, speedups, s
             latency_model = copy.deepcopy(dense)
             start = time.perf_counter()
             target = pk.Target(speedup=speedup, runtime=runtime, threads=threads)
-            lat = prune_to(name, latency_model, x, pk.PruneConfig(target=target, latency_runs=runs))
+            try:
+                lat = prune_to(name, latency_model, x, pk.PruneConfig(target=target, latency_runs=runs))
+            except ConfigError as err:  # the search's own verdict: a row, not a crash
+                records.append({"model": name, "runtime": runtime, "threads": threads, "input": list(x.shape),
+                                "requested_speedup": speedup, "unreachable": str(err),
+                                "seconds": time.perf_counter() - start})  # fmt: skip
+                print(f"{name} {runtime} {speedup}x: {err}", flush=True)
+                continue
             lat_seconds = time.perf_counter() - start
             dense_a, lat_ms = timer.pair(dense_session, timer.load(latency_model))
             reached = dense_a / lat_ms
@@ -184,6 +192,10 @@ def one(name: str, runtime: str, size: int, threads: int, runs: int, speedups, s
 def markdown(records: list[dict], line: str, quick: bool) -> str:
     rows = []
     for r in records:
+        if "unreachable" in r:
+            rows.append([r["model"], f"{r['input'][-1]}", r["runtime"], f"{r['requested_speedup']:.1f}x",
+                         "unreachable", *["—"] * 12])  # fmt: skip
+            continue
         lat, mac = r["latency"], r["macs"]
         table = (
             "cached" if lat["table_cached"] else f"{lat['table_seconds']:.0f} ({lat['table_measurements']})"
@@ -235,6 +247,13 @@ def markdown(records: list[dict], line: str, quick: bool) -> str:
         "",
         *markdown_table(header, rows, align="lrlrrrrrrrrrrrrrr"),
         "",
+        *[
+            f"- {r['model']} on {r['runtime']} at {r['requested_speedup']}x: {r['unreachable']} "
+            f"({r['seconds']:.0f} s, the latency table included)."
+            for r in records
+            if "unreachable" in r
+        ],
+        "",
         *summary(records),
     ]
     return "\n".join(lines)
@@ -248,7 +267,10 @@ def summary(records: list[dict]) -> list[str]:
     def near(speedup: float, requested: float) -> bool:
         return abs(speedup / requested - 1) <= 0.10
 
-    n = len(records)
+    n = len(records)  # an unreachable target counts as a miss
+    records = [r for r in records if "latency" in r]
+    if not records:
+        return [f"Goals as measured: no target of the {n} rows was reached.", ""]
     lat = sum(near(r["latency"]["speedup"], r["requested_speedup"]) for r in records)
     same = [r for r in records if abs(r["macs"]["speedup"] / r["latency"]["speedup"] - 1) <= 0.10]
     more_macs = sum(r["latency"]["macs_kept"] > r["macs"]["macs_kept"] for r in same)
