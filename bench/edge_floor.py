@@ -16,7 +16,7 @@ of the dense time): a large one says the line does not describe that runtime (st
     python bench/edge_floor.py            # the bench_edge records (ratios 0.3, 0.5): section edge-floor
     python bench/bench_edge.py --models yolo11n@320,yolo11n@640 --runtimes onnxruntime,openvino,ncnn \
         --ratios 0.3,0.5,0.7,0.9 --json bench/results/edge_floor.json --no-write
-    python bench/edge_floor.py --json bench/results/edge_floor.json     # a longer ladder
+    python bench/edge_floor.py --json bench/results/edge_runtimes.json bench/results/edge_floor.json
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def statistic(rs: Sequence[Mapping[str, Any]], key: str) -> float:
     return float(np.median([r[key] for r in rs]))
 
 
-def markdown(data: Mapping[str, Any], source: Path) -> str:
+def part(data: Mapping[str, Any], source: Path) -> list[str]:
+    """One records file's fits: its sentence, its table and its machine line."""
     fits = rows(data["records"])
     ratios = sorted({r["ratio"] for r in data["records"]})
     table = markdown_table(
@@ -98,32 +99,39 @@ def markdown(data: Mapping[str, Any], source: Path) -> str:
         align="llrrlrrrl",
     )  # fmt: skip
     reach = [r for r in fits if r["bound_2x"] is not None and r["bound_2x"] >= 0.8]
-    lines = [
-        "## Edge runtimes: the share of a model's time that does not shrink with its width",
-        "",
-        f"`bench/edge_floor.py` over the records of `bench/bench_edge.py` (`{source.name}`, ratios "
-        f"{', '.join(map(str, ratios))}): each model cut uniformly (`prune_yolo` / `prune`, round_to 8), "
-        "dense and pruned timed alternately in the same run (batch 1, random weights, median of "
-        f"{data['settings']['runs']} runs, best of {data['settings']['rounds']} rounds). Fit per row: "
-        "t/t_dense = f + (1 - f) * MACs kept, least squares through the dense point (*fit residual*: its "
-        "largest miss, in units of the dense time). A model on that line reaches 2x at MACs kept "
-        "(0.5 - f) / (1 - f), so its efficiency (speedup / MACs reduction) at 2x is at most "
-        "(1 - 2f) / (1 - f); the 0.8 of the edge-deployment issue needs f ≤ 0.167, which "
-        f"{len(reach)} of {len(fits)} rows allow.",
+    return [
+        f"`{source.name}` (ratios {', '.join(map(str, ratios))}; median of {data['settings']['runs']} runs, "
+        f"best of {data['settings']['rounds']} rounds): {len(reach)} of {len(fits)} rows allow 0.8 at 2x.",
         "",
         *table,
         "",
         f"{data['line']}",
+        "",
     ]
-    return "\n".join(lines)
+
+
+def markdown(sources: Sequence[Path]) -> str:
+    lines = [
+        "## Edge runtimes: the share of a model's time that does not shrink with its width",
+        "",
+        "`bench/edge_floor.py` over records of `bench/bench_edge.py`: each model cut uniformly "
+        "(`prune_yolo` / `prune`, round_to 8), dense and pruned timed alternately in the same run (batch 1, "
+        "random weights). Fit per row: t/t_dense = f + (1 - f) * MACs kept, least squares through the dense "
+        "point (*fit residual*: its largest miss, in units of the dense time). A model on that line reaches "
+        "2x at MACs kept (0.5 - f) / (1 - f), so its efficiency (speedup / MACs reduction) at 2x is at most "
+        "(1 - 2f) / (1 - f); the 0.8 of the edge-deployment issue needs f ≤ 0.167.",
+        "",
+    ]
+    for source in sources:
+        lines += part(json.loads(source.read_text()), source)
+    return "\n".join(lines).rstrip("\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[common_args(1)])
-    ap.add_argument("--json", default=str(RECORDS), help="bench_edge records to fit")
+    ap.add_argument("--json", nargs="+", default=[str(RECORDS)], help="bench_edge records files to fit")
     args = ap.parse_args()
-    source = Path(args.json)
-    finish("edge-floor", markdown(json.loads(source.read_text()), source), args)
+    finish("edge-floor", markdown([Path(p) for p in args.json]), args)
 
 
 if __name__ == "__main__":
