@@ -418,3 +418,30 @@ def test_onnxruntime_end_to_end_on_a_tiny_cnn(tmp_path):
     assert search.plan.removed_units > 0
     pk.apply(net, search.plan, x)
     assert net(x).shape == reference
+
+
+def test_a_yolo_is_timed_as_deployed_not_through_its_tracing_view():
+    # HeadOutputs traces with every head's export flag off (all raw branch outputs); timing that view
+    # would time other outputs than the deployed graph has, and NCNN's tracer refuses their dict
+    pytest.importorskip("ultralytics")
+    pytest.importorskip("onnxruntime")
+    import copy
+
+    from prunekit.models.ultralytics import HeadOutputs, load_yolo
+    from prunekit.structured.pipeline import deployed_form
+
+    model = load_yolo("yolov8n.yaml").eval()
+    for m in model.modules():
+        if hasattr(m, "export") and hasattr(m, "format"):
+            m.export, m.format = True, "onnx"
+    x = torch.randn(1, 3, 64, 64)
+    work = copy.deepcopy(HeadOutputs(model))
+    assert deployed_form(work).model is work.model  # the copy's own layers: a plan cut into them is timed
+    with torch.no_grad():
+        assert not isinstance(work(x), torch.Tensor) and isinstance(deployed_form(work)(x), torch.Tensor)
+    timer = Timer("onnxruntime", 1, 3, x)
+    try:
+        outputs = timer.load(work).run(timer.inputs)
+    finally:
+        timer.close()
+    assert len(outputs) == 1 and outputs[0].shape == deployed_form(work)(x).shape

@@ -189,6 +189,11 @@ class HeadOutputs(nn.Module):
         self.model = model.model
         self._forward = model.forward  # a bound method, not a submodule: names stay those of the model
 
+    def deployed(self) -> nn.Module:
+        """The ultralytics model these layers belong to, as it runs (its heads in their own export mode):
+        what a latency target times (:func:`~prunekit.structured.pipeline.deployed_form`)."""
+        return self._forward.__self__
+
     def forward(self, x: torch.Tensor) -> Any:
         heads = [m for m in self.model.modules() if getattr(m, "export", None) is True]
         for m in heads:

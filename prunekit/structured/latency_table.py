@@ -71,7 +71,7 @@ from prunekit.measure.macs import macs_by_module
 from prunekit.plan import Plan
 from prunekit.progress import progress_bar
 from prunekit.structured.cut import apply
-from prunekit.structured.pipeline import Scored, plan_meta
+from prunekit.structured.pipeline import Scored, deployed_form, plan_meta
 from prunekit.structured.select import _Budget, _cap, build_plan
 
 __all__ = ["LatencyTable", "Timer", "build_table", "cache_dir", "points", "removal_order"]
@@ -152,12 +152,14 @@ class Timer:
         self._count = 0
 
     def load(self, model: nn.Module, verified: bool = True) -> Session:
-        """``model`` exported to the runtime and loaded; its files are removed once it is loaded.
+        """``model`` (its :func:`~prunekit.structured.pipeline.deployed_form`) exported to the runtime and
+        loaded; its files are removed once it is loaded.
 
         ``verified=False`` (the table's entries) skips what only proves the export right: on runtimes that
         load an ONNX file (:data:`LOADS_ONNX`) the file is written without comparing onnxruntime's outputs
         with PyTorch's and loaded as it is, the same graph the verified export and conversion give."""
         self._count += 1
+        model = deployed_form(model)
         path = Path(self._work.name) / f"m{self._count}{self.rt.suffix}"
         if not verified and self.rt.name in LOADS_ONNX:
             from prunekit.deploy.onnx_export import export_onnx

@@ -57,6 +57,15 @@ from prunekit.structured.stream import importance as stream_importance
 from prunekit.structured.stream import original_outputs, relative_error, stream_scores, verify_mode
 
 
+def deployed_form(model: nn.Module) -> nn.Module:
+    """The module a latency target times for ``model``: a tracing view's ``deployed()`` when it has one
+    (ultralytics' :class:`~prunekit.models.ultralytics.HeadOutputs` gives the detector, its heads in their
+    own export mode), else ``model`` itself. A view shares its layers with that module under the same names,
+    so a plan cut into the view's copy has cut the module it returns."""
+    deployed = getattr(model, "deployed", None)
+    return deployed() if callable(deployed) else model
+
+
 @dataclass
 class Scored:
     """A traced, grouped and scored model: what every plan of one call is chosen from."""

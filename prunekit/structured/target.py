@@ -46,7 +46,7 @@ from prunekit.measure.params import count_params
 from prunekit.plan import Plan
 from prunekit.progress import progress_bar
 from prunekit.structured.cut import apply
-from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored, run, select
+from prunekit.structured.pipeline import PlanTransform, PruneResult, Scored, deployed_form, run, select
 
 __all__ = ["Target", "TargetSearch", "prune_to_target", "search_target", "target_from_options"]
 
@@ -56,7 +56,9 @@ def _measure(target: Target, model: nn.Module, x: ExampleInputs, runs: int) -> f
         return float(count_macs(model, x))
     if target.metric == "params":
         return float(count_params(model).total)
-    stats = measure_latency(model, x, runs=runs, warmup=max(2, runs // 5), threads=target.threads)
+    stats = measure_latency(
+        deployed_form(model), x, runs=runs, warmup=max(2, runs // 5), threads=target.threads
+    )
     return float(stats.median_ms)
 
 
