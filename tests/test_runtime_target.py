@@ -101,6 +101,18 @@ class FlatToyRuntime(ToyRuntime):
     step = 1
 
 
+class BottleneckToyRuntime(ToyRuntime):
+    """A toy runtime as slow as its widest conv: narrowing one group alone saves nothing while another is
+    as wide, so its latency table credits no group, though narrowing them all saves most of the time."""
+
+    name = "toy-bottleneck"
+
+    def _write(self, model, example_inputs, tmp, path, *, opset, int8, calibration) -> Artifact:
+        widest = max(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+        (tmp / path.name).write_text(json.dumps({"ms": 0.1 + widest / 10}))
+        return Artifact(self.name, str(path), [str(path)])
+
+
 class MissingRuntime(ToyRuntime):
     name = "toy-missing"
     extra = "toy-missing"
@@ -109,10 +121,10 @@ class MissingRuntime(ToyRuntime):
 
 @pytest.fixture(scope="module", autouse=True)
 def toy_runtimes():
-    for cls in (ToyRuntime, FlatToyRuntime, MissingRuntime):
+    for cls in (ToyRuntime, FlatToyRuntime, BottleneckToyRuntime, MissingRuntime):
         register_runtime(cls, replace=True)
     yield
-    for cls in (ToyRuntime, FlatToyRuntime, MissingRuntime):
+    for cls in (ToyRuntime, FlatToyRuntime, BottleneckToyRuntime, MissingRuntime):
         RUNTIMES.pop(cls.name, None)
 
 
@@ -306,6 +318,20 @@ def test_latency_target_on_a_runtime_and_given_round_to(toy):
         info["reached_ms"] == pytest.approx(toy_ms(net, x, 8)) and abs(info["reached_ms"] / goal - 1) <= 0.05
     )
     assert info["requested_ms"] == pytest.approx(goal) and res.plan.meta["round_to"] == 2
+
+
+def test_savings_the_table_cannot_see_alone_are_reached_by_cutting_every_group(toy):
+    # every group 32 wide: the table credits none of them; the old search called 1.8x unreachable
+    net, x = chain((32, 32, 32))
+    res = pk.prune(net, x, PruneConfig(target=Target(speedup=1.8, runtime="toy-bottleneck"), latency_runs=3))
+    info = res.target
+    assert info["within_tolerance"] and abs(info["reached_speedup"] / 1.8 - 1) <= 0.05, info["attempts"]
+    assert any(a.get("fill") for a in info["attempts"])
+    widths = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)][:3]
+    assert max(widths) < 32 and min(widths) < 32
+    far = PruneConfig(target=Target(speedup=50.0, runtime="toy-bottleneck"), latency_runs=3)
+    with pytest.raises(ConfigError, match="unreachable on toy-bottleneck"):  # beyond max_ratio: still one
+        pk.prune(chain((32, 32, 32))[0], x, far)
 
 
 def test_unreachable_or_already_met_targets_leave_the_model_whole(toy):

@@ -25,14 +25,19 @@ The search of a :class:`~prunekit.config.Target` whose ``runtime`` is set, in th
    too slow, one too fast), or one giving a plan already measured, is replaced by the bracket's midpoint; when
    that too repeats a plan, ``round_to``'s steps are coarser than the tolerance and the search stops.
    The attempt closest to the goal is kept (its measured time, not a prediction, is reported).
+   When even everything the table credits measures too slow, the rest is cut as well (a group timed alone
+   may save less than the timing's noise, so the table credits it nothing, though all of them together
+   save much): every group as far as max_ratio allows, then the share of the uncredited units bisected on
+   measured times (:meth:`RuntimeTargetSearch._beyond_the_table`).
 
 A speedup target is the dense time over the pruned one, both timed in the same attempt; a latency target is
 the pruned model's median ms. The result's ``target`` dict has the requested and reached latency and speedup,
 the predicted ms of the plan, the runtime and its version, the threads, the attempts, the table's record
 (cached or measured, seconds, measurements) and the ``round_to`` used with the reason.
 
-A goal the dense model already meets, or one that pruning as far as ``max_ratio`` allows does not reach
-within the tolerance, is a :class:`~prunekit.errors.ConfigError`; the user's model is untouched then.
+A goal the dense model already meets, or one that pruning every group as far as ``max_ratio`` allows does
+not reach within the tolerance, is a :class:`~prunekit.errors.ConfigError`; the user's model is untouched
+then.
 """
 
 from __future__ import annotations
@@ -210,7 +215,23 @@ class RuntimeTargetSearch:
     def _plan(self, budget_ms: float) -> tuple[Plan, dict[int, list[int]]]:
         widths = {g.id: g.width for g in self.scored.report.prunable_groups}
         costs = normalised(self.scored)
-        removed = greedy_units(self.table, self.orders, costs, widths, budget_ms, self.round_to)
+        return self._plan_of(greedy_units(self.table, self.orders, costs, widths, budget_ms, self.round_to))
+
+    def _filled(self, removed: dict[int, list[int]], share: float) -> dict[int, list[int]]:
+        """``removed`` with ``share`` of every group's units it leaves (in their removal order) taken too,
+        each group stopping on a ``round_to`` step: ``share=1`` is every group as far as max_ratio allows."""
+        widths = {g.id: g.width for g in self.scored.report.prunable_groups}
+        out = {}
+        for gid, order in self.orders.items():
+            have = len(removed.get(gid, []))
+            want = have + share * (len(order) - have)
+            stops = [k for k in _steps(widths[gid], len(order), self.round_to) if k <= want + 1e-9]
+            k = max([have, *stops])
+            if k:
+                out[gid] = sorted(order[:k])
+        return out
+
+    def _plan_of(self, removed: dict[int, list[int]]) -> tuple[Plan, dict[int, list[int]]]:
         ratio = sum(len(u) for u in removed.values()) / max(1, self.scored.total_units)
         cfg = self.scored.config
         options = (ratio, "global", self.round_to, cfg.max_ratio)
@@ -288,6 +309,8 @@ class RuntimeTargetSearch:
             budget = min(max(scaled, budget / MAX_STEP), budget * MAX_STEP)
             if not slow < budget < fast:  # the scaling left the bracket the measurements set
                 budget = (slow + fast) / 2 if fast < math.inf else max(budget, 2 * slow)
+        if full_too_slow and abs(best[0]) > self.tolerance:
+            best = self._beyond_the_table(best, corrections)
         chosen = self.attempts[self.chosen]
         if chosen["pruned_ms"] > chosen["goal_ms"] * (1 + self.tolerance) and full_too_slow:
             raise ConfigError(
@@ -298,6 +321,39 @@ class RuntimeTargetSearch:
             )
         assert best is not None
         return best[1]
+
+    def _beyond_the_table(self, best: tuple[float, Plan], corrections: int) -> tuple[float, Plan]:
+        """The table's every credited saving measured too slow: cut what it credits nothing too.
+
+        A group timed alone may save less than the timing's noise (a few per cent of a small model), and
+        then the table credits it with nothing, although all such groups cut together save most of the
+        time. So the plan of everything the table credits is filled with a share of every other unit
+        (:meth:`_filled`): first all of them (as far as max_ratio allows, the true limit of the search),
+        then, if that is fast enough, the share bisected between the two on measured times."""
+        base = max(self.attempts, key=lambda a: a["removed_units"])["removed"]
+        lo, hi, share = 0.0, 1.0, 1.0
+        for _ in range(1 + corrections):
+            removed = self._filled(base, share)
+            if self._seen(removed):
+                break
+            plan, removed = self._plan_of(removed)
+            dense_ms, pruned_ms = self._measure(plan)
+            goal_ms = self._goal_fraction(dense_ms) * dense_ms
+            error = pruned_ms / goal_ms - 1.0
+            units = sum(len(u) for u in removed.values())
+            self.attempts.append({
+                "budget_ms": None, "fill": share, "predicted_ms": None, "dense_ms": dense_ms,
+                "pruned_ms": pruned_ms, "goal_ms": goal_ms, "removed_units": units, "retimed": False,
+                "removed": removed,
+            })  # fmt: skip
+            if abs(error) < abs(best[0]):
+                best = (error, plan)
+                self.chosen = len(self.attempts) - 1
+            if abs(error) <= self.tolerance or (share == 1.0 and error > 0):
+                break  # reached, or even everything is too slow: the target is unreachable
+            lo, hi = (share, hi) if error > 0 else (lo, share)
+            share = (lo + hi) / 2
+        return best
 
     def _seen(self, removed: dict[int, list[int]]) -> bool:
         return any(a["removed"] == removed for a in self.attempts)
