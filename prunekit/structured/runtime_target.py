@@ -341,8 +341,10 @@ class RuntimeTargetSearch:
             goal_ms = self._goal_fraction(dense_ms) * dense_ms
             error = pruned_ms / goal_ms - 1.0
             units = sum(len(u) for u in removed.values())
+            predicted = self.table.predict({g: len(u) for g, u in removed.items()})
             self.attempts.append({
-                "budget_ms": None, "fill": share, "predicted_ms": None, "dense_ms": dense_ms,
+                "budget_ms": None, "fill": share, "predicted_ms": predicted * dense_ms / self.table.base_ms,
+                "dense_ms": dense_ms,
                 "pruned_ms": pruned_ms, "goal_ms": goal_ms, "removed_units": units, "retimed": False,
                 "removed": removed,
             })  # fmt: skip
