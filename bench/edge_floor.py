@@ -72,15 +72,11 @@ def rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         near = min(rs, key=lambda r: abs(r["speedup"] - 2.0))
         out.append({
             "model": model, "runtime": runtime, "threads": threads, "floor": f, "residual": resid,
-            "bound_2x": bound_at_2x(f), "dense_ms": statistic(rs, "dense_ms"),
+            "bound_2x": bound_at_2x(f), "dense_ms": float(np.median([r["dense_ms"] for r in rs])),
             "ladder": [(r["ratio"], 1 / r["macs_reduction"], r["speedup"]) for r in rs],
             "near_2x": (near["ratio"], near["speedup"], near["efficiency"]),
         })  # fmt: skip
     return out
-
-
-def statistic(rs: Sequence[Mapping[str, Any]], key: str) -> float:
-    return float(np.median([r[key] for r in rs]))
 
 
 def part(data: Mapping[str, Any], source: Path) -> list[str]:

@@ -32,8 +32,8 @@ from prunekit.deploy.runtimes import arrays, get_runtime
 from prunekit.measure.macs import count_macs
 
 
-def profile(xml: str, x: np.ndarray, runs: int) -> tuple[float, dict[str, float], list[float]]:
-    """(median ms of ``runs`` calls, ms per executed layer type in the last call, every call's ms)."""
+def profile(xml: str, x: np.ndarray, runs: int) -> tuple[float, dict[str, float]]:
+    """(median ms of ``runs`` calls, ms per executed kernel and operation type in the last call)."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(
@@ -51,7 +51,7 @@ def profile(xml: str, x: np.ndarray, runs: int) -> tuple[float, dict[str, float]
     for node in request.get_profiling_info():
         if str(node.status).endswith("EXECUTED"):  # kernel (operation): "brgconv_avx512_f32 (Convolution)"
             by_type[f"{node.exec_type} ({node.node_type})"] += node.real_time.total_seconds() * 1e3
-    return statistics.median(times), dict(by_type), times
+    return statistics.median(times), dict(by_type)
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
         xs = arrays(x)[0]
         for _ in range(2):  # alternated, the second pass kept
             for label in ("dense", "pruned"):
-                ms, by_type, _times = profile(out[label]["xml"], xs, args.runs)
+                ms, by_type = profile(out[label]["xml"], xs, args.runs)
                 out[label].update(ms=ms, by_type=by_type)
     d, p = out["dense"], out["pruned"]
     kept, share = p["macs"] / d["macs"], p["ms"] / d["ms"]

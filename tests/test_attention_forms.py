@@ -37,13 +37,13 @@ def test_the_prunable_form_computes_what_torchvision_does(cls, size, shift) -> N
     assert type(attn) is cls and not hasattr(attn, "head_dim")
 
 
-def _swin(name: str = "swin_t") -> torch.nn.Module:
+def _torchvision(name: str = "swin_t") -> torch.nn.Module:
     torch.manual_seed(0)
     return getattr(__import__("torchvision").models, name)().eval()
 
 
 def test_a_trace_leaves_the_users_classes_alone() -> None:
-    model = _swin()
+    model = _torchvision()
     with prunable_forms(model):
         assert is_prunable_form(model.features[1][0].attn)
     assert type(model.features[1][0].attn) is swin.ShiftedWindowAttention
@@ -53,7 +53,7 @@ def test_a_trace_leaves_the_users_classes_alone() -> None:
 
 @pytest.mark.slow
 def test_swin_heads_are_cut_exactly_and_its_stream_approximately() -> None:
-    model, x = _swin(), torch.randn(1, 3, 64, 64)
+    model, x = _torchvision(), torch.randn(1, 3, 64, 64)
     n = sum(p.numel() for p in model.parameters())
     report = pk.check(model, x, ratio=0.5)
     assert report.ok and report.status == "exact"
@@ -72,7 +72,7 @@ def test_swin_heads_are_cut_exactly_and_its_stream_approximately() -> None:
 
 
 def test_a_saved_plan_replays_on_a_fresh_swin(tmp_path) -> None:
-    model, x = _swin(), torch.randn(1, 3, 32, 32)
+    model, x = _torchvision(), torch.randn(1, 3, 32, 32)
     res = pk.prune(model, x, pk.PruneConfig(ratio=0.5, stream=True, data=[torch.randn(2, 3, 32, 32)],
                                             measure=False))  # fmt: skip
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_a_saved_plan_replays_on_a_fresh_swin(tmp_path) -> None:
 
 
 def test_a_failed_apply_gives_the_attention_its_class_back() -> None:
-    model, x = _swin(), torch.randn(1, 3, 32, 32)
+    model, x = _torchvision(), torch.randn(1, 3, 32, 32)
     work = copy.deepcopy(model)
     plan, _ = pk.plan_prune(work, x, ratio=0.5)
     with pytest.raises(ApplyError):
@@ -119,7 +119,7 @@ def test_maxvit_attention_in_prunable_form_computes_what_torchvision_does() -> N
 @pytest.mark.parametrize(("name", "px"), [("swin_v2_t", 64), ("maxvit_t", 224)])
 def test_swin_v2_and_maxvit_heads_are_cut_exactly(name: str, px: int) -> None:
     # before: 0.695 (swin_v2_t) and 0.605 (maxvit_t), every attention's heads pinned
-    model, x = _swin(name), torch.randn(1, 3, px, px)
+    model, x = _torchvision(name), torch.randn(1, 3, px, px)
     report = pk.check(model, x, ratio=0.5)
     assert report.ok and report.status == "exact"
     assert report.params_ratio < 0.55
@@ -129,7 +129,7 @@ def test_a_pruned_swin_pickles_and_unpickles_in_a_fresh_process(tmp_path) -> Non
     import subprocess
     import sys
 
-    model, x = _swin(), torch.randn(1, 3, 32, 32)
+    model, x = _torchvision(), torch.randn(1, 3, 32, 32)
     pk.prune(model, x, ratio=0.5)
     with torch.no_grad():
         y = model(x)

@@ -83,8 +83,7 @@ def _prunable_class(cls: type, form: Form) -> type:
     """The prunable subclass of ``cls``: an attribute of this module by its name, so pickle finds it."""
     if cls not in _CLASSES:
         name = f"Prunable{cls.__name__}"
-        forward = form.forward
-        sub = type(name, (cls,), {"forward": lambda self, x: forward(self, x), "__module__": __name__})
+        sub = type(name, (cls,), {"forward": form.forward, "__module__": __name__})
         _CLASSES[cls] = globals()[name] = sub
     return _CLASSES[cls]
 

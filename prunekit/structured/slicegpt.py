@@ -175,11 +175,6 @@ def _timm_vit(model: nn.Module) -> StreamMap:
         norms.append((f"blocks.{i}.norm2", [_lin(block.mlp.fc1)]))
         writers += [_lin(block.attn.proj), _lin(block.mlp.fc2)]
     norms.append(("norm", [_lin(model.head)]))
-    for name, _ in norms:
-        if not _plain_layernorm(model.get_submodule(name)):
-            raise ConfigError(
-                f"stream='slicegpt': {name} is a {type(model.get_submodule(name)).__name__}, not a LayerNorm"
-            )
     return StreamMap(emb, writers, norms, True, model.embed_dim)
 
 
@@ -253,8 +248,6 @@ def _centre(model: nn.Module, smap: StreamMap, swapped: list[tuple[nn.Module, ty
     names = []
     for name, _ in smap.norms:
         norm = model.get_submodule(name)
-        if not _plain_layernorm(norm):
-            raise ConfigError(f"stream='slicegpt': {name} is a {_qualified(type(norm))}, not a LayerNorm")
         swapped.append((norm, type(norm)))
         norm.__class__ = CentredNorm
         names.append(name)
@@ -342,6 +335,10 @@ def transform(model: nn.Module, data: Any) -> Transformed:
     On any error the model is put back as it was and the error raised (ConfigError for bad input).
     """
     smap = stream_map(model)
+    for name, _ in smap.norms if smap.layernorm else ():  # before any weight changes: one clear line
+        norm = model.get_submodule(name)
+        if not _plain_layernorm(norm):
+            raise ConfigError(f"stream='slicegpt': {name} is a {_qualified(type(norm))}, not a LayerNorm")
     tensors = _tensors(smap, model)
     backup = [(t, t.detach().clone()) for t in {id(t): t for t in tensors}.values()]
     swapped: list[tuple[nn.Module, type]] = []
