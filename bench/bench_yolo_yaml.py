@@ -16,7 +16,7 @@ import torch
 from _common import common_args, finish, machine_line, markdown_table
 
 MODELS = ("yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml")
-RATIOS = (0.3, 0.5)
+RATIOS = (0.3, 0.5, 0.7)
 
 
 def one(cfg: str, ratio: float, imgsz: int) -> dict:
@@ -37,6 +37,8 @@ def one(cfg: str, ratio: float, imgsz: int) -> dict:
         "free_params": free.params_ratio,
         "yaml_params": yaml.params_ratio,
         "stock_macs": stock.macs_ratio,
+        "stock_recut": len(stock.plan.meta["ultralytics"]["recut_for_yaml"]),
+        "stock_kept": len(stock.plan.meta["ultralytics"]["kept_for_yaml"]),
         "kept": len(yaml.plan.meta["ultralytics"]["kept_for_yaml"]),
         "stated": ", ".join(sorted(set(stated))),
         "why": "; ".join(sorted(set(why.values()))) or "—",
@@ -49,14 +51,15 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=320)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    models, ratios, imgsz = (MODELS[:1], RATIOS[1:], 128) if args.quick else (MODELS, RATIOS, args.imgsz)
+    models, ratios, imgsz = (MODELS[:1], (0.5,), 128) if args.quick else (MODELS, RATIOS, args.imgsz)
     rows = []
     for cfg in models:
         for ratio in ratios:
             rows.append(one(cfg, ratio, imgsz))
             print(rows[-1], flush=True)
     header = ["model", "ratio", "MACs free", "MACs yaml", "yaml / free", "MACs stock-modules yaml"]
-    header += ["params free / yaml", "groups kept", "stated rows", "kept because"]
+    header += ["stock-modules groups re-cut / kept", "params free / yaml", "groups kept", "stated rows"]
+    header += ["kept because"]
     table = markdown_table(
         header,
         [
@@ -67,6 +70,7 @@ def main() -> None:
                 f"{r['yaml_macs']:.3f}",
                 f"{r['yaml_macs'] / r['free_macs']:.2f}",
                 f"{r['stock_macs']:.3f}",
+                f"{r['stock_recut']} / {r['stock_kept']}",
                 f"{r['free_params']:.3f} / {r['yaml_params']:.3f}",
                 r["kept"],
                 r["stated"],
@@ -74,7 +78,7 @@ def main() -> None:
             ]
             for r in rows
         ],
-        align="lrrrrrrrll",
+        align="lrrrrrrrrll",
     )
     import ultralytics
 
@@ -88,8 +92,10 @@ def main() -> None:
             "width, derived ones and widths that are not multiples of 8 included, stated through "
             "`Prunekit<Layer>` rows, C2f/C2PSA hidden widths `c` too); *stock-modules*: the default "
             "`stock_modules=True`, a yaml naming only ultralytics' modules (widths rounded to multiples of "
-            "8), which `yolo train` rebuilds in a process without prunekit. *groups kept*: groups the yaml "
-            "could not state and so left whole; *kept because*: the layer and reason "
+            "8), which `yolo train` rebuilds in a process without prunekit; *re-cut / kept*: its groups cut "
+            "again to a width ultralytics derives (a C3k2 bottleneck's is half its block's) / left whole. "
+            "*groups kept*: groups the `stock_modules=False` yaml could not state and so left whole; "
+            "*kept because*: the layer and reason "
             "(`plan.meta['ultralytics']['kept_for_yaml_why']`). `bench/bench_yolo_yaml.py`.",
             "",
             *table,

@@ -71,14 +71,16 @@ class _Stop(Exception):
 def test_an_interrupted_dense_row_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     import dataclasses
 
-    from ultralytics.utils import callbacks
+    from ultralytics.utils.callbacks import base as callbacks  # the module get_default_callbacks reads
 
     def stop_after_first_epoch(trainer):
         if trainer.epoch == 0:
             raise _Stop
 
     budget = dataclasses.replace(TINY, dense_epochs=2, pruned=())
-    hooks = callbacks.default_callbacks["on_fit_epoch_end"]  # the dict every new trainer copies
+    # the dict every new trainer copies (a trainer that checks AMP rebinds the package's name for it to a
+    # copy, so an earlier training in the same process would leave a patch there unread)
+    hooks = callbacks.default_callbacks["on_fit_epoch_end"]
     monkeypatch.setitem(callbacks.default_callbacks, "on_fit_epoch_end", [*hooks, stop_after_first_epoch])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -337,12 +337,22 @@ def _derived_attrs(model):
     return {n: [getattr(m, a) for a in names if hasattr(m, a)] for n, m in model.named_modules()}
 
 
-@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
-@pytest.mark.parametrize("ratio", [0.3, 0.5])
+@pytest.mark.parametrize(
+    ("cfg", "ratio"),
+    [
+        ("yolov8n.yaml", 0.3),
+        ("yolov8n.yaml", 0.5),
+        ("yolo11n.yaml", 0.3),
+        ("yolo11n.yaml", 0.5),
+        ("yolo26n.yaml", 0.7),
+    ],
+)
 def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modules(cfg, ratio):
     """Head hidden widths, C3k2 bottleneck widths, C2PSA's hidden width, widths that are not multiples of 8:
     the yaml states them through Prunekit<Layer> rows, so the yaml-trainable prune keeps no group whole and
-    cuts as much as the free prune; the built modules are ultralytics' own and compute the same function."""
+    cuts as much as the free prune; the built modules are ultralytics' own and compute the same function.
+    (YOLO26n at 0.7: a layer whose width is not a multiple of 8 is stated even where its own tensors
+    rebuild, since its stock row would round the width up and the next layer's build fail.)"""
     from ultralytics.nn.modules import C2f, C3k2, Detect
 
     from prunekit.models.yolo_yaml import rebuild, shape_mismatches
@@ -365,6 +375,32 @@ def test_yaml_prune_states_derived_widths_in_prunekit_rows_and_keeps_stock_modul
     prune_yolo(stock, ratio=ratio, imgsz=IMGSZ)  # the default: ultralytics' modules only
     assert not any(r[2].startswith("Prunekit") for r in stock.yaml["backbone"] + stock.yaml["head"])
     assert shape_mismatches(stock, stock.yaml) == []
+
+
+def test_stock_modules_yaml_cuts_derived_widths_to_what_ultralytics_builds():
+    """A C3k2 bottleneck's inner width is half its block's, which ultralytics derives: a cut that halves the
+    block re-cuts the bottleneck to the built width (its highest-scored units) instead of keeping the whole
+    block, so asking for more pruning keeps fewer MACs (ratio 0.7 used to keep more than 0.5), and the stock
+    yaml still rebuilds the pruned model as the same function."""
+    from prunekit.models.yolo_yaml import rebuild, shape_mismatches
+
+    macs = []
+    for ratio in (0.5, 0.7, 0.9):
+        model = load_yolo("yolo11n.yaml")
+        res = prune_yolo(model, ratio=ratio, imgsz=IMGSZ)
+        macs.append(res.macs_ratio)
+        assert shape_mismatches(model, model.yaml) == []
+    assert macs[0] > macs[1] > macs[2]
+    facts = res.plan.meta["ultralytics"]
+    inner = model.model[2].m[0].cv1.conv.out_channels
+    assert inner == model.model[2].c // 2 and inner % 8  # derived by ultralytics, not a multiple of 8
+    assert inner in facts["recut_for_yaml"].values()
+    # C2PSA alone stays whole: its attention is kept whole, and its stock row ties every width to that
+    assert {why.split(":")[0] for why in facts["kept_for_yaml_why"].values()} == {"layer 10 (C2PSA)"}
+    built = rebuild(model, model.yaml)
+    built.load_state_dict(model.state_dict())
+    x = example_inputs(model, IMGSZ)
+    assert torch.equal(built.eval()(x)[0], model.eval()(x)[0])
 
 
 def test_prunekit_rows_load_without_prunekit_and_train_needs_its_names(tmp_path, digits):

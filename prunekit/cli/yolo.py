@@ -94,7 +94,8 @@ def prune(
         typer.Option(
             "--stock-modules/--prunekit-modules",
             help="--stock-modules: name only ultralytics' modules in model.yaml, so `yolo train` works in a "
-            "process without prunekit (derived widths: head hidden convs, SPPF, ... stay whole). "
+            "process without prunekit (widths ultralytics derives - head hidden convs, SPPF, ... - follow "
+            "what it derives, or stay whole). "
             "--prunekit-modules cuts those too, in Prunekit<Layer> rows that a training process must "
             "register first (prunekit.models.yolo_modules.register()).",
         ),

@@ -271,6 +271,7 @@ class YamlTrainable:
                 scored.report,
                 finish,
                 stock_modules=self.stock_modules,
+                scores=scored.scores,
             )
         except ValueError as err:
             raise ConfigError(
@@ -312,7 +313,8 @@ def prune_yolo(
     ultralytics' stock ``train()`` rebuilds the pruned model (see :mod:`prunekit.models.yolo_yaml`).
     ``stock_modules=True`` (the default) names only ultralytics' modules, so ``yolo train`` in a process that
     never imports prunekit rebuilds it; widths must then be multiples of 8 (``round_to`` defaults to 8) and
-    widths ultralytics derives inside a layer (head hidden convs, SPPF, bottlenecks) stay whole.
+    widths ultralytics derives inside a layer (head hidden convs, SPPF, bottlenecks) are cut to what
+    ultralytics will derive, or stay whole where that is out of reach.
     ``stock_modules=False`` cuts those too, and any width (``round_to`` as given, by default none, as
     ``trainable=False``), stated in ``Prunekit<Layer>`` rows (:mod:`prunekit.models.yolo_modules`): the saved
     modules are

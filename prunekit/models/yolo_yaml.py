@@ -14,8 +14,9 @@ that is the dense network. A yaml can, however, state most pruned widths exactly
 Some widths ultralytics derives from others and no argument sets (SPPF's hidden width is half its input, the
 Detect head's hidden widths follow the P3 width and the class count, a bottleneck's inner width equals its
 block's hidden width). :func:`trainable_plan` therefore rebuilds the model from the derived yaml and compares
-every tensor shape with the pruned model; each group whose cut the yaml cannot reproduce is kept whole and
-the plan is rebuilt, until the yaml rebuilds the pruned model exactly. Nothing is guessed: the check builds
+every tensor shape with the pruned model; a group that alone sets a mismatched width is cut again to the
+width the rebuild derives, each group whose cut the yaml still cannot reproduce is kept whole, and the plan
+is rebuilt, until the yaml rebuilds the pruned model exactly. Nothing is guessed: the check builds
 the model the way ultralytics' trainer will (same class, class count and channels).
 
 A model pruned without this (``prune_yolo(..., trainable=False)``) gets a yaml whose first layer names a
@@ -134,6 +135,11 @@ def _state_rows(yaml: dict, model: nn.Module, stated: set[int]) -> None:
             rows[i][:] = row
 
 
+def _unround_layers(model: nn.Module) -> set[int]:
+    """Layers of ``model`` whose output width is not a multiple of 8."""
+    return {i for i, w in _layer_widths(model, int(model.yaml.get("channels", 3))).items() if w % 8}
+
+
 def statable(model: nn.Module, layer: int) -> bool:
     """Whether layer ``layer`` of ``model`` has a ``Prunekit<Layer>`` row."""
     return type(model.model[layer]).__name__ in HEADS + LAYERS
@@ -192,8 +198,11 @@ def _failing_layer(err: BaseException) -> int | None:
     return layer if isinstance(layer, int) else None
 
 
-def shape_mismatches(model: nn.Module, yaml: dict) -> list[tuple[str, list[int]]]:
-    """``(tensor name, differing dims)`` between ``model`` and the model ``yaml`` builds."""
+def shape_mismatches(
+    model: nn.Module, yaml: dict, shapes: dict[str, tuple[int, ...]] | None = None
+) -> list[tuple[str, list[int]]]:
+    """``(tensor name, differing dims)`` between ``model`` and the model ``yaml`` builds; ``shapes``, when
+    given, receives the built shape of each differing tensor."""
     built = rebuild(model, yaml).state_dict()
     ours = model.state_dict()
     if built.keys() != ours.keys():
@@ -206,6 +215,8 @@ def shape_mismatches(model: nn.Module, yaml: dict) -> list[tuple[str, list[int]]
             if t.dim() != other.dim():
                 raise ValueError(f"{name}: {tuple(t.shape)} vs {tuple(other.shape)}")
             bad.append((name, [d for d in range(t.dim()) if t.shape[d] != other.shape[d]]))
+            if shapes is not None:
+                shapes[name] = tuple(other.shape)
     return bad
 
 
@@ -218,12 +229,16 @@ def trainable_plan(
     finish: Any,
     *,
     stock_modules: bool = False,
+    scores: dict[int, torch.Tensor] | None = None,
 ) -> tuple[Plan, dict, list[int], dict[int, str]]:
     """Shrink ``plan`` until a yaml rebuilds the pruned model exactly; return it, that yaml, the kept groups
     and why each was kept (the layer, its type and the tensor the yaml could not rebuild).
 
     A layer the yaml's stock row cannot rebuild is first stated as a ``Prunekit<Layer>`` row (unless
-    ``stock_modules``); groups are kept whole only where that does not rebuild it either.
+    ``stock_modules``). Where the rebuilt model still differs, a group whose width ultralytics derives (a
+    bottleneck's inner width from its block's, SPPF's hidden width from its input) is cut again to the width
+    the yaml builds, keeping its units of highest ``scores`` (the group's per-unit importance; plan meta
+    ``recut_for_yaml``); groups are kept whole only where neither works.
     ``make_view(model)`` gives the traced view the plan was made for and ``finish(model, plan)`` adds the plan
     entries the engine cannot derive (C2f's ``c``). ``model`` itself is not changed.
     """
@@ -234,30 +249,104 @@ def trainable_plan(
             owner.setdefault((m.name, m.dim), set()).add(g.id)
     kept: list[int] = []
     why: dict[int, str] = {}
+    recut: dict[int, int] = {}  # group id -> times re-cut to a derived width
     stated: set[int] = set()
     for _ in range(MAX_ROUNDS):
         trial_model = copy.deepcopy(model)
         apply(make_view(trial_model), plan, x)
+        if not stock_modules:  # a stock row rounds its width up to 8, so the next layer's build would fail
+            stated |= {i for i in _unround_layers(trial_model) if statable(trial_model, i)}
         while True:
             yaml = pruned_yaml(trial_model, stated)
-            bad = _mismatches(trial_model, yaml)
+            bad, built = _mismatches(trial_model, yaml)
             layers = {int(name.split(".")[1]) for name, _dims in bad if name.startswith("model.")}
             new = set() if stock_modules else {i for i in layers - stated if statable(trial_model, i)}
             if not new:
                 break
             stated |= new
         if not bad:
+            recut_widths = {str(gid): width for gid, width in _recut_widths(plan, recut)}
+            plan.meta.setdefault("ultralytics", {})["recut_for_yaml"] = recut_widths
             return plan, yaml, kept, why
+        widths = {} if scores is None else _derived_widths(bad, built, report, removed, recut, set(kept))
+        if widths:
+            by_id = {g.id: g for g in report.groups}
+            for gid, width in widths.items():
+                removed[gid] = _lowest(by_id[gid], scores[gid], width)
+                recut[gid] = recut.get(gid, 0) + 1
+            plan = finish(model, build_plan(report, removed, plan.meta))
+            continue
         drop = _groups_to_keep(bad, owner, removed, trial_model)
         if not drop:
             raise ValueError(f"the yaml cannot reproduce {bad[0][0]} and no pruned group explains it")
-        reason = _why_kept(trial_model, bad[0][0], stated, stock_modules)
         for gid in drop:
             removed.pop(gid)
+            recut.pop(gid, None)
             kept.append(gid)
-            why[gid] = reason
+            why[gid] = _why_kept(trial_model, _first_owned(bad, owner, gid), stated, stock_modules)
         plan = finish(model, build_plan(report, removed, plan.meta))
     raise ValueError(f"no yaml-expressible plan after {MAX_ROUNDS} rounds")
+
+
+#: times one group may be re-cut to the width the yaml builds before it is kept whole instead (a derived
+#: width that moves again after the re-cut means the widths feed each other)
+MAX_RECUTS = 2
+
+
+def _derived_widths(
+    bad: list[tuple[str, list[int]]],
+    built: dict[str, tuple[int, ...]],
+    report: GroupReport,
+    removed: dict[int, list[int]],
+    recut: dict[int, int],
+    kept: set[int],
+) -> dict[int, int]:
+    """Group id -> the width the yaml builds for it, for each group that alone spans a mismatched dim one
+    unit per index, where every mismatched dim of the group asks the same width and that width is reachable
+    (at most the group's width, its pinned units kept). A group the selection left whole (``round_to``) may
+    be cut this way; one already kept whole for the yaml (``kept``) is not."""
+    by_member: dict[tuple[str, int], list] = {}
+    for g in report.groups:
+        for m in g.members:
+            by_member.setdefault((m.name, m.dim), []).append((g, m))
+    asked: dict[int, set[int]] = {}
+    groups = {}
+    for name, dims in bad:
+        for d in dims:
+            owners = by_member.get((name, d), [])
+            if len(owners) != 1 or name not in built:
+                continue
+            ((g, m),) = owners
+            if g.id not in kept and m.size == len(m.index) == g.width:
+                asked.setdefault(g.id, set()).add(built[name][d])
+                groups[g.id] = g
+    out = {}
+    for gid, want in asked.items():
+        g = groups[gid]
+        width = next(iter(want))
+        reachable = int(g.unit_pinned.sum()) <= width <= g.width
+        changed = g.width - width != len(removed.get(gid, ()))
+        if len(want) == 1 and reachable and changed and recut.get(gid, 0) < MAX_RECUTS:
+            out[gid] = width
+    return out
+
+
+def _lowest(group: Any, scores: torch.Tensor, width: int) -> list[int]:
+    """The ``group.width - width`` unpinned units of ``group`` with the lowest ``scores``, sorted."""
+    order = torch.argsort(scores.detach().float().cpu(), stable=True).tolist()
+    free = [u for u in order if not group.unit_pinned[u]]
+    return sorted(free[: group.width - width])
+
+
+def _recut_widths(plan: Plan, recut: dict[int, int]) -> list[tuple[int, int]]:
+    """``(group id, kept width)`` of every re-cut group still cut in ``plan``."""
+    by_id = {g.id: g for g in plan.groups}
+    return [(gid, by_id[gid].width - len(by_id[gid].removed)) for gid in recut if gid in by_id]
+
+
+def _first_owned(bad: list[tuple[str, list[int]]], owner: dict[tuple[str, int], set[int]], gid: int) -> str:
+    """The first mismatched tensor with a dim of group ``gid`` (else the first mismatched tensor)."""
+    return next((name for name, dims in bad if any(gid in owner.get((name, d), ()) for d in dims)), bad[0][0])
 
 
 def _why_kept(model: nn.Module, tensor: str, stated: set[int], stock_modules: bool) -> str:
@@ -283,15 +372,19 @@ def _why_kept(model: nn.Module, tensor: str, stated: set[int], stock_modules: bo
     return f"layer {i} ({kind}): {tensor}: {how}"
 
 
-def _mismatches(model: nn.Module, yaml: dict) -> list[tuple[str, list[int]]]:
-    """:func:`shape_mismatches`, with a layer ultralytics could not build reported as all its tensors."""
+def _mismatches(
+    model: nn.Module, yaml: dict
+) -> tuple[list[tuple[str, list[int]]], dict[str, tuple[int, ...]]]:
+    """:func:`shape_mismatches` and the shapes the yaml builds for those tensors; a layer ultralytics could
+    not build is reported as all its tensors, with no built shapes."""
     try:
-        return shape_mismatches(model, yaml)
+        built: dict[str, tuple[int, ...]] = {}
+        return shape_mismatches(model, yaml, built), built
     except BuildError as err:
         if err.layer is None:
             raise
         prefix = f"model.{err.layer}."
-        return [(k, list(range(t.dim()))) for k, t in model.state_dict().items() if k.startswith(prefix)]
+        return [(k, list(range(t.dim()))) for k, t in model.state_dict().items() if k.startswith(prefix)], {}
 
 
 def _groups_to_keep(
