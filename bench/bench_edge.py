@@ -16,8 +16,9 @@ or run fails keeps those fields (``None`` for what was not measured) and ``error
 runtime's own first error line. Weights are random (no downloads): agreement is between the runtime and
 PyTorch on the same model.
 
-Records are written to ``bench/results/edge_runtimes.json`` as each row finishes; a rerun with the same
-settings skips the rows already there (``--fresh`` measures everything again; other settings start afresh).
+Records are written to ``bench/results/edge_runtimes.json`` (``--json``) as each row finishes, with
+``--no-write`` too (it leaves only docs/RESULTS.md alone); a rerun with the same settings skips the rows
+already there (``--fresh`` measures everything again; other settings start afresh).
 
     python bench/bench_edge.py --quick     # yolo11n@320 at ratio 0.5, 10 runs: per-row seconds and the
                                            # estimate at full settings; writes nothing (--models picks
@@ -607,7 +608,7 @@ def main() -> None:
                     for r in new
                 )
                 print(f"row {key} {ratio} {runtime}: {seconds:.1f} s ({summary})", flush=True)
-                if write:
+                if not args.quick:  # the records are kept with --no-write too (it leaves only RESULTS)
                     save_cache(records, settings, line, path)
         finally:
             model.close()

@@ -119,3 +119,15 @@ def test_estimate_scales_the_timed_calls_only():
     quick_calls, full_calls = be.Settings(runs=10, warmup=3).calls(), be.FULL.calls()
     assert be.estimate(5.0, [rec], be.FULL) == pytest.approx(5.0 + 0.15 * (full_calls - quick_calls))
     assert be.estimate(5.0, [{"error": "x"}], be.FULL) == 5.0
+
+
+def test_no_write_keeps_the_records_and_leaves_the_results_file(zoo, tmp_path, monkeypatch):
+    records, results = tmp_path / "edge.json", tmp_path / "RESULTS.md"
+    results.write_text("untouched\n")
+    argv = ["bench_edge.py", "--models", "tiny@16", "--ratios", "0.5", "--runtimes", "onnxruntime"]
+    argv += ["--runs", "2", "--rounds", "1", "--json", str(records), "--out", str(results), "--no-write"]
+    monkeypatch.setattr("sys.argv", argv)
+    be.main()
+    assert results.read_text() == "untouched\n"
+    cached = be.load_cache(be.Settings(runs=2, warmup=be.FULL.warmup, rounds=1), records)
+    assert be.done(cached, "tiny@16", 0.5, "onnxruntime")
