@@ -21,10 +21,12 @@ The pruning ratio of each row is searched (bisection on a random-weight copy) so
 target; the MACs actually reached are recorded. Every row records params, MACs (at ``imgsz``), mAP50 and
 mAP50-95 (ultralytics' validator on the val split), onnxruntime latency (batch 1, one thread, through
 :func:`prunekit.deploy.runtimes.measure.runtime_latency`) and training seconds, into
-``bench/results/yolo_pareto.json`` (rewritten atomically after every row; a rerun skips finished rows whose
+``bench/results/yolo_pareto.json`` (``yolo_pareto_quick.json`` / ``yolo_pareto_medium.json`` for those
+modes; rewritten atomically after every row; a rerun skips finished rows whose
 checkpoints still exist, so the bench resumes where it stopped; an interrupted dense or scratch row
 continues from its ``last.pt`` with ultralytics' ``resume``, a pruned row's recipe starts again).
-Checkpoints and ultralytics' runs go under ``--work`` (default ``runs/yolo_pareto/<mode>``).
+Checkpoints and ultralytics' runs go under ``--work`` (default ``runs/yolo_pareto/<mode>``). Each mode
+writes its own section of docs/RESULTS.md: ``yolo-pareto``, ``yolo-pareto-quick``, ``yolo-pareto-medium``.
 
     .venv/bin/python bench/bench_yolo_pareto.py --quick|--medium [--no-write] [--threads 2] [--only dense]
 """
@@ -48,7 +50,7 @@ from _common import ROOT, FirstOutput, common_args, finish, machine_line, markdo
 
 from prunekit._atomic import write_text
 
-RESULTS_JSON = ROOT / "bench" / "results" / "yolo_pareto.json"
+RESULTS_DIR = ROOT / "bench" / "results"
 FIELDS = ("model", "method", "kd", "params", "macs", "map50_95", "map50", "ort_ms", "seed", "epochs")
 METHODS = ("oneshot", "sparsity", "gradual")
 # the train arguments the recipe stages share
@@ -480,17 +482,21 @@ def main() -> None:
         help="YOLO11n at 2x, all methods with and without KD, 1,000 images at 224 px, 60 + 20 epochs",
     )
     ap.add_argument("--work", default=None, help="checkpoints and runs (default runs/yolo_pareto/<mode>)")
-    ap.add_argument("--json", default=str(RESULTS_JSON), help="the per-row record (resumable cache)")
+    ap.add_argument(
+        "--json", default=None, help="the per-row record, a resumable cache (default: by mode, see above)"
+    )
     ap.add_argument("--only", choices=("dense",), default=None, help="stop after the dense rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "medium" if args.medium else "full"
     budget = {"quick": QUICK, "medium": MEDIUM, "full": FULL}[mode]
     work = Path(args.work) if args.work else ROOT / "runs" / "yolo_pareto" / mode
-    bench = Bench(budget, work, Path(args.json), mode)
+    suffix = "" if mode == "full" else f"_{mode}"
+    records = Path(args.json) if args.json else RESULTS_DIR / f"yolo_pareto{suffix}.json"
+    bench = Bench(budget, work, records, mode)
     rows = bench.run(args.only)
     text = section(rows, budget, mode, args.threads, sum(r["train_s"] for r in rows) / 60)
-    finish("yolo-pareto", text, args)
+    finish("yolo-pareto" + suffix.replace("_", "-"), text, args)
 
 
 if __name__ == "__main__":
