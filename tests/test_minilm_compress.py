@@ -145,3 +145,25 @@ def test_projection_and_stream_cut_replay_through_prunekit_load(tmp_path):
     with pytest.raises(ConfigError, match=r"projection\.weight"):
         pk.save(student, tmp_path / "ck3", spec=f"sentence:{source}", plan=res.plan)
     assert not (tmp_path / "ck3").exists()
+
+
+def test_the_pairwise_term_adds_the_similarity_gap_of_every_pair_in_the_batch():
+    teacher = _tiny()
+    student = copy_embedder(teacher)
+    x = teacher.tokenize(TEXTS[:4])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    plain = distill_layerwise(student, teacher, TEXTS[:4], steps=1, batch_size=4, lr=0.0)
+    paired = distill_layerwise(student, teacher, TEXTS[:4], steps=1, batch_size=4, lr=0.0, pair_weight=1000.0)
+    with torch.no_grad():
+        s = torch.nn.functional.normalize(student(**x), dim=-1)
+        t = torch.nn.functional.normalize(teacher(**x), dim=-1)
+    gaps = [float((s[i] @ s[j] - t[i] @ t[j]) ** 2) for i in range(4) for j in range(4) if i != j]
+    assert sum(gaps) > 1e-3
+    assert paired[0] - plain[0] == pytest.approx(1000.0 * sum(gaps) / len(gaps), rel=1e-3)
+    same = distill_layerwise(copy_embedder(teacher), teacher, TEXTS, steps=1, batch_size=4, pair_weight=3.0)
+    assert same[0] < 1e-6
+    with pytest.raises(ConfigError, match="pair_weight"):
+        distill_layerwise(student, teacher, TEXTS, steps=1, pair_weight=-1.0)

@@ -302,6 +302,7 @@ def distill_layerwise(
     lr: float = 1e-4,
     layer_weight: float = 1.0,
     channels: torch.Tensor | None = None,
+    pair_weight: float = 0.0,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
@@ -312,6 +313,9 @@ def distill_layerwise(
     and the teacher's output of the same layer (a layer removed by :func:`prunekit.prune_layers` is a
     placeholder at its index, so kept layer ``i`` answers for teacher layers up to ``i``). With a cut
     stream, ``channels`` (from :func:`stream_channels`) picks the teacher's channels the student kept.
+    ``pair_weight`` adds that weight times the mean squared difference between the student's and the
+    teacher's cosine similarities of every pair of texts in the batch (a relational term: it trains the
+    ranking of similarities that retrieval and Spearman measure, not each embedding alone).
     Batches of ``batch_size`` texts cycle through ``texts`` in a ``seed``-shuffled order, grouped by length
     within windows of 32 batches (less padding); AdamW, linear
     warm-up over 5 % of the steps then cosine decay, gradients clipped at 1; the student runs in eval mode
@@ -323,6 +327,9 @@ def distill_layerwise(
 
     from prunekit.recover.train import optimizer_step
     from prunekit.structured.layers import SkipBlock
+
+    if not (math.isfinite(pair_weight) and pair_weight >= 0):
+        raise ConfigError(f"pair_weight must be a finite number >= 0, got {pair_weight}")
 
     tok = teacher if teacher.tokenizer is not None else student
     layers = _layer_stack(student)
@@ -369,6 +376,8 @@ def distill_layerwise(
                     cos = ((1 - F.cosine_similarity(s, t, dim=-1)) * mask[..., 0]).sum() / mask.sum()
                     terms.append(mse + cos)
                 loss = loss + layer_weight * torch.stack(terms).mean()
+            if pair_weight and len(out) > 1:
+                loss = loss + pair_weight * _pair_loss(out, target)
             optimizer_step(student, loss, opt, sched, max_grad_norm=1.0)
             losses.append(float(loss.detach()))
             if on_step is not None:
@@ -378,6 +387,19 @@ def distill_layerwise(
             h.remove()
         student.eval()
     return losses
+
+
+def _pair_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the pairwise cosine similarities of ``out`` and of ``target`` (the rows
+    of a batch), over the pairs of distinct rows.
+
+    >>> x = torch.randn(4, 8)
+    >>> float(_pair_loss(x, 2 * x))
+    0.0
+    """
+    a, b = F.normalize(out, dim=-1), F.normalize(target, dim=-1)
+    off = ~torch.eye(len(a), dtype=torch.bool, device=a.device)
+    return ((a @ a.T - b @ b.T)[off] ** 2).mean()
 
 
 def _length_batches(texts: Sequence[str], steps: int, batch_size: int, seed: int) -> list[list[str]]:
