@@ -263,7 +263,7 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
     torch.set_num_threads(args.train_threads)
     t0 = time.perf_counter()
     losses = distill_layerwise(student, dense, texts, steps=args.steps, batch_size=16, lr=args.lr,
-                               channels=channels, on_step=measure)  # fmt: skip
+                               channels=channels, pair_weight=args.pair_weight, on_step=measure)  # fmt: skip
     distill_s = time.perf_counter() - t0 - t_eval[0]
     torch.set_num_threads(th)
     after = fidelity(dense_emb, student.embed(sents))
@@ -288,9 +288,14 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
         "params": params(student), "params_ratio": params(student) / params(dense),
         "macs": count_macs(student, x), "ms": ms, "dense_ms": dms, "speedup": s,
         "before": before.to_dict(), "after": after.to_dict(), "curve": curve,
-        "steps": args.steps, "prune_s": prune_s, "distill_s": distill_s,
-        "loss": [losses[0], losses[-1]] if losses else None, "reload": reload,
+        "steps": args.steps, "pair_weight": args.pair_weight, "prune_s": prune_s, "distill_s": distill_s,
+        "loss": [losses[0], losses[-1]] if losses else None, "reload": reload, "machine": machine_line(th),
     }  # fmt: skip
+
+
+def row_name(target: float, args: argparse.Namespace) -> str:
+    """A row's key in the cache: ``TARGET/STEPS``, then ``/pairW`` with a pairwise-similarity term."""
+    return f"{target}/{args.steps}" + (f"/pair{args.pair_weight:g}" if args.pair_weight else "")
 
 
 def mode_of(args: argparse.Namespace) -> str:
@@ -345,7 +350,7 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"proxy {_name(c)}: cos {scores[_name(c)]:.3f}", flush=True)
         pick = max(candidates(cache["shapes"], target), key=lambda c: scores[_name(c)])
         cache.setdefault("picks", {})[str(target)] = pick
-        name = f"{target}/{args.steps}"
+        name = row_name(target, args)
         if name in cache["rows"]:
             continue
         r = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick, args, th)
@@ -353,7 +358,7 @@ def run(args: argparse.Namespace) -> dict:
         _save_cache(cache)
         print(f"{name}: {json.dumps(r)}", flush=True)
     for target in targets if args.peer else ():
-        name = f"{target}/{args.steps}/scratch"
+        name = row_name(target, args) + "/scratch"
         if name not in cache["rows"]:
             pick = cache["picks"][str(target)]
             cache["rows"][name] = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick,
@@ -363,13 +368,14 @@ def run(args: argparse.Namespace) -> dict:
     if not args.quick and "ablation" not in cache:
         cache["ablation"] = ablation(dense, x, calib, held, held_emb, cache["picks"], args)
         _save_cache(cache)
-    cache["env"] = {
+    # the dense model as the run that started this cache measured it; each row names its own machine
+    cache.setdefault("env", {
         "machine": machine_line(th), "sentences": len(sents), "corpus": len(texts), "tokens": tokens,
         "corpus_s": corpus_s, "dense_params": params(dense), "dense_macs": count_macs(dense, x),
         "dense_ms": speedup(dense, dense, x, args.runs, args.rounds, th)[1],
         "runs": args.runs, "rounds": args.rounds, "lr": args.lr, "train_threads": args.train_threads,
         "criterion": args.criterion, "stream": args.stream, "sources": list(args.corpus),
-    }  # fmt: skip
+    })  # fmt: skip
     _save_cache(cache)
     return cache
 
@@ -436,10 +442,15 @@ def _other_corpus_rows(other: dict | None) -> list[str]:
             for t, r in sorted(best.items())]  # fmt: skip
 
 
+def _pair_text(r: dict) -> str:
+    """``, pairwise W`` for a row distilled with the pairwise-similarity term, else nothing."""
+    return f", pairwise {r['pair_weight']:g}" if r.get("pair_weight") else ""
+
+
 def markdown(cache: dict, previous: dict | None = None, packages: dict | None = None) -> str:
     env = cache["env"]
     sources = env.get("sources", ["packages"])
-    rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"]))
+    rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"], r.get("pair_weight", 0)))
     table = [["dense", "384 / 12 / 1536 / 6", f"{env['dense_params'] / 1e6:.2f} M", "1.00",
               f"{env['dense_macs'] / 1e9:.3f} G", f"{env['dense_ms']:.0f}", "1.00x", "1.000 / 1.000",
               "1.000 / 1.000", "1.000 / 1.000", "—", "—"]]  # fmt: skip
@@ -450,7 +461,7 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
             f"{r['params'] / 1e6:.2f} M", f"{r['params_ratio']:.2f}", f"{r['macs'] / 1e9:.3f} G",
             f"{r['ms']:.0f}", f"{r['speedup']:.2f}x", f"{b['cosine_mean']:.3f} / {a['cosine_mean']:.3f}",
             f"{b['cosine_min']:.3f} / {a['cosine_min']:.3f}", f"{b['spearman']:.3f} / {a['spearman']:.3f}",
-            f"{r['steps']} steps, {r['distill_s'] / 60:.1f} min", r["reload"],
+            f"{r['steps']} steps{_pair_text(r)}, {r['distill_s'] / 60:.1f} min", r["reload"],
         ])  # fmt: skip
     lines = [
         "## all-MiniLM-L6-v2 compressed to latency targets: heads + FFN + hidden size + layers, distilled",
@@ -488,8 +499,10 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
         "highest mean cosine on the held-out sentences. Distillation: `distill_layerwise`, batches of 16, "
         f"AdamW lr {env['lr']:g}, warm-up + cosine, {env['train_threads']} threads; loss = 1 - cos of the "
         "embeddings + mean over kept layers of MSE + (1 - cos) per token against the dense layer of the same "
-        "index, on the kept channels. Stock reload: `save_sentence_transformer` then "
-        "`SentenceTransformer(dir).encode` on the 124 sentences, max |diff| to the pruned embedder.",
+        "index, on the kept channels; *pairwise w* adds w times the mean squared gap between the student's "
+        "and the dense model's cosine similarities of every pair of sentences in the batch. Stock reload: "
+        "`save_sentence_transformer` then `SentenceTransformer(dir).encode` on the 124 sentences, max "
+        "|diff| to the pruned embedder.",
         "",
         *markdown_table(
             [
@@ -516,9 +529,10 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
     for r in rows:
         pts = ", ".join(f"{c['step']}: {c['held_cos']:.3f} / {c['held_spearman']:.3f}" for c in r["curve"])
         peer = " (the same shape from random init)" if r.get("scratch") else ""
-        lines.append(f"- {r['target']}x{peer}, {r['steps']} steps, distillation curve (step: held-out mean "
-                     f"cos / Spearman): {pts}; at the end held-out {r['curve'][-1]['held_cos']:.3f} vs the "
-                     f"evaluation sentences' {r['after']['cosine_mean']:.3f}"
+        lines.append(f"- {r['target']}x{peer}, {r['steps']} steps{_pair_text(r)}, distillation curve "
+                     f"(step: held-out mean cos / Spearman): {pts}; at the end held-out "
+                     f"{r['curve'][-1]['held_cos']:.3f} vs the evaluation sentences' "
+                     f"{r['after']['cosine_mean']:.3f}"
                      + (" (the corpus is the packages' technical prose, the evaluation set everyday "
                         "sentences)." if sources == ["packages"] else "."))  # fmt: skip
     for name, scores in sorted(cache.get("ablation", {}).items()):
@@ -527,6 +541,13 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
         lines.append(
             f"- Rankings compared on {32 * int(h)}/{h}/{f}/{n} (undistilled held-out mean cos): {parts}."
         )
+    cpu = env["machine"].split(",")[0]
+    for r in rows:
+        if r.get("machine", env["machine"]).split(",")[0] != cpu:
+            where = r["machine"].removeprefix("Machine: ").rstrip(".")
+            lines.append(f"- {r['target']}x, {r['steps']} steps{_pair_text(r)} was measured on another "
+                         f"machine, {where} (its latency and speedup against that machine's dense "
+                         "model).")  # fmt: skip
     before = _before_rows(previous)
     if before:
         lines.append("- Before (the previous run of this bench: uniform k/12 cuts of heads, FFN and stream, "
@@ -538,7 +559,8 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
                      + "; ".join(other) + ".")  # fmt: skip
     for peer in (r for r in rows if r.get("scratch")):
         ours = next((r for r in rows if not r.get("scratch") and r["target"] == peer["target"]
-                     and r["steps"] == peer["steps"]), None)  # fmt: skip
+                     and r["steps"] == peer["steps"] and _pair_text(r) == _pair_text(peer)),
+                    None)  # fmt: skip
         if ours is not None:
             a, b = ours["after"], peer["after"]
             lines.append(
@@ -547,6 +569,17 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
                 f"{a['cosine_mean']:.3f} / Spearman {a['spearman']:.3f}; the same shape from random init, "
                 f"{b['cosine_mean']:.3f} / {b['spearman']:.3f} ({a['cosine_mean'] - b['cosine_mean']:+.3f} "
                 "mean cos for pruning)."
+            )
+    for pair in (r for r in rows if r.get("pair_weight") and not r.get("scratch")):
+        plain = next((r for r in rows if not r.get("scratch") and not r.get("pair_weight")
+                      and r["target"] == pair["target"] and r["steps"] == pair["steps"]), None)  # fmt: skip
+        if plain is not None:
+            a, b = pair["after"], plain["after"]
+            lines.append(
+                f"- Pairwise term at {pair['target']}x ({pair['shape']}, {pair['steps']} steps each): with "
+                f"weight {pair['pair_weight']:g}, mean cos {a['cosine_mean']:.3f} / Spearman "
+                f"{a['spearman']:.3f}; without, {b['cosine_mean']:.3f} / {b['spearman']:.3f} "
+                f"({a['cosine_mean'] - b['cosine_mean']:+.3f} / {a['spearman'] - b['spearman']:+.3f})."
             )
     goals = {1.5: 0.95, 2.0: 0.90}
     for r in rows:
@@ -572,10 +605,11 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
                       f"{need:,.0f} steps ({need * 16:,.0f} sentences, ~{need * per / 3600:.1f} h at this "
                       "run's pace), an extrapolation and a lower bound for the evaluation sentences, "
                       "which trail the held-out ones")  # fmt: skip
-        lines.append(f"- Goal at {r['target']}x, {r['steps']} steps (≥ {g} mean cos and Spearman"
-                     + (", params ≤ 0.6" if r["target"] >= 2 else "") + f"): {state}.")  # fmt: skip
+        lines.append(f"- Goal at {r['target']}x, {r['steps']} steps{_pair_text(r)} (≥ {g} mean cos and "
+                     "Spearman" + (", params ≤ 0.6" if r["target"] >= 2 else "")
+                     + f"): {state}.")  # fmt: skip
     for t in sorted({r["target"] for r in rows}):
-        runs = [r for r in rows if r["target"] == t and not r.get("scratch")]
+        runs = [r for r in rows if r["target"] == t and not r.get("scratch") and not r.get("pair_weight")]
         if len(runs) < 2 or t not in goals:
             continue
         a, b = runs[0], runs[-1]
@@ -617,6 +651,13 @@ def main() -> None:
         "measured on the shared 2-core machine)",
     )
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--pair-weight",
+        type=float,
+        default=0.0,
+        help="weight of distill_layerwise's pairwise-similarity term (default 0: off); its rows sit beside "
+        "the others as TARGET/STEPS/pairW",
+    )
     parser.add_argument("--runs", type=int, default=10, help="latency runs per round")
     parser.add_argument("--search-runs", type=int, default=5, help="latency runs per round in the search")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (min is kept)")
