@@ -9,8 +9,9 @@ Rows, each trained with ultralytics' own trainer (``workers=0``, CPU, ``plots=Fa
   (cut, fine-tune ``R``), ``sparsity`` (group-lasso training ``R/2``, cut, fine-tune the rest), ``gradual``
   (gradual pruning ``R/2``, fine-tune the rest), each without and with distillation from the dense model
   (``--quick``: YOLO11n at 2x, one-shot without KD and gradual with KD; ``--medium``: YOLO11n at 2x, every
-  method with and without KD, on 1,000 images at 224 px, 60 dense + 20 recovery epochs: about 2 hours on an
-  idle 2-core machine, where the full budget is 84 h or more, section ``yolo-epoch``);
+  method with and without KD, on 1,000 images at 224 px, 60 dense + 20 recovery epochs, and an 80-epoch
+  scratch row per distinct pruned architecture: 260-660 epochs, a dense epoch 81-94 s on an idle 2-core AMD
+  EPYC, so 5 h or more there; the full budget is 84 h or more, section ``yolo-epoch``);
 - **scratch**: each pruned architecture (its widths: rebuilt from the pruned checkpoint's yaml where it states
   them, else the pruned module with every parameter re-initialised as ultralytics initialises a new model)
   trained from random init for ``E + R`` epochs, the dense + recovery budget of the pruned row.
