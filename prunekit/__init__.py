@@ -13,6 +13,7 @@ The public verbs live here::
     pk.prune(model, x, target=pk.Target(macs=0.5))       # search the ratio that meets a target
     pk.sensitivity(model, x, eval_fn)          # per-group accuracy-vs-ratio curves (model untouched)
     pk.prune_layers(model, x, n=2)             # drop whole residual blocks / transformer layers
+    pk.prune_vocab(emb, texts)                 # drop the token embeddings a corpus never uses
     pk.sparsify(model, sparsity=0.9)           # unstructured / N:M / block masks
     pk.sparsity_report(model)                  # per-layer and global sparsity
     pk.remove_masks(model)                     # make masks permanent, outputs unchanged
@@ -45,6 +46,7 @@ from prunekit.measure import (
     model_size,
     peak_memory_bytes,
 )
+from prunekit.models.vocab import VocabCut, prune_vocab
 from prunekit.plan import Plan
 from prunekit.recipe import Recipe, load_recipe, run_recipe
 from prunekit.recover import DistillConfig, FinetuneResult, PruneCallbacks, TrainConfig, finetune
@@ -116,6 +118,7 @@ __all__ = [
     "StructuredGradualPruner",
     "Target",
     "TrainConfig",
+    "VocabCut",
     "__version__",
     "accelerate",
     "accelerated",
@@ -143,6 +146,7 @@ __all__ = [
     "plan_prune",
     "prune",
     "prune_layers",
+    "prune_vocab",
     "quantize_onnx",
     "remove_masks",
     "run_recipe",

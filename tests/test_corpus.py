@@ -99,3 +99,20 @@ def test_a_missing_or_unknown_source_is_an_error_naming_what_to_install(tmp_path
     with pytest.raises(ConfigError, match="corpus sources must be some of"):
         package_corpus(sources=("novels",), cache=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_wordnet_lemmas_lists_index_words_and_inflections_not_the_licence(tmp_path):
+    import pytest
+
+    from prunekit.errors import ConfigError
+    from prunekit.models.corpus import wordnet_lemmas
+
+    (tmp_path / "index.noun").write_text(
+        "  1 This software and database is being provided to you under a licence.\n"
+        "ice_cream n 1 1 @ 1 0 07611358\nzymurgy n 1 1 @ 1 0 06082620\n"
+    )
+    (tmp_path / "verb.exc").write_text("ate eat\nbreathed breathe\n")
+    (tmp_path / "index.sense").write_text("ice_cream%1:13:00:: 07611358 1 0\n")
+    assert wordnet_lemmas(tmp_path) == ["ate", "breathe", "breathed", "eat", "ice cream", "zymurgy"]
+    with pytest.raises(ConfigError, match="apt-get install wordnet-base"):
+        wordnet_lemmas(tmp_path / "absent")

@@ -57,6 +57,7 @@ from prunekit.measure.params import count_params
 from prunekit.measure.size import effective_state_dict
 from prunekit.models.record import recorded_spec
 from prunekit.models.spec import LOADERS, load_model
+from prunekit.models.vocab import replay_vocab
 from prunekit.plan import Plan
 from prunekit.sparse.storage import (
     DEFAULT_ZSTD_LEVEL,
@@ -521,6 +522,7 @@ def load(
             if state[name].dtype != tensor.dtype:  # keep the saved dtype (and the Parameter object, for ties)
                 state[name].data = state[name].data.to(tensor.dtype)
     model.load_state_dict(full, strict=True)
+    replay_vocab(model, plans)  # a sentence model's tokenizer follows a vocabulary cut
     accelerated = info.get("accelerated") or {}
     if not isinstance(accelerated, dict):
         raise ModelLoadError(f"{directory / META_FILE} is corrupt: bad 'accelerated' entry")

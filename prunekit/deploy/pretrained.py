@@ -3,12 +3,12 @@
 :func:`save_pretrained` writes a pruned transformers model so that ``AutoModel.from_pretrained(dir)`` (or the
 model's own class) builds it with no prunekit import: the config fields are set from the tensors
 (``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``intermediate_size``, ``hidden_size``,
-``num_hidden_layers`` and ``layer_types``), layers removed by :func:`prunekit.prune_layers` are gone and the
-rest re-indexed. Before anything is written, the model's class is built from that config on the meta device
-and every tensor shape compared; after writing, the directory is loaded back with ``from_pretrained`` and its
-outputs compared with the pruned model's. :func:`save_sentence_transformer` does the same for a
-:class:`~prunekit.models.sentence.SentenceEmbedder`: ``SentenceTransformer(dir).encode(...)`` gives its
-embeddings (mean pooling, L2 normalisation).
+``vocab_size``, ``num_hidden_layers`` and ``layer_types``), layers removed by :func:`prunekit.prune_layers`
+are gone and the rest re-indexed. Before anything is written, the model's class is built from that config on
+the meta device and every tensor shape compared; after writing, the directory is loaded back with
+``from_pretrained`` and its outputs compared with the pruned model's. :func:`save_sentence_transformer` does
+the same for a :class:`~prunekit.models.sentence.SentenceEmbedder`: ``SentenceTransformer(dir).encode(...)``
+gives its embeddings (mean pooling, L2 normalisation; its tokenizer, trimmed by a vocabulary cut too).
 
 A config holds one value per field for every layer, and transformers 5 has no per-layer width field for these
 families (BERT's ``pruned_heads`` is gone; per-layer lists exist only for other architectures, e.g. Gemma 3n's
@@ -127,9 +127,10 @@ def _head_dim(model: nn.Module) -> int | None:
 def stock_config(model: nn.Module) -> tuple[Any, dict[str, list]]:
     """The config that makes ``type(model)`` hold ``model``'s tensor shapes, and the fields it changes.
 
-    ``hidden_size`` follows the input embedding's width and ``head_dim`` is stated when it is no longer
-    ``hidden_size / num_attention_heads``; head counts, FFN widths and the layer count are already kept up to
-    date by :func:`prunekit.prune` and :func:`prunekit.prune_layers` when every layer agrees.
+    ``hidden_size`` and ``vocab_size`` follow the input embedding's width and rows, and ``head_dim`` is
+    stated when it is no longer ``hidden_size / num_attention_heads``; head counts, FFN widths and the layer
+    count are already kept up to date by :func:`prunekit.prune` and :func:`prunekit.prune_layers` when every
+    layer agrees.
     """
     config = copy.deepcopy(model.config)
     changes: dict[str, list] = {}
@@ -143,6 +144,8 @@ def stock_config(model: nn.Module) -> tuple[Any, dict[str, list]]:
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if isinstance(embedding, nn.Embedding) and isinstance(getattr(config, "hidden_size", None), int):
         put("hidden_size", embedding.embedding_dim)
+    if isinstance(embedding, nn.Embedding) and isinstance(getattr(config, "vocab_size", None), int):
+        put("vocab_size", embedding.num_embeddings)  # a vocabulary cut (prunekit.models.vocab)
     heads, hidden, dim = (
         getattr(config, "num_attention_heads", None),
         getattr(config, "hidden_size", None),

@@ -154,6 +154,26 @@ def _wordnet_text(path: Path) -> Iterator[str]:
             yield _as_sentence(example)
 
 
+def wordnet_lemmas(root: str | Path | None = None) -> list[str]:
+    """Every word and phrase WordNet lists (its ``index.*`` lemmas and ``*.exc`` inflected forms, underscores
+    as spaces), sorted: about 150,000 entries, for a vocabulary cut
+    (:func:`prunekit.models.vocab.prune_vocab`) that should keep English words its corpus never used.
+    ConfigError when WordNet is not installed."""
+    base = Path(root) if root is not None else WORDNET_DIR
+    files = sorted(base.glob("index.*")) + sorted(base.glob("*.exc")) if base.is_dir() else []
+    files = [f for f in files if f.name != "index.sense"]
+    if not files:
+        raise ConfigError(f"no WordNet index files in {base}: apt-get install wordnet-base")
+    words: set[str] = set()
+    for path in files:
+        for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
+            if line.startswith(" "):  # the licence header
+                continue
+            fields = line.split() if path.suffix == ".exc" else line.split()[:1]
+            words.update(f.replace("_", " ") for f in fields)
+    return sorted(words)
+
+
 def _fortune_files(root: Path) -> list[Path]:
     """The fortune databases (text files; not their ``.dat`` indexes or ``.u8`` links), sorted by name."""
     if not root.is_dir():

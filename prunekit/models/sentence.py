@@ -71,6 +71,12 @@ class SentenceEmbedder(nn.Module):
         """Padded tokens for ``sentences`` (needs the tokenizer)."""
         if self.tokenizer is None:
             raise ModelLoadError("this SentenceEmbedder has no tokenizer; build it with one to embed text")
+        rows = self.encoder.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:  # a vocabulary cut whose tokenizer was not trimmed with it
+            raise ConfigError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the encoder's embedding {rows} rows: "
+                "after a vocabulary cut use the tokenizer prune_vocab returned (prunekit.load trims it)"
+            )
         enc = self.tokenizer(
             list(sentences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
