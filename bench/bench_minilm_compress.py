@@ -7,6 +7,7 @@ k/12 cuts, kept in the JSON as ``full-uniform``) as the before.
 
     .venv/bin/python bench/bench_minilm_compress.py [--quick] [--steps 300] [--lr 5e-4] [--fresh] [--no-write]
         [--corpus wordnet,fortunes]   # needs: apt-get install wordnet-base fortunes
+        [--pair-weight W] [--vocab]   # distillation's pairwise term; a vocabulary cut after it
 
 Shapes: ``(heads, FFN, layers)`` from :data:`SHAPES`; a shape keeps ``heads`` heads of 32, a stream of
 ``32 * heads`` channels (12 heads: the stream is not cut) and ``ffn`` FFN neurons in every layer, so stock
@@ -37,7 +38,7 @@ from prunekit.deploy.pretrained import save_sentence_transformer
 from prunekit.errors import ExportError
 from prunekit.measure.latency import measure_latency
 from prunekit.measure.macs import count_macs
-from prunekit.models.corpus import package_corpus
+from prunekit.models.corpus import package_corpus, wordnet_lemmas
 from prunekit.models.sentence import (
     SentenceEmbedder,
     add_projection,
@@ -47,6 +48,7 @@ from prunekit.models.sentence import (
     load_minilm,
     stream_channels,
 )
+from prunekit.models.vocab import prune_vocab
 from prunekit.structured import pipeline
 from prunekit.structured.cut import apply
 from prunekit.structured.layers import prune_layers
@@ -95,13 +97,15 @@ def _latency(model: torch.nn.Module, x: dict, runs: int, threads: int) -> float:
 
 
 def speedup(
-    dense: torch.nn.Module, model: torch.nn.Module, x: dict, runs: int, rounds: int, th: int
-) -> tuple:
-    """(best latency ms of ``model``, best of ``dense``, their ratio), rounds interleaved (shared machine)."""
+    dense: torch.nn.Module, model: torch.nn.Module, x: dict, runs: int, rounds: int, th: int,
+    x_model: dict | None = None,
+) -> tuple:  # fmt: skip
+    """(best latency ms of ``model``, best of ``dense``, their ratio), rounds interleaved (shared machine);
+    ``x_model``: the model's own inputs (its tokenizer's ids, after a vocabulary cut), else ``x``."""
     best_m, best_d = float("inf"), float("inf")
     for _ in range(rounds):
         best_d = min(best_d, _latency(dense, x, runs, th))
-        best_m = min(best_m, _latency(model, x, runs, th))
+        best_m = min(best_m, _latency(model, x if x_model is None else x_model, runs, th))
     return best_m, best_d, best_d / best_m
 
 
@@ -240,8 +244,9 @@ def reinitialise(student: SentenceEmbedder, seed: int = 0) -> None:
 
 
 def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape, args, th,
-        scratch: bool = False) -> dict:  # fmt: skip
-    """One compressed model at ``shape``, distilled; ``scratch``: the same shape from random init."""
+        scratch: bool = False, vocab_texts: list[str] | None = None) -> dict:  # fmt: skip
+    """One compressed model at ``shape``, distilled; ``scratch``: the same shape from random init;
+    ``vocab_texts``: then its vocabulary cut to the tokens of these texts (:func:`prunekit.prune_vocab`)."""
     t0 = time.perf_counter()
     student, channels, removed = build(dense, x, calib, shape["heads"], shape["ffn"], shape["layers"], args)
     if scratch:
@@ -266,8 +271,13 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
                                channels=channels, pair_weight=args.pair_weight, on_step=measure)  # fmt: skip
     distill_s = time.perf_counter() - t0 - t_eval[0]
     torch.set_num_threads(th)
+    vocab = None
+    if vocab_texts is not None:
+        cut, _ = prune_vocab(student, vocab_texts)
+        vocab = {"kept": cut.kept, "dropped": cut.dropped, "texts": len(vocab_texts)}
+    xs = student.tokenize(sents[:8])
     after = fidelity(dense_emb, student.embed(sents))
-    ms, dms, s = speedup(dense, student, x, args.runs, args.rounds, th)
+    ms, dms, s = speedup(dense, student, x, args.runs, args.rounds, th, x_model=xs)
     layer0 = student.encoder.encoder.layer[
         next(i for i in range(DENSE[2]) if f"encoder.encoder.layer.{i}" not in removed)
     ]
@@ -286,7 +296,7 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
         "heads": int(layer0.attention.self.num_attention_heads),
         "ffn": int(layer0.intermediate.dense.out_features), "layers": shape["layers"],
         "params": params(student), "params_ratio": params(student) / params(dense),
-        "macs": count_macs(student, x), "ms": ms, "dense_ms": dms, "speedup": s,
+        "macs": count_macs(student, xs), "ms": ms, "vocab": vocab, "dense_ms": dms, "speedup": s,
         "before": before.to_dict(), "after": after.to_dict(), "curve": curve,
         "steps": args.steps, "pair_weight": args.pair_weight, "prune_s": prune_s, "distill_s": distill_s,
         "loss": [losses[0], losses[-1]] if losses else None, "reload": reload, "machine": machine_line(th),
@@ -294,8 +304,22 @@ def row(dense, dense_emb, sents, x, texts, calib, held, held_emb, target, shape,
 
 
 def row_name(target: float, args: argparse.Namespace) -> str:
-    """A row's key in the cache: ``TARGET/STEPS``, then ``/pairW`` with a pairwise-similarity term."""
-    return f"{target}/{args.steps}" + (f"/pair{args.pair_weight:g}" if args.pair_weight else "")
+    """A row's key in the cache: ``TARGET/STEPS``, then ``/pairW`` with a pairwise-similarity term and
+    ``/vocab`` with a vocabulary cut."""
+    return (f"{target}/{args.steps}" + (f"/pair{args.pair_weight:g}" if args.pair_weight else "")
+            + ("/vocab" if args.vocab else ""))  # fmt: skip
+
+
+def vocab_shapes(shapes: list[dict], kept: int, dense_params: int) -> list[dict]:
+    """``shapes`` with each params ratio less the embedding rows a vocabulary cut to ``kept`` tokens removes
+    (``30522 - kept`` rows of the shape's ``32 * heads`` channels).
+
+    >>> shape = vocab_shapes([{"heads": 10, "params_ratio": 0.6}], 30522 - 1000, 3_200_000)[0]
+    >>> round(shape["params_ratio"], 3)
+    0.5
+    """
+    return [dict(s, params_ratio=s["params_ratio"] - (30522 - kept) * HEAD * s["heads"] / dense_params)
+            for s in shapes]  # fmt: skip
 
 
 def mode_of(args: argparse.Namespace) -> str:
@@ -342,31 +366,38 @@ def run(args: argparse.Namespace) -> dict:
     held = texts[64:128]  # proxy sentences for the shape choice: the corpus, not the evaluation set
     held_emb = dense.embed(held)
     scores = cache.setdefault("proxy", {})
+    shapes, vocab_texts, tag = cache["shapes"], None, ""
+    if args.vocab:  # the params cap counts the vocabulary cut the rows will get
+        vocab_texts, tag = texts + wordnet_lemmas(), "/vocab"
+        kept = prune_vocab(copy_embedder(dense), vocab_texts)[0].kept
+        shapes = vocab_shapes(shapes, kept, params(dense))
     for target in targets:
-        for c in candidates(cache["shapes"], target):
+        for c in candidates(shapes, target):
             if _name(c) not in scores:
                 scores[_name(c)] = proxy(dense, x, calib, held, held_emb, c, args)
                 _save_cache(cache)
                 print(f"proxy {_name(c)}: cos {scores[_name(c)]:.3f}", flush=True)
-        pick = max(candidates(cache["shapes"], target), key=lambda c: scores[_name(c)])
-        cache.setdefault("picks", {})[str(target)] = pick
+        pick = max(candidates(shapes, target), key=lambda c: scores[_name(c)])
+        cache.setdefault("picks", {})[f"{target}{tag}"] = pick
         name = row_name(target, args)
         if name in cache["rows"]:
             continue
-        r = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick, args, th)
+        r = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick, args, th,
+                vocab_texts=vocab_texts)  # fmt: skip
         cache["rows"][name] = r
         _save_cache(cache)
         print(f"{name}: {json.dumps(r)}", flush=True)
     for target in targets if args.peer else ():
         name = row_name(target, args) + "/scratch"
         if name not in cache["rows"]:
-            pick = cache["picks"][str(target)]
+            pick = cache["picks"][f"{target}{tag}"]
             cache["rows"][name] = row(dense, dense_emb, sents, x, train, calib, held, held_emb, target, pick,
-                                      args, th, scratch=True)  # fmt: skip
+                                      args, th, scratch=True, vocab_texts=vocab_texts)  # fmt: skip
             _save_cache(cache)
             print(f"{name}: {json.dumps(cache['rows'][name])}", flush=True)
     if not args.quick and "ablation" not in cache:
-        cache["ablation"] = ablation(dense, x, calib, held, held_emb, cache["picks"], args)
+        picks = {t: p for t, p in cache["picks"].items() if not t.endswith("/vocab")}
+        cache["ablation"] = ablation(dense, x, calib, held, held_emb, picks, args)
         _save_cache(cache)
     # the dense model as the run that started this cache measured it; each row names its own machine
     cache.setdefault("env", {
@@ -443,14 +474,17 @@ def _other_corpus_rows(other: dict | None) -> list[str]:
 
 
 def _pair_text(r: dict) -> str:
-    """``, pairwise W`` for a row distilled with the pairwise-similarity term, else nothing."""
-    return f", pairwise {r['pair_weight']:g}" if r.get("pair_weight") else ""
+    """``, pairwise W`` for a row distilled with the pairwise-similarity term, ``, vocab N tokens`` for one
+    whose vocabulary was cut, else nothing."""
+    vocab = f", vocab {r['vocab']['kept']:,} tokens" if r.get("vocab") else ""
+    return (f", pairwise {r['pair_weight']:g}" if r.get("pair_weight") else "") + vocab
 
 
 def markdown(cache: dict, previous: dict | None = None, packages: dict | None = None) -> str:
     env = cache["env"]
     sources = env.get("sources", ["packages"])
-    rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"], r.get("pair_weight", 0)))
+    rows = sorted(cache["rows"].values(), key=lambda r: (r["target"], r["steps"], r.get("pair_weight", 0),
+                                                           bool(r.get("vocab"))))  # fmt: skip
     table = [["dense", "384 / 12 / 1536 / 6", f"{env['dense_params'] / 1e6:.2f} M", "1.00",
               f"{env['dense_macs'] / 1e9:.3f} G", f"{env['dense_ms']:.0f}", "1.00x", "1.000 / 1.000",
               "1.000 / 1.000", "1.000 / 1.000", "—", "—"]]  # fmt: skip
@@ -572,7 +606,8 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
             )
     for pair in (r for r in rows if r.get("pair_weight") and not r.get("scratch")):
         plain = next((r for r in rows if not r.get("scratch") and not r.get("pair_weight")
-                      and r["target"] == pair["target"] and r["steps"] == pair["steps"]), None)  # fmt: skip
+                      and not r.get("vocab") and r["target"] == pair["target"]
+                      and r["steps"] == pair["steps"]), None)  # fmt: skip
         if plain is not None:
             a, b = pair["after"], plain["after"]
             lines.append(
@@ -609,7 +644,8 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
                      "Spearman" + (", params ≤ 0.6" if r["target"] >= 2 else "")
                      + f"): {state}.")  # fmt: skip
     for t in sorted({r["target"] for r in rows}):
-        runs = [r for r in rows if r["target"] == t and not r.get("scratch") and not r.get("pair_weight")]
+        runs = [r for r in rows if r["target"] == t and not r.get("scratch") and not r.get("pair_weight")
+                and not r.get("vocab")]  # fmt: skip
         if len(runs) < 2 or t not in goals:
             continue
         a, b = runs[0], runs[-1]
@@ -657,6 +693,12 @@ def main() -> None:
         default=0.0,
         help="weight of distill_layerwise's pairwise-similarity term (default 0: off); its rows sit beside "
         "the others as TARGET/STEPS/pairW",
+    )
+    parser.add_argument(
+        "--vocab",
+        action="store_true",
+        help="cut each distilled row's vocabulary to the corpus's tokens and WordNet's words "
+        "(prunekit.prune_vocab; the params cap counts it); its rows sit beside the others as .../vocab",
     )
     parser.add_argument("--runs", type=int, default=10, help="latency runs per round")
     parser.add_argument("--search-runs", type=int, default=5, help="latency runs per round in the search")
