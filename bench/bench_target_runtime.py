@@ -17,8 +17,8 @@ are) and requested speedup (2x; ``--speedups 1.5,2``), batch 1, 1 thread:
 Every pruned model is timed next to the dense one on the runtime (runs alternated,
 :meth:`prunekit.structured.latency_table.Timer.pair`). Reported per row: both models' MACs and params kept at
 that speedup and their efficiency (speedup / MACs reduction), the table's and the search's seconds, and the
-bisection's. Records go to ``bench/results/target_runtime.json`` and the ``target_runtime`` section of
-docs/RESULTS.md.
+bisection's. Records go to ``bench/results/target_runtime.json`` (``--json``; with ``--no-write`` too, which
+leaves only docs/RESULTS.md alone) and the ``target_runtime`` section of docs/RESULTS.md.
 
     python bench/bench_target_runtime.py --quick    # 128 px, 10 runs per timing, 2 bisection steps
     python bench/bench_target_runtime.py            # 224 px (YOLO11n 320 px), 20 runs, 4 bisection steps
@@ -358,11 +358,11 @@ def versions(found: dict[str, str]) -> dict[str, str]:
 
 
 def write(records: list[dict], line: str, args: argparse.Namespace, quick: bool) -> None:
-    """The JSON records (``--json``) and the RESULTS section (``--out``) of what has run so far."""
+    """The JSON records (``--json``, with ``--no-write`` too) and the RESULTS section (``--out``, not with
+    ``--no-write``) of what has run so far."""
     payload = {"machine": environment(), "line": line, "quick": quick, "records": records}
-    if not args.no_write:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.json, json.dumps(payload, indent=2) + "\n")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    write_text(args.json, json.dumps(payload, indent=2) + "\n")
     finish("target_runtime", markdown(records, line, quick), args)
 
 
