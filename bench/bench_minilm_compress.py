@@ -411,10 +411,14 @@ def run(args: argparse.Namespace) -> dict:
     return cache
 
 
-def _proxy_text(cache: dict, target: float) -> str:
-    """The candidates of ``target`` as text: each one's measured speedup, params ratio and proxy cosine."""
+def _proxy_text(cache: dict, target: float, kept: int | None = None) -> str:
+    """The candidates of ``target`` as text: each one's measured speedup, params ratio and proxy cosine;
+    ``kept``: with the params of a vocabulary cut to that many tokens."""
+    shapes = (
+        cache["shapes"] if kept is None else vocab_shapes(cache["shapes"], kept, cache["env"]["dense_params"])
+    )
     parts = []
-    for c in sorted(candidates(cache["shapes"], target), key=lambda c: -cache["proxy"][_name(c)]):
+    for c in sorted(candidates(shapes, target), key=lambda c: -cache["proxy"][_name(c)]):
         parts.append(f"{c['heads']}/{c['ffn']}/{c['layers']}: {c['speedup']:.2f}x, {c['params_ratio']:.2f}, "
                      f"cos {cache['proxy'][_name(c)]:.3f}")  # fmt: skip
     return "; ".join(parts)
@@ -560,6 +564,10 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
     for r in {r["target"]: r for r in rows}.values():
         lines.append(f"- {r['target']}x candidates (heads/FFN/layers: search speedup, params ratio, "
                      f"undistilled held-out cos): {_proxy_text(cache, r['target'])}.")  # fmt: skip
+    for r in {r["target"]: r for r in rows if r.get("vocab")}.values():
+        kept = r["vocab"]["kept"]
+        lines.append(f"- {r['target']}x candidates with the vocabulary cut to {kept:,} tokens (its params "
+                     f"counted): {_proxy_text(cache, r['target'], kept)}.")  # fmt: skip
     for r in rows:
         pts = ", ".join(f"{c['step']}: {c['held_cos']:.3f} / {c['held_spearman']:.3f}" for c in r["curve"])
         peer = " (the same shape from random init)" if r.get("scratch") else ""
