@@ -88,7 +88,7 @@ def vocab_row(dense, dense_emb, sents, sources, words, min_count, limit) -> dict
     t0 = time.perf_counter()
     cut, _ = prune_vocab(student, texts, min_count=min_count)
     seconds = time.perf_counter() - t0
-    kept = set(range(cut.size)) - set(next(iter(cut.plan["removals"].values()))["0"])
+    kept = set(cut.kept_ids())
     ids = dense.tokenizer(sents)["input_ids"]
     dropped = sorted({dense.tokenizer.convert_ids_to_tokens(i) for s in ids for i in s if i not in kept})
     return {"kind": "vocab", "texts": len(texts), "sources": list(sources), "words": words,

@@ -49,9 +49,9 @@ from prunekit.structured.plan_attrs import complete_size_attrs
 __all__ = [
     "VocabCut",
     "coverage",
+    "kept_ids",
     "prune_vocab",
     "replay_vocab",
-    "token_counts",
     "trim_tokenizer",
     "vocab_plan",
 ]
@@ -62,7 +62,7 @@ META = "vocab"  #: the plan's ``meta`` key: ``{"size": old vocabulary size, "kep
 @dataclass
 class VocabCut(JsonData):
     """What :func:`prune_vocab` did: token counts before / after, params removed, and the share of the
-    corpus (texts, tokens) whose tokens were all kept (which tokenizes and embeds exactly as before)."""
+    corpus texts whose tokens were all kept (which tokenize and embed exactly as before)."""
 
     size: int  #: the vocabulary before
     kept: int
@@ -70,6 +70,10 @@ class VocabCut(JsonData):
     params_removed: int
     texts_covered: float  #: share of the corpus texts every one of whose tokens is kept
     plan: dict[str, Any]  #: the cut, :meth:`prunekit.plan.Plan.to_dict`
+
+    def kept_ids(self) -> list[int]:
+        """The old ids of the kept tokens, in order (their new ids are their positions)."""
+        return kept_ids(Plan.from_dict(self.plan))
 
 
 def _tokenizer_json(tokenizer: Any) -> dict[str, Any]:
@@ -118,21 +122,17 @@ def _trim_model(model: dict[str, Any], kept: list[int], new: dict[int, int]) -> 
     model["vocab"] = {pieces[old]: new[old] for old in kept if old in pieces}
 
 
-def token_counts(tokenizer: Any, texts: Iterable[str], batch_size: int = 1024) -> collections.Counter:
-    """How often the tokenizer produces each token id on ``texts`` (special tokens included)."""
-    counts: collections.Counter = collections.Counter()
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) == batch_size:
-            counts.update(i for ids in tokenizer(batch)["input_ids"] for i in ids)
-            batch = []
-    if batch:
-        counts.update(i for ids in tokenizer(batch)["input_ids"] for i in ids)
-    return counts
+def _token_ids(tokenizer: Any, texts: Sequence[str], batch_size: int = 1024) -> list[list[int]]:
+    """The token ids of each text (special tokens included), tokenized in batches."""
+    return [ids for i in range(0, len(texts), batch_size)
+            for ids in tokenizer(list(texts[i : i + batch_size]))["input_ids"]]  # fmt: skip
 
 
-def _kept_ids(tokenizer: Any, counts: collections.Counter, min_count: int, keep_chars: bool) -> list[int]:
+def _covered(ids: list[list[int]], keep: set[int]) -> float:
+    return sum(set(s) <= keep for s in ids) / max(len(ids), 1)
+
+
+def _ids_to_keep(tokenizer: Any, counts: collections.Counter, min_count: int, keep_chars: bool) -> list[int]:
     data = _tokenizer_json(tokenizer)
     keep = {i for i, n in counts.items() if n >= min_count}
     keep |= {int(i) for i in tokenizer.all_special_ids}
@@ -235,9 +235,18 @@ def vocab_plan(model: nn.Module, kept: Sequence[int]) -> Plan:
 
 def coverage(tokenizer: Any, texts: Sequence[str], kept: Iterable[int]) -> float:
     """Share of ``texts`` every one of whose tokens (``tokenizer``'s, before the cut) is in ``kept``."""
-    keep = set(kept)
-    ids = tokenizer(list(texts))["input_ids"] if texts else []
-    return sum(all(i in keep for i in s) for s in ids) / max(len(ids), 1)
+    return _covered(_token_ids(tokenizer, texts), set(kept))
+
+
+def kept_ids(plan: Plan) -> list[int]:
+    """The old ids of the tokens a vocabulary plan (:func:`vocab_plan`) keeps, in order; PlanError for a
+    plan that is not one or whose record does not match its cut."""
+    name = next(iter(plan.removals), None)
+    size = plan.meta.get(META, {}).get("size")
+    if name is None or not isinstance(size, int) or size != plan.signature.get(name, [None])[0]:
+        raise PlanError("a vocabulary plan's record does not match its cut")
+    removed = set(plan.removals[name].get(0, ()))
+    return [i for i in range(size) if i not in removed]
 
 
 def prune_vocab(
@@ -264,8 +273,9 @@ def prune_vocab(
         raise ConfigError(
             "prune_vocab: texts is empty; give the text the model will see (it decides the vocab)"
         )
-    counts = token_counts(tokenizer, texts)
-    kept = _kept_ids(tokenizer, counts, min_count, keep_chars)
+    ids = _token_ids(tokenizer, texts)
+    counts = collections.Counter(i for s in ids for i in s)
+    kept = _ids_to_keep(tokenizer, counts, min_count, keep_chars)
     plan = vocab_plan(model, kept)
     trimmed = trim_tokenizer(tokenizer, kept)
     before = sum(p.numel() for p in model.parameters())
@@ -276,7 +286,7 @@ def prune_vocab(
     cut = VocabCut(
         size=size, kept=len(kept), dropped=size - len(kept),
         params_removed=before - sum(p.numel() for p in model.parameters()),
-        texts_covered=coverage(tokenizer, texts, kept), plan=plan.to_dict(),
+        texts_covered=_covered(ids, set(kept)), plan=plan.to_dict(),
     )  # fmt: skip
     return cut, trimmed
 
@@ -286,13 +296,7 @@ def replay_vocab(model: nn.Module, plans: Sequence[Plan]) -> None:
     vocabulary plan kept, so the rebuilt model and its tokenizer agree again."""
     tokenizer = getattr(model, "tokenizer", None)
     for plan in plans:
-        if META not in plan.meta or tokenizer is None:
-            continue
-        name = next(iter(plan.removals), None)
-        size = plan.meta[META].get("size")
-        if name is None or not isinstance(size, int) or size != plan.signature.get(name, [None])[0]:
-            raise PlanError("a vocabulary plan's record does not match its cut")
-        removed = set(plan.removals[name][0])
-        tokenizer = trim_tokenizer(tokenizer, [i for i in range(size) if i not in removed])
+        if META in plan.meta and tokenizer is not None:
+            tokenizer = trim_tokenizer(tokenizer, kept_ids(plan))
     if tokenizer is not getattr(model, "tokenizer", None):
         model.tokenizer = tokenizer
