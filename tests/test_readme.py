@@ -68,6 +68,10 @@ SKIP: dict[str, str] = {
     ),
     "prunekit yolo prune yolov8n.pt --recipe recipe.yaml --out p.pt": "training; tests/test_yolo_recipe.py",
     "prunekit check hf:bert_config.json --ratio 0.5": "a full-size BERT config; tests/test_hf.py checks hf:",
+    "prunekit vocab sentence:all-MiniLM-L6-v2 --texts texts.txt --out minilm_vocab": (
+        "needs the [minilm] extra; tests/test_vocab.py runs vocab and save --format sentence on it"
+    ),
+    "prunekit save minilm_vocab --format sentence --out minilm_st": "the cut above; tests/test_vocab.py",
     "prunekit prune timm:convnext_tiny --target-macs 0.5 --out cnx_half": (
         "a MACs-target search over many prunes of a 28 M-parameter model; tests/test_target.py"
     ),

@@ -3,6 +3,7 @@ were kept embeds exactly as before, in prunekit and in stock sentence-transforme
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,56 @@ def test_bad_input_is_one_clear_error_and_the_model_is_unchanged(minilm, texts):
         student.encoder.get_input_embeddings().num_embeddings == 30522
         and student.tokenizer is minilm.tokenizer
     )
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_the_cli_cuts_a_checkpoint_that_reloads_embeds_as_before_and_saves_for_stock_tools(
+    minilm, texts, tmp_path
+):
+    file = tmp_path / "texts.txt"
+    file.write_text("\n".join(texts[:60]) + "\n\n", encoding="utf-8")
+    out, js = tmp_path / "cut", tmp_path / "cut.json"
+    result = _cli("vocab", "sentence:all-MiniLM-L6-v2", "--texts", file, "--out", out, "--json", js)
+    assert result.exit_code == 0, result.output
+    report = json.loads(js.read_text())
+    assert report["texts"] == 60 and report["texts_covered"] == 1.0 and report["kept"] < 30522 // 4
+    back = prunekit.load(out)
+    assert back.encoder.get_input_embeddings().num_embeddings == report["kept"] == len(back.tokenizer)
+    assert torch.equal(back.embed(texts[:60]), minilm.embed(texts[:60]))
+    again = tmp_path / "again"  # a cut of the cut: the checkpoint's plans and the new one replay in order
+    file.write_text("\n".join(texts[:20]), encoding="utf-8")
+    assert _cli("vocab", out, "--texts", file, "--out", again, "--json", js).exit_code == 0
+    twice = prunekit.load(again)
+    assert len(twice.tokenizer) == json.loads(js.read_text())["kept"] < report["kept"]
+    assert torch.equal(twice.embed(texts[:20]), minilm.embed(texts[:20]))
+    st = tmp_path / "st"
+    result = _cli("save", again, "--format", "sentence", "--out", st)
+    assert result.exit_code == 0 and f"vocab_size={len(twice.tokenizer)}" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "message"),
+    [
+        ("sentence:all-MiniLM-L6-v2", (), "give the text the model will see"),
+        ("sentence:all-MiniLM-L6-v2", ("--texts", "{empty}"), "holds no text"),
+        ("sentence:all-MiniLM-L6-v2", ("--texts", "{missing}"), "cannot read --texts"),
+        ("sentence:all-MiniLM-L6-v2", ("--texts", "{text}", "--corpus", ","), "--corpus is empty"),
+        ("sentence:all-MiniLM-L6-v2", ("--texts", "{text}", "--min-count", "0"), "min_count must be"),
+        ("torchvision:resnet18", ("--texts", "{text}"), "carries no tokenizer"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, model, extra, message):
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    (tmp_path / "text.txt").write_text("A text.\n", encoding="utf-8")
+    paths = {"empty": tmp_path / "empty.txt", "missing": tmp_path / "no.txt", "text": tmp_path / "text.txt"}
+    out = tmp_path / "never"
+    result = _cli("vocab", model, *(a.format(**paths) for a in extra), "--out", out)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("error:") == 1 and not out.exists()

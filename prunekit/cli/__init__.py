@@ -8,6 +8,7 @@
     prunekit check torchvision:mobilenet_v2 --ratio 0.5 --json check.json
     prunekit report check.json --out check-report
     prunekit accelerate sparse-ckpt/ --out fast-ckpt/ --batch-sizes 1,8,32
+    prunekit vocab sentence:all-MiniLM-L6-v2 --texts texts.txt --words --out out/minilm-vocab
 
 One module per command (or family of commands); each registers itself on the shared ``app``.
 """
@@ -24,6 +25,7 @@ from prunekit.cli import (  # noqa: F401  (each registers its commands)
     sensitivity,
     sparsify,
     structured,
+    vocab,
     yolo,
 )
 from prunekit.cli._common import app

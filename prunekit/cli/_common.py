@@ -214,6 +214,19 @@ def checkpoint_dir(param: typer.CallbackParam, value: Path | None) -> Path | Non
     return value
 
 
+OutDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        metavar="DIR",
+        help="Checkpoint directory to write.",
+        file_okay=False,
+        show_default=False,
+        callback=checkpoint_dir,
+    ),
+]
+
+
 def refuse_file_suffix(flag: str, out: Path) -> None:
     """Raise ConfigError if a checkpoint directory ``out`` is named like a model file."""
     if out.suffix.lower() in MODEL_FILE_SUFFIXES and not out.is_dir():

@@ -14,9 +14,9 @@ from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
     ModelSource,
+    OutDirOpt,
     TrustCodeOpt,
     app,
-    checkpoint_dir,
     console,
     model_command,
     new_output,
@@ -25,18 +25,6 @@ from prunekit.cli._common import (
 )
 from prunekit.cli.report import ReportOpt, write_report
 from prunekit.errors import ConfigError, ExportError
-
-OutDirOpt = Annotated[
-    Path,
-    typer.Option(
-        "--out",
-        metavar="DIR",
-        help="Checkpoint directory to write.",
-        file_okay=False,
-        show_default=False,
-        callback=checkpoint_dir,
-    ),
-]
 
 
 @app.command()

@@ -57,7 +57,7 @@ from prunekit.structured.layer_stack import stack_of
 from prunekit.structured.layers import SkipBlock, skip_blocks
 from prunekit.structured.oracle import run_outputs
 
-#: the config fields a pruned model's widths live in (reported by :class:`SavedPretrained`)
+#: the config fields a pruned model's widths and vocabulary size live in (reported by SavedPretrained)
 WIDTH_FIELDS = (
     "hidden_size",
     "num_attention_heads",
@@ -65,6 +65,7 @@ WIDTH_FIELDS = (
     "head_dim",
     "intermediate_size",
     "num_hidden_layers",
+    "vocab_size",
 )
 #: the ``--format`` names: the family prefix whose stock tools load the directory
 FORMATS = ("hf", "sentence")
