@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,8 +11,8 @@ from torch import nn
 from prunekit.cli._common import (
     JsonOpt,
     ModelSource,
+    OutDirOpt,
     app,
-    checkpoint_dir,
     console,
     model_command,
     write_json,
@@ -28,16 +27,7 @@ from prunekit.recover.config import DistillConfig, TrainConfig
 def finetune(
     source: ModelSource,
     data: Annotated[str, typer.Option("--data", metavar="DATA", help=f"Training data: {DATA_HELP}.")],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            metavar="DIR",
-            help="Checkpoint directory to write.",
-            file_okay=False,
-            callback=checkpoint_dir,
-        ),
-    ],
+    out: OutDirOpt,
     val_data: Annotated[
         str | None,
         typer.Option(
