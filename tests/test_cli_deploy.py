@@ -48,6 +48,23 @@ def test_export_writes_verified_onnx_and_int8(tmp_path, digits):
     assert (tmp_path / "cnn.int8.onnx").stat().st_size * 3 < onnx_path.stat().st_size
 
 
+@pytest.mark.parametrize("calib", [False, True])
+def test_dynamic_int8_reports_its_error_on_the_example_or_on_calib(tmp_path, digits, calib):
+    onnx_path, js = tmp_path / "cnn.onnx", tmp_path / "e.json"
+    extra = ("--calib", digits / "calib.npy") if calib else ()
+    result = invoke(
+        "export", CNN, "--onnx", onnx_path, "--input-shape", SHAPE, "--json", js, "--int8", "dynamic", *extra
+    )
+    assert result.exit_code == 0, result.output
+    int8 = json.loads(js.read_text())["int8"]
+    assert int8["mode"] == "dynamic" and int8["calibration_batches"] == 0
+    assert 0 < int8["output_rel_err"] < 1 and 0 < int8["output_cosine"] <= 1
+    assert int8["compared_on"] == (
+        "--calib" if calib else "the example input (seeded random, the export's shape)"
+    )
+    assert f"on {int8['compared_on']}: relative error" in " ".join(result.output.split())
+
+
 def load_cli_cnn():
     from prunekit.demo.model import build_model
 
@@ -60,6 +77,7 @@ def load_cli_cnn():
         (("--int8", "static"), "--calib"),
         (("--int8", "fp4"), "dynamic or static"),
         (("--int8", "static", "--calib", "missing.npy"), "no calibration file"),
+        (("--calib", "calib.npy"), "--calib is only used with --int8"),
     ],
 )
 def test_export_bad_options_are_one_line_and_write_nothing(tmp_path, extra, message):

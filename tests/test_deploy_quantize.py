@@ -75,6 +75,14 @@ def test_dynamic_int8_needs_no_data(digits):
     assert res.op_counts["ConvInteger"] == 3 and res.op_counts["MatMulInteger"] == 2
     assert res.ratio >= 3.0
     assert onnx_accuracy(res.path, digits["test"]) >= digits["torch_acc"] - 0.02
+    compared = quantize_onnx(
+        digits["dir"] / "fp32.onnx",
+        digits["dir"] / "dynamic2.onnx",
+        mode="dynamic",
+        compare_on=calibration(digits["test"], 2),
+    )
+    assert compared.calibration_batches == 0 and 0 < compared.output_rel_err < 0.2
+    assert 0.98 < compared.output_cosine <= 1
 
     fc_only = quantize_onnx(
         digits["dir"] / "fp32.onnx", digits["dir"] / "fc.onnx", mode="dynamic", op_types=["MatMul", "Gemm"]

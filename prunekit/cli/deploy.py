@@ -69,7 +69,8 @@ def export(
         typer.Option(
             "--calib",
             metavar="FILE",
-            help="Calibration inputs for --int8 static: a .npy/.npz/.pt tensor of samples (first dim).",
+            help="Calibration inputs for --int8 static (and the inputs INT8 is compared with fp32 on): a "
+            ".npy/.npz/.pt tensor of samples (first dim); with --int8 dynamic only the comparison's.",
             dir_okay=False,
         ),
     ] = None,
@@ -82,8 +83,8 @@ def export(
         raise ConfigError(f"--int8 must be dynamic or static, got {int8!r}")
     if int8 == "static" and calib is None:
         raise ConfigError("--int8 static needs --calib FILE with representative inputs")
-    if calib is not None and int8 != "static":
-        raise ConfigError("--calib is only used with --int8 static")
+    if calib is not None and int8 is None:
+        raise ConfigError("--calib is only used with --int8 (static: calibration; dynamic: the comparison)")
     if (onnx is None) == (fmt is None and out is None):
         raise ConfigError("give --onnx FILE, or --format FORMAT with --out FILE")
     if fmt is not None or out is not None:
@@ -116,16 +117,19 @@ def export(
     )
     if int8 is not None:
         int8_path = onnx.with_suffix(".int8.onnx")
-        quantized = quantize_onnx(onnx, int8_path, mode=int8, calibration=batches)
-        data["int8"] = quantized.to_dict()
+        on = "--calib" if batches is not None else "the example input (seeded random, the export's shape)"
+        quantized = quantize_onnx(
+            onnx,
+            int8_path,
+            mode=int8,
+            calibration=batches if int8 == "static" else None,
+            compare_on=batches if batches is not None else [loaded.example],
+        )
+        data["int8"] = quantized.to_dict() | {"compared_on": on}
         console.print(
-            f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller)"
-            + (
-                f"; INT8 vs fp32 on the calibration data: relative error {quantized.output_rel_err:.3f}, "
-                f"cosine {quantized.output_cosine:.4f}"
-                if quantized.output_rel_err is not None
-                else ""
-            )
+            f"wrote {int8_path}: {quantized.bytes_after:,} bytes ({quantized.ratio:.2f}x smaller); INT8 vs "
+            f"fp32 on {on}: relative error {quantized.output_rel_err:.3f}, "
+            f"cosine {quantized.output_cosine:.4f}"
         )
     write_json(json_path, data | {"seed": source.seed})
 
@@ -147,6 +151,10 @@ def _export_runtime(
     from prunekit.progress import progress_bar
 
     runtime = runtime_for_format(fmt)
+    if calib is not None and int8 != "static":
+        raise ConfigError(
+            "--calib with --format is for --int8 static (the comparison is on MODEL's example input)"
+        )
     runtime.check_export_args(int8, calib)
     runtime.require()
     loaded = source.load()

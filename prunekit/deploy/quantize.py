@@ -18,9 +18,10 @@ with 7-bit ones; the same 8-bit model run through onnxruntime's reference (unfus
 the 8-bit error is the kernel's, not the quantization's (the dense CNN: 0.108 vs 0.009; random-weight
 MobileNetV2: 0.124 vs 0.050). With 7 bits the kernels and the reference agree on every model measured, at
 the cost of one bit where the kernels do not saturate (random-weight ResNet-18: 0.022 with 8 bits, 0.034 with
-7); ``bench/bench_int8_kernels.py`` reproduces the table. Static mode also measures what quantization
-cost: ``QuantizeResult.output_rel_err`` and ``output_cosine`` compare the INT8 model with its fp32 source, in
-onnxruntime on this machine, on the calibration batches.
+7); ``bench/bench_int8_kernels.py`` reproduces the table. Each call also measures what quantization cost:
+``QuantizeResult.output_rel_err`` and ``output_cosine`` compare the INT8 model with its fp32 source, in
+onnxruntime on this machine, on ``compare_on`` or else the calibration batches (dynamic mode has none, so
+without ``compare_on`` it reports no error).
 
 The input is first run through onnxruntime's ``quant_pre_process`` (shape inference + graph optimisation),
 which the quantizer recommends and which ``quantize_dynamic`` needs for files written by the torch.export
@@ -82,8 +83,8 @@ class QuantizeResult(JsonData):
 
     ``output_rel_err`` (``||int8 - fp32|| / ||fp32||``, the largest over the model's outputs) and
     ``output_cosine`` (the smallest cosine similarity over the outputs) compare the INT8 model with its fp32
-    source on the calibration batches, both run in onnxruntime on this machine; None in dynamic mode, which
-    has no data.
+    source on the comparison batches (``compare_on``, else the calibration batches), both run in onnxruntime
+    on this machine; None when there were none (dynamic mode without ``compare_on``).
     """
 
     path: str
@@ -176,6 +177,7 @@ def quantize_onnx(
     calibrate_method: str = "minmax",
     op_types: Sequence[str] | None = None,
     reduce_range: bool = True,
+    compare_on: Iterable | None = None,
 ) -> QuantizeResult:
     """Write an INT8 copy of ``onnx_path`` to ``out_path`` and report how much smaller it is.
 
@@ -187,8 +189,9 @@ def quantize_onnx(
     can quantize). ``reduce_range`` quantizes weights with 7 bits, which keeps onnxruntime's integer kernels
     from saturating on x86 CPUs without VNNI (see the module docstring); ``False`` gives 8-bit weights, for
     CPUs with VNNI or other runtimes. The output is written atomically and loaded once in onnxruntime
-    before the call returns; in static mode it is run on the calibration batches and compared with the
-    source (``output_rel_err``, ``output_cosine``).
+    before the call returns, then run and compared with the source (``output_rel_err``,
+    ``output_cosine``) on ``compare_on`` (input batches given like ``calibration``), by default on the
+    calibration batches; a dynamic quantization without ``compare_on`` reports no error (None).
 
     >>> import torch
     >>> calib = [torch.randn(8, 256) for _ in range(4)]
@@ -221,7 +224,8 @@ def quantize_onnx(
             bar.update(total=len(feeds) + 2, completed=1)  # prepare, each calibration batch, check
             _quantize(src, prepared, quantized, mode, feeds, calibrate_method, settings, bar)
             session = onnx_session(quantized)  # raises ExportError if onnxruntime cannot load the result
-            rel_err, cosine = _fidelity(onnx_session(src), session, feeds) if feeds else (None, None)
+            compared = _calibration_feeds(_input_names(src), compare_on) if compare_on is not None else feeds
+            rel_err, cosine = _fidelity(onnx_session(src), session, compared) if compared else (None, None)
             bar.update(completed=len(feeds) + 2)
         graph = onnx.load(str(quantized)).graph
         os.replace(quantized, out)
