@@ -178,3 +178,35 @@ def test_bench_report_has_the_timed_rows_and_a_speedup_chart(files, tmp_path):
     table = md.split("## Latency (bench)")[1].split("## ")[0]
     assert sum(line.startswith("| torch |") for line in table.splitlines()) == len(rows) == 4
     assert f"{rows[0]['median_ms']:.3f}" in table and f"{rows[0]['speedup']:.2f}x" in table
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_rows_sit_beside_each_models_fp32_rows_against_the_fp32_reference(tmp_path, files, mode):
+    pytest.importorskip("onnxruntime", reason="bench --runtime onnxruntime needs onnxruntime")
+    import numpy as np
+
+    js, calib = tmp_path / "b.json", tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32))
+    extra = ("--calib", calib) if mode == "static" else ()
+    args = ("bench", files / "pruned", "--vs", CNN, "--runtime", "onnxruntime", "--int8", mode, *extra)
+    result = invoke(*args, *QUICK, "--trust-code", "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    check_speedups(data, CNN)
+    pruned = str(files / "pruned")
+    by_model = {(r["model"], r["int8"]) for r in data["rows"]}
+    assert by_model == {(CNN, None), (f"{CNN} int8", mode), (pruned, None), (f"{pruned} int8", mode)}
+    assert all(r["agreement"]["criterion"] == ("int8" if r["int8"] else "fp32") for r in data["rows"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--int8", "dynamic"), "--int8 times runtime INT8 models: give --runtime too"),
+        (("--runtime", "onnxruntime", "--int8", "fp4"), "--int8 must be dynamic or static"),
+        (("--runtime", "onnxruntime", "--int8", "static"), "--int8 static needs --calib FILE"),
+        (("--runtime", "onnxruntime", "--calib", "c.npy"), "--calib is for --int8 static"),
+    ],
+)
+def test_bad_int8_options_are_one_line(extra, message):
+    assert message in error_line(invoke("bench", CNN, "--input-shape", SHAPE, *extra))

@@ -351,6 +351,23 @@ def bench(
             help="Comma-separated runtimes (onnxruntime, openvino, litert, ncnn): time each model there.",
         ),
     ] = None,
+    int8: Annotated[
+        str | None,
+        typer.Option(
+            "--int8",
+            help="With --runtime: also time each model's INT8 form (dynamic, or static with --calib), its "
+            "speedup against the fp32 reference.",
+        ),
+    ] = None,
+    calib: Annotated[
+        Path | None,
+        typer.Option(
+            "--calib",
+            metavar="FILE",
+            help="Calibration inputs for --int8 static: a .npy/.npz/.pt tensor of samples (first dim).",
+            dir_okay=False,
+        ),
+    ] = None,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -369,7 +386,8 @@ def bench(
     dimension replaced. Speedup = the reference's median ms / the row's, in the same run and setting; the
     reference is the first --vs model (the dense one: it reads 1.00x, a faster pruned MODEL above 1x), or
     MODEL alone. A row whose p90 is over 1.5x its median is marked noisy (--json "noisy") and named in a
-    warning: its median is not to be trusted; use more --runs or an idle machine.
+    warning: its median is not to be trusted; use more --runs or an idle machine. With --runtime and --int8
+    each model's INT8 form gets its own row ("MODEL int8"), timed against the same fp32 reference.
     """
     import torch
 
@@ -381,6 +399,7 @@ def bench(
     specs = [source.spec, *(vs or [])]
     arches = _bench_arches(specs, arch, vs_arch, source.trust_pickle)
     names = _runtime_names(runtime)
+    _bench_int8_options(names, int8, calib)
     models = [
         _bench_model(index, replace(source, spec=spec, arch=side_arch), vs_arch is not None)
         for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True))
@@ -392,6 +411,7 @@ def bench(
     reference = labels[1 if len(labels) > 1 else 0]
     result = {"reference": reference, "input_shape": list(example.shape[1:]), "seed": source.seed}
     if names:
+        calibration = _calibration_batches(calib, example) if calib is not None else None
         rows = _bench_runtimes(
             names,
             dict(zip(labels, [m.model for m in models], strict=True)),
@@ -401,6 +421,8 @@ def bench(
             thread_counts,
             runs,
             warmup,
+            int8=int8,
+            calibration=calibration,
         )
         write_json(json_path, {"rows": rows} | result)
         write_report(report_dir, {"rows": rows} | result)
@@ -531,6 +553,28 @@ def _noisy_warning(rows: list[dict]) -> None:
     )
 
 
+def _bench_int8_options(names: list[str], int8: str | None, calib: Path | None) -> None:
+    """Refuse --int8 / --calib that cannot apply (no --runtime, an unknown mode, static without --calib, a
+    runtime without that mode) before any model is loaded."""
+    from prunekit.deploy.runtimes import get_runtime
+
+    if int8 is None:
+        if calib is not None:
+            raise ConfigError("--calib is for --int8 static")
+        return
+    if not names:
+        raise ConfigError("--int8 times runtime INT8 models: give --runtime too")
+    if int8 not in ("dynamic", "static"):
+        raise ConfigError(f"--int8 must be dynamic or static, got {int8!r}")
+    if (int8 == "static") != (calib is not None):
+        raise ConfigError("--int8 static needs --calib FILE; --calib is for --int8 static only")
+    for name in names:
+        runtime = get_runtime(name)
+        if int8 not in runtime.int8_modes:
+            offered = ", ".join(runtime.int8_modes) or "none"
+            raise ConfigError(f"runtime {name} has no {int8} INT8 (offered: {offered})")
+
+
 def _runtime_names(value: str | None) -> list[str]:
     """The runtimes of ``--runtime``, each known and installed (else one error line naming the extra)."""
     from prunekit.deploy.runtimes import get_runtime
@@ -550,9 +594,12 @@ def _bench_runtimes(
     thread_counts: tuple[int, ...],
     runs: int,
     warmup: int,
+    *,
+    int8: str | None = None,
+    calibration: list[Any] | None = None,
 ) -> list[dict]:
-    """``bench --runtime``: one table, every runtime x model x batch x threads, speedup vs ``reference``;
-    the rows."""
+    """``bench --runtime``: one table, every runtime x model (x INT8 form) x batch x threads, speedup vs
+    ``reference``; the rows."""
     import tempfile
 
     from prunekit.deploy.runtimes.bench import bench_runtime
@@ -575,6 +622,8 @@ def _bench_runtimes(
                     threads=thread_counts,
                     runs=runs,
                     warmup=warmup,
+                    int8=int8,
+                    calibration=calibration,
                 )
                 bar.advance()
     table = Table(title=f"prunekit bench --runtime (median of timed runs; speedup = {reference} ms / ms)")

@@ -3,7 +3,10 @@
 Shared by ``prunekit bench --runtime`` and ``bench/bench_edge.py``. Every row carries the runtime, the
 model's label, batch size, threads, median/p90 ms, the speedup against the reference model (its
 ``median_ms`` over this row's, so the reference reads 1.00), ``noisy`` (p90 over 1.5x the median:
-:func:`prunekit.measure.latency.is_noisy`) and the agreement with PyTorch.
+:func:`prunekit.measure.latency.is_noisy`), the agreement with PyTorch and ``int8`` (the INT8 mode, or
+None). With ``int8`` every model is also exported as an INT8 model (label ``"<label> int8"``), timed beside
+its fp32 form; its speedup is still against the fp32 reference, so the dense model's INT8 row reads what
+quantizing alone buys.
 
 >>> import tempfile, torch
 >>> models = {"dense": torch.nn.Linear(8, 8), "pruned": torch.nn.Linear(8, 2)}
@@ -40,27 +43,36 @@ def bench_runtime(
     runs: int = 30,
     warmup: int = 5,
     opset: int | None = None,
+    int8: str | None = None,
+    calibration: Sequence[ExampleInputs] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for every model x thread count on ``runtime``; files are written under ``workdir``."""
+    """Rows for every model (and with ``int8``, its INT8 form) x thread count on ``runtime``; files are
+    written under ``workdir``. ``calibration``: the input batches of ``int8="static"``."""
     if reference not in models:
         raise ConfigError(f"reference {reference!r} is not one of the models {list(models)}")
     rt = get_runtime(runtime)
+    if int8 is not None:
+        rt.check_export_args(int8, calibration)
     rt.require()
     inputs = arrays(example_inputs)
     rows = []
-    for index, (label, model) in enumerate(models.items()):
+    modes = (None,) if int8 is None else (None, int8)
+    forms = [(label, model, mode) for label, model in models.items() for mode in modes]
+    for index, (label, model, mode) in enumerate(forms):
         out = Path(workdir) / f"{runtime}-{index}{rt.suffix}"
-        artifact = rt.export(model, example_inputs, out, opset=opset)
+        calib = calibration if mode == "static" else None
+        artifact = rt.export(model, example_inputs, out, opset=opset, int8=mode, calibration=calib)
         with eval_mode(model), torch.no_grad():
             want = flatten_tensors(call_model(model, example_inputs))
         for count in threads:
             session = rt.load(artifact, threads=count)
-            agreement = compare(want, session.run(inputs), tolerance=rt.tolerance)
+            agreement = compare(want, session.run(inputs), int8=mode is not None, tolerance=rt.tolerance)
             stats = time_session(session, inputs, warmup=warmup, runs=runs, threads=count)
             rows.append(
                 {
                     "runtime": runtime,
-                    "model": label,
+                    "model": label if mode is None else f"{label} int8",
+                    "int8": mode,
                     "batch_size": stats.batch_size,
                     "threads": count,
                     "median_ms": stats.median_ms,
