@@ -26,6 +26,17 @@ from prunekit.cli._common import (
 from prunekit.cli.report import ReportOpt, write_report
 from prunekit.errors import ConfigError, ExportError
 
+CalibFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calib",
+        metavar="FILE",
+        help="Representative inputs, a .npy/.npz/.pt tensor of samples (first dim): --int8 static calibrates "
+        "on them; export compares INT8 with fp32 on them (with --int8 dynamic too).",
+        dir_okay=False,
+    ),
+]
+
 
 @app.command()
 @model_command
@@ -64,16 +75,7 @@ def export(
         str | None,
         typer.Option("--int8", help="INT8 model too: dynamic, or static (needs --calib)."),
     ] = None,
-    calib: Annotated[
-        Path | None,
-        typer.Option(
-            "--calib",
-            metavar="FILE",
-            help="Calibration inputs for --int8 static (and the inputs INT8 is compared with fp32 on): a "
-            ".npy/.npz/.pt tensor of samples (first dim); with --int8 dynamic only the comparison's.",
-            dir_okay=False,
-        ),
-    ] = None,
+    calib: CalibFileOpt = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime comparison.")] = False,
     static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch dimension.")] = False,
     json_path: JsonOpt = None,
@@ -359,15 +361,7 @@ def bench(
             "speedup against the fp32 reference.",
         ),
     ] = None,
-    calib: Annotated[
-        Path | None,
-        typer.Option(
-            "--calib",
-            metavar="FILE",
-            help="Calibration inputs for --int8 static: a .npy/.npz/.pt tensor of samples (first dim).",
-            dir_okay=False,
-        ),
-    ] = None,
+    calib: CalibFileOpt = None,
     arch: Annotated[
         str | None,
         typer.Option(
