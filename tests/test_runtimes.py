@@ -124,7 +124,9 @@ def test_onnxruntime_roundtrip_with_an_old_opset_and_int8(tmp_path):
 )
 def test_edge_runtime_roundtrip_matches_pytorch(tmp_path, name, module):
     pytest.importorskip(module, reason=f'pip install "prunekit[{get_runtime(name).extra}]"')
-    agreements = list(_roundtrip(name, tmp_path))
+    folder = tmp_path / "a,b c"  # a comma and a space in the path: converters that split strings on them
+    folder.mkdir()
+    agreements = list(_roundtrip(name, folder))
     assert all(a.ok for a in agreements), [a.to_dict() for a in agreements]
 
 

@@ -61,7 +61,9 @@ class OpenVINO(Runtime):
 
         onnx_file, details = write_onnx(model, example_inputs, tmp / "work", "model.onnx", opset)
         try:
-            converted = ov.convert_model(str(onnx_file))
+            # read_model, not convert_model: convert_model takes a path string with a comma for a list of
+            # model files, so an output named "a,b.xml" (or in a folder with a comma) would not convert
+            converted = ov.Core().read_model(str(onnx_file))
             if int8 is not None:
                 converted = _nncf_quantize(converted, calibration or [])
             ov.save_model(converted, str(tmp / path.name), compress_to_fp16=False)
