@@ -650,7 +650,7 @@ def markdown(cache: dict, previous: dict | None = None, packages: dict | None = 
                       "which trail the held-out ones")  # fmt: skip
         lines.append(f"- Goal at {r['target']}x, {r['steps']} steps{_pair_text(r)} (≥ {g} mean cos and "
                      "Spearman" + (", params ≤ 0.6" if r["target"] >= 2 else "")
-                     + f"): {state}.")  # fmt: skip
+                     + f", measured speedup ≥ {r['target']}x): {state}.")  # fmt: skip
     for t in sorted({r["target"] for r in rows}):
         runs = [r for r in rows if r["target"] == t and not r.get("scratch") and not r.get("pair_weight")
                 and not r.get("vocab")]  # fmt: skip
