@@ -1,7 +1,10 @@
 """``prunekit vocab``: cut a sentence model's vocabulary to the tokens its texts use.
 
-prunekit vocab sentence:all-MiniLM-L6-v2 --texts my_texts.txt --words --out out/minilm-vocab
-prunekit save out/minilm-vocab --format sentence --out out/minilm-st
+    prunekit vocab sentence:all-MiniLM-L6-v2 --texts my_texts.txt --words --out out/minilm-vocab
+    prunekit save out/minilm-vocab --format sentence --out out/minilm-st
+
+The first keeps the tokens of ``my_texts.txt`` and of WordNet's words (a prunekit checkpoint); the second
+writes that checkpoint as a directory stock ``SentenceTransformer`` loads.
 """
 
 from __future__ import annotations
