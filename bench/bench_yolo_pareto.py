@@ -1,7 +1,8 @@
 """The Pareto of pruned detectors against training the smaller model from scratch, on the offline scenes set
 (:func:`prunekit.models.yolo_scenes.make_scenes_dataset`).
 
-Rows, each trained with ultralytics' own trainer (``workers=0``, CPU, ``plots=False``, everything offline):
+Rows, each trained with ultralytics' own trainer (``workers=0``, on ``--device``: the CPU unless a GPU is
+named, ``plots=False``, everything offline):
 
 - **dense**: YOLOv8n, YOLOv8s, YOLO11n, YOLO11s (``--quick``: YOLO11n and YOLOv8n), random init, ``E`` epochs;
 - **pruned**: YOLO11n to 1/1.5 and 1/2 of its MACs, YOLOv8s to YOLOv8n's MACs, from the dense checkpoint,
@@ -30,6 +31,7 @@ Checkpoints and ultralytics' runs go under ``--work`` (default ``runs/yolo_paret
 writes its own section of docs/RESULTS.md: ``yolo-pareto``, ``yolo-pareto-quick``, ``yolo-pareto-medium``.
 
     .venv/bin/python bench/bench_yolo_pareto.py --quick|--medium [--no-write] [--threads 2] [--only dense]
+        [--device 0]   # train and validate on a GPU
 """
 
 from __future__ import annotations
@@ -96,9 +98,9 @@ QUICK = Budget(n_train=256, n_val=64, imgsz=128, dense_epochs=10, recovery_epoch
                warmup_epochs=0.0, optimizer="AdamW", lr0=0.002)  # fmt: skip
 
 
-def _train_args(budget: Budget, project: Path) -> dict[str, Any]:
+def _train_args(budget: Budget, project: Path, device: str = "cpu") -> dict[str, Any]:
     return dict(
-        imgsz=budget.imgsz, batch=budget.batch, workers=0, device="cpu", plots=False, verbose=False,
+        imgsz=budget.imgsz, batch=budget.batch, workers=0, device=device, plots=False, verbose=False,
         seed=budget.seed, deterministic=True, project=str(project.resolve()), exist_ok=True,
         warmup_epochs=budget.warmup_epochs, amp=False, optimizer=budget.optimizer, lr0=budget.lr0,
     )  # fmt: skip
@@ -113,8 +115,11 @@ def _decoded(detector: torch.nn.Module) -> torch.nn.Module:
     return FirstOutput(detector).eval()
 
 
-def measure(ckpt: Path, data: Path, budget: Budget, project: Path, name: str) -> dict[str, Any]:
-    """params, MACs, mAP50-95 / mAP50 (ultralytics' validator) and onnxruntime ms of the checkpoint."""
+def measure(
+    ckpt: Path, data: Path, budget: Budget, project: Path, name: str, device: str = "cpu"
+) -> dict[str, Any]:
+    """params, MACs, mAP50-95 / mAP50 (ultralytics' validator on ``device``) and onnxruntime ms (CPU) of the
+    checkpoint."""
     from ultralytics import YOLO
 
     from prunekit.deploy.runtimes.measure import runtime_latency
@@ -125,7 +130,7 @@ def measure(ckpt: Path, data: Path, budget: Budget, project: Path, name: str) ->
     x = example_inputs(detector, budget.imgsz)
     stats = {"params": count_params(detector).total, "macs": count_macs(detector, x)}
     metrics = YOLO(str(ckpt)).val(
-        data=str(data), imgsz=budget.imgsz, batch=budget.batch, device="cpu", workers=0, plots=False,
+        data=str(data), imgsz=budget.imgsz, batch=budget.batch, device=device, workers=0, plots=False,
         verbose=False, project=str(project.resolve()), name=f"val_{name}", exist_ok=True,
     )  # fmt: skip
     stats["map50_95"], stats["map50"] = float(metrics.box.map), float(metrics.box.map50)
@@ -225,10 +230,10 @@ def ratio_for(cfg: str, keep: float, trainable: bool, steps: int = 7) -> float:
 class Bench:
     """Rows run in order, each recorded in ``results`` (JSON, atomically rewritten) as it finishes."""
 
-    def __init__(self, budget: Budget, work: Path, results: Path, mode: str) -> None:
+    def __init__(self, budget: Budget, work: Path, results: Path, mode: str, device: str = "cpu") -> None:
         from prunekit.models.yolo_scenes import make_scenes_dataset
 
-        self.budget, self.work, self.results, self.mode = budget, work, results, mode
+        self.budget, self.work, self.results, self.mode, self.device = budget, work, results, mode, device
         work.mkdir(parents=True, exist_ok=True)
         self.data = make_scenes_dataset(work / "scenes", n_train=budget.n_train, n_val=budget.n_val,
                                         imgsz=max(64, budget.imgsz), seed=budget.seed)  # fmt: skip
@@ -266,14 +271,15 @@ class Bench:
             yolo = finetune_yolo(str(last), data=str(self.data), resume=True, workers=0, val=False)
         else:
             yolo = finetune_yolo(str(init), data=str(self.data), epochs=epochs, name=name, val=False,
-                                 **_train_args(self.budget, self.work / "train"))  # fmt: skip
+                                 **_train_args(self.budget, self.work / "train", self.device))  # fmt: skip
         seconds = (time.perf_counter() - t0) * epochs / (epochs - done)
         best = Path(yolo.trainer.best)
         return (best if best.is_file() else Path(yolo.trainer.last)), seconds
 
     def _row(self, key: str, ckpt: Path, base: dict, train_s: float) -> dict:
-        stats = measure(ckpt, self.data, self.budget, self.work / "val", key)
-        row = {"key": key, **base, **stats, "seed": self.budget.seed, "train_s": round(train_s, 1)}
+        stats = measure(ckpt, self.data, self.budget, self.work / "val", key, self.device)
+        row = {"key": key, **base, **stats, "seed": self.budget.seed, "train_s": round(train_s, 1),
+               "device": self.device}  # fmt: skip
         row["checkpoint"] = str(ckpt)
         return self._record({k: row[k] for k in ("key", *FIELDS, *sorted(set(row) - set(FIELDS) - {"key"}))})
 
@@ -319,7 +325,8 @@ class Bench:
             "sparsity_epochs": first, "gradual_epochs": first,
             "finetune_epochs": r if method == "oneshot" else r - first,
             "project": str((self.work / "train" / key).resolve()),
-            "train": {k: v for k, v in _train_args(self.budget, self.work).items() if k in SHARED},
+            "train": {k: v for k, v in _train_args(self.budget, self.work, self.device).items()
+                      if k in SHARED},
         }  # fmt: skip
         if method == "sparsity":
             spec["sparsity"] = {"strength": 1e-4, "penalty": "group_lasso", "warmup": 0.1, "decay": 0.0}
@@ -452,7 +459,8 @@ def section(rows: list[dict], budget: Budget, mode: str, threads: int, minutes: 
         f"recovery epochs from the dense checkpoint, scratch rows the pruned widths from random init for "
         f"{budget.dense_epochs + budget.recovery_epochs} epochs; batch {budget.batch}, optimizer "
         f"{budget.optimizer}{f' lr0 {budget.lr0}' if budget.optimizer != 'auto' else ''}, warm-up "
-        f"{budget.warmup_epochs:g} epochs, ultralytics' default augmentation, CPU. mAP from ultralytics' "
+        f"{budget.warmup_epochs:g} epochs, ultralytics' default augmentation, trained on "
+        f"{', '.join(sorted({str(r.get('device', 'cpu')) for r in rows}))}. mAP from ultralytics' "
         "validator on the val split (%); MACs at the bench image size; ORT ms: onnxruntime, batch 1, "
         "1 thread, median. *train min*: this row's own "
         f"training (pruned rows: recovery only); all rows together {minutes:.0f} min of training.",
@@ -487,6 +495,11 @@ def main() -> None:
         "--json", default=None, help="the per-row record, a resumable cache (default: by mode, see above)"
     )
     ap.add_argument("--only", choices=("dense",), default=None, help="stop after the dense rows")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="where ultralytics trains and validates (cpu, or a GPU such as 0); ORT latency stays on the CPU",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "medium" if args.medium else "full"
@@ -494,7 +507,7 @@ def main() -> None:
     work = Path(args.work) if args.work else ROOT / "runs" / "yolo_pareto" / mode
     suffix = "" if mode == "full" else f"_{mode}"
     records = Path(args.json) if args.json else RESULTS_DIR / f"yolo_pareto{suffix}.json"
-    bench = Bench(budget, work, records, mode)
+    bench = Bench(budget, work, records, mode, args.device)
     rows = bench.run(args.only)
     text = section(rows, budget, mode, args.threads, sum(r["train_s"] for r in rows) / 60)
     finish("yolo-pareto" + suffix.replace("_", "-"), text, args)
