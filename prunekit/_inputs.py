@@ -41,6 +41,46 @@ def batch_size_of(example_inputs: ExampleInputs) -> int:
     return 1
 
 
+def with_batch_size(example_inputs: ExampleInputs, batch: int) -> ExampleInputs:
+    """``example_inputs`` with every batched tensor's first sample repeated ``batch`` times (a tensor, or the
+    tensors of a tuple / list / mapping, whose first dimension is :func:`batch_size_of`'s); anything else is
+    kept as it is.
+
+    >>> with_batch_size({"ids": torch.zeros(1, 5, dtype=torch.long), "flag": True}, 3)["ids"].shape
+    torch.Size([3, 5])
+    """
+    size = batch_size_of(example_inputs)
+
+    def one(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
+            return value[:1].expand(batch, *value.shape[1:]).contiguous()
+        return value
+
+    if isinstance(example_inputs, Mapping):
+        return {k: one(v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(one(v) for v in example_inputs)
+    return one(example_inputs)
+
+
+def input_shapes(example_inputs: ExampleInputs) -> Any:
+    """The shape after the batch dimension of each tensor in ``example_inputs``: a list for a tensor, a dict
+    (mapping) or list (tuple / list) of them otherwise, None for a non-tensor value.
+
+    >>> input_shapes({"ids": torch.zeros(2, 7), "mask": torch.ones(2, 7)})
+    {'ids': [7], 'mask': [7]}
+    """
+
+    def one(value: Any) -> list[int] | None:
+        return list(value.shape[1:]) if isinstance(value, torch.Tensor) else None
+
+    if isinstance(example_inputs, Mapping):
+        return {k: one(v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return [one(v) for v in example_inputs]
+    return one(example_inputs)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Context manager: ``model.eval()`` inside, each module's previous ``training`` flag restored on exit.

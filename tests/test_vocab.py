@@ -199,3 +199,20 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, model, ex
     result = _cli("vocab", model, *(a.format(**paths) for a in extra), "--out", out)
     assert result.exit_code == 2 and message in result.output, result.output
     assert result.output.count("error:") == 1 and not out.exists()
+
+
+def test_a_sentence_checkpoint_benches_against_the_dense_model_from_the_shell(texts, tmp_path):
+    pytest.importorskip("onnxruntime")
+    file = tmp_path / "texts.txt"
+    file.write_text("\n".join(texts[:40]), encoding="utf-8")
+    out, js = tmp_path / "cut", tmp_path / "bench.json"
+    assert _cli("vocab", "sentence:all-MiniLM-L6-v2", "--texts", file, "--out", out).exit_code == 0
+    quick = ("--runs", "2", "--warmup", "1", "--batch-sizes", "1,2")
+    args = ("bench", out, "--vs", "sentence:all-MiniLM-L6-v2", *quick, "--runtime", "onnxruntime")
+    result = _cli(*args, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["input_shape"] == {"input_ids": [8], "attention_mask": [8]}
+    models = [str(out), "sentence:all-MiniLM-L6-v2"]
+    assert {(r["model"], r["batch_size"]) for r in data["rows"]} == {(m, b) for m in models for b in (1, 2)}
+    assert all(r["agree"] for r in data["rows"])

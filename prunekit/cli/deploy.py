@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from prunekit._inputs import flatten_tensors
+from prunekit._inputs import batch_size_of, flatten_tensors, input_shapes, with_batch_size
 from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
@@ -383,7 +383,6 @@ def bench(
     warning: its median is not to be trusted; use more --runs or an idle machine. With --runtime and --int8
     each model's INT8 form gets its own row ("MODEL int8"), timed against the same fp32 reference.
     """
-    import torch
 
     from prunekit.models.spec import parse_input_shape
     from prunekit.progress import progress_bar
@@ -399,11 +398,9 @@ def bench(
         for index, (spec, side_arch) in enumerate(zip(specs, arches, strict=True))
     ]
     example = models[0].example
-    if not isinstance(example, torch.Tensor):
-        raise ConfigError("bench times models that take one tensor; use prunekit.measure_latency for others")
     labels = _bench_labels(specs)
     reference = labels[1 if len(labels) > 1 else 0]
-    result = {"reference": reference, "input_shape": list(example.shape[1:]), "seed": source.seed}
+    result = {"reference": reference, "input_shape": input_shapes(example), "seed": source.seed}
     if names:
         calibration = _calibration_batches(calib, example) if calib is not None else None
         rows = _bench_runtimes(
@@ -424,7 +421,7 @@ def bench(
     rows = []
     with progress_bar("bench", len(sizes) * len(thread_counts) * len(models)) as bar:
         for batch in sizes:
-            x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+            x = with_batch_size(example, batch)
             for count in thread_counts:
                 rows += _bench_setting(labels, models, reference, x, count, runs, warmup, bar)
     write_json(json_path, {"rows": rows} | result)
@@ -465,12 +462,12 @@ def _bench_setting(
         setting.append(
             {
                 "model": label,
-                "batch_size": int(x.shape[0]),
+                "batch_size": batch_size_of(x),
                 "threads": threads,
                 "median_ms": stats.median_ms,
                 "p90_ms": stats.p90_ms,
                 "noisy": stats.noisy,
-                "throughput_per_s": 1000.0 * x.shape[0] / stats.median_ms,
+                "throughput_per_s": 1000.0 * batch_size_of(x) / stats.median_ms,
             }
         )
         bar.advance()
@@ -606,7 +603,7 @@ def _bench_runtimes(
     ):
         for name in names:
             for batch in sizes:
-                x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+                x = with_batch_size(example, batch)
                 rows += bench_runtime(
                     name,
                     models,
