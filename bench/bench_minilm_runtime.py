@@ -79,7 +79,8 @@ def load_form(form: str, model: torch.nn.Module, x: dict, folder: Path, name: st
     session = rt.load(artifact, threads=1)
     with torch.no_grad():
         want = [model(**x)]
-    return Form(model, session, compare(want, session.run(arrays(x)), int8=int8 is not None).to_dict())
+    agree = compare(want, session.run(arrays(x)), int8=int8 is not None, tolerance=rt.tolerance)
+    return Form(model, session, agree.to_dict())
 
 
 def race(dense: Form, model: Form, x: dict) -> dict:
