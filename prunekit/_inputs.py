@@ -41,26 +41,26 @@ def batch_size_of(example_inputs: ExampleInputs) -> int:
     return 1
 
 
-def with_batch_size(example_inputs: ExampleInputs, batch: int) -> ExampleInputs:
-    """``example_inputs`` with every batched tensor's first sample repeated ``batch`` times (a tensor, or the
-    tensors of a tuple / list / mapping, whose first dimension is :func:`batch_size_of`'s); anything else is
-    kept as it is.
+def at_batch(example_inputs: ExampleInputs, size: int) -> ExampleInputs:
+    """``example_inputs`` with every batched tensor's dim 0 resized to ``size`` (its rows repeated in turn, or
+    cut): a tensor, or the tensors of a tuple / list / mapping whose first dimension is
+    :func:`batch_size_of`'s; anything else is kept as it is.
 
-    >>> with_batch_size({"ids": torch.zeros(1, 5, dtype=torch.long), "flag": True}, 3)["ids"].shape
-    torch.Size([3, 5])
+    >>> at_batch({"x": torch.arange(2.0)[:, None], "scale": 2.0}, 3)["x"].flatten().tolist()
+    [0.0, 1.0, 0.0]
     """
-    size = batch_size_of(example_inputs)
+    batch = batch_size_of(example_inputs)
 
-    def one(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
-            return value[:1].expand(batch, *value.shape[1:]).contiguous()
+    def resize(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
+            return value[torch.arange(size, device=value.device) % batch]
         return value
 
     if isinstance(example_inputs, Mapping):
-        return {k: one(v) for k, v in example_inputs.items()}
+        return {key: resize(value) for key, value in example_inputs.items()}
     if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(one(v) for v in example_inputs)
-    return one(example_inputs)
+        return type(example_inputs)(resize(value) for value in example_inputs)
+    return resize(example_inputs)
 
 
 def input_shapes(example_inputs: ExampleInputs) -> Any:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from prunekit._inputs import batch_size_of, flatten_tensors, input_shapes, with_batch_size
+from prunekit._inputs import at_batch, batch_size_of, flatten_tensors, input_shapes
 from prunekit.cli._common import (
     InputShapeOpt,
     JsonOpt,
@@ -421,7 +421,7 @@ def bench(
     rows = []
     with progress_bar("bench", len(sizes) * len(thread_counts) * len(models)) as bar:
         for batch in sizes:
-            x = with_batch_size(example, batch)
+            x = at_batch(example, batch)
             for count in thread_counts:
                 rows += _bench_setting(labels, models, reference, x, count, runs, warmup, bar)
     write_json(json_path, {"rows": rows} | result)
@@ -603,7 +603,7 @@ def _bench_runtimes(
     ):
         for name in names:
             for batch in sizes:
-                x = with_batch_size(example, batch)
+                x = at_batch(example, batch)
                 rows += bench_runtime(
                     name,
                     models,

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunekit._inputs import ExampleInputs, batch_size_of, call_model, eval_mode
+from prunekit._inputs import ExampleInputs, at_batch, batch_size_of, call_model, eval_mode
 from prunekit._jsondata import JsonData
 from prunekit.errors import ApplyError, ConfigError
 from prunekit.measure.latency import check_timing_args
@@ -382,26 +382,6 @@ def _check_batch_sizes(batch_sizes: Sequence[int] | None) -> tuple[int, ...]:
     if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
         raise ConfigError(f"batch_sizes must be a non-empty list of ints >= 1, got {batch_sizes!r}")
     return tuple(sorted(set(sizes)))
-
-
-def at_batch(example_inputs: ExampleInputs, size: int) -> ExampleInputs:
-    """``example_inputs`` with every tensor's dim 0 resized to ``size`` (its rows repeated in turn, or cut).
-
-    >>> at_batch({"x": torch.arange(2.0)[:, None], "scale": 2.0}, 3)["x"].flatten().tolist()
-    [0.0, 1.0, 0.0]
-    """
-    batch = batch_size_of(example_inputs)
-
-    def resize(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch:
-            return value[torch.arange(size, device=value.device) % batch]
-        return value
-
-    if isinstance(example_inputs, Mapping):
-        return {key: resize(value) for key, value in example_inputs.items()}
-    if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(resize(value) for value in example_inputs)
-    return resize(example_inputs)
 
 
 def _decide_layer(
