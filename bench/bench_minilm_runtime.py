@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import common_args, finish, machine_line, markdown_table
-from bench_minilm_compress import CACHE, _calib, _latency, build
+from bench_minilm_compress import CACHE, _calib, _latency, build, params
 
 from prunekit._atomic import write_text
 from prunekit.deploy.runtimes import arrays, compare, get_runtime, time_session
@@ -106,10 +106,6 @@ def int8_fidelity(model: torch.nn.Module, sents: list[str], folder: Path, name: 
     return fidelity(model.embed(sents), torch.from_numpy(np.concatenate(out))).to_dict()
 
 
-def _params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def run(quick: bool) -> dict:
     torch.set_num_threads(1)
     sents = [s.strip() for s in SENTENCES.read_text().splitlines() if s.strip()]
@@ -135,7 +131,7 @@ def run(quick: bool) -> dict:
         for name, targets in picked_shapes(quick).items():
             heads, ffn, layers = (int(v) for v in name.split(","))
             student = build(dense, x, calib, heads, ffn, layers, args)[0].eval()
-            rows[name] = {"targets": targets, "params_ratio": _params(student) / _params(dense),
+            rows[name] = {"targets": targets, "params_ratio": params(student) / params(dense),
                           "int8_fidelity": int8_fidelity(student, sents, folder, name)}  # fmt: skip
             for form in forms:
                 rows[name][form] = race(versus[form], load_form(form, student, x, folder, name), x)
@@ -153,10 +149,10 @@ def _cell(r: dict | None) -> str:
     return "—" if r is None else f"{r['speedup']:.2f}x ({r['ms']:.1f} ms)"
 
 
-def _distilled(target: str) -> tuple[str, dict] | None:
-    """The minilm-compress row distilled longest (no pairwise term, not the scratch peer) for ``target``, a
-    key of its picks (``2.0``, or ``2.0/vocab`` for the rows with the vocabulary cut)."""
-    rows = json.loads(CACHE.read_text())[PICKS_FROM]["rows"]
+def _distilled(rows: dict, target: str) -> tuple[str, dict] | None:
+    """The minilm-compress row (of ``rows``) distilled longest, with no pairwise term and not the scratch
+    peer, for ``target``, a key of its picks (``2.0``, or ``2.0/vocab`` for the rows with the vocabulary
+    cut)."""
     base, _, tag = target.partition("/")
     found = [(int(k.split("/")[1]), k) for k in rows
              if k.split("/")[0] == base and k.split("/")[2:] == ([tag] if tag else [])]  # fmt: skip
@@ -220,10 +216,11 @@ def markdown(rec: dict) -> str:
     lines.append(f"- Quantizing alone: the dense INT8 model runs {q['speedup']:.2f}x the dense fp32 one in "
                  f"onnxruntime at mean cos {dense['int8_fidelity']['cosine_mean']:.4f}, Spearman "
                  f"{dense['int8_fidelity']['spearman']:.4f} to it.")  # fmt: skip
+    distilled = json.loads(CACHE.read_text())[PICKS_FROM]["rows"]
     for name, r in rows.items():
         speeds = ", ".join(f"{form} {r[form]['speedup']:.2f}x" for form in forms if form in r)
         for target in r["targets"]:
-            found = _distilled(target)
+            found = _distilled(distilled, target)
             if found is not None:
                 key, d = found
                 lines.append(f"- {name}, the {_target(target)} pick: {speeds}; distilled (row `{key}` of "

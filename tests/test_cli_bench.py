@@ -210,3 +210,12 @@ def test_int8_rows_sit_beside_each_models_fp32_rows_against_the_fp32_reference(t
 )
 def test_bad_int8_options_are_one_line(extra, message):
     assert message in error_line(invoke("bench", CNN, "--input-shape", SHAPE, *extra))
+
+
+def test_int8_a_runtime_does_not_offer_is_one_line():
+    from prunekit.deploy.runtimes import get_runtime
+
+    if not get_runtime("ncnn").available():
+        pytest.skip('bench --runtime ncnn needs pip install "prunekit[ncnn]"')
+    args = ("bench", CNN, "--input-shape", SHAPE, "--runtime", "ncnn", "--int8", "dynamic")
+    assert "runtime ncnn has no dynamic INT8 here (offered: none)" in error_line(invoke(*args))
