@@ -171,6 +171,8 @@ def test_calibration_with_targets_is_refused(digits):
         ({"mode": "int4"}, "mode must be one of"),
         ({"mode": "static", "calibration": [], "calibrate_method": "max"}, "calibrate_method must be"),
         ({"mode": "static", "calibration": []}, "calibration is empty"),
+        ({"mode": "dynamic", "compare_on": []}, "compare_on is empty"),
+        ({"mode": "dynamic", "compare_on": [(torch.zeros(1, 1, 8, 8), torch.ones(1))]}, "compare_on batch"),
         ({"onnx_path": "missing.onnx"}, "no such ONNX file"),
         ({"op_types": "Conv"}, "op_types must be a non-empty list"),
         ({"out_path": "fp32.onnx"}, "must differ"),

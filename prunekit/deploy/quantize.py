@@ -134,17 +134,20 @@ def _input_names(model_path: Path) -> list[str]:
     return [i.name for i in graph.input if i.name not in stored]
 
 
-def _calibration_feeds(names: list[str], calibration: Iterable) -> list[dict[str, np.ndarray]]:
+def _calibration_feeds(
+    names: list[str], calibration: Iterable, what: str = "calibration"
+) -> list[dict[str, np.ndarray]]:
+    """onnxruntime feeds of each batch; ``what`` names the argument in errors (calibration, compare_on)."""
     feeds = []
     for i, batch in enumerate(calibration):
         try:
             feeds.append(feed_names(names, batch))
         except ConfigError as err:
             raise ConfigError(
-                f"calibration batch {i}: {err}; give model inputs only, e.g. (x for x, _ in loader)"
+                f"{what} batch {i}: {err}; give model inputs only, e.g. (x for x, _ in loader)"
             ) from err
     if not feeds:
-        raise ConfigError("calibration is empty: give at least one batch of model inputs")
+        raise ConfigError(f"{what} is empty: give at least one batch of model inputs")
     return feeds
 
 
@@ -221,10 +224,14 @@ def quantize_onnx(
             if mode == "static":
                 feeds = _calibration_feeds(_input_names(prepared), calibration)
                 _check_batch_shapes(feeds, calibrate_method)
+            compared = (
+                feeds
+                if compare_on is None
+                else _calibration_feeds(_input_names(src), compare_on, "compare_on")
+            )
             bar.update(total=len(feeds) + 2, completed=1)  # prepare, each calibration batch, check
             _quantize(src, prepared, quantized, mode, feeds, calibrate_method, settings, bar)
             session = onnx_session(quantized)  # raises ExportError if onnxruntime cannot load the result
-            compared = _calibration_feeds(_input_names(src), compare_on) if compare_on is not None else feeds
             rel_err, cosine = _fidelity(onnx_session(src), session, compared) if compared else (None, None)
             bar.update(completed=len(feeds) + 2)
         graph = onnx.load(str(quantized)).graph
