@@ -187,7 +187,7 @@ def test_the_cli_cuts_a_checkpoint_that_reloads_embeds_as_before_and_saves_for_s
         ("sentence:all-MiniLM-L6-v2", ("--texts", "{empty}"), "holds no text"),
         ("sentence:all-MiniLM-L6-v2", ("--texts", "{missing}"), "cannot read --texts"),
         ("sentence:all-MiniLM-L6-v2", ("--texts", "{text}", "--corpus", ","), "--corpus is empty"),
-        ("sentence:all-MiniLM-L6-v2", ("--texts", "{text}", "--min-count", "0"), "min_count must be"),
+        ("sentence:all-MiniLM-L6-v2", ("--texts", "{text}", "--min-count", "0"), "--min-count must be 1"),
         ("torchvision:resnet18", ("--texts", "{text}"), "carries no tokenizer"),
     ],
 )

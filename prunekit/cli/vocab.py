@@ -93,6 +93,8 @@ def vocab(
 
     if not texts and corpus is None and not words:
         raise ConfigError("give the text the model will see: --texts FILE, --corpus SOURCES and/or --words")
+    if min_count < 1:
+        raise ConfigError(f"--min-count must be 1 or more, got {min_count}")
     sources = [s for s in (corpus or "").split(",") if s]
     if corpus is not None and not sources:
         raise ConfigError("--corpus is empty: name one or more of packages, wordnet, fortunes")
